@@ -1,0 +1,49 @@
+"""The `nts` command: a click group; each sub-command lives in its own cli/ module."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from cli.common import NtsGroup
+
+# (module, attribute) of every sub-command; a module that is not there yet is skipped so
+# that work in progress on one command never breaks the others.
+_COMMANDS = [
+    ("cli.data_cmd", "data_group"),
+    ("cli.download_cmd", "download"),
+    ("cli.labels_cmd", "labels"),
+    ("cli.train_cmd", "train"),
+    ("cli.train_cmd", "explain"),
+    ("cli.backtest_cmd", "backtest"),
+    ("cli.sweep_cmd", "sweep"),
+    ("cli.paper_cmd", "paper"),
+    ("cli.paper_cmd", "live"),
+    ("cli.serve_cmd", "serve"),
+]
+
+
+@click.group(cls=NtsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="neural-trading-system")
+def cli() -> None:
+    """nts: TCN triple-barrier probabilities, backtrader backtests, vectorbt sweeps, CCXT sessions."""
+
+
+for _module, _attr in _COMMANDS:
+    try:
+        _mod = importlib.import_module(_module)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _module:
+            raise
+        continue
+    if hasattr(_mod, _attr):
+        cli.add_command(getattr(_mod, _attr))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="nts")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Typed configuration: `configs/default.yaml` validated at load.
+
+Unknown keys, wrong types and out-of-range values are refused with one line that names
+the offending key path (e.g. ``labels.profit``). Overrides use ``key.path=value`` where the
+value is parsed as YAML (``--set labels.horizon=12``, ``--set strategy.center=breakeven``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(_Strict):
+    exchange: str = "binance"
+    symbol: str = "BTC/USDT"
+    timeframe: str = "15m"
+
+    @field_validator("timeframe")
+    @classmethod
+    def _tf(cls, v: str) -> str:
+        timeframe_seconds(v)  # raises on nonsense
+        return v
+
+
+class FeatureConfig(_Strict):
+    return_lag_long: int = Field(5, ge=2, le=1000)
+    realized_vol_window: int = Field(20, ge=2, le=10000)
+    ewma_vol_fast_span: int = Field(20, ge=2, le=10000)
+    ewma_vol_slow_span: int = Field(96, ge=2, le=10000)
+    momentum_window: int = Field(20, ge=1, le=10000)
+    rsi_window: int = Field(14, ge=2, le=1000)
+    volume_z_window: int = Field(96, ge=2, le=10000)
+    sma_fast: int = Field(5, ge=1, le=10000)
+    sma_slow: int = Field(20, ge=2, le=10000)
+
+    @model_validator(mode="after")
+    def _order(self) -> "FeatureConfig":
+        if self.sma_fast >= self.sma_slow:
+            raise ValueError("features.sma_fast must be smaller than features.sma_slow")
+        return self
+
+
+class LabelConfig(_Strict):
+    profit: float = Field(0.008, gt=0, lt=1)
+    stop: float = Field(0.004, gt=0, lt=1)
+    horizon: int = Field(8, ge=1, le=1000)
+    tie: Literal["stop", "profit"] = "stop"
+
+
+class ModelConfig(_Strict):
+    window: int = Field(64, ge=2, le=4096)
+    channels: list[int] = Field(default_factory=lambda: [32, 32, 64, 64])
+    kernel_size: int = Field(3, ge=2, le=15)
+    dilations: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    head_units: int = Field(32, ge=1, le=4096)
+    head_dropout: float = Field(0.3, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> "ModelConfig":
+        if len(self.channels) != len(self.dilations) or not self.channels:
+            raise ValueError("model.channels and model.dilations must be non-empty and of equal length")
+        if any(c < 1 for c in self.channels) or any(d < 1 for d in self.dilations):
+            raise ValueError("model.channels and model.dilations must be positive")
+        return self
+
+
+class TrainingConfig(_Strict):
+    seed: int = Field(42, ge=0)
+    epochs: int = Field(20, ge=1, le=10000)
+    batch_size: int = Field(256, ge=1, le=1 << 20)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    patience: int = Field(3, ge=1, le=1000)
+    split: Literal["walk_forward", "purged_kfold"] = "walk_forward"
+    folds: int = Field(5, ge=2, le=100)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    embargo: int = Field(8, ge=0, le=100000)
+    calibration: Literal["platt", "isotonic"] = "platt"
+    pos_weight: Union[Literal["auto"], float] = "auto"
+    threads: int = Field(2, ge=1, le=256)
+    max_samples: int | None = Field(None, ge=100)
+
+    @field_validator("pos_weight")
+    @classmethod
+    def _pw(cls, v: Any) -> Any:
+        if v != "auto" and float(v) <= 0:
+            raise ValueError("must be 'auto' or a positive number")
+        return v
+
+
+class StrategyConfig(_Strict):
+    center: Union[float, Literal["breakeven"]] = 0.5
+    target_vol: float = Field(0.5, gt=0, le=10)
+    deadband: float = Field(0.3, ge=0, lt=1)
+    max_position: float = Field(0.95, gt=0, le=1)
+    limit_confidence: float = Field(0.5, ge=0, le=1)
+    limit_tif_bars: int = Field(1, ge=1, le=1000)
+    max_hold: int = Field(8, ge=1, le=1000)
+    allow_short: bool = False
+
+    @field_validator("center")
+    @classmethod
+    def _center(cls, v: Any) -> Any:
+        if v != "breakeven" and not 0.0 < float(v) < 1.0:
+            raise ValueError("must be 'breakeven' or a probability strictly between 0 and 1")
+        return v
+
+
+class RiskConfig(_Strict):
+    max_position: float = Field(0.95, gt=0, le=1)
+    max_leverage: float = Field(1.0, gt=0, le=1.0)
+    max_drawdown: float = Field(0.20, gt=0, lt=1)
+    max_volatility: float = Field(0.10, gt=0, le=10)
+    vol_window_bars: int = Field(96, ge=2, le=100000)
+    daily_loss: float = Field(0.05, gt=0, lt=1)
+    kill_switch_file: str = "state/KILL"
+
+
+class ExecutionConfig(_Strict):
+    cash: float = Field(10000.0, gt=0)
+    taker_fee: float = Field(0.001, ge=0, lt=0.1)
+    maker_fee: float = Field(0.001, ge=-0.01, lt=0.1)
+    slippage_bps: float = Field(2.0, ge=0, le=1000)
+
+
+class BrokerConfig(_Strict):
+    exchange: str = "binance"
+    url: str | None = None
+    sandbox: bool = False
+    api_key_env: str = "NTS_API_KEY"
+    secret_env: str = "NTS_API_SECRET"
+    timeout_ms: int = Field(10000, ge=100, le=600000)
+    retries: int = Field(5, ge=0, le=100)
+    backoff_s: float = Field(1.0, ge=0, le=600)
+    journal: str = "state/journal.sqlite"
+
+
+class Config(_Strict):
+    """The whole configuration; each section is a typed, strict model."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Config":
+        if self.training.embargo < self.labels.horizon:
+            raise ValueError(
+                f"training.embargo ({self.training.embargo}) must be >= labels.horizon ({self.labels.horizon})"
+            )
+        return self
+
+
+_TIMEFRAME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    """Seconds in a ccxt-style timeframe string such as ``15m`` or ``1h``."""
+    tf = str(timeframe).strip()
+    if len(tf) < 2 or tf[-1] not in _TIMEFRAME_UNITS or not tf[:-1].isdigit() or int(tf[:-1]) <= 0:
+        raise ConfigError(f"invalid timeframe {timeframe!r}: expected e.g. 1m, 15m, 1h, 1d")
+    return int(tf[:-1]) * _TIMEFRAME_UNITS[tf[-1]]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'"
+    msg = first["msg"]
+    where = f"'{loc}'" if loc else "config"
+    value = first.get("input")
+    shown = "" if kind in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: invalid value for {where}: {msg}{shown}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into the key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+    return path, value
+
+
+def _apply_override(tree: dict, path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {text!r}: unknown key '{'.'.join(path[: i + 1])}'")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load and validate a config file (default: configs/default.yaml) plus ``--set`` overrides.
+
+    Raises ConfigError with one line naming the file and key on any problem.
+    """
+    src = Path(path) if path else DEFAULT_CONFIG
+    if not src.exists():
+        raise ConfigError(f"config file not found: {src}")
+    try:
+        tree = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{src}: not valid YAML{where}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{src}: top level must be a mapping of sections")
+    tree = copy.deepcopy(tree)
+    # Sections absent from a partial user file fall back to the defaults section by section.
+    for text in overrides:
+        key_path, value = parse_override(text)
+        if key_path[0] not in Config.model_fields:
+            raise ConfigError(f"--set {text!r}: unknown key '{key_path[0]}'")
+        tree.setdefault(key_path[0], {})
+        _apply_override(tree, key_path, value, text)
+    source = str(src) + (" + --set overrides" if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain JSON-able dict of a config (stored in bundles and reports)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,357 @@
+"""Canonical OHLCV frames: load CSV / CSV.gz / Parquet, validate, report gaps.
+
+The canonical frame has a UTC ``DatetimeIndex`` named ``timestamp`` holding the bar
+OPEN time, and float64 columns ``open high low close volume``; it is sorted and unique.
+Every refusal raises :class:`DataError` with one line naming the file, the problem and
+where (row number in the file, 1-based after the header, or the timestamp).
+Gaps are reported, never filled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.config import timeframe_seconds
+from core.errors import DataError
+
+COLUMNS = ("open", "high", "low", "close", "volume")
+
+# Accepted spellings (compared case-insensitively, spaces/underscores ignored).
+_TIME_ALIASES = ("timestamp", "time", "date", "datetime", "opentime", "open_time", "ts", "t")
+_COL_ALIASES = {
+    "open": ("open", "o", "openprice"),
+    "high": ("high", "h", "highprice"),
+    "low": ("low", "l", "lowprice"),
+    "close": ("close", "c", "closeprice"),
+    "volume": ("volume", "v", "vol", "basevolume"),
+}
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().lower().replace("_", "").replace(" ", "")
+
+
+@dataclass
+class Gap:
+    """A run of missing bars: ``after`` is the last bar before it, ``missing`` the bar count."""
+
+    after: pd.Timestamp
+    before: pd.Timestamp
+    missing: int
+
+
+@dataclass
+class DataReport:
+    """What loading found: mapping used, span, gaps, fixes applied."""
+
+    source: str
+    rows: int = 0
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+    timeframe: str = "15m"
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    time_unit: str = ""
+    gaps: list[Gap] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    zero_volume_bars: int = 0
+
+    @property
+    def missing_bars(self) -> int:
+        return sum(g.missing for g in self.gaps)
+
+    @property
+    def expected_bars(self) -> int:
+        return self.rows + self.missing_bars
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable report, one fact per line."""
+        lines = [
+            f"file:      {self.source}",
+            f"rows:      {self.rows:,}",
+            f"span:      {self.start} -> {self.end} ({self.timeframe} bars)",
+        ]
+        if self.column_mapping:
+            mapped = ", ".join(f"{src}->{dst}" for src, dst in self.column_mapping.items() if src != dst)
+            lines.append(f"columns:   {mapped or 'canonical names'}; time as {self.time_unit}")
+        cover = 100.0 * self.rows / self.expected_bars if self.expected_bars else 100.0
+        lines.append(f"coverage:  {self.rows:,} of {self.expected_bars:,} expected bars ({cover:.1f}%)")
+        if self.gaps:
+            largest = max(self.gaps, key=lambda g: g.missing)
+            lines.append(
+                f"gaps:      {len(self.gaps)} ({self.missing_bars:,} missing bars); largest {largest.missing:,} bars "
+                f"after {largest.after}"
+            )
+            for g in self.gaps[:20]:
+                lines.append(f"  - {g.missing:,} bars missing between {g.after} and {g.before}")
+            if len(self.gaps) > 20:
+                lines.append(f"  ... {len(self.gaps) - 20} more")
+        else:
+            lines.append("gaps:      none")
+        if self.zero_volume_bars:
+            lines.append(f"note:      {self.zero_volume_bars} bars with zero volume (kept as published)")
+        for fix in self.fixes:
+            lines.append(f"fixed:     {fix}")
+        return lines
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            return pd.read_parquet(path)
+        if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
+            # Read as text first: type problems are reported by us, with row numbers.
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    raise DataError(f"{path}: unsupported file type (expected .csv, .csv.gz or .parquet)")
+
+
+def _map_columns(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, str], str | None]:
+    by_norm = {}
+    for col in raw.columns:
+        by_norm.setdefault(_norm(col), col)
+    mapping: dict[str, str] = {}
+    time_col = None
+    for alias in _TIME_ALIASES:
+        if _norm(alias) in by_norm:
+            time_col = by_norm[_norm(alias)]
+            break
+    missing = []
+    for canon, aliases in _COL_ALIASES.items():
+        found = next((by_norm[_norm(a)] for a in aliases if _norm(a) in by_norm), None)
+        if found is None:
+            missing.append(canon)
+        else:
+            mapping[str(found)] = canon
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns))}"
+        )
+    if time_col is not None:
+        mapping[str(time_col)] = "timestamp"
+    return raw, mapping, time_col
+
+
+def _parse_time(values: pd.Series, source: str) -> tuple[pd.DatetimeIndex, str]:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        idx = pd.DatetimeIndex(values)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        return idx, "datetime"
+    text = values.astype(str).str.strip()
+    numeric = pd.to_numeric(text, errors="coerce")
+    if numeric.notna().all():
+        arr = numeric.to_numpy(dtype="float64")
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"{source}: non-finite timestamp")
+        top = np.nanmax(np.abs(arr)) if len(arr) else 0
+        if top < 1e11:
+            unit = "s"
+        elif top < 1e14:
+            unit = "ms"
+        else:
+            raise DataError(f"{source}: timestamps too large for epoch s or ms (max {top:.0f})")
+        idx = pd.DatetimeIndex(pd.to_datetime(arr * (1000 if unit == "s" else 1), unit="ms", utc=True))
+        return idx.round("ms"), f"epoch {unit}"
+    bad = numeric.isna() & ~text.str.contains(r"\d{4}-\d{2}-\d{2}", regex=True)
+    if numeric.notna().any() or bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy() | numeric.notna().to_numpy())[0])
+        raise DataError(f"{source}: unparseable timestamp {text.iloc[pos]!r} at row {pos + 1}")
+    try:
+        idx = pd.DatetimeIndex(pd.to_datetime(text, utc=True, format="ISO8601"))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: unparseable ISO timestamp ({str(exc).splitlines()[0]})") from exc
+    return idx, "ISO text"
+
+
+def read_ohlcv(path: str | Path) -> tuple[pd.DataFrame, DataReport]:
+    """Read a file into a frame with canonical column names, in file order, unvalidated values."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: file not found")
+    raw = _read_table(path)
+    report = DataReport(source=source)
+    if raw.index.name is not None and _norm(raw.index.name) in {_norm(a) for a in _TIME_ALIASES}:
+        raw = raw.reset_index()
+    raw, mapping, time_col = _map_columns(raw, source)
+    if time_col is None:
+        raise DataError(f"{source}: no timestamp column (looked for {', '.join(_TIME_ALIASES)})")
+    report.column_mapping = mapping
+    if len(raw) == 0:
+        raise DataError(f"{source}: no rows")
+    idx, unit = _parse_time(raw[time_col], source)
+    report.time_unit = unit
+    out = {}
+    for src, canon in mapping.items():
+        if canon == "timestamp":
+            continue
+        col = raw[src]
+        if col.dtype == object or pd.api.types.is_string_dtype(col):
+            num = pd.to_numeric(col.astype(str).str.strip(), errors="coerce")
+            blank = col.astype(str).str.strip().str.lower().isin(["", "nan", "null", "none", "inf", "-inf"])
+            bad = num.isna() & ~blank
+            if bad.any():
+                pos = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(f"{source}: non-numeric value {col.iloc[pos]!r} in column '{canon}' at row {pos + 1}")
+            num = pd.to_numeric(col.astype(str).str.strip().replace({"": "nan", "null": "nan", "none": "nan"}),
+                                errors="coerce")
+        else:
+            if not pd.api.types.is_numeric_dtype(col):
+                raise DataError(f"{source}: column '{canon}' is not numeric ({col.dtype})")
+            num = col
+        out[canon] = num.to_numpy(dtype="float64")
+    frame = pd.DataFrame(out, index=idx)[list(COLUMNS)]
+    frame.index.name = "timestamp"
+    return frame, report
+
+
+def _where(frame: pd.DataFrame, mask: np.ndarray) -> str:
+    pos = int(np.flatnonzero(mask)[0])
+    return f"row {pos + 1} ({frame.index[pos]})"
+
+
+def validate_ohlcv(
+    frame: pd.DataFrame,
+    timeframe: str = "15m",
+    fix: bool = False,
+    report: DataReport | None = None,
+) -> tuple[pd.DataFrame, DataReport]:
+    """Validate a canonical-column frame; return the cleaned frame and the report.
+
+    ``fix`` sorts and drops exact duplicate rows (reported); duplicates that disagree in
+    values are refused even then, because picking one would silently alter data.
+    """
+    report = report or DataReport(source="<frame>")
+    report.timeframe = timeframe
+    src = report.source
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{src}: missing column(s) {', '.join(missing)}")
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise DataError(f"{src}: index must be a DatetimeIndex of bar open times")
+    frame = frame[list(COLUMNS)].astype("float64")
+    if frame.index.tz is None:
+        frame.index = frame.index.tz_localize("UTC")
+    else:
+        frame.index = frame.index.tz_convert("UTC")
+    # pandas 3 keeps the parsed resolution (ms, s, ...); integer arithmetic below assumes ns.
+    frame.index = frame.index.as_unit("ns")
+    frame.index.name = "timestamp"
+    values = frame.to_numpy()
+
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{src}: {values[r, c]} in column '{COLUMNS[c]}' at row {r + 1} ({frame.index[r]})")
+    o, h, l, c, v = (values[:, i] for i in range(5))
+    if (v < 0).any():
+        raise DataError(f"{src}: negative volume at {_where(frame, v < 0)}")
+    if ((o <= 0) | (h <= 0) | (l <= 0) | (c <= 0)).any():
+        raise DataError(f"{src}: non-positive price at {_where(frame, (o <= 0) | (h <= 0) | (l <= 0) | (c <= 0))}")
+    if (h < l).any():
+        raise DataError(f"{src}: high < low at {_where(frame, h < l)}")
+    if (h < np.maximum(o, c)).any():
+        raise DataError(f"{src}: high < max(open, close) at {_where(frame, h < np.maximum(o, c))}")
+    if (l > np.minimum(o, c)).any():
+        raise DataError(f"{src}: low > min(open, close) at {_where(frame, l > np.minimum(o, c))}")
+
+    ts = frame.index.asi8  # ns
+    dup = frame.index.duplicated(keep="first")
+    if dup.any():
+        if not fix:
+            raise DataError(
+                f"{src}: duplicate timestamp {frame.index[dup][0]} at {_where(frame, dup)}; "
+                f"{int(dup.sum())} duplicates in all (use --fix to drop exact duplicates)"
+            )
+        full_dup = frame.reset_index().duplicated(keep="first").to_numpy()
+        conflicting = dup & ~full_dup
+        if conflicting.any():
+            raise DataError(
+                f"{src}: duplicate timestamp {frame.index[conflicting][0]} with different values at "
+                f"{_where(frame, conflicting)}; refusing to choose one"
+            )
+        report.fixes.append(f"dropped {int(dup.sum())} exact duplicate rows (first at {frame.index[dup][0]})")
+        frame = frame[~dup]
+        ts = frame.index.asi8
+    if len(ts) > 1 and (np.diff(ts) < 0).any():
+        if not fix:
+            bad_pos = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
+            raise DataError(
+                f"{src}: timestamps not sorted at row {bad_pos + 1} ({frame.index[bad_pos]} after "
+                f"{frame.index[bad_pos - 1]}); use --fix to sort"
+            )
+        n_out = int((np.diff(ts) < 0).sum())
+        frame = frame.sort_index(kind="stable")
+        report.fixes.append(f"sorted {n_out} out-of-order rows")
+        ts = frame.index.asi8
+
+    step_ns = timeframe_seconds(timeframe) * 1_000_000_000
+    off_grid = (ts % step_ns) != 0
+    if off_grid.any():
+        raise DataError(
+            f"{src}: timestamp {frame.index[off_grid][0]} at {_where(frame, off_grid)} is not aligned to "
+            f"the {timeframe} grid (wrong timeframe?)"
+        )
+    gaps: list[Gap] = []
+    if len(ts) > 1:
+        steps = np.diff(ts)
+        odd = (steps % step_ns) != 0
+        if odd.any():  # unreachable once aligned, kept as a guard for exotic grids
+            raise DataError(f"{src}: spacing not a multiple of {timeframe} at {_where(frame, np.r_[False, odd])}")
+        for pos in np.flatnonzero(steps > step_ns):
+            gaps.append(Gap(after=frame.index[pos], before=frame.index[pos + 1],
+                            missing=int(steps[pos] // step_ns) - 1))
+    report.gaps = gaps
+    report.rows = len(frame)
+    report.start = frame.index[0] if len(frame) else None
+    report.end = frame.index[-1] if len(frame) else None
+    report.zero_volume_bars = int((frame["volume"].to_numpy() == 0).sum())
+    return frame, report
+
+
+def load_ohlcv_with_report(
+    path: str | Path, timeframe: str = "15m", fix: bool = False
+) -> tuple[pd.DataFrame, DataReport]:
+    """Read and validate a candle file; returns the canonical frame and its report."""
+    frame, report = read_ohlcv(path)
+    return validate_ohlcv(frame, timeframe=timeframe, fix=fix, report=report)
+
+
+def load_ohlcv(path: str | Path, timeframe: str = "15m", fix: bool = False) -> pd.DataFrame:
+    """Read and validate a candle file into the canonical frame (see module docstring)."""
+    return load_ohlcv_with_report(path, timeframe=timeframe, fix=fix)[0]
+
+
+def segment_ids(index: pd.DatetimeIndex, timeframe: str = "15m") -> np.ndarray:
+    """Contiguous-stretch id per bar: increments after every gap. Used to keep windows,
+    returns and labels from spanning missing bars."""
+    step_ns = timeframe_seconds(timeframe) * 1_000_000_000
+    ts = pd.DatetimeIndex(index).as_unit("ns").asi8
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(np.diff(ts) != step_ns)]).astype(np.int64)
+
+
+def write_ohlcv_csv(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write a canonical frame as CSV (epoch-ms ``timestamp`` column) atomically:
+    a temp file beside the target, then rename, so a crash never leaves half a file."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = frame[list(COLUMNS)].copy()
+    out.insert(0, "timestamp", (pd.DatetimeIndex(frame.index).as_unit("ns").asi8 // 1_000_000).astype("int64"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        compression = "gzip" if path.name.endswith(".gz") else None
+        out.to_csv(tmp, index=False, compression=compression)  # shortest round-trip repr: exact
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
