@@ -156,9 +156,11 @@ def _parse_time(values: pd.Series, source: str) -> tuple[pd.DatetimeIndex, str]:
             raise DataError(f"{source}: timestamps too large for epoch s or ms (max {top:.0f})")
         idx = pd.DatetimeIndex(pd.to_datetime(arr * (1000 if unit == "s" else 1), unit="ms", utc=True))
         return idx.round("ms"), f"epoch {unit}"
-    bad = numeric.isna() & ~text.str.contains(r"\d{4}-\d{2}-\d{2}", regex=True)
-    if numeric.notna().any() or bad.any():
-        pos = int(np.flatnonzero(bad.to_numpy() | numeric.notna().to_numpy())[0])
+    looks_iso = text.str.contains(r"\d{4}-\d{2}-\d{2}", regex=True)
+    # Mostly numbers (or mostly dates): the odd ones out are the bad cells.
+    bad = numeric.isna() if numeric.notna().sum() >= looks_iso.sum() else ~looks_iso
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{source}: unparseable timestamp {text.iloc[pos]!r} at row {pos + 1}")
     try:
         idx = pd.DatetimeIndex(pd.to_datetime(text, utc=True, format="ISO8601"))
