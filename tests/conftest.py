@@ -30,3 +30,17 @@ def real_candles(real_candles_path):
 def candles():
     """3,000 generated bars with one 10-bar gap after bar 1,500."""
     return synthetic_ohlcv(3000, seed=7, gaps={1500: 10})
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A model bundle trained end to end (2 epochs, default network) on 3,000 generated bars
+    with one 10-bar gap; returns the bundle directory. Takes a few seconds, once per session."""
+    from core.config import load_config
+    from models.train import train_bundle
+
+    frame = synthetic_ohlcv(3000, seed=11, gaps={1800: 10})
+    cfg = load_config(None, ["training.epochs=2", "training.batch_size=128", "training.threads=1"])
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    train_bundle(frame, cfg, out, progress=False)
+    return out

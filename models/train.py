@@ -1,0 +1,387 @@
+"""Training: walk-forward (or purged k-fold) TCN training, calibration, baseline, bundle.
+
+Pipeline of :func:`train_bundle`:
+
+1. features, triple-barrier labels, valid windows (``models.dataset.prepare``);
+2. spans by time over the labelled samples with purge + embargo (``models.splits``);
+   ``max_samples`` keeps only the most recent training samples;
+3. normalisation statistics fitted on the feature rows of the training windows only;
+4. AdamW on ``BCEWithLogits(pos_weight)`` where ``pos_weight = negatives / positives`` of
+   the training span ("auto") or a configured number; early stopping on the (same,
+   weighted) validation loss with the best weights restored; seeds fixed;
+5. calibrator (Platt or isotonic) fitted on the validation span only;
+6. logistic-regression baseline on the same spans;
+7. metrics (AUC, log loss, Brier, ECE) on validation and test, raw and calibrated, TCN and
+   baseline; reliability diagram, learning curves, report.html;
+8. everything written into a temp directory beside the output, renamed into place last,
+   so an interrupted run never leaves a complete-looking bundle.
+
+Determinism: with the same data, config and seed the weights are identical on CPU
+(same thread count); ``tests/test_training.py`` checks it.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from core.config import Config, config_to_dict
+from core.errors import DataError
+from models.baseline import LogisticBaseline
+from models.bundle import FORMAT_VERSION, ModelBundle, sha256_file, torch_threads, write_bundle_files
+from models.calibration import Calibrator, sigmoid
+from models.dataset import Normaliser, PreparedData, gather_windows, prepare
+from models.metrics import all_metrics, auc, learning_curves_png, reliability_diagram
+from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
+from models.tcn import build_tcn, count_parameters, receptive_field
+
+log = logging.getLogger("nts.train")
+EVAL_BATCH = 1024
+
+
+def set_seeds(seed: int) -> None:
+    """Seed python, numpy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_pos_weight(setting, labels: np.ndarray) -> float:
+    """``auto`` -> negatives / positives of the given (training) labels; else the number."""
+    if setting == "auto":
+        pos = float(np.sum(labels == 1))
+        neg = float(np.sum(labels == 0))
+        if pos == 0 or neg == 0:
+            raise DataError("the training span holds only one class; cannot train a classifier")
+        return neg / pos
+    return float(setting)
+
+
+@torch.no_grad()
+def network_logits(net: torch.nn.Module, norm: torch.Tensor, ends: np.ndarray, window: int,
+                   batch: int = EVAL_BATCH) -> np.ndarray:
+    """Eval-mode logits for the windows ending at ``ends`` (used for validation loss/AUC per epoch)."""
+    was_training = net.training
+    net.eval()
+    out = np.empty(len(ends), dtype=np.float64)
+    ends_t = torch.from_numpy(np.asarray(ends, dtype=np.int64))
+    for i in range(0, len(ends), batch):
+        out[i:i + batch] = net(gather_windows(norm, ends_t[i:i + batch], window)).double().numpy()
+    net.train(was_training)
+    return out
+
+
+def weighted_bce(logits: np.ndarray, y: np.ndarray, pos_weight: float) -> float:
+    """Mean BCEWithLogits with pos_weight, in numpy (matches torch's definition)."""
+    z = torch.from_numpy(np.asarray(logits, dtype=np.float64))
+    t = torch.from_numpy(np.asarray(y, dtype=np.float64))
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(
+        z, t, pos_weight=torch.tensor(pos_weight, dtype=torch.float64)))
+
+
+@dataclass
+class FitResult:
+    """A trained network (best weights) and its learning curves."""
+
+    state_dict: dict
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, split: Split, window: int,
+                tcfg, epochs: int, pos_weight: float, seed: int, progress: bool = True) -> FitResult:
+    """AdamW + weighted BCE with early stopping on validation loss; returns the best weights."""
+    y_all = torch.from_numpy(labels.astype(np.float32))
+    train_ends = torch.from_numpy(split.train.astype(np.int64))
+    y_val = labels[split.val]
+    opt = torch.optim.AdamW(net.parameters(), lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32))
+    gen = torch.Generator().manual_seed(seed)
+    bs = int(tcfg.batch_size)
+    n = len(train_ends)
+    best_loss, best_state, best_epoch, bad = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
+    history: list[dict] = []
+    stopped = False
+    t_start = time.perf_counter()
+    seen = 0
+    for epoch in range(1, epochs + 1):
+        net.train()
+        perm = torch.randperm(n, generator=gen)
+        n_batches = (n + bs - 1) // bs
+        epoch_logits = np.empty(n, dtype=np.float64)
+        epoch_y = np.empty(n, dtype=np.float64)
+        total = 0.0
+        # a manual bar (not an iterator wrapper) so the epoch's validation figures can still be
+        # written onto it after the last batch
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for b in range(n_batches):
+            idx = perm[b * bs:(b + 1) * bs]
+            ends = train_ends[idx]
+            x = gather_windows(norm, ends, window)
+            y = y_all[ends]
+            opt.zero_grad(set_to_none=True)
+            logits = net(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            opt.step()
+            k = len(idx)
+            total += float(loss.detach()) * k
+            lo = b * bs
+            epoch_logits[lo:lo + k] = logits.detach().double().numpy()
+            epoch_y[lo:lo + k] = y.double().numpy()
+            bar.update(1)
+            if progress and (b % 20 == 0 or b == n_batches - 1):
+                bar.set_postfix(loss=f"{total / (lo + k):.4f}", refresh=False)
+        seen += n
+        train_loss = total / n
+        train_auc = auc(epoch_y, epoch_logits)
+        val_logits = network_logits(net, norm, split.val, window)
+        val_loss = weighted_bce(val_logits, y_val, pos_weight)
+        val_auc = auc(y_val, val_logits)
+        history.append({"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc,
+                        "val_loss": val_loss, "val_auc": val_auc})
+        bar.set_postfix(loss=f"{train_loss:.4f}", auc=f"{train_auc:.3f}", val_loss=f"{val_loss:.4f}",
+                        val_auc=f"{val_auc:.3f}")
+        bar.close()
+        log.info("epoch %d: train loss %.5f auc %.4f | val loss %.5f auc %.4f", epoch, train_loss, train_auc,
+                 val_loss, val_auc)
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_state, best_epoch, bad = val_loss, copy.deepcopy(net.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= tcfg.patience:
+                stopped = True
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
+                break
+    secs = time.perf_counter() - t_start
+    net.load_state_dict(best_state)
+    return FitResult(state_dict=best_state, history=history, best_epoch=best_epoch, stopped_early=stopped,
+                     seconds=secs, samples_per_s=seen / secs if secs > 0 else float("nan"))
+
+
+def _span(index: pd.DatetimeIndex, a: int, b: int) -> list[str]:
+    n = len(index)
+    return [index[max(0, a)].isoformat(), index[min(n - 1, b)].isoformat()]
+
+
+def _versions() -> dict:
+    import sklearn
+
+    try:
+        from importlib.metadata import version
+
+        nts_version = version("neural-trading-system")
+    except Exception:  # not installed as a distribution
+        nts_version = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "scikit-learn": sklearn.__version__, "nts": nts_version}
+
+
+def _metric_block(y: np.ndarray, tcn_logits: np.ndarray, tcn_cal: Calibrator, base_logits: np.ndarray,
+                  base_cal: Calibrator) -> dict:
+    tcn_raw, tcn_c = all_metrics(y, sigmoid(tcn_logits)), all_metrics(y, tcn_cal(tcn_logits))
+    base_raw, base_c = all_metrics(y, sigmoid(base_logits)), all_metrics(y, base_cal(base_logits))
+    return {
+        # flat headline keys (calibrated TCN) for quick lookups: meta["metrics"]["test"]["ece_calibrated"]
+        "auc": tcn_c["auc"], "brier_raw": tcn_raw["brier"], "brier_calibrated": tcn_c["brier"],
+        "ece_raw": tcn_raw["ece"], "ece_calibrated": tcn_c["ece"],
+        "log_loss_raw": tcn_raw["log_loss"], "log_loss_calibrated": tcn_c["log_loss"],
+        "tcn": {"raw": tcn_raw, "calibrated": tcn_c},
+        "baseline": {"raw": base_raw, "calibrated": base_c},
+    }
+
+
+@dataclass
+class FoldOutcome:
+    """Everything one split produced (network, calibrator, baseline, metrics, logits)."""
+
+    split: Split
+    normaliser: Normaliser
+    fit: FitResult
+    pos_weight: float
+    calibrator: Calibrator
+    baseline: LogisticBaseline
+    baseline_calibrator: Calibrator
+    metrics: dict
+    curves: dict
+
+
+def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, progress: bool,
+                 meta_stub: dict) -> FoldOutcome:
+    window = cfg.model.window
+    tcfg = cfg.training
+    # Normaliser: rows that appear in training windows only.
+    rows = np.zeros(len(data.features), dtype=bool)
+    rows[split.train] = True
+    rows = np.convolve(rows, np.ones(window), mode="full")[: len(rows)] > 0  # extend back by window - 1
+    normaliser = Normaliser.fit(data.features, rows)
+    norm = torch.from_numpy(normaliser.transform(data.features))
+    pos_weight = resolve_pos_weight(tcfg.pos_weight, data.labels[split.train])
+    set_seeds(tcfg.seed)
+    net = build_tcn(cfg.model, n_features=data.features.shape[1])
+    fit = fit_network(net, norm, data.labels, split, window, tcfg, epochs, pos_weight, tcfg.seed, progress)
+
+    # Final logits through the bundle's own scoring path (one code path for train and serve).
+    scorer = ModelBundle({**meta_stub, "normaliser": normaliser.to_dict(),
+                          "calibrator": {"kind": "platt", "params": {"a": 1.0, "b": 0.0}}}, fit.state_dict)
+    with torch_threads(tcfg.threads):
+        val_logits = scorer.logits_for_features(data.features, split.val)
+        test_logits = scorer.logits_for_features(data.features, split.test)
+    y_val, y_test = data.labels[split.val], data.labels[split.test]
+    calibrator = Calibrator.fit(val_logits, y_val, tcfg.calibration)
+    baseline = LogisticBaseline.fit(data.features, data.labels, split.train, normaliser, seed=tcfg.seed)
+    b_val = baseline.logits(data.features, split.val, normaliser)
+    b_test = baseline.logits(data.features, split.test, normaliser)
+    b_cal = Calibrator.fit(b_val, y_val, tcfg.calibration)
+    metrics = {"val": _metric_block(y_val, val_logits, calibrator, b_val, b_cal),
+               "test": _metric_block(y_test, test_logits, calibrator, b_test, b_cal)}
+    curves = {"TCN raw": (y_test, sigmoid(test_logits)), "TCN calibrated": (y_test, calibrator(test_logits)),
+              "baseline calibrated": (y_test, b_cal(b_test))}
+    return FoldOutcome(split, normaliser, fit, pos_weight, calibrator, baseline, b_cal, metrics, curves)
+
+
+@dataclass
+class TrainResult:
+    """Where the bundle went and what it holds."""
+
+    path: Path
+    meta: dict
+
+
+def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path: str | Path | None = None,
+                 epochs: int | None = None, max_samples: int | None = None, progress: bool = True) -> TrainResult:
+    """Train, calibrate, evaluate and write a model bundle directory at ``output`` (atomically)."""
+    from indicators.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
+    from models.report import write_report
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    tcfg = cfg.training
+    epochs = int(epochs or tcfg.epochs)
+    max_samples = max_samples if max_samples is not None else tcfg.max_samples
+    window = cfg.model.window
+    horizon = cfg.labels.horizon
+
+    with torch_threads(tcfg.threads):
+        data = prepare(frame, cfg)
+        if len(data.samples) < 50:
+            raise DataError(f"only {len(data.samples)} labelled samples with a full {window}-bar window; "
+                            f"need more candles")
+        log.info("%d bars, %d labelled samples with valid windows", len(frame), len(data.samples))
+        if tcfg.split == "walk_forward":
+            splits = [walk_forward_split(data.samples, horizon, tcfg.embargo, tcfg.val_fraction, tcfg.test_fraction)]
+        else:
+            # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
+            # model (tested on the most recent data, trained on everything before it)
+            splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds))
+        splits = [cap_train(s, max_samples) for s in splits]
+
+        model_dict = cfg.model.model_dump(mode="json")
+        meta_stub = {
+            "format_version": FORMAT_VERSION,
+            "feature_names": list(FEATURE_NAMES),
+            "feature_hash": feature_definitions_hash(cfg.features),
+            "feature_config": cfg.features.model_dump(mode="json"),
+            "timeframe": cfg.data.timeframe,
+            "window": window,
+            "model": model_dict,
+            "label_config": cfg.labels.model_dump(mode="json"),
+            "threads": tcfg.threads,
+            "config": config_to_dict(cfg),
+            "spans": {"training": None, "test": None},
+        }
+        outcomes = []
+        for k, split in enumerate(splits):
+            if len(splits) > 1:
+                log.info("fold %d/%d: %s", k + 1, len(splits), split.summary())
+            outcomes.append(_train_split(data, split, cfg, epochs, progress, meta_stub))
+    final = outcomes[-1]
+    split = final.split
+    idx = data.index
+    min_bars = warmup_bars(cfg.features) + window - 1
+    spans = {
+        # network + normaliser + calibrator + baseline saw these bars (window history, feature warm-up
+        # and label horizons included)
+        "training": _span(idx, int(min(split.train[0], split.val[0])) - min_bars + 1,
+                          int(max(split.train[-1], split.val[-1])) + horizon),
+        "train": _span(idx, int(split.train[0]), int(split.train[-1]) + horizon),
+        "validation": _span(idx, int(split.val[0]), int(split.val[-1]) + horizon),
+        "test": _span(idx, int(split.test[0]), int(split.test[-1]) + horizon),
+    }
+    net = build_tcn(cfg.model, n_features=len(FEATURE_NAMES))
+    meta = {
+        **meta_stub,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "normaliser": final.normaliser.to_dict(),
+        "calibrator": final.calibrator.to_dict(),
+        "baseline": {**final.baseline.to_dict(), "calibrator": final.baseline_calibrator.to_dict()},
+        "parameters": count_parameters(net),
+        "receptive_field": receptive_field(cfg.model.kernel_size, cfg.model.dilations),
+        "min_bars": min_bars,
+        "spans": spans,
+        "split": split.summary(),
+        "samples": {"labelled_with_window": int(len(data.samples)), "train": int(len(split.train)),
+                    "val": int(len(split.val)), "test": int(len(split.test)),
+                    "train_positive_rate": float(np.mean(data.labels[split.train]))},
+        "pos_weight": final.pos_weight,
+        "data": {"path": str(data_path) if data_path else None,
+                 "sha256": sha256_file(data_path) if data_path else None,
+                 "rows": int(len(frame)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
+        "seed": tcfg.seed,
+        "epochs_max": epochs,
+        "max_samples": max_samples,
+        "versions": _versions(),
+        "metrics": final.metrics,
+        "history": final.fit.history,
+        "training": {"best_epoch": final.fit.best_epoch, "stopped_early": final.fit.stopped_early,
+                     "fit_seconds": round(final.fit.seconds, 2),
+                     "train_samples_per_s": round(final.fit.samples_per_s, 1)},
+    }
+    if len(outcomes) > 1:
+        meta["cv"] = [{"split": o.split.summary(), "test": o.metrics["test"]} for o in outcomes]
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        reliability_diagram(final.curves, tmp / "reliability.png")
+        learning_curves_png(final.fit.history, tmp / "learning_curves.png")
+        meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        meta = write_bundle_files(tmp, meta, final.fit.state_dict)
+        write_report(tmp, meta)
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle written to %s", output)
+    return TrainResult(path=output, meta=meta)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished directory into place; an existing one is moved aside first, then deleted."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

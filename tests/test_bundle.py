@@ -1,0 +1,169 @@
+"""The model bundle: loading, refusals, and one scoring path (batch == streaming)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.errors import BundleError, DataError
+from core.synthetic import synthetic_ohlcv
+from indicators.features import FEATURE_NAMES, StreamingFeatures, warmup_bars
+from models.bundle import load_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    return load_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def bars():
+    """Bars the model never saw (other seed), with a 3-bar gap after bar 700."""
+    return synthetic_ohlcv(1200, seed=99, gaps={700: 3}, start="2024-03-01")
+
+
+@pytest.fixture
+def copy_bundle(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def test_loads_from_directory_or_weights_path(tiny_bundle, bundle):
+    b2 = load_bundle(tiny_bundle / "final_model.pt")
+    assert b2.meta == bundle.meta
+    assert bundle.window == 64 and bundle.timeframe == "15m"
+    assert bundle.min_bars == warmup_bars(bundle.feature_cfg) + 64 - 1 == 160
+    assert bundle.label_cfg.horizon == 8
+    assert tuple(bundle.meta["feature_names"]) == FEATURE_NAMES
+    state = torch.load(tiny_bundle / "final_model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert sum(v.numel() for v in state.values()) == bundle.meta["parameters"] == 58401
+
+
+def test_spans_are_ordered(bundle):
+    tr_a, tr_b = bundle.training_span
+    te_a, te_b = bundle.test_span
+    assert tr_a < tr_b < te_a < te_b
+    assert te_a - tr_b >= pd.Timedelta(minutes=15 * 8)  # purge + embargo between them
+
+
+def test_predict_proba_nan_only_without_a_full_window(bundle, bars):
+    p = bundle.predict_proba(bars)
+    assert p.index.equals(bars.index)
+    vals = p.to_numpy()
+    n_pre = 701
+    # first stretch: NaN until min_bars bars exist; second stretch restarts warm-up after the gap
+    assert np.isnan(vals[: bundle.min_bars - 1]).all()
+    assert np.isfinite(vals[bundle.min_bars - 1: n_pre]).all()
+    assert np.isnan(vals[n_pre: n_pre + bundle.min_bars - 1]).all()
+    assert np.isfinite(vals[n_pre + bundle.min_bars - 1:]).all()
+    assert ((vals[np.isfinite(vals)] > 0) & (vals[np.isfinite(vals)] < 1)).all()
+    logit = bundle.predict_logit(bars)
+    np.testing.assert_allclose(bundle.calibrate(logit.to_numpy()), vals, rtol=0, atol=1e-12)
+
+
+def test_batch_window_and_streaming_scores_agree(bundle, bars):
+    p = bundle.predict_proba(bars)
+    lg = bundle.predict_logit(bars)
+    checks = [bundle.min_bars - 1, 300, 700, 701 + bundle.min_bars - 1, 1000, len(bars) - 1]
+    for t in checks:
+        assert abs(bundle.score_window(bars.iloc[: t + 1]) - p.iloc[t]) < 1e-6, t
+    # streaming features -> score_features gives the same numbers bar by bar
+    sf = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
+    rows = np.array([sf.update(ts, *row) for ts, row in zip(bars.index, bars.to_numpy())])
+    for t in checks:
+        logit, prob = bundle.score_features(rows[t - 63: t + 1])
+        assert abs(prob - p.iloc[t]) < 1e-6 and abs(logit - lg.iloc[t]) < 1e-5, t
+
+
+def test_not_enough_history_is_nan(bundle, bars):
+    assert np.isnan(bundle.score_window(bars.iloc[: bundle.min_bars - 1]))
+    assert np.isfinite(bundle.score_window(bars.iloc[: bundle.min_bars]))
+    # last window straddles the gap after bar 700
+    assert np.isnan(bundle.score_window(bars.iloc[: 710]))
+    assert np.isfinite(bundle.score_features(np.zeros((64, 12)))).all()
+    assert np.isnan(bundle.score_features(np.full((64, 12), np.nan))[1])
+    with pytest.raises(DataError, match=r"\(64, 12\)"):
+        bundle.score_features(np.zeros((63, 12)))
+
+
+def test_predict_refuses_non_candles(bundle, bars):
+    with pytest.raises(DataError, match="missing column"):
+        bundle.predict_proba(bars.drop(columns="volume"))
+    with pytest.raises(DataError, match="sorted"):
+        bundle.predict_proba(bars.iloc[::-1])
+
+
+def _edit_meta(path, **changes):
+    meta = json.loads((path / "bundle.json").read_text())
+    for dotted, value in changes.items():
+        node = meta
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format_version": 99}, "format version 99"),
+    ({"feature_hash": "0" * 64}, "feature definitions hash"),
+    ({"feature_names": list(FEATURE_NAMES[:11]) + ["other"]}, "feature set"),
+    ({"feature_config__rsi_window": 10}, "feature definitions hash"),
+    ({"window": 32}, "window 32"),
+])
+def test_refuses_mismatched_bundle(copy_bundle, changes, message):
+    _edit_meta(copy_bundle, **changes)
+    with pytest.raises(BundleError, match=message) as exc:
+        load_bundle(copy_bundle)
+    assert "\n" not in str(exc.value)
+
+
+def test_refuses_expected_window_mismatch(tiny_bundle):
+    with pytest.raises(BundleError, match="expected 32"):
+        load_bundle(tiny_bundle, expected_window=32)
+
+
+def test_refuses_tampered_and_truncated_weights(copy_bundle):
+    w = copy_bundle / "final_model.pt"
+    raw = bytearray(w.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    w.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="tampered or truncated"):
+        load_bundle(copy_bundle)
+    w.write_bytes(bytes(raw[: len(raw) // 3]))
+    with pytest.raises(BundleError, match="tampered or truncated"):
+        load_bundle(copy_bundle / "final_model.pt")
+
+
+def test_refuses_missing_pieces(copy_bundle, tmp_path):
+    with pytest.raises(BundleError, match="no bundle.json"):
+        load_bundle(tmp_path)
+    (copy_bundle / "bundle.json").write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable"):
+        load_bundle(copy_bundle)
+    (copy_bundle / "final_model.pt").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(copy_bundle)
+
+
+def test_bundle_contents(tiny_bundle, bundle):
+    for name in ("final_model.pt", "bundle.json", "reliability.png", "learning_curves.png", "report.html"):
+        assert (tiny_bundle / name).stat().st_size > 0, name
+    m = bundle.meta
+    for key in ("normaliser", "calibrator", "label_config", "spans", "config", "seed", "versions", "metrics",
+                "history", "feature_hash", "weights_sha256"):
+        assert key in m, key
+    assert len(m["normaliser"]["mean"]) == 12
+    assert m["calibrator"]["kind"] == "platt"
+    for span in ("val", "test"):
+        for model in ("tcn", "baseline"):
+            for kind in ("raw", "calibrated"):
+                assert set(m["metrics"][span][model][kind]) >= {"auc", "log_loss", "brier", "ece"}
+    html = (tiny_bundle / "report.html").read_text()
+    assert "reliability.png" in html and "baseline" in html
