@@ -112,7 +112,7 @@ class StrategyConfig(_Strict):
     max_position: float = Field(0.95, gt=0, le=1)
     limit_confidence: float = Field(0.5, ge=0, le=1)
     limit_tif_bars: int = Field(1, ge=1, le=1000)
-    max_hold: int = Field(8, ge=1, le=1000)
+    max_hold: int | None = Field(None, ge=1, le=1000)  # None: labels.horizon
     allow_short: bool = False
 
     @field_validator("center")
