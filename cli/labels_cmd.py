@@ -1,0 +1,44 @@
+"""`nts labels --data FILE`: triple-barrier label statistics of a candle file."""
+from __future__ import annotations
+
+import click
+
+from cli.common import config_options, setup_logging
+from core.config import Config
+from core.ohlcv import load_ohlcv
+from models.labels import breakeven_probability, label_summary, triple_barrier_events
+
+
+def _pct(x: float, signed: bool = False) -> str:
+    return f"{x * 100:+.4f}%" if signed else f"{x * 100:.2f}%"
+
+
+@click.command("labels")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Candle file (CSV, CSV.gz or Parquet).")
+@config_options
+def labels(data_path: str, cfg: Config) -> None:
+    """Label FILE with the configured triple barrier and print base rate, exit-kind shares,
+    mean gross return per kind and the break-even win probability after fees."""
+    log = setup_logging("labels")
+    lc = cfg.labels
+    frame = load_ohlcv(data_path, timeframe=cfg.data.timeframe)
+    events = triple_barrier_events(frame, lc, timeframe=cfg.data.timeframe)
+    s = label_summary(events)
+    fee = cfg.execution.taker_fee
+    be_fee = breakeven_probability(lc.profit, lc.stop, fee)
+    be_zero = breakeven_probability(lc.profit, lc.stop, 0.0)
+    log.info("labels %s: %s", data_path, s)
+    click.echo(f"file:          {data_path}")
+    click.echo(f"barriers:      profit +{_pct(lc.profit)}, stop -{_pct(lc.stop)}, horizon {lc.horizon} bars, "
+               f"tie -> {lc.tie}")
+    click.echo(f"rows:          {s['rows']:,}")
+    click.echo(f"labelled:      {s['labelled']:,} ({s['unlabelled']:,} without a full gap-free horizon)")
+    click.echo(f"base rate:     {s['base_rate']:.4f} (share of label 1 = profit first)")
+    for kind in ("profit", "stop", "time"):
+        click.echo(f"exit {kind + ':':<9}{s['counts'][kind]:>9,}  {_pct(s['shares'][kind]):>7}  "
+                   f"mean gross return {_pct(s['mean_gross_return'][kind], signed=True)}")
+    click.echo(f"mean exit:     {s['mean_exit_offset']:.2f} bars; mean gross return of all labelled "
+               f"{_pct(s['mean_gross_return_all'], signed=True)}")
+    click.echo(f"break-even P:  {be_fee:.4f} after fees (taker {_pct(fee)} per side, round trip "
+               f"{_pct(2 * fee)}); {be_zero:.4f} with zero fees")
