@@ -228,9 +228,10 @@ def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, pro
     window = cfg.model.window
     tcfg = cfg.training
     # Normaliser: rows that appear in training windows only.
-    rows = np.zeros(len(data.features), dtype=bool)
-    rows[split.train] = True
-    rows = np.convolve(rows, np.ones(window), mode="full")[: len(rows)] > 0  # extend back by window - 1
+    ends = np.zeros(len(data.features))
+    ends[split.train] = 1.0
+    # row r is in some training window iff a training end t lies in [r, r + window - 1]
+    rows = np.convolve(ends, np.ones(window), mode="full")[window - 1:] > 0.5
     normaliser = Normaliser.fit(data.features, rows)
     norm = torch.from_numpy(normaliser.transform(data.features))
     pos_weight = resolve_pos_weight(tcfg.pos_weight, data.labels[split.train])
