@@ -222,11 +222,9 @@ def download_ohlcv(
                 if not kept:
                     break  # nothing new in the span (the exchange returned only older bars)
                 rows.extend(kept)
-                next_cursor = int(kept[-1][0]) + tf_ms
-                if next_cursor <= cursor:
-                    raise DataError(f"{source}: exchange returned bars out of order at {_ts(int(kept[-1][0]))}")
                 bar.update(len(kept))
-                cursor = next_cursor
+                # Strictly increasing (kept bars are >= cursor); unsorted pages are refused by validation.
+                cursor = max(int(r[0]) for r in kept) + tf_ms
                 if cursor > now_ms:
                     break  # bars that have not opened yet cannot exist
             frame = _rows_to_frame(rows, source, timeframe)

@@ -234,3 +234,14 @@ def test_cli_download_end_to_end_and_bad_symbol(loopback, frame, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown symbol 'ETH/BTC'" in lines[0]
     assert not bad.exists()
+
+
+def test_real_candles_across_the_big_gap_round_trip_exactly(real_candles, tmp_path):
+    # 3,000 real Binance bars around the 14,166-bar hole after 2022-08-06 09:15.
+    pos = int(real_candles.index.get_loc(pd.Timestamp("2022-08-06 09:15", tz="UTC")))
+    served = real_candles.iloc[pos - 1500:pos + 1500]
+    with LoopbackExchange(served, now=served.index[-1] + TF) as lb:
+        ex = make_exchange("binance", url=lb.url, timeout_ms=2000)
+        res = run(ex, served, tmp_path / "real.csv", start="2022-01-01", end="2024-11-01")
+    pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "real.csv"), served, check_exact=True, check_freq=False)
+    assert [g.missing for g in res.gaps] == [14166]
