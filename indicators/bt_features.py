@@ -1,0 +1,142 @@
+"""The features as backtrader indicator lines (batch in ``once()``, streaming in ``next()``).
+
+Both modes call the one implementation in :mod:`indicators.features` (``compute_features``
+over the whole feed in runonce mode, ``StreamingFeatures`` bar by bar otherwise), so a
+strategy sees the same numbers the model was trained on.
+
+* :class:`FeatureLines` -- all 12 features, one line each (``FEATURE_NAMES``).
+* :class:`VolForecast` -- ``ewma_vol_fast`` annualised: per-bar EWMA volatility of 1-bar log
+  returns x ``sqrt(bars per year)`` (``sqrt(35040)`` for 15m bars), the forecast used for
+  volatility-targeted sizing. Unit: fraction per year (0.5 = 50% annualised).
+* :class:`RealisedVol` -- realised daily volatility for the risk manager
+  (:func:`strategies.risk.realised_daily_vol`).
+"""
+from __future__ import annotations
+
+import math
+from array import array
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from indicators.features import FEATURE_NAMES, StreamingFeatures, compute_features
+from strategies.analyzers import bt_num_to_ns, bt_num_to_timestamp
+from strategies.metrics import bars_per_year
+from strategies.risk import realised_daily_vol
+
+
+def _np(line) -> np.ndarray:
+    """Zero-copy float64 view of a backtrader line buffer."""
+    return np.frombuffer(line.array, dtype="float64")
+
+
+def feed_frame(data) -> pd.DataFrame:
+    """The canonical OHLCV frame of a (preloaded) backtrader data feed: UTC bar open times,
+    float64 open/high/low/close/volume. Used once per run by the batch indicators."""
+    n = data.buflen()
+    idx = pd.DatetimeIndex(bt_num_to_ns(_np(data.datetime)[:n]), tz="UTC", name="timestamp")
+    cols = {name: _np(getattr(data, name))[:n].copy() for name in ("open", "high", "low", "close", "volume")}
+    return pd.DataFrame(cols, index=idx)
+
+
+def write_line(line, values: np.ndarray, start: int, end: int) -> None:
+    """Copy ``values[start:end]`` into a line's buffer (runonce ``once()`` helper)."""
+    line.array[start:end] = array("d", np.asarray(values[start:end], dtype="float64"))
+
+
+class _BatchOnce(bt.Indicator):
+    """Base for indicators whose runonce pass computes everything once over the feed."""
+
+    _full: dict[str, np.ndarray] | None = None
+
+    def _compute_full(self) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fill(self, start: int, end: int) -> None:
+        if self._full is None:
+            self._full = self._compute_full()
+        for name, values in self._full.items():
+            write_line(getattr(self.lines, name), values, start, end)
+
+    def preonce(self, start: int, end: int) -> None:
+        self._fill(start, end)
+
+    def oncestart(self, start: int, end: int) -> None:
+        self._fill(start, end)
+
+    def once(self, start: int, end: int) -> None:
+        self._fill(start, end)
+
+
+class FeatureLines(_BatchOnce):
+    """The 12 features of :mod:`indicators.features` as lines (NaN during warm-up and after gaps)."""
+
+    lines = FEATURE_NAMES
+    params = (("cfg", None), ("timeframe", "15m"))
+
+    def __init__(self) -> None:
+        self._stream = StreamingFeatures(self.p.cfg, self.p.timeframe)
+
+    def _compute_full(self) -> dict[str, np.ndarray]:
+        feats = compute_features(feed_frame(self.data), self.p.cfg, timeframe=self.p.timeframe)
+        return {name: feats[name].to_numpy() for name in FEATURE_NAMES}
+
+    def next(self) -> None:
+        d = self.data
+        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
+                                  d.close[0], d.volume[0])
+        for k, name in enumerate(FEATURE_NAMES):
+            getattr(self.lines, name)[0] = row[k]
+
+    prenext = next
+
+
+class VolForecast(_BatchOnce):
+    """Annualised volatility forecast: ``ewma_vol_fast x sqrt(bars_per_year)`` (see module docs)."""
+
+    lines = ("vol",)
+    params = (("cfg", None), ("timeframe", "15m"))
+
+    def __init__(self) -> None:
+        self._stream = StreamingFeatures(self.p.cfg, self.p.timeframe)
+        self._ann = math.sqrt(bars_per_year(self.p.timeframe))
+        self._col = FEATURE_NAMES.index("ewma_vol_fast")
+
+    def _compute_full(self) -> dict[str, np.ndarray]:
+        feats = compute_features(feed_frame(self.data), self.p.cfg, timeframe=self.p.timeframe)
+        return {"vol": feats["ewma_vol_fast"].to_numpy() * self._ann}
+
+    def next(self) -> None:
+        d = self.data
+        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
+                                  d.close[0], d.volume[0])
+        self.lines.vol[0] = row[self._col] * self._ann
+
+    prenext = next
+
+
+class RealisedVol(_BatchOnce):
+    """Realised daily volatility of the close over ``window`` bars (risk manager input)."""
+
+    lines = ("vol",)
+    params = (("window", 96), ("timeframe", "15m"))
+
+    def __init__(self) -> None:
+        self._closes: list[float] = []
+
+    def _compute_full(self) -> dict[str, np.ndarray]:
+        close = _np(self.data.close)[: self.data.buflen()]
+        return {"vol": realised_daily_vol(close, self.p.window, self.p.timeframe)}
+
+    def next(self) -> None:
+        closes = self._closes
+        closes.append(self.data.close[0])
+        if len(closes) > self.p.window + 1:
+            del closes[0]
+        if len(closes) <= self.p.window:
+            self.lines.vol[0] = float("nan")
+        else:
+            self.lines.vol[0] = float(realised_daily_vol(np.asarray(closes), self.p.window, self.p.timeframe)[-1])
+
+    prenext = next

@@ -1,0 +1,76 @@
+"""TCN + calibrator as a backtrader indicator: lines ``logit`` and ``prob``.
+
+* runonce (``once()``): the whole feed is converted to the canonical frame once and scored
+  in batches through :meth:`models.bundle.ModelBundle.predict_logit` (features, windows and
+  the network run vectorised; no per-bar Python loop over the network), then calibrated.
+* event mode (``next()``, paper/live): each closed bar goes through
+  :class:`indicators.features.StreamingFeatures`; a ring buffer keeps the last ``window``
+  feature rows of the current contiguous stretch and
+  :meth:`~models.bundle.ModelBundle.score_features` scores them.
+
+Both modes give the same numbers (to float32 network precision); the test suite checks it
+on real candles -- that equality is the lookahead test. The minimum period is
+``bundle.min_bars`` (feature warm-up + window - 1); after a data gap both modes are NaN
+until a full window of the new stretch exists.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from indicators.bt_features import _BatchOnce, feed_frame
+from indicators.features import StreamingFeatures
+from strategies.analyzers import bt_num_to_timestamp
+
+
+def as_bundle(bundle):
+    """A loaded bundle from a bundle object, a directory or a ``final_model.pt`` path."""
+    if isinstance(bundle, (str, Path)):
+        from models.bundle import load_bundle
+
+        return load_bundle(bundle)
+    if bundle is None:
+        from core.errors import BundleError
+
+        raise BundleError("TCNProbability needs a model bundle (param 'bundle')")
+    return bundle
+
+
+class TCNProbability(_BatchOnce):
+    """Calibrated P(profit barrier first) of the bundle's TCN, per bar (see module docs)."""
+
+    lines = ("logit", "prob")
+    params = (("bundle", None),)
+
+    def __init__(self) -> None:
+        self.bundle = as_bundle(self.p.bundle)
+        self.addminperiod(self.bundle.min_bars)
+        self._stream = StreamingFeatures(self.bundle.feature_cfg, self.bundle.timeframe)
+        self._rows: deque[np.ndarray] = deque(maxlen=self.bundle.window)
+
+    def _compute_full(self) -> dict[str, np.ndarray]:
+        frame = feed_frame(self.data)
+        logit = self.bundle.predict_logit(frame).to_numpy()
+        return {"logit": logit, "prob": self.bundle.calibrate(logit)}
+
+    def _stream_bar(self) -> None:
+        d = self.data
+        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
+                                  d.close[0], d.volume[0])
+        if self._stream.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
+            self._rows.clear()
+        self._rows.append(row)
+        if len(self._rows) == self.bundle.window:
+            logit, prob = self.bundle.score_features(np.stack(self._rows))
+        else:
+            logit = prob = float("nan")
+        self.lines.logit[0] = logit
+        self.lines.prob[0] = prob
+
+    def next(self) -> None:
+        self._stream_bar()
+
+    prenext = next
+    nextstart = next

@@ -1,0 +1,156 @@
+"""backtrader analyzers that export what the reports need: the equity curve and every fill,
+plus :func:`round_trips` that turns fills into trades (entry, exit, kind, hold, P&L)."""
+from __future__ import annotations
+
+import math
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+# backtrader stores times as float days since 0001-01-01 (+1); 719163.0 is 1970-01-01.
+_BT_EPOCH = 719163.0
+
+
+def bt_num_to_ns(values: np.ndarray) -> np.ndarray:
+    """backtrader float-day timestamps -> int64 ns since the epoch, rounded to the second
+    (the float carries ~10 us of noise; bars sit on whole seconds)."""
+    secs = np.rint((np.asarray(values, dtype="float64") - _BT_EPOCH) * 86400.0)
+    return secs.astype("int64") * 1_000_000_000
+
+
+def bt_num_to_timestamp(value: float) -> pd.Timestamp:
+    """One backtrader float-day timestamp as a UTC pandas Timestamp."""
+    return pd.Timestamp(int(round((value - _BT_EPOCH) * 86400.0)), unit="s", tz="UTC")
+
+
+class EquityCurve(bt.Analyzer):
+    """Per bar (after the bar's orders): time, equity, cash, position size and close."""
+
+    def start(self) -> None:
+        self._t: list[float] = []
+        self._value: list[float] = []
+        self._cash: list[float] = []
+        self._pos: list[float] = []
+        self._close: list[float] = []
+
+    def next(self) -> None:
+        self._record()
+
+    def prenext(self) -> None:  # record the warm-up bars too (flat, equity = cash)
+        self._record()
+
+    def _record(self) -> None:
+        broker = self.strategy.broker
+        data = self.strategy.data
+        self._t.append(data.datetime[0])
+        self._value.append(broker.getvalue())
+        self._cash.append(broker.getcash())
+        self._pos.append(self.strategy.getposition(data).size)
+        self._close.append(data.close[0])
+
+    def get_analysis(self) -> pd.DataFrame:
+        idx = pd.DatetimeIndex(bt_num_to_ns(np.asarray(self._t)), tz="UTC", name="timestamp")
+        return pd.DataFrame({"equity": self._value, "cash": self._cash, "position": self._pos,
+                             "close": self._close}, index=idx)
+
+
+class FillLog(bt.Analyzer):
+    """Every completed order: time, side, size, average price, value, commission, order
+    type and the strategy's ``kind`` tag (entry, stop, take_profit, time, risk, kill)."""
+
+    def start(self) -> None:
+        self._rows: list[dict] = []
+
+    def notify_order(self, order: bt.Order) -> None:
+        if order.status != order.Completed:
+            return
+        ex = order.executed
+        self._rows.append({
+            "time": bt_num_to_timestamp(ex.dt),
+            "side": "buy" if order.isbuy() else "sell",
+            "size": float(ex.size),
+            "price": float(ex.price),
+            "value": float(ex.size * ex.price),
+            "commission": float(ex.comm),
+            "order_type": order.getordername(),
+            "kind": str(order.info.get("kind", "") or ""),
+            "ref": order.ref,
+        })
+
+    def get_analysis(self) -> pd.DataFrame:
+        cols = ["time", "side", "size", "price", "value", "commission", "order_type", "kind", "ref"]
+        return pd.DataFrame(self._rows, columns=cols)
+
+
+def round_trips(fills: pd.DataFrame, bar_times: pd.DatetimeIndex, last_close: float | None = None) -> pd.DataFrame:
+    """Group fills into trades: a trade opens when the position leaves 0 and closes when it
+    returns to 0 (a fill that flips the sign closes one trade and opens the next).
+
+    ``bar_times`` (the data's bar open times) turns fill times into bar indices for
+    ``hold_bars``. A trade still open at the end has ``status='open'`` and is marked at
+    ``last_close``.
+    """
+    cols = ["entry_time", "exit_time", "side", "size", "entry_price", "exit_price", "entry_bar", "exit_bar",
+            "hold_bars", "pnl_gross", "fees", "pnl_net", "return_net", "exit_kind", "entry_kind", "status"]
+    rows: list[dict] = []
+    bars = pd.DatetimeIndex(bar_times)
+    pos = 0.0
+    cur: dict | None = None
+    eps = 1e-12
+
+    def bar_of(t: pd.Timestamp) -> int:
+        return int(bars.searchsorted(t, side="left"))
+
+    def close_trade(t: pd.Timestamp, kind: str, status: str, price: float | None) -> None:
+        assert cur is not None
+        size = cur["size"]
+        entry_px = cur["entry_cost"] / size
+        exit_px = cur["exit_proceeds"] / size if price is None else price
+        sign = 1.0 if cur["side"] == "long" else -1.0
+        gross = sign * (exit_px - entry_px) * size
+        fees = cur["fees"]
+        rows.append({
+            "entry_time": cur["entry_time"], "exit_time": t, "side": cur["side"], "size": size,
+            "entry_price": entry_px, "exit_price": exit_px, "entry_bar": cur["entry_bar"],
+            "exit_bar": bar_of(t), "hold_bars": bar_of(t) - cur["entry_bar"],
+            "pnl_gross": gross, "fees": fees, "pnl_net": gross - fees,
+            "return_net": (gross - fees) / cur["entry_cost"] if cur["entry_cost"] else math.nan,
+            "exit_kind": kind, "entry_kind": cur["entry_kind"], "status": status,
+        })
+
+    for f in fills.itertuples(index=False):
+        qty = f.size  # signed: buys positive, sells negative
+        while abs(qty) > eps:
+            if abs(pos) <= eps:  # opening
+                cur = {"entry_time": f.time, "side": "long" if qty > 0 else "short", "size": 0.0,
+                       "entry_cost": 0.0, "exit_proceeds": 0.0, "closed": 0.0, "fees": 0.0,
+                       "entry_bar": bar_of(f.time), "entry_kind": f.kind}
+            same_dir = (pos >= 0 and qty > 0) or (pos <= 0 and qty < 0)
+            if same_dir or abs(pos) <= eps:
+                share = 1.0
+                cur["size"] += abs(qty)
+                cur["entry_cost"] += abs(qty) * f.price
+                cur["fees"] += f.commission * share
+                pos += qty
+                qty = 0.0
+            else:  # reducing / closing
+                take = min(abs(qty), abs(pos))
+                share = take / abs(f.size)
+                cur["exit_proceeds"] += take * f.price
+                cur["closed"] += take
+                cur["fees"] += f.commission * share
+                step = math.copysign(take, qty)
+                pos += step
+                qty -= step
+                if abs(pos) <= eps:
+                    pos = 0.0
+                    close_trade(f.time, f.kind, "closed", None)
+                    cur = None
+    if cur is not None and abs(pos) > eps:
+        # Open at the end: mark the unclosed part at the last close.
+        px = last_close if last_close is not None else math.nan
+        remaining = abs(pos)
+        cur["exit_proceeds"] += remaining * px
+        close_trade(bars[-1] if len(bars) else cur["entry_time"], "open", "open", None)
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,388 @@
+"""Event-driven backtests with backtrader: ``run_backtest`` and its report files.
+
+Span rules: the backtest covers ``[start, end]`` (bar open times, UTC). Bars before
+``start`` are fed only as warm-up (features, the model window, the volatility window);
+no order and no risk check happens there and the metrics start at ``start``. Without
+``start`` the span begins right after the bundle's training span. A span that overlaps
+the training span is refused (:class:`InSampleError`) unless ``allow_in_sample``.
+
+Outputs (``output`` folder, written atomically: a temp folder, then renames, metrics.json
+last): ``metrics.json``, ``trades.csv``, ``fills.csv``, ``equity.csv``, ``risk_trips.csv``,
+``equity.png`` (equity vs buy-and-hold, drawdown), ``report.md`` and ``report.html``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from core.config import Config, config_to_dict, timeframe_seconds
+from core.costs import Costs
+from core.errors import DataError, NtsError
+from strategies.analyzers import EquityCurve, FillLog, round_trips
+from strategies.metrics import summarize
+
+_BT_EPOCH = 719163.0
+
+
+class InSampleError(NtsError):
+    """The requested backtest span overlaps the bars the model was trained on."""
+
+
+class FrameFeed(bt.feed.DataBase):
+    """A backtrader feed over a canonical OHLCV frame (fast: plain lists, no per-bar pandas).
+
+    Extra float columns become extra lines with :func:`frame_feed` (used by tests to inject
+    a probability line)."""
+
+    params = (("timeframe", bt.TimeFrame.Minutes), ("compression", 15))
+
+    def start(self) -> None:
+        super().start()
+        frame: pd.DataFrame = self.p.dataname
+        idx = pd.DatetimeIndex(frame.index)
+        idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+        ns = idx.as_unit("ns").asi8
+        self._cols = [(ns / 86_400e9 + _BT_EPOCH).tolist()]
+        self._names = ["datetime", "open", "high", "low", "close", "volume"]
+        for name in self._names[1:]:
+            self._cols.append(frame[name].to_numpy(dtype="float64").tolist())
+        for name in self.getlinealiases():
+            if name not in self._names and name != "openinterest" and name in frame.columns:
+                self._names.append(name)
+                self._cols.append(frame[name].to_numpy(dtype="float64").tolist())
+        self._lines = [getattr(self.lines, n) for n in self._names]
+        self._n = len(frame)
+        self._i = -1
+
+    def _load(self) -> bool:
+        self._i += 1
+        i = self._i
+        if i >= self._n:
+            return False
+        for line, col in zip(self._lines, self._cols):
+            line[0] = col[i]
+        self.lines.openinterest[0] = 0.0
+        return True
+
+
+def frame_feed(frame: pd.DataFrame, extra: tuple[str, ...] = (), timeframe: str = "15m") -> FrameFeed:
+    """A :class:`FrameFeed` for ``frame``; ``extra`` names additional float columns to expose
+    as lines of the same name (e.g. a precomputed probability)."""
+    cls = FrameFeed
+    if extra:
+        cls = type(FrameFeed)(f"FrameFeed_{'_'.join(extra)}", (FrameFeed,), {"lines": tuple(extra)})
+    minutes = timeframe_seconds(timeframe) // 60
+    return cls(dataname=frame, timeframe=bt.TimeFrame.Minutes, compression=max(1, minutes))
+
+
+class _Progress(bt.Analyzer):
+    """tqdm progress (stderr) of the strategy's bar loop."""
+
+    params = (("bar", None), ("every", 2000))
+
+    def start(self) -> None:
+        self._n = 0
+
+    def _tick(self) -> None:
+        self._n += 1
+        if self._n % self.p.every == 0:
+            self.p.bar.update(self.p.every)
+
+    next = _tick
+    prenext = _tick
+
+    def stop(self) -> None:
+        self.p.bar.update(self._n % self.p.every)
+
+
+@dataclass
+class BacktestResult:
+    """Everything a backtest produced (also written to ``output`` when given)."""
+
+    metrics: dict[str, Any]
+    equity: pd.DataFrame
+    trades: pd.DataFrame
+    fills: pd.DataFrame
+    risk_trips: list[dict]
+    start: pd.Timestamp
+    end: pd.Timestamp
+    strategy: str
+    output: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _utc(ts: Any) -> pd.Timestamp | None:
+    if ts is None:
+        return None
+    try:
+        t = pd.Timestamp(ts)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"invalid date {ts!r}: {exc}") from None
+    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+
+
+def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None,
+                 allow_in_sample: bool = False) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The backtest span [start, end] as bar times of ``frame`` (see module docstring)."""
+    if len(frame) == 0:
+        raise DataError("backtest data is empty")
+    idx = frame.index
+    t_start, t_end = _utc(start), _utc(end)
+    train = getattr(bundle, "training_span", None) if bundle is not None else None
+    if t_start is None:
+        t_start = idx[0]
+        if train is not None and not allow_in_sample:
+            t_start = max(t_start, train[1] + pd.Timedelta(seconds=1))
+    if t_end is None:
+        t_end = idx[-1]
+    first = idx.searchsorted(t_start, side="left")
+    last = idx.searchsorted(t_end, side="right") - 1
+    if first >= len(idx) or last < first:
+        raise DataError(f"no bars in the backtest span {t_start} .. {t_end} (data covers {idx[0]} .. {idx[-1]})")
+    s, e = idx[first], idx[last]
+    if train is not None and not allow_in_sample and s <= train[1] and e >= train[0]:
+        raise InSampleError(f"backtest span {s} .. {e} overlaps the bundle's training span {train[0]} .. {train[1]}; "
+                            "refusing to report in-sample results (use --allow-in-sample to run it anyway)")
+    return s, e
+
+
+def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy: Any = "tcn",
+                 start: Any = None, end: Any = None, allow_in_sample: bool = False,
+                 output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
+                 progress: bool = True, strategy_kwargs: dict | None = None) -> BacktestResult:
+    """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
+
+    ``frame`` is a canonical OHLCV frame (``core.ohlcv``); ``cfg`` supplies strategy, label
+    barriers, risk and execution settings; ``costs`` defaults to ``Costs.from_config(cfg)``.
+    ``coc`` fills market orders at the signal bar's close (cheat-on-close; off = next open).
+    Returns a :class:`BacktestResult`; with ``output`` also writes the report files.
+    """
+    from indicators.tcn_indicator import as_bundle
+    from strategies.base import strategy_params
+    from strategies.registry import resolve_strategy
+
+    cls = resolve_strategy(strategy)
+    takes_bundle = "bundle" in cls.params._getkeys()
+    bundle = as_bundle(bundle_or_path) if (takes_bundle or bundle_or_path is not None) else None
+    timeframe = bundle.timeframe if bundle is not None else cfg.data.timeframe
+    s, e = resolve_span(frame, bundle, start, end, allow_in_sample)
+    in_sample = False
+    if bundle is not None:
+        a, b = bundle.training_span
+        in_sample = bool(s <= b and e >= a)
+
+    # Warm-up history before the span: model window + feature warm-up, and the risk vol window.
+    warm = max(bundle.min_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
+               cfg.features.ewma_vol_fast_span + 1)
+    i0 = max(0, int(frame.index.searchsorted(s)) - warm)
+    i1 = int(frame.index.searchsorted(e, side="right"))
+    data = frame.iloc[i0:i1]
+
+    costs = costs if costs is not None else Costs.from_config(cfg)
+    cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True, optdatas=True)
+    extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
+    cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
+    costs.apply_to_cerebro(cerebro, cash=cfg.execution.cash, coc=coc)
+    params = strategy_params(cfg, trade_start=s, trade_end=e, timeframe=timeframe)
+    if takes_bundle:
+        params["bundle"] = bundle
+    params.update(strategy_kwargs or {})
+    cerebro.addstrategy(cls, **params)
+    cerebro.addanalyzer(EquityCurve, _name="equity")
+    cerebro.addanalyzer(FillLog, _name="fills")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(data), desc="backtest", unit="bar", leave=False, mininterval=0.5)
+        cerebro.addanalyzer(_Progress, bar=bar)
+    t0 = time.perf_counter()
+    try:
+        strat = cerebro.run()[0]
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+
+    eq_all: pd.DataFrame = strat.analyzers.equity.get_analysis()
+    fills: pd.DataFrame = strat.analyzers.fills.get_analysis()
+    equity = eq_all.loc[eq_all.index >= s]
+    trades = round_trips(fills, data.index, last_close=float(data["close"].iloc[-1]))
+    trips = [t.to_dict() for t in strat.risk.trips]
+    metrics = summarize(equity["equity"], equity["position"], fills, trades,
+                        data["close"].loc[equity.index], cfg.execution.cash, timeframe)
+    metrics["run"] = {
+        "strategy": f"{cls.__module__}:{cls.__qualname__}",
+        "model": str(getattr(bundle, "path", "") or "") if bundle is not None else None,
+        "start": str(s), "end": str(e), "bars": int(len(equity)), "warmup_bars": int(len(data) - len(equity)),
+        "timeframe": timeframe, "in_sample": in_sample,
+        "training_span": [str(x) for x in bundle.training_span] if bundle is not None else None,
+        "costs": {"taker_fee": costs.taker_fee, "maker_fee": costs.maker_fee, "slippage_bps": costs.slippage_bps},
+        "cheat_on_close": bool(coc), "cash": cfg.execution.cash,
+        "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
+        "seconds": round(elapsed, 3),
+    }
+    metrics["risk_trips"] = trips
+    result = BacktestResult(metrics=metrics, equity=equity, trades=trades, fills=fills, risk_trips=trips,
+                            start=s, end=e, strategy=metrics["run"]["strategy"])
+    if output is not None:
+        result.output = Path(output)
+        result.files = write_outputs(result, Path(output), cfg)
+    return result
+
+
+# ------------------------------------------------------------------ outputs
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.2%}" if pct else f"{v:,.3f}"
+    return str(v)
+
+
+# (label, key, is-percent) rows of the metrics table
+TABLE_ROWS = [
+    ("Total return", "total_return", True), ("CAGR", "cagr", True), ("Sharpe (ann.)", "sharpe", False),
+    ("Sortino (ann.)", "sortino", False), ("Max drawdown", "max_drawdown", True),
+    ("Volatility (ann.)", "volatility_ann", True), ("Trades", "trades", False), ("Win rate", "win_rate", True),
+    ("Avg hold (bars)", "avg_hold_bars", False), ("Avg hold (hours)", "avg_hold_hours", False),
+    ("Exposure", "exposure", True), ("Turnover (x equity)", "turnover", False),
+    ("Fees paid", "fees_paid", False), ("End equity", "end_equity", False),
+]
+
+
+def metrics_table(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, strategy, buy-and-hold) rows as strings."""
+    st, bh = metrics["strategy"], metrics["buy_and_hold"]
+    return [(label, _fmt(st.get(key), pct), _fmt(bh.get(key), pct) if key in bh else "") for label, key, pct in TABLE_ROWS]
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Plain-text metrics table (what ``nts backtest`` prints)."""
+    rows = [("metric", "strategy", "buy & hold")] + metrics_table(metrics)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:>{w1}}  {c:>12}" for a, b, c in rows)
+
+
+def plot_equity(equity: pd.DataFrame, cash: float, path: Path, title: str) -> None:
+    """Equity vs buy-and-hold (top) and drawdown (bottom) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: headless, no display needed
+    import matplotlib.pyplot as plt
+
+    eq = equity["equity"]
+    bh = cash * equity["close"] / equity["close"].iloc[0]
+    dd = eq / eq.cummax() - 1.0
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax1.plot(eq.index, eq.to_numpy(), label="strategy", lw=1.0)
+    ax1.plot(bh.index, bh.to_numpy(), label="buy & hold", lw=0.8, alpha=0.7)
+    ax1.set_ylabel("equity")
+    ax1.set_title(title)
+    ax1.legend(loc="upper left")
+    ax1.grid(alpha=0.3)
+    ax2.fill_between(dd.index, dd.to_numpy() * 100, 0, color="tab:red", alpha=0.4, lw=0)
+    ax2.set_ylabel("drawdown %")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _report_md(result: BacktestResult) -> str:
+    m = result.metrics
+    run = m["run"]
+    lines = [f"# Backtest report", "",
+             f"- strategy: `{run['strategy']}`", f"- model: `{run['model']}`",
+             f"- span: {run['start']} .. {run['end']} ({run['bars']:,} bars of {run['timeframe']}, "
+             f"{run['warmup_bars']} warm-up bars before it)",
+             f"- in-sample: {'YES (training span overlaps: ' + ' .. '.join(run['training_span'] or []) + ')' if run['in_sample'] else 'no'}",
+             f"- costs: taker {run['costs']['taker_fee']:.4%}, maker {run['costs']['maker_fee']:.4%}, "
+             f"slippage {run['costs']['slippage_bps']} bps; cheat-on-close: {run['cheat_on_close']}",
+             f"- {m['conventions']['sharpe']}; buy & hold: {m['conventions']['buy_and_hold']}", "",
+             "| metric | strategy | buy & hold |", "|---|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in metrics_table(m)]
+    kinds = m["strategy"].get("exit_kinds") or {}
+    lines += ["", "Exits: " + (", ".join(f"{k} {v}" for k, v in kinds.items()) or "none"), "",
+              "## Risk trips", ""]
+    if result.risk_trips:
+        lines += [f"- {t['time']} **{t['breaker']}**: {t['reason']}" for t in result.risk_trips]
+    else:
+        lines.append("none")
+    lines += ["", "![equity and drawdown](equity.png)", ""]
+    return "\n".join(lines)
+
+
+def _report_html(result: BacktestResult) -> str:
+    m = result.metrics
+    run = m["run"]
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in metrics_table(m))
+    trips = "".join(f"<li>{html.escape(t['time'])} <b>{html.escape(t['breaker'])}</b>: {html.escape(t['reason'])}</li>"
+                    for t in result.risk_trips) or "<li>none</li>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>nts backtest</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
+td:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head>
+<body><h1>Backtest report</h1>
+<p>strategy <code>{html.escape(run['strategy'])}</code>, model <code>{html.escape(str(run['model']))}</code><br>
+span {html.escape(run['start'])} .. {html.escape(run['end'])} ({run['bars']:,} bars of {run['timeframe']}),
+in-sample: {'<b>YES</b>' if run['in_sample'] else 'no'}<br>
+costs: taker {run['costs']['taker_fee']:.4%}, maker {run['costs']['maker_fee']:.4%}, slippage {run['costs']['slippage_bps']} bps<br>
+{html.escape(m['conventions']['sharpe'])}</p>
+<table><tr><th>metric</th><th>strategy</th><th>buy &amp; hold</th></tr>{rows}</table>
+<h2>Risk trips</h2><ul>{trips}</ul>
+<img src="equity.png" alt="equity and drawdown" style="max-width:100%"></body></html>
+"""
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, pd.Timestamp):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def write_outputs(result: BacktestResult, output: Path, cfg: Config) -> dict[str, Path]:
+    """Write the report files into ``output`` atomically (temp folder, then one rename per
+    file, metrics.json last so its presence means the set is complete)."""
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".backtest-", dir=output))
+    try:
+        result.equity.to_csv(tmp / "equity.csv", index_label="timestamp")
+        result.trades.to_csv(tmp / "trades.csv", index=False)
+        result.fills.to_csv(tmp / "fills.csv", index=False)
+        pd.DataFrame(result.risk_trips, columns=["time", "breaker", "reason", "values"]).to_csv(
+            tmp / "risk_trips.csv", index=False)
+        plot_equity(result.equity, cfg.execution.cash, tmp / "equity.png",
+                    f"{result.strategy.split(':')[-1]}  {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}")
+        (tmp / "report.md").write_text(_report_md(result))
+        (tmp / "report.html").write_text(_report_html(result))
+        payload = dict(result.metrics)
+        payload["config"] = config_to_dict(cfg)
+        (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default))
+        names = ["equity.csv", "trades.csv", "fills.csv", "risk_trips.csv", "equity.png", "report.md",
+                 "report.html", "metrics.json"]
+        (output / "metrics.json").unlink(missing_ok=True)  # an old complete marker must not outlive this run
+        files = {}
+        for name in names:
+            os.replace(tmp / name, output / name)
+            files[name] = output / name
+        return files
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,17 @@
+"""TCNStrategy: ModelStrategy with the bundle's TCN + calibrator as its probability line."""
+from __future__ import annotations
+
+from indicators.tcn_indicator import TCNProbability
+from strategies.base import ModelStrategy
+
+
+class TCNStrategy(ModelStrategy):
+    """Trades the calibrated TCN probability of the model bundle in param ``bundle``
+    (a loaded bundle, a bundle directory or its ``final_model.pt``)."""
+
+    params = (("bundle", None),)
+
+    def make_probability(self):
+        """The ``prob`` line of :class:`indicators.tcn_indicator.TCNProbability`."""
+        self.tcn = TCNProbability(self.data, bundle=self.p.bundle)
+        return self.tcn.prob
