@@ -1,8 +1,6 @@
 """`nts download` through the REAL ccxt.binance client against the loopback exchange."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
