@@ -1,7 +1,6 @@
 """`nts download` through the REAL ccxt.binance client against the loopback exchange."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 from click.testing import CliRunner
