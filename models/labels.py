@@ -29,7 +29,6 @@ import pandas as pd
 
 from core.config import LabelConfig, timeframe_seconds
 from core.errors import ConfigError, DataError
-from core.ohlcv import segment_ids
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
@@ -89,31 +88,31 @@ def _to_frame(index: pd.Index, code: np.ndarray, offset: np.ndarray, price: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ok: np.ndarray,
+def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.ndarray, span_ns: int,
                   profit: float, stop: float, horizon: int, tie_stop: bool):
-    """Compiled labelling: (kind code, exit offset, exit price) per bar.
+    """Compiled labelling: (kind code int8, exit offset int32, exit price) per bar.
 
     Kind codes: 0 unlabelled, 1 profit, 2 stop, 3 time; offset and price are meaningful
-    only where the code is > 0. ``ok[t]`` says bar t has a full, gap-free horizon.
+    only where the code is > 0. Bar t has a full, gap-free horizon when
+    ``ts[t + horizon] - ts[t] == span_ns`` (timestamps strictly increasing, on the grid).
     Instead of walking each bar's horizon with early exits (branchy, as the Python
     reference does), it makes one branch-free pass per step h = horizon .. 1 over all bars,
-    keeping the smallest touching h, which the compiler can vectorise. Same float64
-    barrier arithmetic as the reference (no fastmath), so results are identical.
+    keeping the smallest touching h, which the compiler vectorises. Same float64 barrier
+    arithmetic as the reference (no fastmath), so the results are identical.
     """
     n = close.shape[0]
-    code = np.zeros(n, dtype=np.int64)
-    offset = np.zeros(n, dtype=np.int64)
-    price = np.full(n, np.nan)
+    code = np.zeros(n, dtype=np.int8)
+    offset = np.zeros(n, dtype=np.int32)
+    price = np.empty(n)
     m = n - horizon
+    for t in range(max(m, 0), n):
+        price[t] = np.nan
     if m <= 0:
         return code, offset, price
-    up = np.empty(m)
-    dn = np.empty(m)
-    for t in range(m):
-        up[t] = close[t] * (1.0 + profit)
-        dn[t] = close[t] * (1.0 - stop)
+    up_factor = 1.0 + profit
+    dn_factor = 1.0 - stop
     never = horizon + 1
-    # int32 halves the memory traffic of the passes below (horizon <= 1000 by config)
+    # narrow ints keep the passes below in cache (horizon <= 1000 by config)
     first_p = np.full(m, never, dtype=np.int32)  # first step touching the profit barrier
     first_s = np.full(m, never, dtype=np.int32)  # first step touching the stop barrier
     for h in range(horizon, 0, -1):  # descending: the last write is the smallest h
@@ -121,41 +120,33 @@ def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ok: np.n
         lo = low[h:h + m]
         h32 = np.int32(h)
         for t in range(m):
-            first_p[t] = h32 if hi[t] >= up[t] else first_p[t]
-            first_s[t] = h32 if lo[t] <= dn[t] else first_s[t]
+            first_p[t] = h32 if hi[t] >= close[t] * up_factor else first_p[t]
+            first_s[t] = h32 if lo[t] <= close[t] * dn_factor else first_s[t]
     tie_profit = not tie_stop
-    for t in range(m):  # branch-free selection; unlabelled rows are masked by the caller
+    ts_end = ts[horizon:]
+    for t in range(m):  # branch-free selection
         p = first_p[t]
         s = first_s[t]
         # profit strictly first, or on the same bar as the stop when ties go to profit
         is_p = (p < s) | ((p == s) & (p != never) & tie_profit)
         is_s = (not is_p) & (s != never)
         kind = 1 if is_p else (2 if is_s else 3)
-        code[t] = kind if ok[t] else 0
+        code[t] = kind if ts_end[t] - ts[t] == span_ns else 0
         offset[t] = p if is_p else (s if is_s else horizon)
-        price[t] = up[t] if is_p else (dn[t] if is_s else close[t + horizon])
+        price[t] = close[t] * up_factor if is_p else (close[t] * dn_factor if is_s else close[t + horizon])
     return code, offset, price
-
-
-def _full_horizon_mask(index: pd.Index, n: int, horizon: int, timeframe: str) -> np.ndarray:
-    """True where bar t has ``horizon`` following bars in the same contiguous stretch."""
-    ok = np.zeros(n, dtype=np.bool_)
-    m = n - horizon
-    if m > 0:
-        seg = segment_ids(index, timeframe)
-        ok[:m] = seg[horizon:] == seg[:m]  # ids never decrease: equal ids = no gap between
-    return ok
 
 
 def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
                  timeframe: str = "15m") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The labelling itself as arrays: kind code (0 none, 1 profit, 2 stop, 3 time),
-    exit offset and exit price per bar (meaningful only where the code is > 0).
-    :func:`triple_barrier_events` wraps it in a table."""
+    """The labelling itself as arrays: kind code (int8: 0 none, 1 profit, 2 stop, 3 time),
+    exit offset (int32) and exit price per bar (offset and price meaningful only where the
+    code is > 0). :func:`triple_barrier_events` wraps it in a table."""
     c = _cfg(cfg)
-    high, low, close, _ = _arrays(frame, "triple_barrier_events")
-    ok = _full_horizon_mask(frame.index, len(close), c.horizon, timeframe)
-    return _label_kernel(high, low, close, ok, float(c.profit), float(c.stop), int(c.horizon), c.tie == "stop")
+    high, low, close, ts = _arrays(frame, "triple_barrier_events")
+    span_ns = c.horizon * timeframe_seconds(timeframe) * 1_000_000_000
+    return _label_kernel(high, low, close, ts, span_ns, float(c.profit), float(c.stop), int(c.horizon),
+                         c.tie == "stop")
 
 
 def triple_barrier_events(frame: pd.DataFrame, cfg: LabelConfig | None = None,
@@ -171,31 +162,24 @@ def triple_barrier_events(frame: pd.DataFrame, cfg: LabelConfig | None = None,
     return _to_frame(frame.index, code, offset, price, frame["close"].to_numpy(dtype="float64"))
 
 
-def reference_label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
-                           timeframe: str = "15m") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plain Python loop over lists, written straight from the rules (the baseline).
-
-    Gaps are detected from the timestamps directly, independently of ``segment_ids``.
-    """
-    c = _cfg(cfg)
-    high_a, low_a, close_a, ts_a = _arrays(frame, "label_events_reference")
-    high, low, close, ts = high_a.tolist(), low_a.tolist(), close_a.tolist(), ts_a.tolist()
-    n, horizon = len(close), c.horizon
-    span_ns = horizon * timeframe_seconds(timeframe) * 1_000_000_000
+def _reference_loop(high: list, low: list, close: list, ts: list, profit: float, stop: float,
+                    horizon: int, tie_stop: bool, span_ns: int) -> tuple[list, list, list]:
+    """The rules as a plain Python loop over lists: walk h = 1..horizon, stop at the first touch."""
+    n = len(close)
     code = [0] * n
     offset = [0] * n
     price = [float("nan")] * n
     for t in range(n):
         if t + horizon >= n or ts[t + horizon] - ts[t] != span_ns:
             continue  # no full horizon, or it crosses a gap
-        up = close[t] * (1.0 + c.profit)
-        dn = close[t] * (1.0 - c.stop)
+        up = close[t] * (1.0 + profit)
+        dn = close[t] * (1.0 - stop)
         kind, off, px = 3, horizon, close[t + horizon]
         for h in range(1, horizon + 1):
             touch_p = high[t + h] >= up
             touch_s = low[t + h] <= dn
             if touch_p and touch_s:
-                if c.tie == "stop":
+                if tie_stop:
                     kind, px = 2, dn
                 else:
                     kind, px = 1, up
@@ -208,6 +192,17 @@ def reference_label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
                 kind, off, px = 1, h, up
                 break
         code[t], offset[t], price[t] = kind, off, px
+    return code, offset, price
+
+
+def reference_label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
+                           timeframe: str = "15m") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plain Python loop over lists, written straight from the rules (the baseline)."""
+    c = _cfg(cfg)
+    high, low, close, ts = _arrays(frame, "label_events_reference")
+    span_ns = c.horizon * timeframe_seconds(timeframe) * 1_000_000_000
+    code, offset, price = _reference_loop(high.tolist(), low.tolist(), close.tolist(), ts.tolist(),
+                                          c.profit, c.stop, c.horizon, c.tie == "stop", span_ns)
     return np.array(code, dtype=np.int64), np.array(offset, dtype=np.int64), np.array(price, dtype="float64")
 
 
