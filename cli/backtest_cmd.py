@@ -1,0 +1,44 @@
+"""`nts backtest`: parse options, call strategies.backtest.run_backtest, print the metrics."""
+from __future__ import annotations
+
+import click
+
+from cli.common import config_options, setup_logging
+
+
+@click.command("backtest")
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="Model bundle directory (artifacts/NAME) or its final_model.pt.")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Candle file (.csv, .csv.gz, .parquet).")
+@click.option("--output", default="reports/backtest", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for metrics.json, trades.csv, equity.csv, equity.png, report.md/html.")
+@click.option("--start", default=None, help="First bar (UTC, e.g. 2024-01-01). Default: right after the training span.")
+@click.option("--end", default=None, help="Last bar (UTC). Default: end of the data.")
+@click.option("--strategy", "strategy_name", default="tcn", show_default=True,
+              help="Strategy name (tcn, night_only) or module.path:ClassName of a ModelStrategy subclass.")
+@click.option("--allow-in-sample", is_flag=True,
+              help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
+@click.option("--coc", is_flag=True, help="Cheat-on-close: market orders fill at the signal bar's close.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_options
+def backtest(cfg, model_path: str, data_path: str, output: str, start: str | None, end: str | None,
+             strategy_name: str, allow_in_sample: bool, coc: bool, quiet: bool) -> None:
+    """Backtest a strategy with a trained model bundle on candles and write the report."""
+    from core.ohlcv import load_ohlcv
+    from indicators.tcn_indicator import as_bundle
+    from strategies.backtest import format_table, run_backtest
+
+    log = setup_logging("backtest")
+    bundle = as_bundle(model_path)
+    frame = load_ohlcv(data_path, timeframe=bundle.timeframe)
+    result = run_backtest(bundle, frame, cfg, strategy=strategy_name, start=start, end=end,
+                          allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet)
+    run = result.metrics["run"]
+    log.info("backtest %s on %s %s..%s -> %s", model_path, data_path, run["start"], run["end"], output)
+    click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"
+               + ("  [IN-SAMPLE]" if run["in_sample"] else ""))
+    click.echo(format_table(result.metrics))
+    for trip in result.risk_trips:
+        click.echo(f"risk: {trip['time']} {trip['breaker']}: {trip['reason']}")
+    click.echo(f"wrote {', '.join(sorted(p.name for p in result.files.values()))} to {output}")
