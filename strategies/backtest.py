@@ -8,7 +8,8 @@ the training span is refused (:class:`InSampleError`) unless ``allow_in_sample``
 
 Outputs (``output`` folder, written atomically: a temp folder, then renames, metrics.json
 last): ``metrics.json``, ``trades.csv``, ``fills.csv``, ``equity.csv``, ``risk_trips.csv``,
-``equity.png`` (equity vs buy-and-hold, drawdown), ``report.md`` and ``report.html``.
+``equity.png`` (equity vs buy-and-hold, drawdown), ``report.md`` and ``report.html``; for spans
+up to 5,000 bars also ``backtrader.png`` (backtrader's own chart).
 """
 from __future__ import annotations
 
@@ -161,13 +162,16 @@ def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None
 def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy: Any = "tcn",
                  start: Any = None, end: Any = None, allow_in_sample: bool = False,
                  output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
-                 progress: bool = True, strategy_kwargs: dict | None = None) -> BacktestResult:
+                 progress: bool = True, strategy_kwargs: dict | None = None,
+                 bt_plot: bool | None = None) -> BacktestResult:
     """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
 
     ``frame`` is a canonical OHLCV frame (``core.ohlcv``); ``cfg`` supplies strategy, label
     barriers, risk and execution settings; ``costs`` defaults to ``Costs.from_config(cfg)``.
     ``coc`` fills market orders at the signal bar's close (cheat-on-close; off = next open).
     Returns a :class:`BacktestResult`; with ``output`` also writes the report files.
+    ``bt_plot``: also save backtrader's own chart (``backtrader.png``; needs ``output``);
+    default: only for spans up to ``BT_PLOT_MAX_BARS`` bars (its markers are unreadable beyond).
     """
     from indicators.tcn_indicator import as_bundle
     from strategies.base import strategy_params
@@ -191,7 +195,11 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     data = frame.iloc[i0:i1]
 
     costs = costs if costs is not None else Costs.from_config(cfg)
-    cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True, optdatas=True)
+    if bt_plot is None:
+        bt_plot = len(data) <= BT_PLOT_MAX_BARS
+    bt_plot = bool(bt_plot and output is not None)
+    # backtrader's observers (cash/value, trades, buy/sell marks) only when its chart is wanted
+    cerebro = bt.Cerebro(stdstats=bt_plot, runonce=True, preload=True, optdatas=True)
     extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
     cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
     costs.apply_to_cerebro(cerebro, cash=cfg.execution.cash, coc=coc)
@@ -238,9 +246,32 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     result = BacktestResult(metrics=metrics, equity=equity, trades=trades, fills=fills, risk_trips=trips,
                             start=s, end=e, strategy=metrics["run"]["strategy"])
     if output is not None:
+        figure = _backtrader_figure(cerebro, metrics) if bt_plot else None
         result.output = Path(output)
-        result.files = write_outputs(result, Path(output), cfg)
+        result.files = write_outputs(result, Path(output), cfg, bt_figure=figure)
     return result
+
+
+BT_PLOT_MAX_BARS = 5000
+
+
+def _backtrader_figure(cerebro: bt.Cerebro, metrics: dict):
+    """backtrader's own chart as a matplotlib figure, or None (reason in metrics['run'])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import backtrader.plot  # noqa: F401  (its import selects TkAgg ...)
+
+    matplotlib.use("Agg")  # ... so select the headless backend again before any figure exists
+    try:
+        figs = cerebro.plot(iplot=False, volume=False)
+        fig = figs[0][0]
+        fig.set_size_inches(16, 9)
+        metrics["run"]["backtrader_plot"] = "backtrader.png"
+        return fig
+    except Exception as exc:  # plotting is auxiliary: report why, keep the run's results
+        metrics["run"]["backtrader_plot"] = f"skipped: {exc.__class__.__name__}: {exc}"
+        return None
 
 
 # ------------------------------------------------------------------ outputs
@@ -324,6 +355,8 @@ def _report_md(result: BacktestResult) -> str:
     else:
         lines.append("none")
     lines += ["", "![equity and drawdown](equity.png)", ""]
+    if run.get("backtrader_plot") == "backtrader.png":
+        lines += ["![backtrader chart](backtrader.png)", ""]
     return "\n".join(lines)
 
 
@@ -358,11 +391,12 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def write_outputs(result: BacktestResult, output: Path, cfg: Config) -> dict[str, Path]:
+def write_outputs(result: BacktestResult, output: Path, cfg: Config, bt_figure=None) -> dict[str, Path]:
     """Write the report files into ``output`` atomically (temp folder, then one rename per
     file, metrics.json last so its presence means the set is complete)."""
     output.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".backtest-", dir=output))
+    names = ["equity.csv", "trades.csv", "fills.csv", "risk_trips.csv", "equity.png", "report.md", "report.html"]
     try:
         result.equity.to_csv(tmp / "equity.csv", index_label="timestamp")
         result.trades.to_csv(tmp / "trades.csv", index=False)
@@ -371,13 +405,18 @@ def write_outputs(result: BacktestResult, output: Path, cfg: Config) -> dict[str
             tmp / "risk_trips.csv", index=False)
         plot_equity(result.equity, cfg.execution.cash, tmp / "equity.png",
                     f"{result.strategy.split(':')[-1]}  {result.start:%Y-%m-%d} .. {result.end:%Y-%m-%d}")
+        if bt_figure is not None:
+            import matplotlib.pyplot as plt
+
+            bt_figure.savefig(tmp / "backtrader.png", dpi=100)
+            plt.close(bt_figure)
+            names.append("backtrader.png")
         (tmp / "report.md").write_text(_report_md(result))
         (tmp / "report.html").write_text(_report_html(result))
         payload = dict(result.metrics)
         payload["config"] = config_to_dict(cfg)
         (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default))
-        names = ["equity.csv", "trades.csv", "fills.csv", "risk_trips.csv", "equity.png", "report.md",
-                 "report.html", "metrics.json"]
+        names.append("metrics.json")  # last: its presence marks a complete set
         (output / "metrics.json").unlink(missing_ok=True)  # an old complete marker must not outlive this run
         files = {}
         for name in names:

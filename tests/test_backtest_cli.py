@@ -53,6 +53,9 @@ def test_backtest_writes_report_out_of_sample(tiny_bundle, bars_file, tmp_path):
     equity = pd.read_csv(out / "equity.csv")
     assert len(equity) == m["run"]["bars"]
     assert (out / "equity.png").read_bytes()[:4] == b"\x89PNG"
+    # short span: backtrader's own chart too
+    assert m["run"]["backtrader_plot"] == "backtrader.png"
+    assert (out / "backtrader.png").read_bytes()[:4] == b"\x89PNG"
     assert "Sharpe" in res.output and "buy & hold" in res.output
 
 

@@ -1,0 +1,106 @@
+"""Backtest speed: a full TCNStrategy backtest vs a plain SMA(5/20) crossover, same bars, one run.
+
+Usage: .venv/bin/python benchmarks/bench_backtest.py [--model artifacts/tcn_v1] [--bars N] [--repeats 2]
+
+Both runs use the same feed class (strategies.backtest.FrameFeed), broker and cost model,
+backtrader runonce mode, over the real BTC/USDT candles when ``../shared/data`` exists
+(85,189 bars), else 100,000 generated bars. The TCN run is the library's ``run_backtest``
+with everything a user gets (batch TCN scoring in ``once()``, features for the vol forecast,
+realised vol, risk checks, analyzers); it is the whole span: ``--allow-in-sample`` semantics,
+since only time is measured here. Without ``--model`` a small bundle is trained on generated
+bars first (same network size as the default; training time is not counted).
+Prints best-of-``repeats`` wall times and the ratio TCN / SMA (goal <= 1.5x).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import backtrader as bt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.config import load_config  # noqa: E402
+from core.costs import Costs  # noqa: E402
+from core.ohlcv import load_ohlcv  # noqa: E402
+from core.synthetic import synthetic_ohlcv  # noqa: E402
+from strategies.backtest import frame_feed, run_backtest  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
+
+
+class SmaCross(bt.Strategy):
+    """Baseline: long 95% of equity while SMA(5) > SMA(20), flat otherwise."""
+
+    def __init__(self) -> None:
+        self.cross = bt.indicators.CrossOver(bt.indicators.SMA(self.data.close, period=5),
+                                             bt.indicators.SMA(self.data.close, period=20))
+
+    def next(self) -> None:
+        if self.cross[0] > 0 and not self.position:
+            self.buy(size=0.95 * self.broker.getvalue() / self.data.close[0])
+        elif self.cross[0] < 0 and self.position:
+            self.close()
+
+
+def run_sma(frame, cfg) -> float:
+    t0 = time.perf_counter()
+    cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True)
+    cerebro.adddata(frame_feed(frame))
+    Costs.from_config(cfg).apply_to_cerebro(cerebro, cash=cfg.execution.cash)
+    cerebro.addstrategy(SmaCross)
+    cerebro.run()
+    return time.perf_counter() - t0
+
+
+def run_tcn(frame, cfg, bundle) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    res = run_backtest(bundle, frame, cfg, start=frame.index[0], allow_in_sample=True, progress=False)
+    return time.perf_counter() - t0, res.metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="bundle directory or final_model.pt")
+    ap.add_argument("--bars", type=int, default=None, help="use only the last N bars")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    cfg = load_config()
+    if REAL.exists():
+        frame, source = load_ohlcv(REAL), f"real {REAL.name}"
+    else:
+        frame, source = synthetic_ohlcv(100_000, seed=1, gaps={40_000: 50}), "generated"
+    if args.bars:
+        frame = frame.iloc[-args.bars:]
+    from models.bundle import load_bundle
+
+    if args.model:
+        bundle = load_bundle(args.model)
+    else:
+        from models.train import train_bundle
+
+        tmp = Path(tempfile.mkdtemp(prefix="nts-bench-")) / "bundle"
+        tcfg = load_config(None, ["training.epochs=1", "training.batch_size=256", "training.threads=1",
+                                  "training.max_samples=2000"])
+        print("training a small bundle on generated bars (not timed) ...", flush=True)
+        train_bundle(synthetic_ohlcv(4000, seed=11), tcfg, tmp, progress=False)
+        bundle = load_bundle(tmp)
+    print(f"bars: {len(frame):,} ({source}); bundle window {bundle.window}, min_bars {bundle.min_bars}, "
+          f"torch threads {bundle.threads}")
+
+    sma = min(run_sma(frame, cfg) for _ in range(args.repeats))
+    tcn_runs = [run_tcn(frame, cfg, bundle) for _ in range(args.repeats)]
+    tcn = min(t for t, _ in tcn_runs)
+    m = tcn_runs[0][1]["strategy"]
+    print(f"SMA(5/20) crossover backtest : {sma:8.2f} s  ({len(frame) / sma:,.0f} bars/s)")
+    print(f"TCN strategy full backtest   : {tcn:8.2f} s  ({len(frame) / tcn:,.0f} bars/s; "
+          f"{m['trades']} trades)")
+    print(f"ratio TCN / SMA              : {tcn / sma:8.2f}x  (goal <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
