@@ -237,3 +237,31 @@ def test_registry_resolves_names_and_module_paths():
     for bad in ("nope", "strategies.examples:Missing", "no_such_module_xyz:Foo", "core.costs:Costs"):
         with pytest.raises(ConfigError):
             resolve_strategy(bad)
+
+
+def test_leverage_above_limit_is_reduced_without_flipping(tmp_path):
+    # A short of 95% of equity while the price rises: |position| / equity passes 1.0 (max
+    # leverage) after ~+3%, and the risk manager cuts it back to 95%, re-placing the exits.
+    frame = _hold_path(120, np.r_[np.full(60, np.log(1.06) / 60), np.zeros(100)])
+    cfg = load_config()
+    prob = np.full(len(frame), np.nan)
+    prob[100] = 0.02  # one short entry at the close of bar 100; vol 0.25 -> w clipped to -0.95
+    res = run_backtest(None, with_lines(frame, prob, 0.25), cfg, strategy=LineStrategy, costs=Costs.zero(),
+                       coc=True, progress=False,
+                       strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 2.0, "allow_short": True,
+                                        "profit": 0.5, "stop": 0.5, "max_hold": 150})
+    cuts = res.fills[res.fills["kind"] == "risk"]
+    assert len(cuts) >= 1 and (cuts["side"] == "buy").all()
+    eq = res.equity
+    for cut in cuts.itertuples():
+        # the cut fills at the close of the bar it was decided on (coc, no costs), so equity
+        # is unchanged by it and the remaining short is 95% of that bar's equity
+        row = eq.loc[cut.time]
+        assert abs(row["position"] * row["close"]) / row["equity"] > 1.0
+        assert abs((row["position"] + cut.size) * row["close"]) / row["equity"] == pytest.approx(0.95, rel=1e-9)
+    # weight never beyond the limit by more than one bar's drift, and never flipped long
+    w = eq["position"] * eq["close"] / eq["equity"]
+    assert (eq["position"] <= 1e-12).all()
+    assert w.min() > -1.01
+    assert len(res.trades) == 1 and res.trades["exit_kind"].iloc[0] == "time"
+    assert res.trades["exit_bar"].iloc[0] == 250
