@@ -150,6 +150,9 @@ def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None
         t_end = idx[-1]
     first = idx.searchsorted(t_start, side="left")
     last = idx.searchsorted(t_end, side="right") - 1
+    if (first >= len(idx) or last < first) and start is None and train is not None and not allow_in_sample:
+        raise InSampleError(f"the data ends ({idx[-1]}) before the bundle's training span does ({train[1]}): "
+                            "no out-of-sample bars to backtest (give newer data, or --allow-in-sample)")
     if first >= len(idx) or last < first:
         raise DataError(f"no bars in the backtest span {t_start} .. {t_end} (data covers {idx[0]} .. {idx[-1]})")
     s, e = idx[first], idx[last]
