@@ -12,7 +12,7 @@ import torch
 from core.errors import BundleError, DataError
 from core.synthetic import synthetic_ohlcv
 from indicators.features import FEATURE_NAMES, StreamingFeatures, warmup_bars
-from models.bundle import load_bundle
+from models.bundle import HISTORY_PAD, load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def bundle(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def bars():
-    """Bars the model never saw (other seed), with a 3-bar gap after bar 700."""
-    return synthetic_ohlcv(1200, seed=99, gaps={700: 3}, start="2024-03-01")
+    """Bars the model never saw (other seed), with a 3-bar gap after bar 700; the second stretch
+    (1,299 bars) is longer than the tail score_window computes features on."""
+    return synthetic_ohlcv(2000, seed=99, gaps={700: 3}, start="2024-03-01")
 
 
 @pytest.fixture
@@ -71,6 +72,7 @@ def test_batch_window_and_streaming_scores_agree(bundle, bars):
     p = bundle.predict_proba(bars)
     lg = bundle.predict_logit(bars)
     checks = [bundle.min_bars - 1, 300, 700, 701 + bundle.min_bars - 1, 1000, len(bars) - 1]
+    assert len(bars) - 701 > bundle.min_bars + HISTORY_PAD  # the last check scores a truncated tail
     for t in checks:
         assert abs(bundle.score_window(bars.iloc[: t + 1]) - p.iloc[t]) < 1e-6, t
     # streaming features -> score_features gives the same numbers bar by bar
@@ -167,3 +169,10 @@ def test_bundle_contents(tiny_bundle, bundle):
                 assert set(m["metrics"][span][model][kind]) >= {"auc", "log_loss", "brier", "ece"}
     html = (tiny_bundle / "report.html").read_text()
     assert "reliability.png" in html and "baseline" in html
+
+
+def test_scoring_restores_the_thread_setting(bundle, bars):
+    before = torch.get_num_threads()
+    bundle.score_window(bars.iloc[:400])
+    bundle.predict_proba(bars.iloc[:400])
+    assert torch.get_num_threads() == before
