@@ -212,3 +212,18 @@ def test_cli_refusals_are_one_line(tmp_path):
     write_ohlcv_csv(synthetic_ohlcv(150, seed=1), short)
     r = CliRunner().invoke(cli, ["train", "--data", str(short), "--output", str(out), "--quiet"])
     assert r.exit_code == 2 and "labelled samples" in r.output and not out.exists()
+
+
+@pytest.mark.realdata
+def test_real_candles_windows_and_splits_respect_the_big_gap(real_candles):
+    """On the real file no window crosses the 14,166-bar gap, and the walk-forward spans are purged."""
+    cfg = load_config()
+    data = prepare(real_candles, cfg)
+    seg = segment_ids(real_candles.index)
+    assert seg.max() == 2  # two gaps in the file
+    assert (seg[data.samples] == seg[data.samples - 63]).all()
+    first_after = np.flatnonzero(seg == 1)[0]
+    assert not np.isin(np.arange(first_after, first_after + 96 + 63), data.samples).any()
+    s = walk_forward_split(data.samples, 8, 8, 0.15, 0.15)
+    assert s.train[-1] + 8 + 8 < s.val[0] and s.val[-1] + 8 + 8 < s.test[0]
+    assert len(data.samples) > 80000
