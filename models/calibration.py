@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import BundleError
+from core.errors import BundleError, DataError
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -43,7 +43,8 @@ class Calibrator:
         if len(z) != len(y) or len(z) == 0:
             raise ValueError("calibration needs equally many logits and labels (and at least one)")
         if len(np.unique(y)) < 2:
-            raise ValueError("calibration needs both classes in the validation span")
+            raise DataError(f"the validation span's {len(y)} labels are all {y[0]:.0f}: a calibrator needs both "
+                            f"classes (use more data or a larger training.val_fraction)")
         if kind == "platt":
             from sklearn.linear_model import LogisticRegression
 

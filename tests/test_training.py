@@ -227,3 +227,10 @@ def test_real_candles_windows_and_splits_respect_the_big_gap(real_candles):
     s = walk_forward_split(data.samples, 8, 8, 0.15, 0.15)
     assert s.train[-1] + 8 + 8 < s.val[0] and s.val[-1] + 8 + 8 < s.test[0]
     assert len(data.samples) > 80000
+
+
+def test_single_class_validation_is_refused_clearly():
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="both classes"):
+        Calibrator.fit(np.zeros(10), np.zeros(10))
