@@ -250,7 +250,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
                             start=s, end=e, strategy=metrics["run"]["strategy"])
     if output is not None:
         if not bt_plot:
-            metrics["run"]["backtrader_plot"] = f"off (span of {len(data):,} bars; on by default up to {BT_PLOT_MAX_BARS:,})"
+            metrics["run"]["backtrader_plot"] = f"off ({len(data):,} bars fed incl. warm-up; drawn by default up to {BT_PLOT_MAX_BARS:,})"
         figure = _backtrader_figure(cerebro, metrics) if bt_plot else None
         result.output = Path(output)
         result.files = write_outputs(result, Path(output), cfg, bt_figure=figure)
