@@ -31,7 +31,7 @@ from tqdm import tqdm
 from brokers.exchange import with_retries
 from core.config import timeframe_seconds
 from core.errors import ConfigError, DataError, NtsError
-from core.ohlcv import COLUMNS, DataReport, Gap, load_ohlcv, validate_ohlcv, write_ohlcv_csv
+from core.ohlcv import COLUMNS, DataReport, Gap, check_csv_output, load_ohlcv, validate_ohlcv, write_ohlcv_csv
 
 log = logging.getLogger("nts.download")
 
@@ -89,14 +89,18 @@ def parse_time_ms(value: Any, *, end: bool = False) -> int:
     """
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
+    word = value.strip().lower() if isinstance(value, str) else None
     try:
-        ts = pd.Timestamp(value)
+        # pd.Timestamp("now") is local wall time; these words mean UTC here like everything else.
+        ts = (pd.Timestamp.now(tz="UTC") if word == "now"
+              else pd.Timestamp.now(tz="UTC").normalize() if word == "today"
+              else pd.Timestamp(value))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"cannot parse time {value!r} (expected YYYY-MM-DD or an ISO date-time)") from exc
     if ts is pd.NaT:
         raise ConfigError(f"cannot parse time {value!r}")
     ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-    if end and isinstance(value, str) and _DATE_ONLY.match(value):
+    if end and isinstance(value, str) and (_DATE_ONLY.match(value) or word == "today"):
         ts = ts + pd.Timedelta(days=1)
     return int(ts.value // 1_000_000)
 
@@ -153,7 +157,7 @@ def download_ohlcv(
     span, ExchangeRequestError when the exchange refuses a request, RetriesExhausted when it
     keeps failing. On any error the output file is left as it was (absent or unchanged).
     """
-    output = Path(output)
+    output = check_csv_output(output)
     tf_ms = timeframe_seconds(timeframe) * 1000
     start_ms = parse_time_ms(start)
     end_ms = parse_time_ms(end, end=True)

@@ -5,6 +5,7 @@ import click
 
 from cli.common import config_options, setup_logging
 from core.config import Config
+from core.errors import DataError
 from core.ohlcv import load_ohlcv
 from models.labels import breakeven_probability, label_summary, triple_barrier_events
 
@@ -25,6 +26,9 @@ def labels(data_path: str, cfg: Config) -> None:
     frame = load_ohlcv(data_path, timeframe=cfg.data.timeframe)
     events = triple_barrier_events(frame, lc, timeframe=cfg.data.timeframe)
     s = label_summary(events)
+    if s["labelled"] == 0:
+        raise DataError(f"{data_path}: no bar has a full gap-free horizon of {lc.horizon} bars "
+                        f"({s['rows']} rows); nothing to label")
     fee = cfg.execution.taker_fee
     be_fee = breakeven_probability(lc.profit, lc.stop, fee)
     be_zero = breakeven_probability(lc.profit, lc.stop, 0.0)

@@ -7,6 +7,7 @@ value is parsed as YAML (``--set labels.horizon=12``, ``--set strategy.center=br
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
@@ -22,7 +23,9 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 class _Strict(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # strict: no silent coercion ("0.01" -> 0.01, true -> 1, "no" -> False); ints still fill
+    # float fields. inf/nan are never a sensible parameter.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -33,7 +36,10 @@ class DataConfig(_Strict):
     @field_validator("timeframe")
     @classmethod
     def _tf(cls, v: str) -> str:
-        timeframe_seconds(v)  # raises on nonsense
+        try:
+            timeframe_seconds(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
 
@@ -100,8 +106,8 @@ class TrainingConfig(_Strict):
     @field_validator("pos_weight")
     @classmethod
     def _pw(cls, v: Any) -> Any:
-        if v != "auto" and float(v) <= 0:
-            raise ValueError("must be 'auto' or a positive number")
+        if v != "auto" and not (math.isfinite(float(v)) and float(v) > 0):
+            raise ValueError("must be 'auto' or a positive finite number")
         return v
 
 
@@ -185,9 +191,13 @@ def timeframe_seconds(timeframe: str) -> int:
     return int(tf[:-1]) * _TIMEFRAME_UNITS[tf[-1]]
 
 
+_UNION_TAGS = {"float", "int", "str", "bool", "none"}
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    # Union branches show up in the location ("literal['auto']", "float"): keep field names only.
+    loc = ".".join(str(p) for p in first["loc"] if "[" not in str(p) and str(p) not in _UNION_TAGS)
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{loc}'"

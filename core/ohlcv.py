@@ -104,16 +104,18 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
             # Read as text first: type problems are reported by us, with row numbers.
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
     raise DataError(f"{path}: unsupported file type (expected .csv, .csv.gz or .parquet)")
 
 
 def _map_columns(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, str], str | None]:
-    by_norm = {}
+    by_norm: dict[str, str] = {}
     for col in raw.columns:
-        by_norm.setdefault(_norm(col), col)
+        if _norm(col) in by_norm:
+            raise DataError(f"{source}: columns {by_norm[_norm(col)]!r} and {col!r} are ambiguous (same field)")
+        by_norm[_norm(col)] = col
     mapping: dict[str, str] = {}
     time_col = None
     for alias in _TIME_ALIASES:
@@ -122,11 +124,13 @@ def _map_columns(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str
             break
     missing = []
     for canon, aliases in _COL_ALIASES.items():
-        found = next((by_norm[_norm(a)] for a in aliases if _norm(a) in by_norm), None)
-        if found is None:
+        found = [by_norm[_norm(a)] for a in aliases if _norm(a) in by_norm]
+        if not found:
             missing.append(canon)
+        elif len(found) > 1:
+            raise DataError(f"{source}: columns {', '.join(map(repr, found))} all look like '{canon}'; keep one")
         else:
-            mapping[str(found)] = canon
+            mapping[str(found[0])] = canon
     if missing:
         raise DataError(
             f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns))}"
@@ -185,7 +189,11 @@ def read_ohlcv(path: str | Path) -> tuple[pd.DataFrame, DataReport]:
     report.column_mapping = mapping
     if len(raw) == 0:
         raise DataError(f"{source}: no rows")
-    idx, unit = _parse_time(raw[time_col], source)
+    try:
+        idx, unit = _parse_time(raw[time_col], source)
+        idx = idx.as_unit("ns")  # the canonical resolution; out of range beyond year 2262
+    except (pd.errors.OutOfBoundsDatetime, OverflowError) as exc:
+        raise DataError(f"{source}: timestamp out of range ({str(exc).splitlines()[0]})") from None
     report.time_unit = unit
     out = {}
     for src, canon in mapping.items():
@@ -299,6 +307,13 @@ def validate_ohlcv(
             f"the {timeframe} grid (wrong timeframe?)"
         )
     gaps: list[Gap] = []
+    if len(ts) > 2:
+        # Aligned but sparser than declared (e.g. 1h bars checked as 15m) would otherwise
+        # pass as "every bar followed by a gap": the typical step must be the timeframe.
+        typical = int(np.median(np.diff(ts)))
+        if typical != step_ns:
+            raise DataError(f"{src}: typical bar spacing is {pd.Timedelta(typical)}, expected {timeframe} "
+                            f"(wrong timeframe?)")
     if len(ts) > 1:
         steps = np.diff(ts)
         odd = (steps % step_ns) != 0
@@ -338,13 +353,21 @@ def segment_ids(index: pd.DatetimeIndex, timeframe: str = "15m") -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.diff(ts) != step_ns)]).astype(np.int64)
 
 
+def check_csv_output(path: str | Path) -> Path:
+    """Refuse an output name this module does not write (it writes .csv and .csv.gz only)."""
+    path = Path(path)
+    if not (path.name.endswith(".csv") or path.name.endswith(".csv.gz")):
+        raise DataError(f"{path}: output must end in .csv or .csv.gz")
+    return path
+
+
 def write_ohlcv_csv(frame: pd.DataFrame, path: str | Path) -> None:
     """Write a canonical frame as CSV (epoch-ms ``timestamp`` column) atomically:
-    a temp file beside the target, then rename, so a crash never leaves half a file."""
+    a temp file beside the target, fsynced, then renamed, so a crash never leaves half a file."""
     import os
     import tempfile
 
-    path = Path(path)
+    path = check_csv_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = frame[list(COLUMNS)].copy()
     out.insert(0, "timestamp", (pd.DatetimeIndex(frame.index).as_unit("ns").asi8 // 1_000_000).astype("int64"))
@@ -353,6 +376,11 @@ def write_ohlcv_csv(frame: pd.DataFrame, path: str | Path) -> None:
     try:
         compression = "gzip" if path.name.endswith(".gz") else None
         out.to_csv(tmp, index=False, compression=compression)  # shortest round-trip repr: exact
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -98,3 +98,23 @@ def test_timeframe_seconds():
     for bad in ("15", "m", "0m", "15x", ""):
         with pytest.raises(ConfigError):
             timeframe_seconds(bad)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("labels.horizon=true", "labels.horizon"),       # bool is not an int
+        ("labels.profit='0.01'", "labels.profit"),       # a string is not a number
+        ("broker.sandbox=no_thanks", "broker.sandbox"),  # nor a bool
+        ("execution.cash=.inf", "execution.cash"),
+        ("training.pos_weight=.nan", "training.pos_weight"),
+        ("data.timeframe=15x", "data.timeframe"),
+    ],
+)
+def test_no_silent_coercion_or_non_finite_values(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(overrides=[override])
+
+
+def test_ints_still_fill_float_fields():
+    assert load_config(overrides=["execution.cash=5000"]).execution.cash == 5000.0

@@ -242,3 +242,28 @@ def test_real_candles_across_the_big_gap_round_trip_exactly(real_candles, tmp_pa
         res = run(ex, served, tmp_path / "real.csv", start="2022-01-01", end="2024-11-01")
     pd.testing.assert_frame_equal(load_ohlcv(tmp_path / "real.csv"), served, check_exact=True, check_freq=False)
     assert [g.missing for g in res.gaps] == [14166]
+
+
+def test_non_csv_output_is_refused_before_any_request(loopback, exchange, frame, tmp_path):
+    out = tmp_path / "btc.parquet"
+    with pytest.raises(DataError, match=r"must end in .csv or .csv.gz"):
+        run(exchange, frame, out, start="2023-12-01", end="2030-01-01")
+    assert not out.exists() and KLINES not in loopback.counts
+
+
+def test_now_and_today_are_utc(monkeypatch):
+    import time
+
+    from brokers.download import parse_time_ms
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        utc_now_ms = pd.Timestamp.now(tz="UTC").value // 1_000_000
+        assert abs(parse_time_ms("now", end=True) - utc_now_ms) < 5_000
+        midnight = pd.Timestamp.now(tz="UTC").normalize()
+        assert parse_time_ms("today") == midnight.value // 1_000_000
+        assert parse_time_ms("today", end=True) == (midnight + pd.Timedelta(days=1)).value // 1_000_000
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -196,3 +196,57 @@ def test_real_candles_report_known_gaps(real_candles_path):
     assert report.expected_bars == 99_360
     assert report.zero_volume_bars == 5
     assert frame.iloc[0]["open"] == 46216.93
+
+
+def test_sparser_timeframe_than_declared_is_refused(tmp_path):
+    hourly = synthetic_ohlcv(100, seed=2, timeframe="1h")
+    path = _csv(tmp_path, hourly)
+    with pytest.raises(DataError, match=r"typical bar spacing is 0 days 01:00:00, expected 15m"):
+        load_ohlcv(path, timeframe="15m")
+    assert len(load_ohlcv(path, timeframe="1h")) == 100
+
+
+def test_ambiguous_columns_are_refused(tmp_path, bars):
+    path = _csv(tmp_path, bars)
+    text = path.read_text().splitlines()
+    text = [text[0] + ",Close"] + [line + "," + line.split(",")[4] for line in text[1:]]
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"ambiguous"):
+        load_ohlcv(path)
+
+
+def test_trailing_commas_do_not_shift_columns(tmp_path, bars):
+    path = _csv(tmp_path, bars)
+    path.write_text("\n".join(line + "," for line in path.read_text().splitlines()) + "\n")
+    # The trailing empty column is unnamed and ignored; values stay in their own columns.
+    pd.testing.assert_frame_equal(load_ohlcv(path), bars, check_freq=False)
+
+
+@pytest.mark.parametrize("value", ["99999999999000", "9999-12-31T00:00:00"])
+def test_out_of_range_timestamp_is_one_line(tmp_path, bars, value):
+    path = _corrupt(tmp_path, bars.iloc[:10], 3, "timestamp", value)
+    with pytest.raises(DataError, match="out of range|unparseable"):
+        load_ohlcv(path)
+
+
+def test_written_files_have_normal_permissions(tmp_path, bars):
+    import os
+    import stat
+
+    path = tmp_path / "p.csv"
+    write_ohlcv_csv(bars, path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_only_csv_outputs_are_written(tmp_path, bars):
+    with pytest.raises(DataError, match=r"must end in .csv or .csv.gz"):
+        write_ohlcv_csv(bars, tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_labels_cli_refuses_files_with_nothing_to_label(tmp_path):
+    res = CliRunner().invoke(cli, ["labels", "--data", str(_csv(tmp_path, synthetic_ohlcv(5, seed=1)))])
+    assert res.exit_code == 2 and "nothing to label" in res.output
