@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.config import FeatureConfig, LabelConfig
-from core.errors import BundleError, DataError
+from pydantic import ValidationError
+
+from core.config import FeatureConfig, LabelConfig, ModelConfig, timeframe_seconds
+from core.errors import BundleError, ConfigError, DataError
 from core.ohlcv import segment_ids
 from models.calibration import Calibrator
 from models.dataset import Normaliser, check_frame, feature_matrix, valid_window_mask, window_view
@@ -95,13 +97,16 @@ class ModelBundle:
         self.calibrator = Calibrator.from_dict(meta["calibrator"])
         self.threads = int(meta.get("threads", 1))
         self.min_bars = warmup_bars(self.feature_cfg) + self.window - 1
-        self.net = build_tcn(meta["model"], n_features=len(FEATURE_NAMES))
         try:
+            # both inside the try: a model spec the network code refuses and weights that do
+            # not fit it are the same problem for the caller (a bundle that cannot be used)
+            self.net = build_tcn(meta["model"], n_features=len(FEATURE_NAMES))
             self.net.load_state_dict(state_dict, strict=True)
-        except (RuntimeError, KeyError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             where = path or "bundle"
-            raise BundleError(f"{where}: weights do not fit the model in bundle.json "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+            first = (str(exc).splitlines() or [""])[0][:160]
+            raise BundleError(f"{where}: the model in bundle.json cannot be built or the weights do not fit it "
+                              f"({exc.__class__.__name__}: {first})") from None
         self.net.eval()
 
     # --------------------------------------------------------------- metadata
@@ -202,16 +207,175 @@ def write_bundle_files(directory: Path, meta: dict, state_dict: dict) -> dict:
     return meta
 
 
-def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBundle:
-    """Load a bundle directory (or its ``final_model.pt``) after checking it fits this code.
+def _bad(meta_path: Path, field: str, problem: str) -> BundleError:
+    return BundleError(f"{meta_path}: field '{field}': {problem}")
 
-    Refuses with one-line BundleError: missing files, unreadable bundle.json, another format
-    version, another feature set (names or definitions hash), a window that differs from
-    the model spec or from ``expected_window``, and weights whose sha256 differs from the
-    one recorded (tampered or truncated) or that do not load.
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Keys every format-1 bundle stores per config section. A missing one would silently take the
+# current default (e.g. another label horizon), so it is refused; keys added to the config
+# classes later are not listed and fall back to their defaults in older bundles.
+_SECTION_KEYS = {
+    "feature_config": ("return_lag_long", "realized_vol_window", "ewma_vol_fast_span", "ewma_vol_slow_span",
+                       "momentum_window", "rsi_window", "volume_z_window", "sma_fast", "sma_slow"),
+    "label_config": ("profit", "stop", "horizon", "tie"),
+    "model": ("window", "channels", "kernel_size", "dilations", "dropout", "head_units", "head_dropout"),
+}
+
+
+def _section(meta: dict, key: str, model: type, meta_path: Path):
+    """Validate one stored config section through its typed config class (one line on failure)."""
+    value = meta.get(key)
+    if not isinstance(value, dict):
+        raise _bad(meta_path, key, f"expected an object, got {type(value).__name__}")
+    for name in _SECTION_KEYS[key]:
+        if name not in value:
+            raise _bad(meta_path, f"{key}.{name}", "missing")
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(x) for x in (key, *first["loc"]))
+        raise _bad(meta_path, loc, first["msg"]) from None
+
+
+def _number_list(meta_path: Path, field: str, value, n: int | None) -> np.ndarray:
+    """A list of finite numbers (of length ``n`` when given) as float64."""
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise _bad(meta_path, field, "expected a list of numbers")
+    if n is not None and len(value) != n:
+        raise _bad(meta_path, field, f"{len(value)} values, expected {n}")
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise _bad(meta_path, field, "holds a non-finite value")
+    return arr
+
+
+def _check_normaliser(meta: dict, meta_path: Path, n_features: int) -> None:
+    d = meta.get("normaliser")
+    if not isinstance(d, dict):
+        raise _bad(meta_path, "normaliser", "expected an object with mean and std")
+    _number_list(meta_path, "normaliser.mean", d.get("mean"), n_features)
+    std = _number_list(meta_path, "normaliser.std", d.get("std"), n_features)
+    if (std <= 0).any():
+        raise _bad(meta_path, "normaliser.std", "holds a value <= 0")
+
+
+def _check_calibrator(meta: dict, meta_path: Path) -> None:
+    d = meta.get("calibrator")
+    if not isinstance(d, dict):
+        raise _bad(meta_path, "calibrator", "expected an object with kind and params")
+    kind = d.get("kind")
+    params = d.get("params")
+    if kind not in ("platt", "isotonic"):
+        raise _bad(meta_path, "calibrator.kind", f"{kind!r:.40} (expected platt or isotonic)")
+    if not isinstance(params, dict):
+        raise _bad(meta_path, "calibrator.params", "expected an object")
+    if kind == "platt":
+        for k in ("a", "b"):
+            v = params.get(k)
+            if not _is_number(v) or not np.isfinite(v):
+                raise _bad(meta_path, f"calibrator.params.{k}", "platt needs a finite number")
+        return
+    x = _number_list(meta_path, "calibrator.params.x", params.get("x"), None)
+    y = _number_list(meta_path, "calibrator.params.y", params.get("y"), len(x) if len(x) else None)
+    if len(x) == 0:
+        raise _bad(meta_path, "calibrator.params.x", "isotonic needs at least one breakpoint")
+    if np.any(np.diff(x) < 0):
+        raise _bad(meta_path, "calibrator.params.x", "breakpoints must be non-decreasing")
+    if ((y < 0) | (y > 1)).any():
+        raise _bad(meta_path, "calibrator.params.y", "probabilities must lie in [0, 1]")
+
+
+def _check_spans(meta: dict, meta_path: Path) -> None:
+    spans = meta.get("spans")
+    if not isinstance(spans, dict):
+        raise _bad(meta_path, "spans", "expected an object")
+    for name in ("training", "test"):
+        if name not in spans:
+            raise _bad(meta_path, f"spans.{name}", "missing")
+    for name, value in spans.items():
+        if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
+            raise _bad(meta_path, f"spans.{name}", "expected [first, last] ISO timestamps")
+        try:
+            a, b = _ts(value[0]), _ts(value[1])
+        except (ValueError, TypeError, OverflowError):
+            raise _bad(meta_path, f"spans.{name}", f"not a timestamp pair ({value!r:.80})") from None
+        if pd.isna(a) or pd.isna(b) or a > b:
+            raise _bad(meta_path, f"spans.{name}", f"not an ordered timestamp pair ({value!r:.80})")
+
+
+def validate_meta(meta, meta_path: Path) -> None:
+    """Check every field of bundle.json that loading and scoring use; BundleError (one line naming
+    the file and the field) on the first problem.
+
+    Checked: format version; feature names, feature/label/model config sections (through the typed
+    config classes, so the same ranges as a config file) and the feature definitions hash; the
+    timeframe; window == model.window == config.model.window; threads; normaliser mean/std (one
+    finite value per feature, std > 0); calibrator kind and its parameters; spans (ordered
+    timestamp pairs, training and test present); the weights' sha256 field.
     """
     from indicators.features import FEATURE_NAMES, feature_definitions_hash
 
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{meta_path}: format version {version!r}, this code reads version {FORMAT_VERSION}")
+    names = meta.get("feature_names")
+    if not isinstance(names, list):
+        raise _bad(meta_path, "feature_names", "expected a list of names")
+    if tuple(names) != tuple(FEATURE_NAMES):
+        raise BundleError(f"{meta_path}: feature set {list(names)} differs from this code's {list(FEATURE_NAMES)}")
+    fcfg = _section(meta, "feature_config", FeatureConfig, meta_path)
+    if meta.get("feature_hash") != feature_definitions_hash(fcfg):
+        raise BundleError(f"{meta_path}: feature definitions hash differs from this code's "
+                          f"(features were built differently; retrain the model)")
+    _section(meta, "label_config", LabelConfig, meta_path)
+    mcfg = _section(meta, "model", ModelConfig, meta_path)
+    timeframe = meta.get("timeframe")
+    try:
+        timeframe_seconds(timeframe)
+    except ConfigError:
+        raise _bad(meta_path, "timeframe", f"{timeframe!r:.40} is not a timeframe such as 15m") from None
+    window = meta.get("window")
+    if not _is_int(window):
+        raise _bad(meta_path, "window", f"expected an integer, got {window!r:.40}")
+    config = meta.get("config")
+    config_model = config.get("model") if isinstance(config, dict) else None
+    model_window = config_model.get("window") if isinstance(config_model, dict) else None
+    if not _is_int(model_window):
+        raise _bad(meta_path, "config.model.window", f"expected an integer, got {model_window!r:.40}")
+    if window != model_window or window != mcfg.window:
+        raise BundleError(f"{meta_path}: window {window} differs from the model config's "
+                          f"{model_window if window != model_window else mcfg.window}")
+    threads = meta.get("threads", 1)
+    if not _is_int(threads) or threads < 1:
+        raise _bad(meta_path, "threads", f"expected a positive integer, got {threads!r:.40}")
+    _check_normaliser(meta, meta_path, len(FEATURE_NAMES))
+    _check_calibrator(meta, meta_path)
+    _check_spans(meta, meta_path)
+    sha = meta.get("weights_sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise _bad(meta_path, "weights_sha256", "expected a 64-character hex digest")
+
+
+def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBundle:
+    """Load a bundle directory (or its ``final_model.pt``) after checking it fits this code.
+
+    Refuses with one-line BundleError naming the file (and the field): missing files, bundle.json
+    that is not valid JSON or has a missing/invalid field (see :func:`validate_meta`), another
+    format version, another feature set (names or definitions hash), a window that differs from
+    the model spec or from ``expected_window``, weights whose sha256 differs from the one recorded
+    (tampered or truncated) or that do not load into the network bundle.json describes.
+    """
     p = Path(path)
     if p.is_dir():
         directory = p
@@ -227,33 +391,14 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
         raise BundleError(f"{directory}: weights file {weights.name} is missing")
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{meta_path}: unreadable ({exc.__class__.__name__})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: not a JSON object")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{meta_path}: format version {version!r}, this code reads version {FORMAT_VERSION}")
-    try:
-        names = tuple(meta["feature_names"])
-        fcfg = FeatureConfig(**meta["feature_config"])
-        window = int(meta["window"])
-        model_window = int(meta["config"]["model"]["window"])
-        recorded_sha = meta["weights_sha256"]
-        for key in ("timeframe", "normaliser", "calibrator", "label_config", "model", "spans"):
-            meta[key]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{meta_path}: missing or invalid field ({exc.__class__.__name__}: {exc})") from None
-    if names != tuple(FEATURE_NAMES):
-        raise BundleError(f"{meta_path}: feature set {list(names)} differs from this code's {list(FEATURE_NAMES)}")
-    if meta.get("feature_hash") != feature_definitions_hash(fcfg):
-        raise BundleError(f"{meta_path}: feature definitions hash differs from this code's "
-                          f"(features were built differently; retrain the model)")
-    if window != model_window:
-        raise BundleError(f"{meta_path}: window {window} differs from the model config's {model_window}")
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError covers json.JSONDecodeError and UnicodeDecodeError
+        raise BundleError(f"{meta_path}: unreadable, not valid JSON ({exc.__class__.__name__})") from None
+    validate_meta(meta, meta_path)
+    window = meta["window"]
     if expected_window is not None and int(expected_window) != window:
         raise BundleError(f"{meta_path}: bundle window {window} differs from the expected {expected_window}")
-    if sha256_file(weights) != recorded_sha:
+    if sha256_file(weights) != meta["weights_sha256"]:
         raise BundleError(f"{weights}: sha256 differs from bundle.json (tampered or truncated weights)")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -261,4 +406,10 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
         raise BundleError(f"{weights}: cannot load weights ({exc.__class__.__name__})") from None
     if not isinstance(state, dict):
         raise BundleError(f"{weights}: not a state_dict")
-    return ModelBundle(meta, state, path=directory)
+    try:
+        return ModelBundle(meta, state, path=directory)
+    except BundleError:
+        raise
+    except Exception as exc:  # anything validate_meta did not foresee still ends as one line
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise BundleError(f"{meta_path}: cannot build the model ({exc.__class__.__name__}: {first})") from None

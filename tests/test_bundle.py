@@ -176,3 +176,121 @@ def test_scoring_restores_the_thread_setting(bundle, bars):
     bundle.score_window(bars.iloc[:400])
     bundle.predict_proba(bars.iloc[:400])
     assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------- damaged bundle.json: one line naming file + field
+
+@pytest.mark.parametrize("changes, field", [
+    ({"normaliser__mean": [0.0] * 11}, "normaliser.mean"),
+    ({"normaliser__std": [1.0] * 11 + [float("nan")]}, "normaliser.std"),
+    ({"normaliser__std": [1.0] * 11 + [0.0]}, "normaliser.std"),
+    ({"normaliser__mean": "zeros"}, "normaliser.mean"),
+    ({"normaliser": None}, "normaliser"),
+    ({"calibrator__params": {}}, "calibrator.params.a"),
+    ({"calibrator": {"kind": "platt"}}, "calibrator.params"),
+    ({"calibrator__kind": "beta"}, "calibrator.kind"),
+    ({"calibrator": {"kind": "isotonic", "params": {"x": [0.1, 0.5], "y": [0.2]}}}, "calibrator.params.y"),
+    ({"calibrator": {"kind": "isotonic", "params": {"x": [0.5, 0.1], "y": [0.2, 0.3]}}}, "calibrator.params.x"),
+    ({"calibrator": {"kind": "isotonic", "params": {"x": [], "y": []}}}, "calibrator.params.x"),
+    ({"spans__training": "garbage"}, "spans.training"),
+    ({"spans__training": ["garbage", "2024-01-01T00:00:00+00:00"]}, "spans.training"),
+    ({"spans__test": ["2024-02-01T00:00:00+00:00", "2024-01-01T00:00:00+00:00"]}, "spans.test"),
+    ({"spans": {"training": ["2024-01-01", "2024-01-02"]}}, "spans.test"),
+    ({"model__channels": [32, 32, 64]}, "model"),
+    ({"model__kernel_size": "3"}, "model.kernel_size"),
+    ({"model__dropout": 1.5}, "model.dropout"),
+    ({"label_config__horizon": 0}, "label_config.horizon"),
+    ({"label_config__tie": "coin"}, "label_config.tie"),
+    ({"label_config": [1, 2]}, "label_config"),
+    ({"feature_config__sma_fast": "five"}, "feature_config.sma_fast"),
+    ({"feature_config__unknown": 1}, "feature_config.unknown"),
+    ({"timeframe": "fortnightly"}, "timeframe"),
+    ({"window": "64"}, "window"),
+    ({"config__model": None}, "config.model.window"),
+    ({"threads": 0}, "threads"),
+    ({"weights_sha256": None}, "weights_sha256"),
+    ({"feature_names": "all"}, "feature_names"),
+])
+def test_damaged_bundle_json_is_one_line_naming_the_field(copy_bundle, changes, field):
+    _edit_meta(copy_bundle, **changes)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(copy_bundle)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert str(copy_bundle / "bundle.json") in msg and f"field '{field}'" in msg, msg
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2, 3]", b"\xff\xfe\x00garbage", b"", b"null"])
+def test_bundle_json_that_is_not_a_json_object(copy_bundle, content):
+    (copy_bundle / "bundle.json").write_bytes(content)
+    with pytest.raises(BundleError, match="bundle.json: (unreadable|not a JSON object)") as exc:
+        load_bundle(copy_bundle)
+    assert "\n" not in str(exc.value)
+
+
+def test_valid_spec_that_the_weights_do_not_fit(copy_bundle):
+    # a model section that validates but describes another network: state_dict does not load
+    _edit_meta(copy_bundle, model__channels=[16, 16, 16, 16])
+    with pytest.raises(BundleError, match="weights do not fit") as exc:
+        load_bundle(copy_bundle)
+    assert "\n" not in str(exc.value)
+
+
+def test_backtest_cli_prints_one_line_for_a_damaged_bundle(copy_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from core.ohlcv import write_ohlcv_csv
+
+    data = tmp_path / "bars.csv"
+    write_ohlcv_csv(synthetic_ohlcv(400, seed=5, start="2030-01-01"), data)
+    _edit_meta(copy_bundle, model__channels=[32, 32, 64])
+    res = CliRunner().invoke(cli, ["backtest", "--model", str(copy_bundle), "--data", str(data),
+                                   "--output", str(tmp_path / "out"), "--quiet"])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "field 'model'" in lines[0], res.output
+
+
+def _leaves(node, path=()):
+    """Every (path, value) below node, containers included (so whole sections get replaced too)."""
+    yield path, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        yield from _leaves(v, path + (k,))
+
+
+def test_any_junk_in_a_loaded_field_is_a_bundle_error_or_loads(copy_bundle):
+    """Replace every field that loading/scoring reads with junk: the outcome is a load or a
+    one-line BundleError, never another exception."""
+    original = json.loads((copy_bundle / "bundle.json").read_text())
+    used = ("format_version", "feature_names", "feature_hash", "feature_config", "timeframe", "window",
+            "model", "label_config", "threads", "normaliser", "calibrator", "spans", "weights_sha256")
+    junk = [None, "x", -1, 1e308, [], {}]
+    paths = [p for key in used for p, _ in _leaves(original[key], (key,))]
+    paths += [("config",), ("config", "model"), ("config", "model", "window")]
+    refused = 0
+    for path in paths:
+        for value in junk:
+            meta = json.loads(json.dumps(original))
+            node = meta
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = value
+            (copy_bundle / "bundle.json").write_text(json.dumps(meta))
+            try:
+                load_bundle(copy_bundle)
+            except BundleError as exc:
+                assert "\n" not in str(exc)
+                refused += 1
+    assert refused > len(paths) * 4  # nearly every junk value is refused
+
+
+@pytest.mark.parametrize("section, key", [("label_config", "horizon"), ("model", "channels"),
+                                          ("feature_config", "rsi_window")])
+def test_missing_config_key_is_refused_not_defaulted(copy_bundle, section, key):
+    meta = json.loads((copy_bundle / "bundle.json").read_text())
+    del meta[section][key]
+    (copy_bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=f"field '{section}.{key}': missing"):
+        load_bundle(copy_bundle)
