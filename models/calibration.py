@@ -6,7 +6,9 @@
   stored and applied with linear interpolation (exactly what scikit-learn's ``predict`` does
   with ``out_of_bounds="clip"``).
 
-Both are fitted on the validation span only (data the network did not train on).
+Both are fitted on the validation span only (data the network did not train on). It is the
+same validation span whose loss drives early stopping (``models.train``), so validation
+metrics of the calibrated model are optimistic; the test span is never used for fitting.
 """
 from __future__ import annotations
 

@@ -12,10 +12,19 @@ belong to neither (purge + embargo). Positions are row numbers of the candle fra
 never cross a gap in the data, so counting rows across a gap only removes more, never less.
 
 * :func:`walk_forward_split`: train (oldest) -> validation -> test (most recent), shares of
-  the labelled samples; validation is purged against test, train against both.
+  the labelled samples; validation is purged against test, train against both. The spans
+  are ordered, so only the purge BEFORE each later span matters: no kept sample lies after
+  a held-out span, and the symmetric ``embargo`` above is all it needs.
 * :func:`purged_kfold_splits`: k contiguous folds; each fold is the test span once, the
   fold before it (the one after it for fold 0) is validation, the rest train, purged
-  against both.
+  against both. Here samples DO lie after a held-out span, and a sample's input reaches
+  back ``min_bars - 1`` bars (window - 1 plus the feature warm-up,
+  ``warmup_bars + window - 1`` = the bundle's ``min_bars``). So the embargo AFTER a held-out
+  span is ``max(embargo, min_bars)`` bars: a kept sample t satisfies
+  ``t - (min_bars - 1) > b + horizon``, i.e. no input bar (warm-up included) of a training or
+  validation sample lies inside a held-out span's cover. (The recursive EWMA features have
+  an infinitely long, geometrically fading memory; ``min_bars`` is the warm-up after which
+  every feature is defined, the standard cut.)
 """
 from __future__ import annotations
 
@@ -50,15 +59,18 @@ def cover(span: np.ndarray, horizon: int) -> tuple[int, int]:
     return int(span[0]), int(span[-1]) + int(horizon)
 
 
-def purge(candidates: np.ndarray, held_out: list[np.ndarray], horizon: int, embargo: int) -> np.ndarray:
+def purge(candidates: np.ndarray, held_out: list[np.ndarray], horizon: int, embargo: int,
+          embargo_after: int | None = None) -> np.ndarray:
     """Drop candidates whose label window ``[t, t + horizon]`` comes within ``embargo`` bars of
-    any held-out span's cover (see module docstring)."""
+    any held-out span's cover before it, or that start within ``embargo_after`` bars (default
+    ``embargo``) after it (see module docstring)."""
+    after = embargo if embargo_after is None else int(embargo_after)
     keep = np.ones(len(candidates), dtype=bool)
     for span in held_out:
         if len(span) == 0:
             continue
         a, b = cover(span, horizon)
-        keep &= (candidates + horizon < a - embargo) | (candidates > b + embargo)
+        keep &= (candidates + horizon < a - embargo) | (candidates > b + after)
     return candidates[keep]
 
 
@@ -88,18 +100,30 @@ def walk_forward_split(samples: np.ndarray, horizon: int, embargo: int, val_frac
     return Split(train=train, val=val, test=test, name="walk_forward")
 
 
-def purged_kfold_splits(samples: np.ndarray, horizon: int, embargo: int, folds: int = 5) -> Iterator[Split]:
-    """k contiguous folds; fold i is the test span, its neighbour the validation span."""
+def purged_kfold_splits(samples: np.ndarray, horizon: int, embargo: int, folds: int = 5, *,
+                        min_bars: int) -> Iterator[Split]:
+    """k contiguous folds; fold i is the test span, its neighbour the validation span.
+
+    ``min_bars``: bars one sample's input reaches back, warm-up included (``warmup_bars +
+    window - 1``, the bundle's ``min_bars``). Samples after a held-out span are embargoed for
+    ``max(embargo, min_bars)`` bars past its cover so their inputs never contain its bars;
+    before a held-out span the usual ``embargo`` applies.
+    """
     s = _check(samples, horizon, embargo)
+    if min_bars < 1:
+        raise ValueError(f"min_bars ({min_bars}) must be >= 1")
     if folds < 2 or len(s) < 3 * folds:
         raise DataError(f"too few labelled samples ({len(s)}) for {folds} folds")
+    after = max(int(embargo), int(min_bars))
     parts = np.array_split(s, folds)
     for i in range(folds):
         test = parts[i]
         j = i - 1 if i > 0 else i + 1
-        val = purge(parts[j], [test], horizon, embargo)
+        val = purge(parts[j], [test], horizon, embargo, after)
         others = [p for k, p in enumerate(parts) if k not in (i, j)]
-        train = purge(np.concatenate(others), [val, test], horizon, embargo)
+        train = purge(np.concatenate(others), [val, test], horizon, embargo, after)
+        if len(train) == 0 or len(val) == 0:
+            raise DataError(f"too few labelled samples ({len(s)}) left in fold {i} after purging and embargo")
         yield Split(train=train, val=val, test=test, name=f"purged_kfold_{i}")
 
 

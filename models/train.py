@@ -9,7 +9,12 @@ Pipeline of :func:`train_bundle`:
 4. AdamW on ``BCEWithLogits(pos_weight)`` where ``pos_weight = negatives / positives`` of
    the training span ("auto") or a configured number; early stopping on the (same,
    weighted) validation loss with the best weights restored; seeds fixed;
-5. calibrator (Platt or isotonic) fitted on the validation span only;
+5. calibrator (Platt or isotonic) fitted on the validation span only. This is the SAME
+   validation span whose loss drives early stopping in step 4 (there is no third span):
+   the validation span has chosen the epoch and fitted the calibrator, so the "val" metrics
+   (calibrated ones most of all) are in-sample for those choices and somewhat optimistic.
+   The test span stays untouched by training, normalisation, early stopping and calibration;
+   the honest out-of-sample figures are the "test" metrics;
 6. logistic-regression baseline on the same spans;
 7. metrics (AUC, log loss, Brier, ECE) on validation and test, raw and calibrated, TCN and
    baseline; reliability diagram, learning curves, report.html;
@@ -303,7 +308,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         else:
             # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
             # model (tested on the most recent data, trained on everything before it)
-            splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds))
+            splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds,
+                                              min_bars=warmup_bars(cfg.features) + window - 1))
         splits = [cap_train(s, max_samples) for s in splits]
 
         model_dict = cfg.model.model_dump(mode="json")

@@ -61,7 +61,7 @@ def test_cap_train_keeps_most_recent():
 
 def test_purged_kfold_every_fold_clean_and_each_sample_tested_once():
     samples = np.arange(50, 6050)
-    folds = list(purged_kfold_splits(samples, horizon=8, embargo=10, folds=5))
+    folds = list(purged_kfold_splits(samples, horizon=8, embargo=10, folds=5, min_bars=160))
     assert len(folds) == 5
     assert np.array_equal(np.sort(np.concatenate([f.test for f in folds])), samples)
     for f in folds:
@@ -88,3 +88,47 @@ def test_walk_forward_never_trains_on_held_out_label_windows(n, horizon, extra, 
     _assert_clear(s.train, s.test, horizon, horizon + extra)
     _assert_clear(s.val, s.test, horizon, horizon + extra)
     assert set(s.train) | set(s.val) | set(s.test) <= set(samples)
+
+
+def _assert_inputs_clear_after(kept: np.ndarray, held: np.ndarray, horizon: int, min_bars: int) -> None:
+    """No sample after a held-out span has an input bar (window + warm-up: [t - min_bars + 1, t])
+    inside that span's cover [a, b + horizon]."""
+    if len(held) == 0 or len(kept) == 0:
+        return
+    a, b = held[0], held[-1] + horizon
+    after = kept[kept > held[-1]]
+    first_input = after - min_bars + 1
+    inside = first_input <= b
+    assert not inside.any(), f"samples {after[inside][:5]} have input bars inside held-out cover [{a}, {b}]"
+
+
+@pytest.mark.parametrize("min_bars", [1, 160, 500])
+def test_purged_kfold_embargo_after_a_held_out_span_covers_the_input_window(min_bars):
+    samples = np.arange(200, 12200)
+    horizon, embargo = 8, 10
+    folds = list(purged_kfold_splits(samples, horizon=horizon, embargo=embargo, folds=5, min_bars=min_bars))
+    for f in folds:
+        for kept in (f.train, f.val):
+            _assert_inputs_clear_after(kept, f.test, horizon, min_bars)
+        _assert_inputs_clear_after(f.train, f.val, horizon, min_bars)
+        _assert_clear(f.train, f.test, horizon, embargo)
+        _assert_clear(f.train, f.val, horizon, embargo)
+        _assert_clear(f.val, f.test, horizon, embargo)
+    # the gap after a test fold is exactly max(embargo, min_bars) beyond its cover, not more;
+    # the gap before it stays horizon + embargo
+    mid = folds[2]
+    after = mid.train[mid.train > mid.test[-1]]
+    assert after[0] - (mid.test[-1] + horizon) == max(embargo, min_bars) + 1
+    before = mid.train[mid.train < mid.val[0]]
+    assert mid.val[0] - before[-1] == horizon + embargo + 1
+    # fold 0: validation is the fold AFTER the test fold, so it gets the long embargo too
+    f0 = folds[0]
+    assert f0.val[0] > f0.test[-1] and f0.val[0] - (f0.test[-1] + horizon) == max(embargo, min_bars) + 1
+
+
+def test_walk_forward_is_unchanged_by_the_input_window():
+    """Walk-forward spans are ordered (nothing kept after a held-out span): only horizon + embargo
+    separates them, whatever the window."""
+    s = walk_forward_split(np.arange(200, 10200), horizon=8, embargo=8)
+    assert s.train[-1] < s.val[0] and s.val[-1] < s.test[0]
+    assert s.val[0] - s.train[-1] == s.test[0] - s.val[-1] == 8 + 8 + 1

@@ -168,6 +168,12 @@ def test_purged_kfold_option(frame, tmp_path):
     m = train_bundle(frame, cfg, tmp_path / "k", progress=False).meta
     assert [c["split"]["name"] for c in m["cv"]] == ["purged_kfold_0", "purged_kfold_1", "purged_kfold_2"]
     assert m["split"]["name"] == "purged_kfold_2"
+    # fold 0 validates on the fold AFTER its test fold: the embargo there covers the input
+    # window plus the feature warm-up (min_bars), not only the label horizon
+    f0 = m["cv"][0]["split"]
+    horizon = cfg.labels.horizon
+    assert m["min_bars"] == 97 + 16 - 1
+    assert f0["val"]["first"] - (f0["test"]["last"] + horizon) > max(cfg.training.embargo, m["min_bars"])
 
 
 def test_crash_while_writing_leaves_no_bundle(frame, tmp_path, monkeypatch):
