@@ -160,11 +160,12 @@ def compute_features(frame: pd.DataFrame, cfg: FeatureConfig | None = None,
     Returns a float64 frame with the same index as ``frame`` and columns
     ``FEATURE_NAMES``; warm-up rows are NaN. Each contiguous stretch between gaps is
     computed independently (see the module docstring for every definition).
-    Raises DataError for missing columns, a non-datetime or non-increasing index, or
-    non-finite values.
+    Raises DataError for missing columns, a non-datetime or non-increasing index,
+    non-finite values, and (like :meth:`StreamingFeatures.update`) a non-positive
+    open/high/low/close or a negative volume.
     """
     c = _cfg(cfg)
-    need = ("high", "low", "close", "volume")
+    need = ("open", "high", "low", "close", "volume")
     missing = [col for col in need if col not in frame.columns]
     if missing:
         raise DataError(f"compute_features: missing column(s) {', '.join(missing)}")
@@ -180,10 +181,20 @@ def compute_features(frame: pd.DataFrame, cfg: FeatureConfig | None = None,
     if bad.any():
         r, col = np.argwhere(bad)[0]
         raise DataError(f"compute_features: non-finite {need[col]} at row {r + 1} ({idx[r]})")
+    # same refusal as StreamingFeatures: a log return of a non-positive price is NaN and would
+    # silently poison every window after warm-up instead of failing here
+    bad = np.zeros_like(data, dtype=bool)
+    bad[:, :4] = data[:, :4] <= 0
+    bad[:, 4] = data[:, 4] < 0
+    if bad.any():
+        r = int(np.flatnonzero(bad.any(axis=1))[0])
+        o, h, lo, cl, v = data[r]
+        raise DataError(f"compute_features: invalid bar at row {r + 1} ({idx[r]}): open={o} high={h} low={lo} "
+                        f"close={cl} volume={v} (prices must be > 0, volume >= 0)")
 
     n = len(frame)
     out = np.full((n, _N), np.nan, dtype="float64")
-    high, low, close, volume = (pd.Series(data[:, k]) for k in range(4))
+    high, low, close, volume = (pd.Series(data[:, k]) for k in range(1, 5))
     seg = segment_ids(idx, timeframe)
     bounds = np.flatnonzero(np.diff(seg)) + 1
     starts = np.r_[0, bounds].astype(int)
@@ -261,7 +272,7 @@ class StreamingFeatures:
         vals = (open, high, low, close, volume)
         if not all(math.isfinite(v) for v in vals) or min(open, high, low, close) <= 0 or volume < 0:
             raise DataError(f"StreamingFeatures: invalid bar at {t}: open={open} high={high} low={low} "
-                            f"close={close} volume={volume}")
+                            f"close={close} volume={volume} (prices must be > 0, volume >= 0)")
         if self._last_ns is not None:
             if t_ns <= self._last_ns:
                 raise DataError(f"StreamingFeatures: bar {t} is not after the previous bar "

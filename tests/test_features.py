@@ -254,3 +254,25 @@ def test_refusals(candles):
     bad.iloc[10, 3] = np.inf
     with pytest.raises(DataError, match="non-finite close at row 11"):
         compute_features(bad)
+
+
+@pytest.mark.parametrize("column, value", [("close", -5.0), ("close", 0.0), ("open", -1.0), ("high", 0.0),
+                                           ("low", -0.01), ("volume", -3.0)])
+def test_batch_refuses_invalid_bars_like_streaming(column, value):
+    """A non-positive price (or negative volume) on one bar is refused by both paths with the
+    same DataError, instead of NaN rows after warm-up in batch."""
+    frame = synthetic_ohlcv(300, seed=6)
+    frame.iloc[200, frame.columns.get_loc(column)] = value
+    with pytest.raises(DataError, match=r"invalid bar at row 201 .*" + column + "=") as exc:
+        compute_features(frame)
+    assert "\n" not in str(exc.value)
+    sf = StreamingFeatures()
+    with pytest.raises(DataError, match="invalid bar"):
+        for ts, *vals in zip(frame.index, *(frame[c].to_numpy() for c in COLS)):
+            sf.update(ts, *vals)
+    assert sf.bars_in_stretch == 200  # refused exactly at that bar
+
+
+def test_batch_requires_the_open_column(candles):
+    with pytest.raises(DataError, match="missing column.*open"):
+        compute_features(candles.drop(columns=["open"]))
