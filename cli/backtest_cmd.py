@@ -19,11 +19,14 @@ from cli.common import config_options, setup_logging
               help="Strategy name (tcn, night_only) or module.path:ClassName of a ModelStrategy subclass.")
 @click.option("--allow-in-sample", is_flag=True,
               help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
+@click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
+              help="Barriers to trade: the bundle's training labels, or the config's labels.* (explicit opt-in "
+                   "when they differ; the default refuses a mismatch).")
 @click.option("--coc", is_flag=True, help="Cheat-on-close: market orders fill at the signal bar's close.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
 def backtest(cfg, model_path: str, data_path: str, output: str, start: str | None, end: str | None,
-             strategy_name: str, allow_in_sample: bool, coc: bool, quiet: bool) -> None:
+             strategy_name: str, allow_in_sample: bool, barriers: str, coc: bool, quiet: bool) -> None:
     """Backtest a strategy with a trained model bundle on candles and write the report."""
     from core.ohlcv import load_ohlcv
     from indicators.tcn_indicator import as_bundle
@@ -33,11 +36,15 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     bundle = as_bundle(model_path)
     frame = load_ohlcv(data_path, timeframe=bundle.timeframe)
     result = run_backtest(bundle, frame, cfg, strategy=strategy_name, start=start, end=end,
-                          allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet)
+                          allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet,
+                          barriers=barriers)
     run = result.metrics["run"]
     log.info("backtest %s on %s %s..%s -> %s", model_path, data_path, run["start"], run["end"], output)
     click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"
                + ("  [IN-SAMPLE]" if run["in_sample"] else ""))
+    b = run["barriers"]
+    click.echo(f"barriers ({b['source']}): profit {b['profit']:g}, stop {b['stop']:g}, horizon {b['horizon']}, "
+               f"max hold {b['max_hold']}, tie {b['tie']}")
     click.echo(format_table(result.metrics))
     for trip in result.risk_trips:
         click.echo(f"risk: {trip['time']} {trip['breaker']}: {trip['reason']}")

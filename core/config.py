@@ -32,6 +32,7 @@ class DataConfig(_Strict):
     exchange: str = "binance"
     symbol: str = "BTC/USDT"
     timeframe: str = "15m"
+    market: Literal["spot", "margin", "futures"] = "spot"  # shorts need margin or futures
 
     @field_validator("timeframe")
     @classmethod
@@ -177,6 +178,9 @@ class Config(_Strict):
             raise ValueError(
                 f"training.embargo ({self.training.embargo}) must be >= labels.horizon ({self.labels.horizon})"
             )
+        if self.strategy.allow_short and self.data.market == "spot":
+            raise ValueError("strategy.allow_short: true needs data.market margin or futures "
+                             "(data.market is spot: a spot market cannot be sold short)")
         return self
 
 

@@ -16,6 +16,12 @@ Fill rules (stated once, here):
   barrier touched on the first bar after entry is seen (stock backtrader waits one more
   bar). When a bar touches both barriers, the child submitted first wins: the stop
   unless ``labels.tie`` says ``profit`` (see :mod:`strategies.base`).
+* A cancel reaches orders submitted earlier in the same bar too (stock backtrader would
+  still fill them).
+* Exception: a limit entry that fills mid-bar (the bar opened beyond the limit and traded
+  back to it) may have seen that bar's favourable extreme *before* the fill, so on that
+  bar only the stop child may act; the take-profit child (any limit child) becomes active
+  from the next bar. A limit entry filled at the open keeps both children active at once.
 """
 from __future__ import annotations
 
@@ -61,17 +67,47 @@ class BacktestBroker(bt.brokers.BackBroker):
             comminfo.maker = order.exectype == bt.Order.Limit
         return super()._execute(order, ago=ago, price=price, cash=cash, position=position, dtcoc=dtcoc)
 
+    def cancel(self, order, bracket: bool = False) -> bool:
+        """Cancel ``order``, also when it was submitted during the current bar: stock
+        backtrader only looks in the pending queue, so an order still waiting in the
+        submission queue (e.g. a risk cut placed earlier in the same ``next()``) would
+        survive the cancel and fill anyway."""
+        try:
+            self.submitted.remove(order)
+        except ValueError:
+            return super().cancel(order, bracket=bracket)
+        order.cancel()
+        self.notify(order)
+        self._ococheck(order)
+        if not bracket:
+            self._bracketize(order, cancel=True)
+        return True
+
     def _bracketize(self, order, cancel: bool = False) -> None:
         oref = order.ref
         pref = getattr(order.parent, "ref", oref)
         if cancel or oref != pref:
             return super()._bracketize(order, cancel=cancel)
         # Parent filled: activate the children now (they sit behind the parent in the
-        # pending queue, so the broker tries them against this same bar).
+        # pending queue, so the broker tries them against this same bar) -- except the
+        # take profit of a limit entry filled mid-bar, which waits for the next bar.
+        mid_bar = self._filled_mid_bar(order)
         children = self._pchildren[pref]
         children.popleft()  # the parent itself
         for child in children:
-            child.activate()
+            if mid_bar and child.exectype == bt.Order.Limit:
+                self._toactivate.append(child)  # activated at the start of the next bar
+            else:
+                child.activate()
+
+    @staticmethod
+    def _filled_mid_bar(order) -> bool:
+        """True for a limit order whose bar opened beyond its limit (a buy limit below the
+        open, a sell limit above it): it filled after the bar's open, at an unknown time."""
+        if order.exectype != bt.Order.Limit or order.price is None:
+            return False
+        bar_open = float(order.data.open[0])
+        return bar_open > order.price if order.isbuy() else bar_open < order.price
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,11 @@ def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None
         t_end = idx[-1]
     first = idx.searchsorted(t_start, side="left")
     last = idx.searchsorted(t_end, side="right") - 1
+    if (first >= len(idx) or last < first) and start is None and end is not None and train is not None \
+            and not allow_in_sample and t_end <= train[1]:
+        where = "inside" if t_end >= train[0] else "before"
+        raise InSampleError(f"--end {t_end} falls {where} the bundle's training span ({train[0]} .. {train[1]}): "
+                            "no out-of-sample bars up to it (give a later --end, or --allow-in-sample)")
     if (first >= len(idx) or last < first) and start is None and train is not None and not allow_in_sample:
         raise InSampleError(f"the data ends ({idx[-1]}) before the bundle's training span does ({train[1]}): "
                             "no out-of-sample bars to backtest (give newer data, or --allow-in-sample)")
@@ -166,7 +171,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
                  start: Any = None, end: Any = None, allow_in_sample: bool = False,
                  output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
                  progress: bool = True, strategy_kwargs: dict | None = None,
-                 bt_plot: bool | None = None) -> BacktestResult:
+                 bt_plot: bool | None = None, barriers: str = "bundle") -> BacktestResult:
     """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
 
     ``frame`` is a canonical OHLCV frame (``core.ohlcv``); ``cfg`` supplies strategy, label
@@ -175,15 +180,22 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     Returns a :class:`BacktestResult`; with ``output`` also writes the report files.
     ``bt_plot``: also save backtrader's own chart (``backtrader.png``; needs ``output``);
     default: only for spans up to ``BT_PLOT_MAX_BARS`` bars (its markers are unreadable beyond).
+    ``barriers``: ``"bundle"`` (default) trades the bundle's label barriers and refuses a
+    ``cfg.labels`` that differs; ``"config"`` trades ``cfg.labels`` (see
+    :func:`strategies.base.traded_labels`); metrics.json records which were traded.
+    Refused with DataError, before anything is written: fewer than ``bundle.min_bars + 1``
+    bars up to the span end, or no bar of the span with a probability.
     """
     from indicators.tcn_indicator import as_bundle
-    from strategies.base import strategy_params
+    from strategies.base import strategy_params, traded_labels
     from strategies.registry import resolve_strategy
 
     cls = resolve_strategy(strategy)
     takes_bundle = "bundle" in cls.params._getkeys()
     bundle = as_bundle(bundle_or_path) if (takes_bundle or bundle_or_path is not None) else None
     timeframe = bundle.timeframe if bundle is not None else cfg.data.timeframe
+    labels, barrier_source = traded_labels(cfg, bundle, barriers)  # refuses mismatched labels first
+    features = bundle.feature_cfg if bundle is not None else cfg.features
     s, e = resolve_span(frame, bundle, start, end, allow_in_sample)
     in_sample = False
     if bundle is not None:
@@ -192,10 +204,13 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
 
     # Warm-up history before the span: model window + feature warm-up, and the risk vol window.
     warm = max(bundle.min_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
-               cfg.features.ewma_vol_fast_span + 1)
+               features.ewma_vol_fast_span + 1)
     i0 = max(0, int(frame.index.searchsorted(s)) - warm)
     i1 = int(frame.index.searchsorted(e, side="right"))
     data = frame.iloc[i0:i1]
+    if bundle is not None and len(data) < bundle.min_bars + 1:
+        raise DataError(f"only {len(data)} bars up to the span end {e} (warm-up + span); the model needs at least "
+                        f"{bundle.min_bars + 1} (bundle min_bars {bundle.min_bars} + 1): give more history or a later end")
 
     costs = costs if costs is not None else Costs.from_config(cfg)
     if bt_plot is None:
@@ -206,7 +221,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
     cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
     costs.apply_to_cerebro(cerebro, cash=cfg.execution.cash, coc=coc)
-    params = strategy_params(cfg, trade_start=s, trade_end=e, timeframe=timeframe)
+    params = strategy_params(cfg, bundle=bundle, barriers=barriers, trade_start=s, trade_end=e, timeframe=timeframe)
     if takes_bundle:
         params["bundle"] = bundle
     params.update(strategy_kwargs or {})
@@ -226,6 +241,9 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
+    if not strat.saw_probability:
+        raise DataError(f"no bar of the span {s} .. {e} has a model probability ({len(data)} bars fed incl. warm-up; "
+                        "too little history after the data's start or a gap?): nothing to backtest")
 
     eq_all: pd.DataFrame = strat.analyzers.equity.get_analysis()
     fills: pd.DataFrame = strat.analyzers.fills.get_analysis()
@@ -242,6 +260,8 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         "training_span": [str(x) for x in bundle.training_span] if bundle is not None else None,
         "costs": {"taker_fee": costs.taker_fee, "maker_fee": costs.maker_fee, "slippage_bps": costs.slippage_bps},
         "cheat_on_close": bool(coc), "cash": cfg.execution.cash,
+        "barriers": {"source": barrier_source, "profit": labels.profit, "stop": labels.stop,
+                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(params["max_hold"])},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         "seconds": round(elapsed, 3),
     }
@@ -339,6 +359,11 @@ def plot_equity(equity: pd.DataFrame, cash: float, path: Path, title: str) -> No
     plt.close(fig)
 
 
+def _barriers_text(b: dict[str, Any]) -> str:
+    return (f"take profit {b['profit']:.3%}, stop {b['stop']:.3%}, label horizon {b['horizon']} bars, "
+            f"max hold {b['max_hold']} bars, tie -> {b['tie']}")
+
+
 def _report_md(result: BacktestResult) -> str:
     m = result.metrics
     run = m["run"]
@@ -349,6 +374,7 @@ def _report_md(result: BacktestResult) -> str:
              f"- in-sample: {'YES (training span overlaps: ' + ' .. '.join(run['training_span'] or []) + ')' if run['in_sample'] else 'no'}",
              f"- costs: taker {run['costs']['taker_fee']:.4%}, maker {run['costs']['maker_fee']:.4%}, "
              f"slippage {run['costs']['slippage_bps']} bps; cheat-on-close: {run['cheat_on_close']}",
+             f"- barriers traded ({run['barriers']['source']}): {_barriers_text(run['barriers'])}",
              f"- {m['conventions']['sharpe']}; buy & hold: {m['conventions']['buy_and_hold']}", "",
              "| metric | strategy | buy & hold |", "|---|---:|---:|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in metrics_table(m)]
@@ -379,6 +405,7 @@ td:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(e
 span {html.escape(run['start'])} .. {html.escape(run['end'])} ({run['bars']:,} bars of {run['timeframe']}),
 in-sample: {'<b>YES</b>' if run['in_sample'] else 'no'}<br>
 costs: taker {run['costs']['taker_fee']:.4%}, maker {run['costs']['maker_fee']:.4%}, slippage {run['costs']['slippage_bps']} bps<br>
+barriers traded ({html.escape(run['barriers']['source'])}): {html.escape(_barriers_text(run['barriers']))}<br>
 {html.escape(m['conventions']['sharpe'])}</p>
 <table><tr><th>metric</th><th>strategy</th><th>buy &amp; hold</th></tr>{rows}</table>
 <h2>Risk trips</h2><ul>{trips}</ul>

@@ -20,7 +20,10 @@ equity, the position value and the realised daily volatility; ``flatten`` closes
 everything, ``stop`` (kill switch) also ends the run, ``halt`` blocks new entries.
 
 Parameters map 1:1 to the typed config (``strategy``, ``labels``, ``execution``,
-``risk``): build them with :func:`strategy_params`.
+``risk``): build them with :func:`strategy_params`. With a model bundle the barriers and
+the feature settings come from the bundle (what the model was trained to predict); see
+:func:`traded_labels`. A limit entry filled mid-bar gets its take profit from the next bar
+on (see :mod:`core.costs`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from typing import Any
 
 import backtrader as bt
 
-from core.config import Config, RiskConfig, timeframe_seconds
+from core.config import Config, LabelConfig, RiskConfig, timeframe_seconds
+from core.errors import ConfigError
 from strategies.risk import RiskManager
 
 
@@ -106,6 +110,8 @@ class ModelStrategy(bt.Strategy):
         self._entry_submit_bar = -1
         self._entry_bar: int | None = None        # bar of the entry's reference close
         self._closing: bt.Order | None = None     # time/risk exit in flight
+        self._cut: bt.Order | None = None         # risk cut (reduce_to) in flight
+        self.saw_probability = False              # any finite P from trade_start on (run_backtest checks)
         self._start_num = self._to_num(self.p.trade_start)
         self._end_num = self._to_num(self.p.trade_end)
         self.stopped_by_kill_switch = False
@@ -213,6 +219,9 @@ class ModelStrategy(bt.Strategy):
         now_num = self.data.datetime[0]
         if self._start_num is not None and now_num < self._start_num:
             return
+        if not self.saw_probability:
+            p = self.probability()
+            self.saw_probability = p == p  # not NaN
         pos = self.position.size
         close = self.data.close[0]
         decision = self.risk.check(self.data.datetime.datetime(0), self.broker.getvalue(), pos * close,
@@ -244,8 +253,9 @@ class ModelStrategy(bt.Strategy):
 
     # ------------------------------------------------------------ exits
     def flatten(self, kind: str) -> None:
-        """Cancel every working order and close the position with a market order tagged ``kind``."""
-        for order in [self._entry, *self._exits]:
+        """Cancel every working order (a pending risk cut included, so the close is never
+        larger than the position) and close the position with a market order tagged ``kind``."""
+        for order in [self._entry, self._cut, *self._exits]:
             if order is not None and order.alive():
                 self.cancel(order)
         if self.position.size and (self._closing is None or not self._closing.alive()):
@@ -265,8 +275,11 @@ class ModelStrategy(bt.Strategy):
         for order in self._exits:
             if order.alive():
                 self.cancel(order)
+        if self._cut is not None and self._cut.alive():
+            self.cancel(self._cut)  # a newer cut replaces one still in flight
         cut = self.sell(size=excess) if excess > 0 else self.buy(size=-excess)
         cut.addinfo(kind="risk")
+        self._cut = cut
         closer = self.sell if pos > 0 else self.buy
         kinds = ["stop", "take_profit"] if self.p.tie != "profit" else ["take_profit", "stop"]
         exits: list[bt.Order] = []
@@ -283,7 +296,6 @@ class ModelStrategy(bt.Strategy):
     def notify_order(self, order: bt.Order) -> None:
         if order.status in (order.Submitted, order.Accepted):
             return
-        kind = order.info.get("kind", "")
         if order is self._entry or (self._entry is not None and order.ref == self._entry.ref):
             if order.status == order.Completed:
                 # The fill is notified before this bar's next(), so self._bar is still the
@@ -293,9 +305,12 @@ class ModelStrategy(bt.Strategy):
             elif order.status in (order.Canceled, order.Margin, order.Rejected, order.Expired):
                 self._reset_trade()
             return
+        if self._cut is not None and order.ref == self._cut.ref and not order.alive():
+            self._cut = None
         if order.status == order.Completed and not self.position.size:
             self._reset_trade()
-        elif kind in ("time", "risk", "kill") and order.status != order.Completed and self.position.size:
+        elif (self._closing is not None and order.ref == self._closing.ref and order.status != order.Completed
+              and self.position.size):
             self._closing = None  # a failed exit is retried on the next bar
 
     def _reset_trade(self) -> None:
@@ -303,28 +318,61 @@ class ModelStrategy(bt.Strategy):
         self._exits = []
         self._entry_bar = None
         self._closing = None
+        self._cut = None
 
     def notify_trade(self, trade: bt.Trade) -> None:  # the FillLog analyzer exports trades
         pass
 
 
-def strategy_params(cfg: Config, **extra: Any) -> dict[str, Any]:
-    """backtrader params of :class:`ModelStrategy` from the typed config.
+BARRIER_SOURCES = ("bundle", "config")
 
-    ``strategy.*`` maps by name; barriers come from ``labels`` (profit, stop, tie) so the
-    strategy trades the events the model was trained on; ``max_hold`` is
-    ``strategy.max_hold`` or, when null, ``labels.horizon``; ``fee_rate`` is the taker fee (break-even centre); ``risk`` is a
-    :class:`RiskManager` on ``cfg.risk``. ``extra`` overrides anything.
+
+def _labels_text(lab: LabelConfig) -> str:
+    return f"profit={lab.profit:g} stop={lab.stop:g} horizon={lab.horizon} tie={lab.tie}"
+
+
+def traded_labels(cfg: Config, bundle: Any = None, barriers: str = "bundle") -> tuple[LabelConfig, str]:
+    """The barrier settings the strategy trades and where they come from (``"bundle"`` or
+    ``"config"``).
+
+    With a model bundle the model predicts the bundle's label event, so the default
+    (``barriers="bundle"``) trades ``bundle.label_cfg`` and refuses (ConfigError, one line
+    naming both) a ``cfg.labels`` that differs from it; ``barriers="config"`` is the explicit
+    opt-in to trade ``cfg.labels`` anyway. Without a bundle: ``cfg.labels``.
     """
-    s, lab = cfg.strategy, cfg.labels
+    if barriers not in BARRIER_SOURCES:
+        raise ConfigError(f"barriers must be one of {', '.join(BARRIER_SOURCES)} (got {barriers!r})")
+    bundle_labels = getattr(bundle, "label_cfg", None) if bundle is not None else None
+    if bundle_labels is None or barriers == "config":
+        return cfg.labels, "config"
+    if bundle_labels.model_dump() != cfg.labels.model_dump():
+        raise ConfigError(f"config labels ({_labels_text(cfg.labels)}) differ from the bundle's training labels "
+                          f"({_labels_text(bundle_labels)}): the model predicts the bundle's barriers; align labels.* "
+                          "or pass --barriers config (barriers='config') to trade the config's")
+    return bundle_labels, "bundle"
+
+
+def strategy_params(cfg: Config, bundle: Any = None, barriers: str = "bundle", **extra: Any) -> dict[str, Any]:
+    """backtrader params of :class:`ModelStrategy` from the typed config (and the model bundle).
+
+    ``strategy.*`` maps by name; the barriers (profit, stop, tie) come from
+    :func:`traded_labels` -- the bundle's labels when a bundle is given, so the strategy
+    trades the event the model was trained on; ``max_hold`` is ``strategy.max_hold`` or,
+    when null, the traded labels' ``horizon``; the volatility forecast uses the bundle's
+    feature config (else ``cfg.features``); ``fee_rate`` is the taker fee (break-even
+    centre); ``risk`` is a :class:`RiskManager` on ``cfg.risk``. ``extra`` overrides anything.
+    """
+    s = cfg.strategy
+    lab, _ = traded_labels(cfg, bundle, barriers)
     params: dict[str, Any] = {
         "center": s.center, "target_vol": s.target_vol, "deadband": s.deadband,
         "max_position": min(s.max_position, cfg.risk.max_position),
         "limit_confidence": s.limit_confidence, "limit_tif_bars": s.limit_tif_bars,
         "max_hold": s.max_hold if s.max_hold is not None else lab.horizon, "allow_short": s.allow_short,
         "profit": lab.profit, "stop": lab.stop, "tie": lab.tie,
-        "fee_rate": cfg.execution.taker_fee, "timeframe": cfg.data.timeframe,
-        "feature_cfg": cfg.features, "risk": RiskManager(cfg.risk),
+        "fee_rate": cfg.execution.taker_fee,
+        "timeframe": bundle.timeframe if bundle is not None else cfg.data.timeframe,
+        "feature_cfg": bundle.feature_cfg if bundle is not None else cfg.features, "risk": RiskManager(cfg.risk),
     }
     timeframe_seconds(params["timeframe"])
     params.update(extra)

@@ -8,8 +8,10 @@ Conventions (stated once):
   bars, i.e. the factor is ``sqrt(35040)`` ~ 187.2.
 * **Sortino** = mean / downside deviation x ``sqrt(bars_per_year)``, downside deviation
   = ``sqrt(mean(min(r, 0)^2))`` over all bars.
-* **CAGR** = ``(end / start) ** (365.25 days / span) - 1``, span from the first to the last
-  bar's close (bar count x bar length).
+* **CAGR** = ``(end / start) ** (1 / years) - 1``, ``years`` = calendar time from the first
+  to the last bar (last timestamp - first timestamp) / **365 days** -- the same 365-day year
+  as ``bars_per_year``; calendar time, not the bar count, so a data gap does not inflate it.
+  ``turnover_per_year`` uses the same calendar years.
 * **Max drawdown** = largest ``1 - equity / running peak``.
 * **Exposure** = share of bars ending with an open position.
 * **Turnover** = traded notional (entries + exits) / mean equity, also per year.
@@ -34,6 +36,18 @@ def bars_per_year(timeframe: str = "15m") -> float:
     return 365.0 * 86400.0 / timeframe_seconds(timeframe)
 
 
+def span_years(index: pd.Index, timeframe: str = "15m") -> float:
+    """Calendar years (365 days) from the first to the last timestamp of ``index``; for an
+    index without timestamps, the bar count x bar length (no gaps can be seen there)."""
+    if len(index) < 2:
+        return float("nan")
+    if isinstance(index, pd.DatetimeIndex):
+        seconds = (index[-1] - index[0]).total_seconds()
+    else:
+        seconds = (len(index) - 1) * timeframe_seconds(timeframe)
+    return seconds / (365.0 * 86400.0)
+
+
 def _safe(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -52,14 +66,15 @@ def equity_metrics(equity: pd.Series, timeframe: str = "15m") -> dict[str, float
     ann = math.sqrt(bars_per_year(timeframe))
     std = rets.std(ddof=1) if len(rets) > 1 else float("nan")
     downside = math.sqrt(float(np.mean(np.minimum(rets, 0.0) ** 2)))
-    span_days = len(values) * timeframe_seconds(timeframe) / 86400.0
+    years = span_years(eq.index, timeframe)
     total = values[-1] / values[0] - 1.0
     peak = np.maximum.accumulate(values)
     out.update(
         start_equity=float(values[0]),
         end_equity=float(values[-1]),
         total_return=float(total),
-        cagr=_safe((values[-1] / values[0]) ** (365.25 / span_days) - 1.0) if values[-1] > 0 else -1.0,
+        cagr=(_safe((values[-1] / values[0]) ** (1.0 / years) - 1.0) if years > 0 else None)
+        if values[-1] > 0 else -1.0,
         sharpe=_safe(rets.mean() / std * ann) if std > 0 else None,
         sortino=_safe(rets.mean() / downside * ann) if downside > 0 else None,
         volatility_ann=_safe(std * ann),
@@ -98,7 +113,7 @@ def summarize(equity: pd.Series, positions: pd.Series, fills: pd.DataFrame, trad
     strat.update(trade_metrics(trades, timeframe))
     notional = float(fills["value"].abs().sum()) if len(fills) else 0.0
     mean_eq = float(pd.Series(equity).mean()) if len(equity) else float("nan")
-    years = len(equity) / bars_per_year(timeframe) if len(equity) else float("nan")
+    years = span_years(pd.Series(equity).index, timeframe)
     strat["exposure"] = float((pd.Series(positions) != 0).mean()) if len(positions) else 0.0
     strat["turnover"] = _safe(notional / mean_eq) if mean_eq > 0 else None
     strat["turnover_per_year"] = _safe(notional / mean_eq / years) if mean_eq > 0 and years > 0 else None

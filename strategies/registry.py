@@ -15,7 +15,8 @@ BUILTIN: dict[str, str] = {
 def resolve_strategy(name: str | type):
     """Return the ModelStrategy subclass for ``name``: a builtin short name (``tcn``,
     ``night_only``), ``package.module:ClassName``, or the class itself.
-    Raises ConfigError with one line when it cannot be found or is not a ModelStrategy."""
+    Raises ConfigError with one line when it cannot be found, is not a ModelStrategy
+    subclass, or does not override ``make_probability`` (e.g. the abstract base itself)."""
     from strategies.base import ModelStrategy
 
     if isinstance(name, type):
@@ -36,4 +37,8 @@ def resolve_strategy(name: str | type):
             raise ConfigError(f"strategy {name!r}: module {module_name!r} has no attribute {attr!r}")
     if not (isinstance(cls, type) and issubclass(cls, ModelStrategy)):
         raise ConfigError(f"strategy {spec!r} is not a subclass of strategies.base.ModelStrategy")
+    if cls.make_probability is ModelStrategy.make_probability:
+        # the base hook raises NotImplementedError deep inside backtrader: refuse up front
+        raise ConfigError(f"strategy {spec!r} does not implement make_probability() "
+                          "(subclass TCNStrategy, or provide the probability line)")
     return cls

@@ -127,3 +127,71 @@ def test_bad_model_path_is_one_line(bars_file, tmp_path):
     res = CliRunner().invoke(cli, ["backtest", "--model", str(tmp_path / "nope"), "--data", str(bars_file)])
     assert res.exit_code == 2
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+def test_barriers_come_from_the_bundle_and_a_mismatch_is_refused(tiny_bundle, bars_file, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    lab = bundle.label_cfg
+    ok = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", tmp_path / "ok", *TRADE)
+    assert ok.exit_code == 0, ok.output
+    b = json.loads((tmp_path / "ok" / "metrics.json").read_text())["run"]["barriers"]
+    assert b == {"source": "bundle", "profit": lab.profit, "stop": lab.stop, "horizon": lab.horizon,
+                 "tie": lab.tie, "max_hold": lab.horizon}  # strategy.max_hold null -> the bundle's horizon
+    assert "barriers traded (bundle)" in (tmp_path / "ok" / "report.md").read_text()
+
+    # config labels differ from the bundle's: refused with one line naming both ...
+    out = tmp_path / "mismatch"
+    line = _one_line_error(CliRunner().invoke(cli, ["backtest", "--model", str(tiny_bundle), "--data", str(bars_file),
+                                                    "--output", str(out), "--quiet", "--set", "labels.profit=0.012"]))
+    assert "profit=0.012" in line and f"profit={lab.profit:g}" in line and "--barriers config" in line
+    assert not out.exists()
+    # ... unless the config's barriers are asked for explicitly
+    res = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", out, "--barriers", "config",
+                  "--set", "labels.profit=0.012", *TRADE)
+    assert res.exit_code == 0, res.output
+    b = json.loads((out / "metrics.json").read_text())["run"]["barriers"]
+    assert b["source"] == "config" and b["profit"] == 0.012 and b["stop"] == lab.stop
+    assert "barriers (config): profit 0.012" in res.output
+
+
+def test_too_few_bars_is_refused_before_writing(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    frame = synthetic_ohlcv(4000, seed=11, gaps={1800: 10})
+    short = tmp_path / "last100.csv"
+    write_ohlcv_csv(frame.iloc[-100:], short)  # all out of sample, but < min_bars + 1
+    out = tmp_path / "few"
+    line = _one_line_error(CliRunner().invoke(cli, ["backtest", "--model", str(tiny_bundle), "--data", str(short),
+                                                    "--output", str(out), "--quiet"]))
+    assert "only 100 bars" in line and str(bundle.min_bars + 1) in line
+    assert not out.exists()
+
+
+def test_span_without_any_probability_is_refused(tiny_bundle, tmp_path):
+    # A gap 40 bars before the end: a span of only the 40 bars after it has enough bars fed
+    # (warm-up before the gap) but no full model window after the gap -> no probability.
+    frame = synthetic_ohlcv(4000, seed=11, gaps={1800: 10, 3960: 7})
+    path = tmp_path / "gap_end.csv"
+    write_ohlcv_csv(frame, path)
+    after_gap = frame.index[frame.index.to_series().diff() > pd.Timedelta(minutes=15)][-1]
+    assert (frame.index >= after_gap).sum() < load_bundle(tiny_bundle).min_bars
+    out = tmp_path / "nop"
+    line = _one_line_error(CliRunner().invoke(cli, ["backtest", "--model", str(tiny_bundle), "--data", str(path),
+                                                    "--output", str(out), "--start", str(after_gap), "--quiet"]))
+    assert "no bar of the span" in line and "probability" in line
+    assert not out.exists()
+
+
+def test_end_inside_training_span_says_so(tiny_bundle, bars_file, tmp_path):
+    a, b = load_bundle(tiny_bundle).training_span
+    end = a + (b - a) / 2
+    line = _one_line_error(CliRunner().invoke(cli, ["backtest", "--model", str(tiny_bundle), "--data", str(bars_file),
+                                                    "--output", str(tmp_path / "e"), "--end", str(end), "--quiet"]))
+    assert "--end" in line and "falls inside the bundle's training span" in line
+    assert "data ends" not in line

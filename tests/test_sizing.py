@@ -120,3 +120,40 @@ def test_strategy_long_only_on_spot(tmp_path):
     entries = short.fills[short.fills["kind"] == "entry"]
     assert len(entries) > 0 and (entries["side"] == "sell").all()
     assert (short.trades["side"] == "short").all()
+
+
+def test_strategy_params_take_barriers_and_features_from_the_bundle():
+    from types import SimpleNamespace
+
+    from core.config import FeatureConfig, LabelConfig
+    from core.errors import ConfigError
+
+    bundle = SimpleNamespace(label_cfg=LabelConfig(profit=0.01, stop=0.005, horizon=6),
+                             feature_cfg=FeatureConfig(ewma_vol_fast_span=40), timeframe="15m")
+    same = load_config(overrides=["labels.profit=0.01", "labels.stop=0.005", "labels.horizon=6"])
+    p = strategy_params(same, bundle=bundle)
+    assert (p["profit"], p["stop"], p["max_hold"]) == (0.01, 0.005, 6)  # max_hold null -> bundle horizon
+    assert p["feature_cfg"] is bundle.feature_cfg  # the vol forecast the model was trained with
+    assert same.features.ewma_vol_fast_span == 20
+    # the default config's labels differ from this bundle's: refused, both named, one line
+    with pytest.raises(ConfigError, match=r"profit=0.008 .*profit=0.01 ") as err:
+        strategy_params(load_config(), bundle=bundle)
+    assert "\n" not in str(err.value)
+    # explicit opt-in: the config's barriers are traded
+    p = strategy_params(load_config(), bundle=bundle, barriers="config")
+    assert (p["profit"], p["stop"], p["max_hold"]) == (0.008, 0.004, 8)
+    with pytest.raises(ConfigError, match="barriers must be one of"):
+        strategy_params(load_config(), bundle=bundle, barriers="labels")
+
+
+def test_shorts_need_a_market_that_permits_them():
+    from core.errors import ConfigError
+
+    assert load_config().data.market == "spot"
+    with pytest.raises(ConfigError, match=r"strategy\.allow_short.*data\.market") as err:
+        load_config(overrides=["strategy.allow_short=true"])
+    assert "\n" not in str(err.value)
+    for market in ("margin", "futures"):
+        assert load_config(overrides=["strategy.allow_short=true", f"data.market={market}"]).strategy.allow_short
+    with pytest.raises(ConfigError, match="data.market"):
+        load_config(overrides=["data.market=options"])

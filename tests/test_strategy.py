@@ -12,6 +12,7 @@ from core.errors import ConfigError
 from core.synthetic import synthetic_ohlcv
 from models.labels import triple_barrier_events
 from strategies.backtest import run_backtest
+from strategies.base import ModelStrategy
 from strategies.registry import resolve_strategy
 
 from bt_helpers import LineStrategy, loose_risk, with_lines
@@ -100,19 +101,50 @@ def test_limit_order_when_confident_market_otherwise(tmp_path):
         assert f.commission == pytest.approx(abs(f.value) * cfg.execution.maker_fee)
 
 
-def test_limit_entry_expires_after_tif(tmp_path):
+class _OrderLog(LineStrategy):
+    """LineStrategy that records (bar, kind, status) of every order notification."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order_log: list[tuple[int, str, str]] = []
+
+    def notify_order(self, order) -> None:
+        self.order_log.append((self._bar, order.info.get("kind", ""), order.getstatusname()))
+        super().notify_order(order)
+
+
+def test_limit_entry_expires_after_tif(tmp_path, monkeypatch):
     frame = synthetic_ohlcv(300, seed=8, vol=0.003)
-    # From bar 50 on, prices jump up 5% and keep rising: a buy limit at close[49] never fills.
-    ramp = np.r_[np.ones(50), 1.05 * np.exp(np.linspace(0, 0.2, 250))]
+    # Bars 50-52 (the 3 bars the limit works) gap up 5%; from bar 53 on the price is back
+    # 3% below the start level: the buy limit at close[49] would fill at bar 53 had it not
+    # been cancelled at the end of bar 52.
+    ramp = np.r_[np.ones(50), np.full(3, 1.05), np.full(247, 0.97)]
     for col in ("open", "high", "low", "close"):
         frame[col] = frame[col] * ramp
     frame["low"] = np.minimum(frame["low"], frame[["open", "close"]].min(axis=1))
+    frame["high"] = np.maximum(frame["high"], frame[["open", "close"]].max(axis=1))
+    limit = frame["close"].iloc[49]
+    assert (frame["low"].iloc[50:53] > limit).all()      # never touched while working
+    assert (frame["low"].iloc[53:60] <= limit).any()     # touched again right after the TIF
     prob = np.full(len(frame), np.nan)
     prob[49] = 0.95
     cfg = load_config()
-    res = run_backtest(None, with_lines(frame, prob, 0.5), cfg, strategy=LineStrategy, progress=False,
+    captured = {}
+    real_init = _OrderLog.__init__
+
+    def keep(self):
+        real_init(self)
+        captured["strategy"] = self
+
+    monkeypatch.setattr(_OrderLog, "__init__", keep)
+    res = run_backtest(None, with_lines(frame, prob, 0.5), cfg, strategy=_OrderLog, progress=False,
                        strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 0.5, "limit_tif_bars": 3})
     assert len(res.fills) == 0  # the limit expired unfilled and nothing else was signalled
+    log = [(bar, status) for bar, kind, status in captured["strategy"].order_log if kind == "entry"]
+    # submitted on the signal bar 49, cancelled in bar 52's next() (3 bars after submission)
+    assert (49, "Submitted") in log and (49, "Accepted") in log
+    assert [b for b, st in log if st == "Canceled"] == [52]
+    assert all(st != "Completed" for _, st in log)
 
 
 def _hold_path(n_flat: int, moves: np.ndarray, start: str = "2024-03-04") -> pd.DataFrame:
@@ -239,6 +271,22 @@ def test_registry_resolves_names_and_module_paths():
             resolve_strategy(bad)
 
 
+@pytest.mark.parametrize("bad", ["strategies.base:ModelStrategy", ModelStrategy, "backtrader:Strategy", "test_strategy:NoProbability"])
+def test_registry_refuses_abstract_and_foreign_classes(bad):
+    # the abstract base (or a subclass without make_probability) would raise NotImplementedError
+    # deep inside backtrader; anything else is not a ModelStrategy: one line each
+    with pytest.raises(ConfigError, match="make_probability|not a subclass") as err:
+        resolve_strategy(bad)
+    assert "\n" not in str(err.value)
+
+
+class NoProbability(ModelStrategy):
+    """A subclass that forgot make_probability."""
+
+    def signal(self, p: float) -> float:
+        return 0.0
+
+
 def test_leverage_above_limit_is_reduced_without_flipping(tmp_path):
     # A short of 95% of equity while the price rises: |position| / equity passes 1.0 (max
     # leverage) after ~+3%, and the risk manager cuts it back to 95%, re-placing the exits.
@@ -265,3 +313,98 @@ def test_leverage_above_limit_is_reduced_without_flipping(tmp_path):
     assert w.min() > -1.01
     assert len(res.trades) == 1 and res.trades["exit_kind"].iloc[0] == "time"
     assert res.trades["exit_bar"].iloc[0] == 250
+
+
+def _limit_fill_frame(bar_open: float, fill_low: float, fill_high: float) -> tuple[pd.DataFrame, float]:
+    """Flat candles; bar 101 opens at ``bar_open`` x close[100] with the given low/high
+    (multiples of close[100]); bar 102 reaches 1.01 x close[100] (above the take profit)."""
+    frame = _hold_path(300, np.zeros(0))
+    c = frame["close"].iloc[100]
+    frame.iloc[101, :4] = [c * bar_open, c * fill_high, c * fill_low, c * 1.001]
+    frame.iloc[102, :4] = [c * 1.001, c * 1.01, c * 1.0, c * 1.001]
+    frame.iloc[103:, :4] = np.array([c * 1.001, c * 1.0011, c * 1.0009, c * 1.001])
+    return frame, c
+
+
+def _limit_run(tmp_path, frame):
+    prob = np.full(len(frame), np.nan)
+    prob[100] = 0.9  # |s| = 0.8 >= limit_confidence: buy limit at close[100]
+    return run_backtest(None, with_lines(frame, prob, 0.5), load_config(), strategy=LineStrategy,
+                        costs=Costs.zero(), progress=False,
+                        strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 0.5})
+
+
+def test_mid_bar_limit_fill_takes_profit_from_the_next_bar_only(tmp_path):
+    # Bar 101 opens 0.3% above the limit, trades down to it (fill mid-bar) and has a high
+    # above the take profit -- which may have come before the fill: not booked on bar 101.
+    frame, c = _limit_fill_frame(1.003, 0.999, 1.02)
+    res = _limit_run(tmp_path, frame)
+    entry = res.fills[res.fills["kind"] == "entry"]
+    assert len(entry) == 1 and entry["order_type"].iloc[0] == "Limit"
+    assert entry["time"].iloc[0] == frame.index[101] and entry["price"].iloc[0] == pytest.approx(c)
+    assert len(res.trades) == 1
+    t = res.trades.iloc[0]
+    assert (t.exit_bar, t.exit_kind) == (102, "take_profit")
+    assert t.exit_price == pytest.approx(c * 1.008)
+
+
+def test_mid_bar_limit_fill_still_stops_on_the_fill_bar(tmp_path):
+    # Same mid-bar fill, but bar 101 also trades through the stop: the stop acts at once.
+    frame, c = _limit_fill_frame(1.003, 0.99, 1.02)
+    t = _limit_run(tmp_path, frame).trades.iloc[0]
+    assert (t.exit_bar, t.exit_kind) == (101, "stop")
+    assert t.exit_price == pytest.approx(c * 0.996)
+
+
+def test_limit_fill_at_the_open_keeps_same_bar_take_profit(tmp_path):
+    # Bar 101 opens below the limit: filled at the open, the whole bar follows the fill.
+    frame, c = _limit_fill_frame(0.9995, 0.9994, 1.02)
+    res = _limit_run(tmp_path, frame)
+    t = res.trades.iloc[0]
+    assert res.fills["price"].iloc[0] == pytest.approx(c * 0.9995)
+    assert (t.exit_bar, t.exit_kind) == (101, "take_profit")
+
+
+class _CutThenClose(LineStrategy):
+    """Decides a risk cut and a full close in the same next() (bar 103)."""
+
+    def next(self) -> None:
+        super().next()
+        if self._bar == 103 and self.position.size:
+            self.reduce_to(0.3)
+            self.flatten("time")
+
+
+def test_flatten_cancels_a_pending_cut_so_the_close_never_flips(tmp_path):
+    # Flat at 100, then +2% from bar 130: exits that reduce_to re-placed at bar 103 (take
+    # profit 100.8) would open a short there if the flatten in the same bar left them working.
+    frame = _hold_path(130, np.r_[np.full(20, np.log(1.02) / 20), np.zeros(150)])
+    prob = np.full(len(frame), np.nan)
+    prob[100] = 0.9
+    res = run_backtest(None, with_lines(frame, prob, 0.5), load_config(), strategy=_CutThenClose,
+                       costs=Costs.zero(), coc=True, progress=False,
+                       strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 2.0, "max_hold": 50})
+    f = res.fills
+    entry = f[f["kind"] == "entry"]
+    assert len(entry) == 1
+    assert (f["kind"] == "risk").sum() == 0                       # the cut was cancelled, not filled
+    close = f[f["kind"] == "time"]
+    assert len(close) == 1 and close["size"].iloc[0] == pytest.approx(-entry["size"].iloc[0])
+    assert (res.equity["position"].iloc[105:] == 0).all()         # flat afterwards, never short
+    assert len(res.trades) == 1 and res.trades["status"].iloc[0] == "closed"
+
+
+def test_cagr_uses_calendar_time_not_the_bar_count():
+    from strategies.metrics import equity_metrics
+
+    # 1,000 bars of 15m growing 10% in total, with a 30-day hole in the middle: 10.4 days
+    # of bars, 40.4 calendar days from the first to the last bar.
+    t = pd.date_range("2024-01-01", periods=1000, freq="15min", tz="UTC")
+    t = t[:500].append(t[500:] + pd.Timedelta(days=30))
+    eq = pd.Series(100.0 * 1.1 ** (np.arange(1000) / 999), index=t)
+    years = (t[-1] - t[0]) / pd.Timedelta(days=365)
+    m = equity_metrics(eq, "15m")
+    assert m["cagr"] == pytest.approx(1.1 ** (1 / years) - 1, rel=1e-9)
+    # without the hole: the same formula on the contiguous span
+    flat = pd.Series(eq.to_numpy(), index=pd.date_range("2024-01-01", periods=1000, freq="15min", tz="UTC"))
+    assert equity_metrics(flat, "15m")["cagr"] == pytest.approx(1.1 ** (365 * 96 / 999) - 1, rel=1e-9)
