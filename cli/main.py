@@ -26,7 +26,12 @@ _COMMANDS = [
 @click.group(cls=NtsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="neural-trading-system")
 def cli() -> None:
-    """nts: TCN triple-barrier probabilities, backtrader backtests, vectorbt sweeps, CCXT sessions."""
+    """nts: TCN triple-barrier probabilities, calibrated, traded in backtrader strategies.
+
+    Typical flow: nts download -> nts data check -> nts labels -> nts train -> nts backtest.
+    Commands take --config FILE and --set key.path=value (explain reads its settings
+    from the bundle).
+    """
 
 
 for _module, _attr in _COMMANDS:
