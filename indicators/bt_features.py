@@ -20,6 +20,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from core.config import timeframe_seconds
 from indicators.features import FEATURE_NAMES, StreamingFeatures, compute_features
 from strategies.analyzers import bt_num_to_ns, bt_num_to_timestamp
 from strategies.metrics import bars_per_year
@@ -124,13 +125,20 @@ class RealisedVol(_BatchOnce):
 
     def __init__(self) -> None:
         self._closes: list[float] = []
+        self._last_ns: int | None = None
+        self._step_ns = timeframe_seconds(self.p.timeframe) * 1_000_000_000
 
     def _compute_full(self) -> dict[str, np.ndarray]:
-        close = _np(self.data.close)[: self.data.buflen()]
-        return {"vol": realised_daily_vol(close, self.p.window, self.p.timeframe)}
+        frame = feed_frame(self.data)
+        return {"vol": realised_daily_vol(frame["close"].to_numpy(), self.p.window, self.p.timeframe,
+                                          index=frame.index)}
 
     def next(self) -> None:
         closes = self._closes
+        now_ns = int(bt_num_to_ns(np.array([self.data.datetime[0]]))[0])
+        if self._last_ns is not None and now_ns - self._last_ns != self._step_ns:
+            closes.clear()  # a gap: the window restarts, as in the batch definition
+        self._last_ns = now_ns
         closes.append(self.data.close[0])
         if len(closes) > self.p.window + 1:
             del closes[0]

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import RiskConfig, timeframe_seconds
+from core.ohlcv import segment_ids
 
 Action = Literal["allow", "reduce", "halt"]
 
@@ -79,12 +80,19 @@ def bars_per_day(timeframe: str = "15m") -> float:
     return 86400.0 / timeframe_seconds(timeframe)
 
 
-def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timeframe: str = "15m") -> np.ndarray:
+def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timeframe: str = "15m",
+                       index: pd.DatetimeIndex | None = None) -> np.ndarray:
     """Realised daily volatility per bar (see module docstring): rolling sample std of
     ``window`` one-bar log returns, times ``sqrt(bars_per_day)``. NaN until ``window``
-    returns exist. The single definition used by the backtest indicator and live sessions."""
+    returns exist. The single definition used by the backtest indicator and live sessions.
+
+    With ``index`` (bar open times) a return across a data gap is not a return: it is NaN,
+    and the window restarts after the gap, as the features do. Without it every step is
+    taken as one bar."""
     c = np.asarray(close, dtype="float64")
     r = np.r_[np.nan, np.diff(np.log(c))] if len(c) else np.zeros(0)
+    if index is not None and len(c) > 1:
+        r[1:][np.diff(segment_ids(pd.DatetimeIndex(index), timeframe)) != 0] = np.nan
     std = pd.Series(r).rolling(window, min_periods=window).std(ddof=1).to_numpy()
     return std * math.sqrt(bars_per_day(timeframe))
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from core.config import RiskConfig
+from core.synthetic import synthetic_ohlcv
 from strategies.risk import RiskManager, realised_daily_vol
 
 T0 = pd.Timestamp("2024-03-01 00:00", tz="UTC")
@@ -143,3 +144,15 @@ def test_state_round_trip_keeps_halts(tmp_path):
     other.load_state(rm.state_dict())
     assert other.check(T0 + 10 * STEP, 130.0, 0.0, 0.01).action == "halt"
     assert [t.breaker for t in other.trips] == ["drawdown"]
+
+
+def test_realised_vol_never_spans_a_gap():
+    # A 30% jump across a 50-bar gap is not a 15-minute return: it must not reach the window.
+    frame = synthetic_ohlcv(400, seed=5, vol=0.001, gaps={199: 50})
+    frame.iloc[200:, :4] *= 1.3
+    close = frame["close"].to_numpy()
+    with_gaps = realised_daily_vol(close, 96, index=frame.index)
+    assert np.isnan(with_gaps[200:296]).all()            # window restarts after the gap
+    assert np.nanmax(with_gaps) < 0.02                     # ~0.1% per bar x sqrt(96) ~ 1%/day
+    naive = realised_daily_vol(close, 96)                  # without timestamps the jump shows
+    assert np.nanmax(naive) > 0.2

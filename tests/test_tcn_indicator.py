@@ -101,6 +101,7 @@ def test_feature_lines_batch_equal_streaming_and_the_library():
     vol_expected = ref["ewma_vol_fast"].to_numpy() * np.sqrt(bars_per_year("15m"))
     np.testing.assert_allclose(_line(batch.vol.vol), vol_expected, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(_line(stream.vol.vol), vol_expected, rtol=1e-9, equal_nan=True)
-    rv = realised_daily_vol(frame["close"].to_numpy(), 96)
+    rv = realised_daily_vol(frame["close"].to_numpy(), 96, index=frame.index)
+    assert np.isnan(rv[301:301 + 96]).all() and np.isfinite(rv[301 + 96:]).all()  # restarts after the gap
     np.testing.assert_allclose(_line(batch.rvol.vol), rv, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(_line(stream.rvol.vol), rv, rtol=1e-9, equal_nan=True)
