@@ -99,6 +99,9 @@ class VolForecast(_BatchOnce):
     lines = ("vol",)
     params = (("cfg", None), ("timeframe", "15m"))
 
+    def _plotlabel(self) -> list[str]:
+        return ["ewma_vol_fast, annualised", self.p.timeframe]
+
     def __init__(self) -> None:
         self._stream = StreamingFeatures(self.p.cfg, self.p.timeframe)
         self._ann = math.sqrt(bars_per_year(self.p.timeframe))

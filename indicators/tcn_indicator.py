@@ -50,6 +50,14 @@ class TCNProbability(_BatchOnce):
         self._stream = StreamingFeatures(self.bundle.feature_cfg, self.bundle.timeframe)
         self._rows: deque[np.ndarray] = deque(maxlen=self.bundle.window)
 
+    def _plotlabel(self) -> list[str]:
+        """Chart legend: the bundle's directory name, not the object's repr."""
+        path = getattr(self.bundle, "path", None)
+        if not path:
+            return ["bundle"]
+        path = Path(path)
+        return [path.parent.name if path.suffix == ".pt" else path.name]
+
     def _compute_full(self) -> dict[str, np.ndarray]:
         frame = feed_frame(self.data)
         logit = self.bundle.predict_logit(frame).to_numpy()

@@ -292,6 +292,12 @@ def _backtrader_figure(cerebro: bt.Cerebro, metrics: dict):
         figs = cerebro.plot(iplot=False, volume=False)
         fig = figs[0][0]
         fig.set_size_inches(16, 9)
+        # With shared x axes, matplotlib >= 3.10 hides every x tick label backtrader set up;
+        # show the bottom panel's (dates, via backtrader's own formatter) again.
+        bottom = min(fig.axes, key=lambda ax: ax.get_position().y0)
+        bottom.tick_params(axis="x", labelbottom=True)
+        for label in bottom.get_xticklabels():
+            label.set_visible(True)
         metrics["run"]["backtrader_plot"] = "backtrader.png"
         return fig
     except Exception as exc:  # plotting is auxiliary: report why, keep the run's results
