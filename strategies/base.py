@@ -9,7 +9,8 @@ The pipeline is a handful of small methods; a new strategy overrides one of them
     barrier_prices(ref, side)  take-profit and stop prices of a new position
 
 Exits are the triple barriers of the labels: a bracket of take profit (limit) and stop
-(stop order) around the entry, plus a time exit ``max_hold`` bars after the entry bar. The
+(stop order) around the entry, plus a time exit ``max_hold`` bars (of clock time, so a data
+gap does not stretch it) after the entry bar. The
 entry bar is the bar whose close is the reference price: the signal bar for market orders
 (filled at that close with cheat-on-close, else at the next open) and the bar before the
 fill for a limit order. When one bar touches both barriers the stop wins (``tie='stop'``,
@@ -105,6 +106,9 @@ class ModelStrategy(bt.Strategy):
         self.risk: RiskManager = self.p.risk if self.p.risk is not None else RiskManager(RiskConfig())
         self.center = self.resolve_center()
         self._bar = -1
+        self._bar_num: float | None = None        # backtrader date number of the last bar seen
+        self._entry_num: float | None = None      # ... of the entry bar
+        self._bar_days = timeframe_seconds(self.p.timeframe) / 86400.0
         self._entry: bt.Order | None = None       # working or filled entry order
         self._exits: list[bt.Order] = []          # bracket children of the open position
         self._entry_submit_bar = -1
@@ -213,10 +217,12 @@ class ModelStrategy(bt.Strategy):
     # ------------------------------------------------------------ bar loop
     def prenext(self) -> None:
         self._bar += 1
+        self._bar_num = self.data.datetime[0]
 
     def next(self) -> None:
         self._bar += 1
         now_num = self.data.datetime[0]
+        self._bar_num = now_num
         if self._start_num is not None and now_num < self._start_num:
             return
         if not self.saw_probability:
@@ -237,7 +243,7 @@ class ModelStrategy(bt.Strategy):
         if decision.action == "reduce" and pos:
             self.reduce_to(decision.max_weight)
         if pos:
-            if self._entry_bar is not None and self._closing is None and self._bar - self._entry_bar >= self.p.max_hold:
+            if self._entry_bar is not None and self._closing is None and self.bars_held() >= self.p.max_hold:
                 self.flatten("time")
             return
         if self._entry is not None:  # a limit entry still working
@@ -302,6 +308,7 @@ class ModelStrategy(bt.Strategy):
                 # previous bar: the signal bar for a market entry (filled at its close with
                 # cheat-on-close, else at the next open) and the bar before the fill for a limit.
                 self._entry_bar = self._bar
+                self._entry_num = self._bar_num  # not yet advanced to the fill bar
             elif order.status in (order.Canceled, order.Margin, order.Rejected, order.Expired):
                 self._reset_trade()
             return
@@ -313,10 +320,19 @@ class ModelStrategy(bt.Strategy):
               and self.position.size):
             self._closing = None  # a failed exit is retried on the next bar
 
+    def bars_held(self) -> int:
+        """Bars of clock time since the entry bar. Counted in time, not in bars seen, so a
+        data gap does not stretch the holding period: the first bar after a gap that ends the
+        horizon closes the position (the labels give such bars no label at all)."""
+        if self._entry_num is None:
+            return 0
+        return int(round((self.data.datetime[0] - self._entry_num) / self._bar_days))
+
     def _reset_trade(self) -> None:
         self._entry = None
         self._exits = []
         self._entry_bar = None
+        self._entry_num = None
         self._closing = None
         self._cut = None
 

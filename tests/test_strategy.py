@@ -408,3 +408,21 @@ def test_cagr_uses_calendar_time_not_the_bar_count():
     # without the hole: the same formula on the contiguous span
     flat = pd.Series(eq.to_numpy(), index=pd.date_range("2024-01-01", periods=1000, freq="15min", tz="UTC"))
     assert equity_metrics(flat, "15m")["cagr"] == pytest.approx(1.1 ** (365 * 96 / 999) - 1, rel=1e-9)
+
+
+def test_time_exit_counts_clock_time_across_a_data_gap(tmp_path):
+    # Entry at the close of bar 100; bars 103..152 are missing. Eight bars of clock time have
+    # passed by the first bar after the gap, so the time exit is there, not 8 *rows* later.
+    full = _hold_path(200, np.zeros(0))
+    frame = full.drop(full.index[103:153])
+    prob = np.full(len(frame), np.nan)
+    prob[100] = 0.9
+    cfg = load_config()
+    res = run_backtest(None, with_lines(frame, prob, 0.5), cfg, strategy=LineStrategy, costs=Costs.zero(),
+                       coc=True, progress=False,
+                       strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 2.0,
+                                        "profit": 0.5, "stop": 0.5, "max_hold": 8})
+    assert len(res.trades) == 1
+    trade = res.trades.iloc[0]
+    assert trade["exit_kind"] == "time"
+    assert pd.Timestamp(trade["exit_time"]) == full.index[153]  # first bar after the gap
