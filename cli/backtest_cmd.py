@@ -46,6 +46,10 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     click.echo(f"barriers ({b['source']}): profit {b['profit']:g}, stop {b['stop']:g}, horizon {b['horizon']}, "
                f"max hold {b['max_hold']}, tie {b['tie']}")
     click.echo(format_table(result.metrics))
+    sig = run["signal"]
+    if sig["scored"]:
+        click.echo(f"signal: {sig['decisions']:,} flat bars open to an entry; P > centre {sig['center']:.4f} on "
+                   f"{sig['positive_signal']:,}, past the deadband on {sig['past_deadband']:,}; max P on those bars {sig['p_max']:.4f}")
     for trip in result.risk_trips:
         click.echo(f"risk: {trip['time']} {trip['breaker']}: {trip['reason']}")
     click.echo(f"wrote {', '.join(sorted(p.name for p in result.files.values()))} to {output}")

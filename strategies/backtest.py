@@ -263,6 +263,8 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         "barriers": {"source": barrier_source, "profit": labels.profit, "stop": labels.stop,
                      "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(params["max_hold"])},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
+        "signal": {**strat.signal_stats, "center": float(strat.center),
+                   "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "seconds": round(elapsed, 3),
     }
     metrics["risk_trips"] = trips

@@ -119,6 +119,10 @@ class ModelStrategy(bt.Strategy):
         self._start_num = self._to_num(self.p.trade_start)
         self._end_num = self._to_num(self.p.trade_end)
         self.stopped_by_kill_switch = False
+        # Why a run trades as much as it does: counted on the flat bars where an entry was
+        # allowed (reported with the results; "0 trades" alone does not say why).
+        self.signal_stats = {"decisions": 0, "scored": 0, "p_max": math.nan, "positive_signal": 0,
+                             "past_deadband": 0}
 
     def _risk_cfg(self) -> RiskConfig:
         return self.p.risk.cfg if self.p.risk is not None else RiskConfig()
@@ -252,8 +256,10 @@ class ModelStrategy(bt.Strategy):
             return
         if not decision.allow or (self._end_num is not None and now_num > self._end_num):
             return
-        s = self.signal(self.probability())
+        p = self.probability()
+        s = self.signal(p)
         w = self.risk.cap_weight(self.target_weight(s))
+        self._count_decision(p, s, w)
         if w != 0.0:
             self.order_for(w, abs(s))
 
@@ -319,6 +325,15 @@ class ModelStrategy(bt.Strategy):
         elif (self._closing is not None and order.ref == self._closing.ref and order.status != order.Completed
               and self.position.size):
             self._closing = None  # a failed exit is retried on the next bar
+
+    def _count_decision(self, p: float, s: float, w: float) -> None:
+        st = self.signal_stats
+        st["decisions"] += 1
+        if p == p:  # not NaN
+            st["scored"] += 1
+            st["p_max"] = p if not st["p_max"] >= p else st["p_max"]
+        st["positive_signal"] += s > 0
+        st["past_deadband"] += w != 0.0
 
     def bars_held(self) -> int:
         """Bars of clock time since the entry bar. Counted in time, not in bars seen, so a

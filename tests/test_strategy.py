@@ -426,3 +426,18 @@ def test_time_exit_counts_clock_time_across_a_data_gap(tmp_path):
     trade = res.trades.iloc[0]
     assert trade["exit_kind"] == "time"
     assert pd.Timestamp(trade["exit_time"]) == full.index[153]  # first bar after the gap
+
+
+@pytest.mark.parametrize("p, positive", [(0.45, False), (0.9, True)])
+def test_signal_stats_say_why_a_run_trades_or_not(tmp_path, p, positive):
+    frame = _hold_path(300, np.zeros(0))
+    res = run_backtest(None, with_lines(frame, p, 0.5), load_config(), strategy=LineStrategy, costs=Costs.zero(),
+                       coc=True, progress=False, strategy_kwargs={"risk": loose_risk(tmp_path), "limit_confidence": 2.0})
+    sig = res.metrics["run"]["signal"]
+    assert sig["decisions"] > 0 and sig["scored"] == sig["decisions"] and sig["p_max"] == pytest.approx(p)
+    if positive:
+        # every flat bar open to an entry produced one; entries equal the decisions that passed
+        assert sig["positive_signal"] == sig["past_deadband"] == sig["decisions"]
+        assert (res.fills["kind"] == "entry").sum() == sig["past_deadband"]
+    else:
+        assert sig["positive_signal"] == sig["past_deadband"] == 0 and len(res.fills) == 0
