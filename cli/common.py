@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,9 +28,10 @@ def config_options(func: Callable) -> Callable:
     return wrapper
 
 
-def setup_logging(name: str, log_dir: str | Path = "logs") -> logging.Logger:
-    """Log INFO to ``logs/<name>.log`` (the terminal stays for results and progress bars)."""
-    log_dir = Path(log_dir)
+def setup_logging(name: str, log_dir: str | Path | None = None) -> logging.Logger:
+    """Log INFO to ``logs/<name>.log`` (the terminal stays for results and progress bars).
+    ``NTS_LOG_DIR`` moves the folder (the test suite points it at a temporary one)."""
+    log_dir = Path(log_dir or os.environ.get("NTS_LOG_DIR", "logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("nts")
     logger.setLevel(logging.INFO)
