@@ -327,6 +327,47 @@ def validate_ohlcv(
     return frame, report
 
 
+def checked_bars(frame: pd.DataFrame, columns: tuple[str, ...] = COLUMNS,
+                 where: str = "candles") -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Refuse (one DataError line) a frame that computations cannot use, else return its UTC
+    ns index and a float64 array of ``columns``.
+
+    Refused: not a DataFrame, missing columns, a non-datetime index, timestamps that are not
+    strictly increasing, non-finite values, a non-positive price, a negative volume. Unlike
+    :func:`validate_ohlcv` it fixes nothing and does not look at OHLC consistency or the grid:
+    it guards the feature, label and scoring entry points, which also take frames built in code.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"{where}: expected a pandas DataFrame of candles, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise DataError(f"{where}: index must be a DatetimeIndex of bar open times")
+    idx = frame.index.tz_localize("UTC") if frame.index.tz is None else frame.index.tz_convert("UTC")
+    idx = idx.as_unit("ns")
+    ts = idx.asi8
+    if len(ts) > 1 and (np.diff(ts) <= 0).any():
+        pos = int(np.flatnonzero(np.diff(ts) <= 0)[0]) + 1
+        raise DataError(f"{where}: timestamps not strictly increasing at row {pos + 1} ({idx[pos]}): "
+                        "unsorted or duplicate")
+    data = frame[list(columns)].to_numpy(dtype="float64")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{where}: non-finite {columns[c]} {data[r, c]} at row {r + 1} ({idx[r]})")
+    # A log return of a non-positive price is NaN and would silently poison every later window.
+    bad = np.zeros_like(data, dtype=bool)
+    for k, col in enumerate(columns):
+        bad[:, k] = data[:, k] < 0 if col == "volume" else data[:, k] <= 0
+    if bad.any():
+        r = int(np.flatnonzero(bad.any(axis=1))[0])
+        values = " ".join(f"{col}={data[r, k]}" for k, col in enumerate(columns))
+        raise DataError(f"{where}: invalid bar at row {r + 1} ({idx[r]}): {values} "
+                        "(prices must be > 0, volume >= 0)")
+    return idx, data
+
+
 def load_ohlcv_with_report(
     path: str | Path, timeframe: str = "15m", fix: bool = False
 ) -> tuple[pd.DataFrame, DataReport]:

@@ -52,7 +52,7 @@ import ta
 
 from core.config import FeatureConfig, timeframe_seconds
 from core.errors import DataError
-from core.ohlcv import segment_ids
+from core.ohlcv import COLUMNS, checked_bars, segment_ids
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_returns_1",
@@ -148,11 +148,6 @@ def _stretch_features(close: pd.Series, high: pd.Series, low: pd.Series, volume:
     out[:, 9] = fast / slow - 1.0
 
 
-def _utc_index(index: pd.Index) -> pd.DatetimeIndex:
-    idx = pd.DatetimeIndex(index)
-    return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
-
-
 def compute_features(frame: pd.DataFrame, cfg: FeatureConfig | None = None,
                      timeframe: str = "15m") -> pd.DataFrame:
     """The 12 features of every bar of a canonical OHLCV frame (batch, vectorised).
@@ -165,32 +160,7 @@ def compute_features(frame: pd.DataFrame, cfg: FeatureConfig | None = None,
     open/high/low/close or a negative volume.
     """
     c = _cfg(cfg)
-    need = ("open", "high", "low", "close", "volume")
-    missing = [col for col in need if col not in frame.columns]
-    if missing:
-        raise DataError(f"compute_features: missing column(s) {', '.join(missing)}")
-    if not isinstance(frame.index, pd.DatetimeIndex):
-        raise DataError("compute_features: index must be a DatetimeIndex of bar open times")
-    idx = _utc_index(frame.index).as_unit("ns")
-    ts = idx.asi8
-    if len(ts) > 1 and (np.diff(ts) <= 0).any():
-        pos = int(np.flatnonzero(np.diff(ts) <= 0)[0]) + 1
-        raise DataError(f"compute_features: timestamps not strictly increasing at row {pos + 1} ({idx[pos]})")
-    data = frame[list(need)].to_numpy(dtype="float64")
-    bad = ~np.isfinite(data)
-    if bad.any():
-        r, col = np.argwhere(bad)[0]
-        raise DataError(f"compute_features: non-finite {need[col]} at row {r + 1} ({idx[r]})")
-    # same refusal as StreamingFeatures: a log return of a non-positive price is NaN and would
-    # silently poison every window after warm-up instead of failing here
-    bad = np.zeros_like(data, dtype=bool)
-    bad[:, :4] = data[:, :4] <= 0
-    bad[:, 4] = data[:, 4] < 0
-    if bad.any():
-        r = int(np.flatnonzero(bad.any(axis=1))[0])
-        o, h, lo, cl, v = data[r]
-        raise DataError(f"compute_features: invalid bar at row {r + 1} ({idx[r]}): open={o} high={h} low={lo} "
-                        f"close={cl} volume={v} (prices must be > 0, volume >= 0)")
+    idx, data = checked_bars(frame, COLUMNS, "compute_features")
 
     n = len(frame)
     out = np.full((n, _N), np.nan, dtype="float64")

@@ -22,20 +22,12 @@ import pandas as pd
 import torch
 
 from core.errors import DataError
-from core.ohlcv import COLUMNS, segment_ids
+from core.ohlcv import COLUMNS, checked_bars, segment_ids
 
 
 def check_frame(frame: pd.DataFrame, where: str = "candles") -> None:
     """Refuse anything that is not a canonical OHLCV frame (one line naming the problem)."""
-    if not isinstance(frame, pd.DataFrame):
-        raise DataError(f"{where}: expected a pandas DataFrame of candles, got {type(frame).__name__}")
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
-    if not isinstance(frame.index, pd.DatetimeIndex):
-        raise DataError(f"{where}: index must be a DatetimeIndex of bar open times")
-    if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
-        raise DataError(f"{where}: timestamps must be sorted and unique")
+    checked_bars(frame, COLUMNS, where)
 
 
 def feature_matrix(frame: pd.DataFrame, feature_cfg=None, timeframe: str = "15m") -> np.ndarray:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from core.config import LabelConfig, timeframe_seconds
 from core.errors import ConfigError, DataError
+from core.ohlcv import checked_bars
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
@@ -42,21 +43,8 @@ def _cfg(cfg: LabelConfig | None) -> LabelConfig:
 
 def _arrays(frame: pd.DataFrame, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """high, low, close and ns timestamps of a frame, refusing what cannot be labelled."""
-    need = ("high", "low", "close")
-    missing = [c for c in need if c not in frame.columns]
-    if missing:
-        raise DataError(f"{who}: missing column(s) {', '.join(missing)}")
-    if not isinstance(frame.index, pd.DatetimeIndex):
-        raise DataError(f"{who}: index must be a DatetimeIndex of bar open times")
-    ts = frame.index.as_unit("ns").asi8
-    if len(ts) > 1 and (np.diff(ts) <= 0).any():
-        pos = int(np.flatnonzero(np.diff(ts) <= 0)[0]) + 1
-        raise DataError(f"{who}: timestamps not strictly increasing at row {pos + 1} ({frame.index[pos]})")
-    data = frame[list(need)].to_numpy(dtype="float64")
-    bad = ~np.isfinite(data) | (data <= 0)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(f"{who}: invalid {need[c]} {data[r, c]} at row {r + 1} ({frame.index[r]})")
+    idx, data = checked_bars(frame, ("high", "low", "close"), who)
+    ts = idx.asi8
     return data[:, 0], data[:, 1], data[:, 2], ts
 
 

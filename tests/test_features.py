@@ -252,7 +252,7 @@ def test_refusals(candles):
         compute_features(swapped)
     bad = candles.copy()
     bad.iloc[10, 3] = np.inf
-    with pytest.raises(DataError, match="non-finite close at row 11"):
+    with pytest.raises(DataError, match="non-finite close inf at row 11"):
         compute_features(bad)
 
 

@@ -225,7 +225,7 @@ def test_refusals():
         triple_barrier_events(frame.iloc[::-1])
     bad = frame.copy()
     bad.iloc[4, 3] = np.nan
-    with pytest.raises(DataError, match="invalid close nan at row 5"):
+    with pytest.raises(DataError, match="non-finite close nan at row 5"):
         triple_barrier_events(bad)
 
 
