@@ -16,6 +16,7 @@ import pandas as pd
 
 from core.config import timeframe_seconds
 from core.errors import DataError
+from core.files import atomic_path
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -402,24 +403,9 @@ def check_csv_output(path: str | Path) -> Path:
 def write_ohlcv_csv(frame: pd.DataFrame, path: str | Path) -> None:
     """Write a canonical frame as CSV (epoch-ms ``timestamp`` column) atomically:
     a temp file beside the target, fsynced, then renamed, so a crash never leaves half a file."""
-    import os
-    import tempfile
-
     path = check_csv_output(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = frame[list(COLUMNS)].copy()
     out.insert(0, "timestamp", (pd.DatetimeIndex(frame.index).as_unit("ns").asi8 // 1_000_000).astype("int64"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        compression = "gzip" if path.name.endswith(".gz") else None
+    compression = "gzip" if path.name.endswith(".gz") else None
+    with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, compression=compression)  # shortest round-trip repr: exact
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

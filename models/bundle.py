@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +36,7 @@ from pydantic import ValidationError
 
 from core.config import FeatureConfig, LabelConfig, ModelConfig, timeframe_seconds
 from core.errors import BundleError, ConfigError, DataError
+from core.files import write_text_atomic
 from core.ohlcv import segment_ids
 from models.calibration import Calibrator
 from models.dataset import Normaliser, check_frame, feature_matrix, valid_window_mask, window_view
@@ -201,9 +201,7 @@ def write_bundle_files(directory: Path, meta: dict, state_dict: dict) -> dict:
     torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, weights)
     meta = dict(meta)
     meta["weights_sha256"] = sha256_file(weights)
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, allow_nan=True))
-    os.replace(tmp, directory / META_FILE)
+    write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, allow_nan=True))
     return meta
 
 

@@ -10,9 +10,7 @@ of AUC and rise of log loss (calibrated P) vs the unpermuted windows, mean and s
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.errors import DataError
+from core.files import write_text_atomic
 from core.ohlcv import segment_ids
 from models.bundle import ModelBundle, SCORE_BATCH, torch_threads
 from models.dataset import check_frame, feature_matrix, sample_positions, valid_window_mask, window_view
@@ -96,13 +95,6 @@ def permutation_importance(bundle: ModelBundle, frame: pd.DataFrame, span: str =
     return table
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_explain_outputs(table: pd.DataFrame, output: str | Path) -> dict[str, Path]:
     """Write importance.csv, importance.md and importance.png into ``output``."""
     import matplotlib
@@ -114,14 +106,14 @@ def write_explain_outputs(table: pd.DataFrame, output: str | Path) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     a = table.attrs
     paths = {"csv": out / "importance.csv", "md": out / "importance.md", "png": out / "importance.png"}
-    _atomic_text(paths["csv"], table.to_csv(index=False, float_format="%.6f"))
+    write_text_atomic(paths["csv"], table.to_csv(index=False, float_format="%.6f"))
     head = (f"Permutation importance on the {a['span']} span: {a['n']:,} labelled bars, {a['repeats']} repeats; "
             f"unpermuted AUC {a['base_auc']:.4f}, log loss {a['base_log_loss']:.4f}.\n\n")
     lines = ["| kind | name | AUC drop | ± | log-loss rise | ± |", "|---|---|---|---|---|---|"]
     for r in table.sort_values(["kind", "auc_drop"], ascending=[True, False]).itertuples():
         lines.append(f"| {r.kind} | {r.name} | {r.auc_drop:.4f} | {r.auc_drop_std:.4f} | {r.log_loss_rise:.5f} | "
                      f"{r.log_loss_rise_std:.5f} |")
-    _atomic_text(paths["md"], head + "\n".join(lines) + "\n")
+    write_text_atomic(paths["md"], head + "\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, kind in zip(axes, ("feature", "lag_block")):
         part = table[table["kind"] == kind].sort_values("auc_drop")

@@ -2,12 +2,12 @@
 reliability diagram (matplotlib, Agg backend, written atomically)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from core.files import atomic_path
 
 _EPS = 1e-12
 
@@ -64,15 +64,8 @@ def all_metrics(y: np.ndarray, p: np.ndarray) -> dict:
 
 def save_png_atomic(fig, path: str | Path, dpi: int = 110) -> None:
     """Save a matplotlib figure through a temp file + rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def reliability_diagram(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
+
+from core.files import write_text_atomic
 
 _ROWS = (("auc", "AUC", "{:.4f}"), ("log_loss", "log loss", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
          ("ece", "ECE (10 bins)", "{:.4f}"), ("mean_p", "mean P", "{:.4f}"), ("base_rate", "base rate", "{:.4f}"),
@@ -92,7 +93,5 @@ its pos_weight); calibrated = {html.escape(meta['calibrator']['kind'])} fitted o
 <h2>Run</h2><table>{fact_rows}</table>
 </body></html>"""
     out = d / "report.html"
-    tmp = d / ".report.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, out)
+    write_text_atomic(out, page)
     return out

@@ -250,3 +250,15 @@ def test_only_csv_outputs_are_written(tmp_path, bars):
 def test_labels_cli_refuses_files_with_nothing_to_label(tmp_path):
     res = CliRunner().invoke(cli, ["labels", "--data", str(_csv(tmp_path, synthetic_ohlcv(5, seed=1)))])
     assert res.exit_code == 2 and "nothing to label" in res.output
+
+
+def test_atomic_path_leaves_the_old_file_when_writing_fails(tmp_path):
+    from core.files import atomic_path, write_text_atomic
+
+    target = tmp_path / "a.txt"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
