@@ -30,6 +30,7 @@ from core.ohlcv import load_ohlcv  # noqa: E402
 from core.synthetic import synthetic_ohlcv  # noqa: E402
 from strategies.backtest import frame_feed, run_backtest  # noqa: E402
 from strategies.base import ModelStrategy  # noqa: E402
+from strategies.bt_broker import apply_costs  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
 
@@ -59,7 +60,7 @@ def run_sma(frame, cfg) -> float:
     t0 = time.perf_counter()
     cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True)
     cerebro.adddata(frame_feed(frame))
-    Costs.from_config(cfg).apply_to_cerebro(cerebro, cash=cfg.execution.cash)
+    apply_costs(cerebro, Costs.from_config(cfg), cash=cfg.execution.cash)
     cerebro.addstrategy(SmaCross)
     cerebro.run()
     return time.perf_counter() - t0

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.ohlcv import load_ohlcv  # noqa: E402
 from core.synthetic import synthetic_ohlcv  # noqa: E402
-from indicators.features import StreamingFeatures, compute_features  # noqa: E402
+from models.features import StreamingFeatures, compute_features  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
 

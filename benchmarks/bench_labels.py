@@ -30,9 +30,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.config import LabelConfig, timeframe_seconds  # noqa: E402
+from core.config import LabelConfig  # noqa: E402
 from core.ohlcv import load_ohlcv  # noqa: E402
 from core.synthetic import synthetic_ohlcv  # noqa: E402
+from core.timeframes import timeframe_seconds  # noqa: E402
 from models import labels as L  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"

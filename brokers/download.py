@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from brokers.exchange import with_retries
-from core.config import timeframe_seconds
+from core.timeframes import timeframe_seconds
 from core.errors import ConfigError, DataError, NtsError
 from core.ohlcv import COLUMNS, DataReport, Gap, check_csv_output, load_ohlcv, validate_ohlcv, write_ohlcv_csv
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 import pandas as pd
 
-from core.config import timeframe_seconds
+from core.timeframes import timeframe_seconds
 from core.ohlcv import load_ohlcv, validate_ohlcv
 
 

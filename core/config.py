@@ -12,9 +12,17 @@ from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.errors import ConfigError
+from core.timeframes import timeframe_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -182,17 +190,6 @@ class Config(_Strict):
             raise ValueError("strategy.allow_short: true needs data.market margin or futures "
                              "(data.market is spot: a spot market cannot be sold short)")
         return self
-
-
-_TIMEFRAME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def timeframe_seconds(timeframe: str) -> int:
-    """Seconds in a ccxt-style timeframe string such as ``15m`` or ``1h``."""
-    tf = str(timeframe).strip()
-    if len(tf) < 2 or tf[-1] not in _TIMEFRAME_UNITS or not tf[:-1].isdigit() or int(tf[:-1]) <= 0:
-        raise ConfigError(f"invalid timeframe {timeframe!r}: expected e.g. 1m, 15m, 1h, 1d")
-    return int(tf[:-1]) * _TIMEFRAME_UNITS[tf[-1]]
 
 
 _UNION_TAGS = {"float", "int", "str", "bool", "none"}

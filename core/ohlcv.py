@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import timeframe_seconds
 from core.errors import DataError
 from core.files import atomic_path
+from core.timeframes import timeframe_seconds
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.config import timeframe_seconds
+from core.timeframes import timeframe_seconds
 
 
 def synthetic_ohlcv(

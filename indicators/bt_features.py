@@ -1,6 +1,6 @@
 """The features as backtrader indicator lines (batch in ``once()``, streaming in ``next()``).
 
-Both modes call the one implementation in :mod:`indicators.features` (``compute_features``
+Both modes call the one implementation in :mod:`models.features` (``compute_features``
 over the whole feed in runonce mode, ``StreamingFeatures`` bar by bar otherwise), so a
 strategy sees the same numbers the model was trained on.
 
@@ -9,7 +9,7 @@ strategy sees the same numbers the model was trained on.
   returns x ``sqrt(bars per year)`` (``sqrt(35040)`` for 15m bars), the forecast used for
   volatility-targeted sizing. Unit: fraction per year (0.5 = 50% annualised).
 * :class:`RealisedVol` -- realised daily volatility for the risk manager
-  (:func:`strategies.risk.realised_daily_vol`).
+  (:func:`core.risk.realised_daily_vol`).
 """
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from core.config import timeframe_seconds
-from indicators.features import FEATURE_NAMES, StreamingFeatures, compute_features
-from strategies.analyzers import bt_num_to_ns, bt_num_to_timestamp
-from strategies.metrics import bars_per_year
-from strategies.risk import realised_daily_vol
+from core.risk import realised_daily_vol
+from core.timeframes import (
+    bars_per_year,
+    bt_num_to_ns,
+    bt_num_to_timestamp,
+    timeframe_seconds,
+)
+from models.features import FEATURE_NAMES, StreamingFeatures, compute_features
 
 
 def _np(line) -> np.ndarray:
@@ -71,7 +74,7 @@ class _BatchOnce(bt.Indicator):
 
 
 class FeatureLines(_BatchOnce):
-    """The 12 features of :mod:`indicators.features` as lines (NaN during warm-up and after gaps)."""
+    """The 12 features of :mod:`models.features` as lines (NaN during warm-up and after gaps)."""
 
     lines = FEATURE_NAMES
     params = (("cfg", None), ("timeframe", "15m"))

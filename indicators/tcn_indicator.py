@@ -4,7 +4,7 @@
   in batches through :meth:`models.bundle.ModelBundle.predict_logit` (features, windows and
   the network run vectorised; no per-bar Python loop over the network), then calibrated.
 * event mode (``next()``, paper/live): each closed bar goes through
-  :class:`indicators.features.StreamingFeatures`; a ring buffer keeps the last ``window``
+  :class:`models.features.StreamingFeatures`; a ring buffer keeps the last ``window``
   feature rows of the current contiguous stretch and
   :meth:`~models.bundle.ModelBundle.score_features` scores them.
 
@@ -20,20 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import BundleError
+from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
-from indicators.features import StreamingFeatures
-from strategies.analyzers import bt_num_to_timestamp
+from models.bundle import load_bundle
+from models.features import StreamingFeatures
 
 
 def as_bundle(bundle):
     """A loaded bundle from a bundle object, a directory or a ``final_model.pt`` path."""
     if isinstance(bundle, (str, Path)):
-        from models.bundle import load_bundle
-
         return load_bundle(bundle)
     if bundle is None:
-        from core.errors import BundleError
-
         raise BundleError("TCNProbability needs a model bundle (param 'bundle')")
     return bundle
 

@@ -31,15 +31,22 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import torch
-
 from pydantic import ValidationError
 
-from core.config import FeatureConfig, LabelConfig, ModelConfig, timeframe_seconds
+from core.config import FeatureConfig, LabelConfig, ModelConfig
 from core.errors import BundleError, ConfigError, DataError
 from core.files import write_text_atomic
 from core.ohlcv import segment_ids
+from core.timeframes import timeframe_seconds
 from models.calibration import Calibrator
-from models.dataset import Normaliser, check_frame, feature_matrix, valid_window_mask, window_view
+from models.dataset import (
+    Normaliser,
+    check_frame,
+    feature_matrix,
+    valid_window_mask,
+    window_view,
+)
+from models.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
 from models.tcn import build_tcn
 
 FORMAT_VERSION = 1
@@ -84,8 +91,6 @@ class ModelBundle:
     """A loaded bundle: network in eval mode, normaliser, calibrator and metadata."""
 
     def __init__(self, meta: dict, state_dict: dict, path: Path | None = None) -> None:
-        from indicators.features import FEATURE_NAMES, warmup_bars
-
         self.meta = meta
         self.path = path
         self.feature_names = tuple(meta["feature_names"])
@@ -320,8 +325,6 @@ def validate_meta(meta, meta_path: Path) -> None:
     finite value per feature, std > 0); calibrator kind and its parameters; spans (ordered
     timestamp pairs, training and test present); the weights' sha256 field.
     """
-    from indicators.features import FEATURE_NAMES, feature_definitions_hash
-
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: not a JSON object")
     version = meta.get("format_version")

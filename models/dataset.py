@@ -2,7 +2,7 @@
 
 One implementation serves training, evaluation and scoring:
 
-* :func:`feature_matrix` computes the 12 causal features (``indicators.features``).
+* :func:`feature_matrix` computes the 12 causal features (``models.features``).
 * :func:`valid_window_mask` marks the bars t whose window ``[t - window + 1, t]`` lies inside
   one contiguous stretch (``core.ohlcv.segment_ids``) and has every feature finite.
 * :class:`Normaliser` holds per-feature mean/std fitted on the training span only.
@@ -23,6 +23,8 @@ import torch
 
 from core.errors import DataError
 from core.ohlcv import COLUMNS, checked_bars, segment_ids
+from models.features import FEATURE_NAMES, compute_features
+from models.labels import triple_barrier_events
 
 
 def check_frame(frame: pd.DataFrame, where: str = "candles") -> None:
@@ -32,8 +34,6 @@ def check_frame(frame: pd.DataFrame, where: str = "candles") -> None:
 
 def feature_matrix(frame: pd.DataFrame, feature_cfg=None, timeframe: str = "15m") -> np.ndarray:
     """The 12 features as a float64 ``(N, 12)`` array in ``FEATURE_NAMES`` order (NaN in warm-up)."""
-    from indicators.features import FEATURE_NAMES, compute_features
-
     feats = compute_features(frame, feature_cfg, timeframe=timeframe)
     return feats.loc[:, list(FEATURE_NAMES)].to_numpy(dtype=np.float64)
 
@@ -117,8 +117,6 @@ def sample_positions(valid_window: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 def prepare(frame: pd.DataFrame, cfg, window: int | None = None) -> PreparedData:
     """Features, labels, window validity and sample positions for a frame under a ``Config``."""
-    from models.labels import triple_barrier_events
-
     check_frame(frame)
     timeframe = cfg.data.timeframe
     window = int(window or cfg.model.window)

@@ -20,8 +20,15 @@ from tqdm import tqdm
 from core.errors import DataError
 from core.files import write_text_atomic
 from core.ohlcv import segment_ids
-from models.bundle import ModelBundle, SCORE_BATCH, torch_threads
-from models.dataset import check_frame, feature_matrix, sample_positions, valid_window_mask, window_view
+from models.bundle import SCORE_BATCH, ModelBundle, torch_threads
+from models.dataset import (
+    check_frame,
+    feature_matrix,
+    sample_positions,
+    valid_window_mask,
+    window_view,
+)
+from models.labels import triple_barrier_events
 from models.metrics import auc, log_loss, save_png_atomic
 
 
@@ -41,8 +48,6 @@ def _score(bundle: ModelBundle, windows: np.ndarray) -> np.ndarray:
 
 def explain_samples(bundle: ModelBundle, frame: pd.DataFrame, span: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Normalised windows ``(n, window, F)`` and labels of the labelled bars in ``span`` (test|all)."""
-    from models.labels import triple_barrier_events
-
     check_frame(frame, "explain data")
     feats = feature_matrix(frame, bundle.feature_cfg, bundle.timeframe)
     labels = triple_barrier_events(frame, bundle.label_cfg, timeframe=bundle.timeframe)["label"].to_numpy(float)

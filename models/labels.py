@@ -27,9 +27,10 @@ import numba
 import numpy as np
 import pandas as pd
 
-from core.config import LabelConfig, timeframe_seconds
+from core.config import LabelConfig
 from core.errors import ConfigError, DataError
 from core.ohlcv import checked_bars
+from core.timeframes import timeframe_seconds
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")

@@ -46,10 +46,18 @@ from tqdm import tqdm
 from core.config import Config, config_to_dict
 from core.errors import DataError
 from models.baseline import LogisticBaseline
-from models.bundle import FORMAT_VERSION, ModelBundle, sha256_file, torch_threads, write_bundle_files
+from models.bundle import (
+    FORMAT_VERSION,
+    ModelBundle,
+    sha256_file,
+    torch_threads,
+    write_bundle_files,
+)
 from models.calibration import Calibrator, sigmoid
 from models.dataset import Normaliser, PreparedData, gather_windows, prepare
+from models.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
 from models.metrics import all_metrics, auc, learning_curves_png, reliability_diagram
+from models.report import write_report
 from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
 from models.tcn import build_tcn, count_parameters, receptive_field
 
@@ -286,9 +294,6 @@ class TrainResult:
 def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path: str | Path | None = None,
                  epochs: int | None = None, max_samples: int | None = None, progress: bool = True) -> TrainResult:
     """Train, calibrate, evaluate and write a model bundle directory at ``output`` (atomically)."""
-    from indicators.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
-    from models.report import write_report
-
     t0 = time.perf_counter()
     output = Path(output)
     tcfg = cfg.training

@@ -8,20 +8,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-# backtrader stores times as float days since 0001-01-01 (+1); 719163.0 is 1970-01-01.
-_BT_EPOCH = 719163.0
-
-
-def bt_num_to_ns(values: np.ndarray) -> np.ndarray:
-    """backtrader float-day timestamps -> int64 ns since the epoch, rounded to the second
-    (the float carries ~10 us of noise; bars sit on whole seconds)."""
-    secs = np.rint((np.asarray(values, dtype="float64") - _BT_EPOCH) * 86400.0)
-    return secs.astype("int64") * 1_000_000_000
-
-
-def bt_num_to_timestamp(value: float) -> pd.Timestamp:
-    """One backtrader float-day timestamp as a UTC pandas Timestamp."""
-    return pd.Timestamp(int(round((value - _BT_EPOCH) * 86400.0)), unit="s", tz="UTC")
+from core.timeframes import bt_num_to_ns, bt_num_to_timestamp
 
 
 class EquityCurve(bt.Analyzer):

@@ -28,13 +28,16 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from core.config import Config, config_to_dict, timeframe_seconds
+from core.config import Config, config_to_dict
 from core.costs import Costs
 from core.errors import DataError, NtsError
+from core.timeframes import ns_to_bt_num, timeframe_seconds
+from indicators.tcn_indicator import as_bundle
 from strategies.analyzers import EquityCurve, FillLog, round_trips
+from strategies.base import strategy_params, traded_labels
+from strategies.bt_broker import apply_costs
 from strategies.metrics import summarize
-
-_BT_EPOCH = 719163.0
+from strategies.registry import resolve_strategy
 
 
 class InSampleError(NtsError):
@@ -55,7 +58,7 @@ class FrameFeed(bt.feed.DataBase):
         idx = pd.DatetimeIndex(frame.index)
         idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
         ns = idx.as_unit("ns").asi8
-        self._cols = [(ns / 86_400e9 + _BT_EPOCH).tolist()]
+        self._cols = [ns_to_bt_num(ns).tolist()]
         self._names = ["datetime", "open", "high", "low", "close", "volume"]
         for name in self._names[1:]:
             self._cols.append(frame[name].to_numpy(dtype="float64").tolist())
@@ -186,10 +189,6 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     Refused with DataError, before anything is written: fewer than ``bundle.min_bars + 1``
     bars up to the span end, or no bar of the span with a probability.
     """
-    from indicators.tcn_indicator import as_bundle
-    from strategies.base import strategy_params, traded_labels
-    from strategies.registry import resolve_strategy
-
     cls = resolve_strategy(strategy)
     takes_bundle = "bundle" in cls.params._getkeys()
     bundle = as_bundle(bundle_or_path) if (takes_bundle or bundle_or_path is not None) else None
@@ -220,7 +219,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     cerebro = bt.Cerebro(stdstats=bt_plot, runonce=True, preload=True, optdatas=True)
     extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
     cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
-    costs.apply_to_cerebro(cerebro, cash=cfg.execution.cash, coc=coc)
+    apply_costs(cerebro, costs, cash=cfg.execution.cash, coc=coc)
     params = strategy_params(cfg, bundle=bundle, barriers=barriers, trade_start=s, trade_end=e, timeframe=timeframe)
     if takes_bundle:
         params["bundle"] = bundle

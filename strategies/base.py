@@ -16,7 +16,7 @@ entry bar is the bar whose close is the reference price: the signal bar for mark
 fill for a limit order. When one bar touches both barriers the stop wins (``tie='stop'``,
 as in :mod:`models.labels`); ``tie='profit'`` submits the take profit first instead.
 
-Risk: every bar (from ``trade_start`` on) :class:`strategies.risk.RiskManager` sees the
+Risk: every bar (from ``trade_start`` on) :class:`core.risk.RiskManager` sees the
 equity, the position value and the realised daily volatility; ``flatten`` closes
 everything, ``stop`` (kill switch) also ends the run, ``halt`` blocks new entries.
 
@@ -33,9 +33,12 @@ from typing import Any
 
 import backtrader as bt
 
-from core.config import Config, LabelConfig, RiskConfig, timeframe_seconds
+from core.config import Config, LabelConfig, RiskConfig
 from core.errors import ConfigError
-from strategies.risk import RiskManager
+from core.risk import RiskManager
+from core.timeframes import timeframe_seconds
+from indicators.bt_features import RealisedVol, VolForecast
+from models.labels import breakeven_probability
 
 
 def signal_from_probability(p: float, center: float) -> float:
@@ -97,8 +100,6 @@ class ModelStrategy(bt.Strategy):
 
     # ------------------------------------------------------------ construction
     def __init__(self) -> None:
-        from indicators.bt_features import RealisedVol  # late: indicators import strategies' risk
-
         self.prob = self.make_probability()
         self.vol_forecast = self.make_vol_forecast()
         self.realised_vol = RealisedVol(self.data, window=self._risk_cfg().vol_window_bars,
@@ -145,16 +146,12 @@ class ModelStrategy(bt.Strategy):
     def make_vol_forecast(self):
         """Return the line of the annualised volatility forecast (default: ``ewma_vol_fast``
         x sqrt(bars per year), see :class:`indicators.bt_features.VolForecast`)."""
-        from indicators.bt_features import VolForecast
-
         return VolForecast(self.data, cfg=self.p.feature_cfg, timeframe=self.p.timeframe)
 
     def resolve_center(self) -> float:
         """The probability with zero edge: the ``center`` param, or with ``"breakeven"`` the
         barriers' break-even probability after a round trip of fees."""
         if self.p.center == "breakeven":
-            from models.labels import breakeven_probability
-
             return float(breakeven_probability(self.p.profit, self.p.stop, fee_rate=self.p.fee_rate))
         return float(self.p.center)
 

@@ -28,12 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.config import timeframe_seconds
-
-
-def bars_per_year(timeframe: str = "15m") -> float:
-    """Bars in 365 days (35,040 for 15m)."""
-    return 365.0 * 86400.0 / timeframe_seconds(timeframe)
+from core.timeframes import bars_per_year, timeframe_seconds
 
 
 def span_years(index: pd.Index, timeframe: str = "15m") -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 from core.errors import ConfigError
+from strategies.base import ModelStrategy
 
 # Short names of the strategies shipped with nts: name -> "module:Class".
 BUILTIN: dict[str, str] = {
@@ -17,8 +18,6 @@ def resolve_strategy(name: str | type):
     ``night_only``), ``package.module:ClassName``, or the class itself.
     Raises ConfigError with one line when it cannot be found, is not a ModelStrategy
     subclass, or does not override ``make_probability`` (e.g. the abstract base itself)."""
-    from strategies.base import ModelStrategy
-
     if isinstance(name, type):
         cls = name
         spec = f"{cls.__module__}:{cls.__qualname__}"

@@ -6,7 +6,7 @@ import pandas as pd
 
 from core.config import RiskConfig
 from strategies.base import ModelStrategy
-from strategies.risk import RiskManager
+from core.risk import RiskManager
 
 # Breakers that never trip (tests that are not about risk).
 LOOSE_RISK = dict(max_drawdown=0.99, daily_loss=0.99, max_volatility=10.0)

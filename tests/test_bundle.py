@@ -11,7 +11,7 @@ import torch
 
 from core.errors import BundleError, DataError
 from core.synthetic import synthetic_ohlcv
-from indicators.features import FEATURE_NAMES, StreamingFeatures, warmup_bars
+from models.features import FEATURE_NAMES, StreamingFeatures, warmup_bars
 from models.bundle import HISTORY_PAD, load_bundle
 
 

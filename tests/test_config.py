@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from core.config import DEFAULT_CONFIG, Config, load_config, timeframe_seconds
+from core.config import DEFAULT_CONFIG, Config, load_config
+from core.timeframes import timeframe_seconds
 from core.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ import pytest
 from core.config import FeatureConfig
 from core.errors import DataError
 from core.synthetic import synthetic_ohlcv
-from indicators.features import (
+from models.features import (
     FEATURE_NAMES,
     StreamingFeatures,
     compute_features,

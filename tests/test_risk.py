@@ -9,7 +9,7 @@ import pytest
 
 from core.config import RiskConfig
 from core.synthetic import synthetic_ohlcv
-from strategies.risk import RiskManager, realised_daily_vol
+from core.risk import RiskManager, realised_daily_vol
 
 T0 = pd.Timestamp("2024-03-01 00:00", tz="UTC")
 STEP = pd.Timedelta(minutes=15)

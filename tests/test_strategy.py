@@ -203,7 +203,7 @@ def test_volatility_breaker_blocks_entries(tmp_path):
     res = run_backtest(None, with_lines(frame, 0.9, 0.5), cfg, strategy=LineStrategy, costs=Costs.zero(),
                        progress=False, strategy_kwargs={"risk": loose_risk(tmp_path, max_volatility=0.10),
                                                         "limit_confidence": 2.0})
-    from strategies.risk import realised_daily_vol
+    from core.risk import realised_daily_vol
 
     vol = pd.Series(realised_daily_vol(frame["close"].to_numpy(), 96), index=frame.index)
     assert [t["breaker"] for t in res.risk_trips] == ["volatility"]

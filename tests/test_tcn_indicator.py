@@ -9,12 +9,12 @@ import pytest
 
 from core.synthetic import synthetic_ohlcv
 from indicators.bt_features import FeatureLines, RealisedVol, VolForecast
-from indicators.features import FEATURE_NAMES, compute_features
+from models.features import FEATURE_NAMES, compute_features
 from indicators.tcn_indicator import TCNProbability
 from models.bundle import load_bundle
 from strategies.backtest import frame_feed
-from strategies.metrics import bars_per_year
-from strategies.risk import realised_daily_vol
+from core.timeframes import bars_per_year
+from core.risk import realised_daily_vol
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,10 @@ import numpy as np
 import pandas as pd
 import ta
 
-from core.config import FeatureConfig, timeframe_seconds
+from core.config import FeatureConfig
 from core.errors import DataError
 from core.ohlcv import COLUMNS, checked_bars, segment_ids
+from core.timeframes import timeframe_seconds
 
 FEATURE_NAMES: tuple[str, ...] = (
     "log_returns_1",

@@ -34,8 +34,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from core.config import RiskConfig, timeframe_seconds
+from core.config import RiskConfig
 from core.ohlcv import segment_ids
+from core.timeframes import bars_per_day
 
 Action = Literal["allow", "reduce", "halt"]
 
@@ -73,11 +74,6 @@ class Trip:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return asdict(self)
-
-
-def bars_per_day(timeframe: str = "15m") -> float:
-    """Number of bars in 24 hours (96 for 15m)."""
-    return 86400.0 / timeframe_seconds(timeframe)
 
 
 def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timeframe: str = "15m",
