@@ -24,12 +24,15 @@ from cli.common import config_options, setup_logging
                    "when they differ; the default refuses a mismatch).")
 @click.option("--coc", is_flag=True, help="Cheat-on-close: market orders fill at the signal bar's close.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-cache", is_flag=True,
+              help="Score with the network even when the probability cache (NTS_CACHE_DIR, default cache/) has this bundle and data.")
 @config_options
 def backtest(cfg, model_path: str, data_path: str, output: str, start: str | None, end: str | None,
-             strategy_name: str, allow_in_sample: bool, barriers: str, coc: bool, quiet: bool) -> None:
+             strategy_name: str, allow_in_sample: bool, barriers: str, coc: bool, quiet: bool, no_cache: bool) -> None:
     """Backtest a strategy with a trained model bundle on candles and write the report."""
     from core.ohlcv import load_ohlcv
     from indicators.tcn_indicator import as_bundle
+    from models.prob_cache import default_cache_dir
     from strategies.backtest import format_table, run_backtest
 
     log = setup_logging("backtest")
@@ -37,7 +40,7 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     frame = load_ohlcv(data_path, timeframe=bundle.timeframe)
     result = run_backtest(bundle, frame, cfg, strategy=strategy_name, start=start, end=end,
                           allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet,
-                          barriers=barriers)
+                          barriers=barriers, prob_cache=None if no_cache else default_cache_dir())
     run = result.metrics["run"]
     log.info("backtest %s on %s %s..%s -> %s", model_path, data_path, run["start"], run["end"], output)
     click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"

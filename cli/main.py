@@ -20,6 +20,9 @@ _COMMANDS = [
     ("cli.paper_cmd", "paper"),
     ("cli.paper_cmd", "live"),
     ("cli.serve_cmd", "serve"),
+    ("cli.exchange_cmd", "exchange_group"),
+    ("cli.status_cmd", "status"),
+    ("cli.status_cmd", "resume"),
 ]
 
 

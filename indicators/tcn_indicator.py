@@ -2,7 +2,8 @@
 
 * runonce (``once()``): the whole feed is converted to the canonical frame once and scored
   in batches through :meth:`models.bundle.ModelBundle.predict_logit` (features, windows and
-  the network run vectorised; no per-bar Python loop over the network), then calibrated.
+  the network run vectorised; no per-bar Python loop over the network), then calibrated --
+  or read from the probability cache (param ``cache``, :mod:`models.prob_cache`).
 * event mode (``next()``, paper/live): each closed bar goes through
   :class:`models.features.StreamingFeatures`; a ring buffer keeps the last ``window``
   feature rows of the current contiguous stretch and
@@ -25,6 +26,7 @@ from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
 from models.bundle import load_bundle
 from models.features import StreamingFeatures
+from models.prob_cache import cached_scores
 
 
 def as_bundle(bundle):
@@ -40,13 +42,15 @@ class TCNProbability(_BatchOnce):
     """Calibrated P(profit barrier first) of the bundle's TCN, per bar (see module docs)."""
 
     lines = ("logit", "prob")
-    params = (("bundle", None),)
+    # cache: folder of the probability cache (models.prob_cache) for the runonce pass; None = off
+    params = (("bundle", None), ("cache", None))
 
     def __init__(self) -> None:
         self.bundle = as_bundle(self.p.bundle)
         self.addminperiod(self.bundle.min_bars)
         self._stream = StreamingFeatures(self.bundle.feature_cfg, self.bundle.timeframe)
         self._rows: deque[np.ndarray] = deque(maxlen=self.bundle.window)
+        self.cache_hit: bool | None = None  # runonce pass: True when P came from the cache
 
     def _plotlabel(self) -> list[str]:
         """Chart legend: the bundle's directory name, not the object's repr."""
@@ -58,8 +62,8 @@ class TCNProbability(_BatchOnce):
 
     def _compute_full(self) -> dict[str, np.ndarray]:
         frame = feed_frame(self.data)
-        logit = self.bundle.predict_logit(frame).to_numpy()
-        return {"logit": logit, "prob": self.bundle.calibrate(logit)}
+        logit, prob, self.cache_hit = cached_scores(self.bundle, frame, self.p.cache)
+        return {"logit": logit, "prob": prob}
 
     def _stream_bar(self) -> None:
         d = self.data

@@ -46,7 +46,7 @@ from models.dataset import (
     valid_window_mask,
     window_view,
 )
-from models.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
+from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
 from models.tcn import build_tcn
 
 FORMAT_VERSION = 1
@@ -55,10 +55,6 @@ META_FILE = "bundle.json"
 # 128 windows keep each layer's activations (128 x 64 ch x 64 steps x 4 B = 2 MiB) in cache:
 # measured ~33k windows/s on 2 cores vs ~16k/s at 1,024 (the conv kernels are memory-bound there).
 SCORE_BATCH = 128
-# score_window computes features on the last min_bars + HISTORY_PAD bars only: the recursive
-# features (EWMA span 96, Wilder RSI) forget their start within ~1,000 bars ((1 - 2/97)^1024
-# < 1e-9), so the result matches a full-history computation far below 1e-6.
-HISTORY_PAD = 1024
 
 
 def sha256_file(path: str | Path) -> str:
@@ -101,7 +97,11 @@ class ModelBundle:
         self.normaliser = Normaliser.from_dict(meta["normaliser"])
         self.calibrator = Calibrator.from_dict(meta["calibrator"])
         self.threads = int(meta.get("threads", 1))
+        # min_bars: the least history that gives a probability at all (features finite over one
+        # window); history_bars: the history after which P no longer depends on where the
+        # history starts (every engine feeds this much warm-up: one warm-up everywhere).
         self.min_bars = warmup_bars(self.feature_cfg) + self.window - 1
+        self.history_bars = max(self.min_bars, memory_bars(self.feature_cfg) + self.window)
         try:
             # both inside the try: a model spec the network code refuses and weights that do
             # not fit it are the same problem for the caller (a bundle that cannot be used)
@@ -184,12 +184,13 @@ class ModelBundle:
         return logit, float(self.calibrate(np.array([logit]))[0])
 
     def score_window(self, bars: pd.DataFrame) -> float:
-        """Calibrated P of the LAST bar of ``bars`` (trailing candles; features computed here).
-        NaN when there is not enough history or the last window crosses a gap."""
+        """Calibrated P of the LAST bar of ``bars`` (trailing candles; features computed here on
+        the last :attr:`history_bars` of them). NaN when there is not enough history or the
+        last window crosses a gap."""
         check_frame(bars, "score_window bars")
         if len(bars) < self.min_bars:
             return float("nan")
-        tail = bars.iloc[-(self.min_bars + HISTORY_PAD):]
+        tail = bars.iloc[-self.history_bars:]  # older bars cannot move P (see history_bars)
         feats = feature_matrix(tail, self.feature_cfg, self.timeframe)
         seg = segment_ids(tail.index, self.timeframe)
         if seg[-1] != seg[-self.window]:

@@ -101,6 +101,28 @@ def warmup_bars(cfg: FeatureConfig | None = None) -> int:
     return first_finite + 1
 
 
+# Seed weight the recursive features may keep of the bars before a history starts: with
+# 1e-12 even a seed 1e4 times today's squared return moves a volatility feature by < 1e-8
+# relative, far below what can change a calibrated probability at 1e-6.
+MEMORY_TOLERANCE = 1e-12
+
+
+def memory_bars(cfg: FeatureConfig | None = None, tol: float = MEMORY_TOLERANCE) -> int:
+    """Bars after which every recursive feature has forgotten its start to ``tol``.
+
+    The EWMA volatilities and Wilder's RSI are recursive: their value at bar ``t`` keeps a
+    weight ``(1 - alpha)^k`` of the state ``k`` bars back, so two histories that start at
+    different bars agree only once that weight is negligible. The slowest decay decides
+    (``ewma_vol_slow``, alpha = 2/97, with the defaults: 1,327 bars at 1e-12). The rolling
+    features (windows of at most a few hundred bars) forget exactly within
+    :func:`warmup_bars`, which this also covers.
+    """
+    c = _cfg(cfg)
+    alphas = [_ewma_alpha(c.ewma_vol_fast_span), _ewma_alpha(c.ewma_vol_slow_span), 1.0 / c.rsi_window]
+    slowest = min(alphas)
+    return max(warmup_bars(c), int(math.ceil(math.log(tol) / math.log1p(-slowest))))
+
+
 def feature_definitions_hash(cfg: FeatureConfig | None = None) -> str:
     """sha256 over the feature names, the definitions version and the parameters.
 

@@ -55,7 +55,7 @@ from models.bundle import (
 )
 from models.calibration import Calibrator, sigmoid
 from models.dataset import Normaliser, PreparedData, gather_windows, prepare
-from models.features import FEATURE_NAMES, feature_definitions_hash, warmup_bars
+from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
 from models.metrics import all_metrics, auc, learning_curves_png, reliability_diagram
 from models.report import write_report
 from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
@@ -359,6 +359,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         "parameters": count_parameters(net),
         "receptive_field": receptive_field(cfg.model.kernel_size, cfg.model.dilations),
         "min_bars": min_bars,
+        # bars of history after which P no longer depends on where the history starts
+        "history_bars": max(min_bars, memory_bars(cfg.features) + window),
         "spans": spans,
         "split": split.summary(),
         "samples": {"labelled_with_window": int(len(data.samples)), "train": int(len(split.train)),

@@ -33,6 +33,7 @@ from core.costs import Costs
 from core.errors import DataError, NtsError
 from core.timeframes import ns_to_bt_num, timeframe_seconds
 from indicators.tcn_indicator import as_bundle
+from models.features import memory_bars
 from strategies.analyzers import EquityCurve, FillLog, round_trips
 from strategies.base import strategy_params, traded_labels
 from strategies.bt_broker import apply_costs
@@ -170,11 +171,22 @@ def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None
     return s, e
 
 
+def warmup_bars_for(bundle: Any, cfg: Config) -> int:
+    """Bars of history every engine feeds before the first traded bar (the one warm-up):
+    the bundle's :attr:`~models.bundle.ModelBundle.history_bars` (after which P no longer
+    depends on where the history starts), at least the risk manager's volatility window and
+    the volatility forecast's memory (without a bundle: the config's features)."""
+    features = bundle.feature_cfg if bundle is not None else cfg.features
+    return max(bundle.history_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
+               memory_bars(features))
+
+
 def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy: Any = "tcn",
                  start: Any = None, end: Any = None, allow_in_sample: bool = False,
                  output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
                  progress: bool = True, strategy_kwargs: dict | None = None,
-                 bt_plot: bool | None = None, barriers: str = "bundle") -> BacktestResult:
+                 bt_plot: bool | None = None, barriers: str = "bundle",
+                 prob_cache: str | Path | None = None) -> BacktestResult:
     """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
 
     ``frame`` is a canonical OHLCV frame (``core.ohlcv``); ``cfg`` supplies strategy, label
@@ -186,6 +198,8 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     ``barriers``: ``"bundle"`` (default) trades the bundle's label barriers and refuses a
     ``cfg.labels`` that differs; ``"config"`` trades ``cfg.labels`` (see
     :func:`strategies.base.traded_labels`); metrics.json records which were traded.
+    ``prob_cache``: folder of the probability cache (:mod:`models.prob_cache`; the CLI passes
+    :func:`~models.prob_cache.default_cache_dir`); None scores every run afresh.
     Refused with DataError, before anything is written: fewer than ``bundle.min_bars + 1``
     bars up to the span end, or no bar of the span with a probability.
     """
@@ -201,9 +215,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         a, b = bundle.training_span
         in_sample = bool(s <= b and e >= a)
 
-    # Warm-up history before the span: model window + feature warm-up, and the risk vol window.
-    warm = max(bundle.min_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
-               features.ewma_vol_fast_span + 1)
+    warm = warmup_bars_for(bundle, cfg)
     i0 = max(0, int(frame.index.searchsorted(s)) - warm)
     i1 = int(frame.index.searchsorted(e, side="right"))
     data = frame.iloc[i0:i1]
@@ -223,6 +235,8 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     params = strategy_params(cfg, bundle=bundle, barriers=barriers, trade_start=s, trade_end=e, timeframe=timeframe)
     if takes_bundle:
         params["bundle"] = bundle
+    if "prob_cache" in cls.params._getkeys():
+        params["prob_cache"] = None if prob_cache is None else Path(prob_cache)
     params.update(strategy_kwargs or {})
     cerebro.addstrategy(cls, **params)
     cerebro.addanalyzer(EquityCurve, _name="equity")
@@ -264,6 +278,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
+        "probabilities": _prob_source(strat),
         "seconds": round(elapsed, 3),
     }
     metrics["risk_trips"] = trips
@@ -279,6 +294,14 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
 
 
 BT_PLOT_MAX_BARS = 5000
+
+
+def _prob_source(strat: Any) -> str:
+    """Where the run's probabilities came from (recorded in metrics.json)."""
+    hit = getattr(getattr(strat, "tcn", None), "cache_hit", None)
+    if hit is None:
+        return "strategy line (no TCN indicator batch pass)"
+    return "probability cache (network skipped)" if hit else "scored by the network"
 
 
 def _backtrader_figure(cerebro: bt.Cerebro, metrics: dict):

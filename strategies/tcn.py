@@ -7,11 +7,12 @@ from strategies.base import ModelStrategy
 
 class TCNStrategy(ModelStrategy):
     """Trades the calibrated TCN probability of the model bundle in param ``bundle``
-    (a loaded bundle, a bundle directory or its ``final_model.pt``)."""
+    (a loaded bundle, a bundle directory or its ``final_model.pt``); ``prob_cache`` is the
+    probability cache folder for backtests (None = always score)."""
 
-    params = (("bundle", None),)
+    params = (("bundle", None), ("prob_cache", None))
 
     def make_probability(self):
         """The ``prob`` line of :class:`indicators.tcn_indicator.TCNProbability`."""
-        self.tcn = TCNProbability(self.data, bundle=self.p.bundle)
+        self.tcn = TCNProbability(self.data, bundle=self.p.bundle, cache=self.p.prob_cache)
         return self.tcn.prob

@@ -9,10 +9,11 @@ from core.synthetic import synthetic_ohlcv
 
 @pytest.fixture(autouse=True, scope="session")
 def _logs_in_a_temp_dir(tmp_path_factory):
-    """CLI commands log to logs/; keep the test runs' logs out of the working tree."""
+    """CLI commands log to logs/ and cache probabilities in cache/; keep both out of the working tree."""
     import os
 
     os.environ["NTS_LOG_DIR"] = str(tmp_path_factory.mktemp("logs"))
+    os.environ["NTS_CACHE_DIR"] = str(tmp_path_factory.mktemp("prob-cache"))  # never the working tree's cache/
 
 
 REAL_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"

@@ -12,7 +12,7 @@ import torch
 from core.errors import BundleError, DataError
 from core.synthetic import synthetic_ohlcv
 from models.features import FEATURE_NAMES, StreamingFeatures, warmup_bars
-from models.bundle import HISTORY_PAD, load_bundle
+from models.bundle import load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def bundle(tiny_bundle):
 @pytest.fixture(scope="module")
 def bars():
     """Bars the model never saw (other seed), with a 3-bar gap after bar 700; the second stretch
-    (1,299 bars) is longer than the tail score_window computes features on."""
-    return synthetic_ohlcv(2000, seed=99, gaps={700: 3}, start="2024-03-01")
+    (1,799 bars) is longer than the tail score_window computes features on."""
+    return synthetic_ohlcv(2500, seed=99, gaps={700: 3}, start="2024-03-01")
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_batch_window_and_streaming_scores_agree(bundle, bars):
     p = bundle.predict_proba(bars)
     lg = bundle.predict_logit(bars)
     checks = [bundle.min_bars - 1, 300, 700, 701 + bundle.min_bars - 1, 1000, len(bars) - 1]
-    assert len(bars) - 701 > bundle.min_bars + HISTORY_PAD  # the last check scores a truncated tail
+    assert len(bars) - 701 > bundle.history_bars  # the last check scores a truncated tail
     for t in checks:
         assert abs(bundle.score_window(bars.iloc[: t + 1]) - p.iloc[t]) < 1e-6, t
     # streaming features -> score_features gives the same numbers bar by bar
