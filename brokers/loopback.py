@@ -4,29 +4,35 @@ uses for markets, server time and candles, with a settable clock and injectable 
 Tests and the demo point the REAL ``ccxt.binance`` client at it (``make_exchange(url=...)``)
 so every byte goes through ccxt's request building, parsing and error mapping.
 
-Served now: ``GET /api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo``,
+Served here: ``GET /api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo``,
 ``/api/v3/klines``. Routes are a table ``(method, path) -> handler(Request) -> Response``;
-:meth:`LoopbackExchange.add_route` lets later work add signed endpoints (orders, account)
-without touching the transport. Prices go out as Python ``repr`` strings (shortest exact
-round-trip) rather than Binance's fixed 8 decimals, so a download can be compared with
-the served frame for exact equality.
+:meth:`LoopbackExchange.add_route` adds endpoints without touching the transport, and
+``signed=True`` puts Binance's request authentication in front of a handler (API key
+header, ``timestamp``/``recvWindow``, HMAC-SHA256 ``signature``; see :meth:`_authenticate`).
+:mod:`brokers.replay` builds the trading endpoints on top. Candle prices go out as Python
+``repr`` strings (shortest exact round-trip) rather than Binance's fixed 8 decimals, so a
+download can be compared with the served frame for exact equality.
 
 Faults (a FIFO queue, see :meth:`inject`): an HTTP status (429 with ``Retry-After``,
-500/502/503 ...), a slow response (longer than the client timeout) and a dropped connection
-(socket closed without a response).
+500/502/503 ...), a slow response (longer than the client timeout), a dropped connection
+(socket closed without a response) and ``drop_after`` (the request is processed, e.g. an
+order is accepted, and then the socket is closed without a response).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -37,13 +43,27 @@ from core.ohlcv import load_ohlcv, validate_ohlcv
 
 @dataclass
 class Request:
-    """One parsed HTTP request as handlers see it."""
+    """One parsed HTTP request as handlers see it.
+
+    ``params`` merges the query string and a form body; ``query`` is the raw query string
+    (the signature is computed over the raw text). ``fault`` is a queued fault of a kind
+    the route itself applies (see ``LoopbackExchange.route_fault_kinds``); ``note`` is
+    what the handler wants written next to the outcome in the request log.
+    """
 
     method: str
     path: str
     params: dict[str, str]
     headers: dict[str, str]
     body: bytes = b""
+    query: str = ""
+    fault: "Fault | None" = None
+    note: str = ""
+
+    def header(self, name: str) -> str | None:
+        """Header value by case-insensitive name (None when absent)."""
+        low = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == low), None)
 
 
 @dataclass
@@ -60,9 +80,11 @@ class Fault:
     """A scheduled failure for requests to ``path`` (None = any path).
 
     kind: ``status`` (answer ``status`` with a Binance-style error body and optional
-    ``Retry-After``), ``slow`` (wait ``delay_s`` before answering normally) or ``drop``
-    (close the connection without a response). It fires ``times`` times after letting
-    ``skip`` matching requests through.
+    ``Retry-After``), ``slow`` (wait ``delay_s`` before answering normally), ``drop``
+    (close the connection without a response) or ``drop_after`` (run the handler, so its
+    effect happens, then close without a response); subclasses add kinds their routes
+    apply. It fires ``times`` times after letting ``skip`` matching requests through;
+    ``method`` (None = any) narrows the match, e.g. POST of ``/api/v3/order`` only.
     """
 
     kind: str
@@ -73,17 +95,59 @@ class Fault:
     times: int = 1
     skip: int = 0
     body: Any = None
+    method: str | None = None
 
 
 @dataclass
 class RequestRecord:
-    """Log entry per request: what came in, when (monotonic s) and how it was answered."""
+    """Log entry per request: what came in, when (monotonic s) and how it was answered.
+
+    ``params`` never hold credentials: the API key travels in a header (not logged), the
+    ``signature`` is replaced by ``<redacted>``, and so is any value equal to the
+    configured key or secret. ``note`` carries the handler's remark (Binance error code,
+    applied route fault).
+    """
 
     method: str
     path: str
     params: dict[str, str]
     t: float
-    outcome: str  # "200", "400", ... or "fault:429", "fault:slow", "fault:drop"
+    outcome: str  # "200", "400", ... or "fault:429", "fault:slow", "fault:drop", "fault:drop_after"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MarketFilters:
+    """Binance symbol filters served in exchangeInfo (ccxt derives precision and limits
+    from them) and enforced by the trading endpoints of :mod:`brokers.replay`.
+
+    Defaults are BTCUSDT's: tick 0.01, step 0.00001, min notional 5 USDT.
+    """
+
+    tick_size: Decimal = Decimal("0.01")
+    min_price: Decimal = Decimal("0.01")
+    max_price: Decimal = Decimal("1000000")
+    step_size: Decimal = Decimal("0.00001")
+    min_qty: Decimal = Decimal("0.00001")
+    max_qty: Decimal = Decimal("9000")
+    min_notional: Decimal = Decimal("5")
+    max_notional: Decimal = Decimal("9000000")
+    max_num_orders: int = 200
+
+    def as_binance(self) -> list[dict[str, Any]]:
+        """The ``filters`` list of one exchangeInfo symbol, numbers as 8-decimal strings."""
+        f = _fmt8
+        return [
+            {"filterType": "PRICE_FILTER", "minPrice": f(self.min_price), "maxPrice": f(self.max_price),
+             "tickSize": f(self.tick_size)},
+            {"filterType": "LOT_SIZE", "minQty": f(self.min_qty), "maxQty": f(self.max_qty),
+             "stepSize": f(self.step_size)},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": f(self.min_qty), "maxQty": f(self.max_qty),
+             "stepSize": f(self.step_size)},
+            {"filterType": "NOTIONAL", "minNotional": f(self.min_notional), "applyMinToMarket": True,
+             "maxNotional": f(self.max_notional), "applyMaxToMarket": False, "avgPriceMins": 5},
+            {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": int(self.max_num_orders)},
+        ]
 
 
 @dataclass
@@ -94,12 +158,25 @@ class _Market:
     quote: str
     open_ms: np.ndarray
     values: np.ndarray  # n x 5 float64: open high low close volume
+    filters: MarketFilters = field(default_factory=MarketFilters)
 
 
-class _ApiError(Exception):
+class ApiError(Exception):
+    """A Binance-style refusal raised by a handler: HTTP ``status`` and body ``{code, msg}``."""
+
     def __init__(self, status: int, code: int, msg: str):
         super().__init__(msg)
+        self.code = code
         self.response = Response(status, {"code": code, "msg": msg})
+
+
+_ApiError = ApiError  # the name handlers used before it became public
+
+# Binance's default when a signed request carries no recvWindow, and its upper bound.
+DEFAULT_RECV_WINDOW_MS = 5000
+MAX_RECV_WINDOW_MS = 60000
+# How far ahead of the server a request timestamp may be (Binance allows 1 s).
+MAX_AHEAD_MS = 1000
 
 
 def _to_ms(value: Any) -> int:
@@ -114,14 +191,41 @@ def _fmt(x: float) -> str:
     return repr(float(x))
 
 
+def _fmt8(x: Decimal | float | int) -> str:
+    """Binance's fixed 8-decimal number strings."""
+    return f"{Decimal(str(x)):.8f}"
+
+
+def _strip_signature(text: str) -> tuple[str, str | None]:
+    """``text`` (a raw query string or form body) without its ``signature=`` component,
+    and that signature; the other components stay byte for byte, as they were signed."""
+    if not text:
+        return "", None
+    kept, signature = [], None
+    for part in text.split("&"):
+        if part.startswith("signature="):
+            signature = unquote_plus(part[len("signature="):])
+        else:
+            kept.append(part)
+    return "&".join(kept), signature
+
+
 class LoopbackExchange:
     """Binance-compatible candle server on 127.0.0.1 (random free port), start/stop or ``with``.
 
     ``candles``: one canonical frame (served as ``symbol``) or ``{symbol: frame}``.
     ``now``: the exchange clock (anything pandas parses, epoch ms, or None = wall clock);
     only bars that opened at or before it are served, and the bar still open at ``now`` is
-    served with partial values, like Binance does.
+    served with partial values, like Binance does. ``filters`` are the symbol filters
+    served in exchangeInfo (default BTCUSDT's). ``api_key``/``api_secret`` are the one
+    account's credentials for routes added with ``signed=True`` (None: every signed
+    request is refused with -2015). ``auth_clock`` (epoch ms) is what request timestamps
+    are checked against; default the host's wall clock, which is what ccxt signs with.
     """
+
+    #: fault kinds the transport applies itself; subclasses extend ``route_fault_kinds``
+    transport_fault_kinds: tuple[str, ...] = ("status", "slow", "drop", "drop_after")
+    route_fault_kinds: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -133,12 +237,20 @@ class LoopbackExchange:
         port: int = 0,
         max_limit: int = 1000,
         default_limit: int = 500,
+        filters: MarketFilters | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        auth_clock: Callable[[], int] | None = None,
     ):
         frames = {symbol: candles} if isinstance(candles, pd.DataFrame) else dict(candles)
         self.timeframe = timeframe
         self.tf_ms = timeframe_seconds(timeframe) * 1000
         self.max_limit = max_limit
         self.default_limit = default_limit
+        self.filters = filters or MarketFilters()
+        self._api_key = api_key or None
+        self._api_secret = api_secret or None
+        self._auth_clock = auth_clock or (lambda: int(time.time() * 1000))
         self.markets: dict[str, _Market] = {}
         for sym, frame in frames.items():
             self._add_market(sym, frame)
@@ -152,6 +264,7 @@ class LoopbackExchange:
         self.requests: list[RequestRecord] = []
         self.counts: Counter[str] = Counter()
         self.routes: dict[tuple[str, str], Callable[[Request], Response]] = {}
+        self.signed_routes: set[tuple[str, str]] = set()
         self.add_route("GET", "/api/v3/ping", lambda req: Response(200, {}))
         self.add_route("GET", "/api/v3/time", lambda req: Response(200, {"serverTime": self.now_ms}))
         self.add_route("GET", "/api/v3/exchangeInfo", self._exchange_info)
@@ -171,7 +284,7 @@ class LoopbackExchange:
         self.markets[base + quote] = _Market(
             symbol=symbol, market_id=base + quote, base=base, quote=quote,
             open_ms=(frame.index.asi8 // 1_000_000).astype(np.int64),
-            values=frame.to_numpy(dtype="float64").copy(),
+            values=frame.to_numpy(dtype="float64").copy(), filters=self.filters,
         )
 
     @property
@@ -193,17 +306,19 @@ class LoopbackExchange:
     # ----- faults and request log -------------------------------------------------------
     def inject(self, kind: str, **kwargs: Any) -> Fault:
         """Queue a fault (see :class:`Fault`); returns it. Faults fire in FIFO order."""
-        if kind not in ("status", "slow", "drop"):
+        if kind not in self.transport_fault_kinds + self.route_fault_kinds:
             raise ValueError(f"unknown fault kind {kind!r}")
         fault = Fault(kind=kind, **kwargs)
         with self._lock:
             self.faults.append(fault)
         return fault
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, method: str | None = None) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.path is not None and fault.path != path:
+                    continue
+                if fault.method is not None and method is not None and fault.method.upper() != method:
                     continue
                 if fault.skip > 0:
                     fault.skip -= 1
@@ -214,9 +329,15 @@ class LoopbackExchange:
                 return fault
         return None
 
+    def _redacted(self, params: Mapping[str, str]) -> dict[str, str]:
+        """Params fit for the log: no signature, and no value that is a credential."""
+        secrets = {s for s in (self._api_key, self._api_secret) if s}
+        return {k: ("<redacted>" if k == "signature" or v in secrets else v) for k, v in params.items()}
+
     def _record(self, req: Request, outcome: str) -> None:
+        record = RequestRecord(req.method, req.path, self._redacted(req.params), time.monotonic(), outcome, req.note)
         with self._lock:
-            self.requests.append(RequestRecord(req.method, req.path, dict(req.params), time.monotonic(), outcome))
+            self.requests.append(record)
             self.counts[req.path] += 1
 
     def requests_to(self, path: str) -> list[RequestRecord]:
@@ -231,9 +352,55 @@ class LoopbackExchange:
             self.counts.clear()
 
     # ----- routes -------------------------------------------------------------------------
-    def add_route(self, method: str, path: str, handler: Callable[[Request], Response]) -> None:
-        """Register ``handler`` for ``method path`` (replaces an existing one)."""
-        self.routes[(method.upper(), path)] = handler
+    def add_route(self, method: str, path: str, handler: Callable[[Request], Response], signed: bool = False) -> None:
+        """Register ``handler`` for ``method path`` (replaces an existing one).
+
+        ``signed``: Binance's SIGNED security (TRADE / USER_DATA endpoints): the request
+        is authenticated (:meth:`_authenticate`) before the handler sees it.
+        """
+        key = (method.upper(), path)
+        self.routes[key] = handler
+        if signed:
+            self.signed_routes.add(key)
+        else:
+            self.signed_routes.discard(key)
+
+    def _authenticate(self, req: Request) -> None:
+        """Binance's checks for a SIGNED request, in its order; raise ApiError on failure.
+
+        ``X-MBX-APIKEY`` must be the account's key (-2014 absent/malformed, -2015 wrong:
+        HTTP 401); ``timestamp`` and ``signature`` are mandatory (-1102); the signature is
+        the HMAC-SHA256 hex digest, keyed with the secret, of the query string
+        concatenated with the form body (both without the ``signature`` component), as
+        Binance defines ``totalParams`` (-1022); ``recvWindow`` (default 5000 ms, at most
+        60000, -1131) bounds how old the timestamp may be against ``auth_clock``, and it
+        may be at most 1 s ahead (-1021). No message repeats a credential.
+        """
+        key = req.header("X-MBX-APIKEY")
+        if not key or any(c.isspace() for c in key):
+            raise ApiError(401, -2014, "API-key format invalid.")
+        if (self._api_key is None or self._api_secret is None
+                or not hmac.compare_digest(key.encode(), self._api_key.encode())):
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        for name in ("timestamp", "signature"):
+            if not req.params.get(name):
+                raise ApiError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+        query, sig_q = _strip_signature(req.query)
+        body, sig_b = _strip_signature(req.body.decode("utf-8", "replace") if req.body else "")
+        signature = sig_q or sig_b or ""
+        expected = hmac.new(self._api_secret.encode(), (query + body).encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature.lower().encode(), expected.encode()):
+            raise ApiError(400, -1022, "Signature for this request is not valid.")
+        timestamp = self._int_param(req.params, "timestamp")
+        window = self._int_param(req.params, "recvWindow")
+        window = DEFAULT_RECV_WINDOW_MS if window is None else window
+        if not 0 < window <= MAX_RECV_WINDOW_MS:
+            raise ApiError(400, -1131, f"recvWindow must be less than {MAX_RECV_WINDOW_MS}")
+        server = int(self._auth_clock())
+        if timestamp > server + MAX_AHEAD_MS:
+            raise ApiError(400, -1021, f"Timestamp for this request was {MAX_AHEAD_MS}ms ahead of the server's time.")
+        if server - timestamp > window:
+            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
     def _market(self, params: Mapping[str, str]) -> _Market:
         sym = params.get("symbol")
@@ -255,18 +422,12 @@ class LoopbackExchange:
                 "baseAsset": m.base, "baseAssetPrecision": 8,
                 "quoteAsset": m.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
                 "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
-                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT",
+                               "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"],
                 "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
                 "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True, "cancelReplaceAllowed": True,
                 "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
-                "filters": [
-                    {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000",
-                     "tickSize": "0.01000000"},
-                    {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000",
-                     "stepSize": "0.00001000"},
-                    {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True,
-                     "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
-                ],
+                "filters": m.filters.as_binance(),
                 "permissions": [], "permissionSets": [["SPOT"]],
                 "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
                 "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
@@ -292,7 +453,21 @@ class LoopbackExchange:
             raise _ApiError(400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
 
     def _klines(self, req: Request) -> Response:
-        p = req.params
+        return self._klines_at(req.params, self.now_ms)
+
+    def _kline_row(self, market: _Market, i: int, now: int) -> list[Any]:
+        """Bar ``i`` as a Binance kline row as seen at ``now`` (the bar has opened)."""
+        t = int(market.open_ms[i])
+        o, h, l, c, v = market.values[i]
+        if t + self.tf_ms > now:
+            # Still open: Binance shows it with the partial volume traded so far.
+            frac = (now - t) / self.tf_ms
+            v = v * frac
+        return [t, _fmt(o), _fmt(h), _fmt(l), _fmt(c), _fmt(v), t + self.tf_ms - 1,
+                _fmt(v * c), int(v * 10) + 1, _fmt(v / 2), _fmt(v * c / 2), "0"]
+
+    def _klines_at(self, p: Mapping[str, str], now: int) -> Response:
+        """The klines answer for params ``p`` with the exchange clock at ``now``."""
         market = self._market(p)
         if p.get("interval") != self.timeframe:
             raise _ApiError(400, -1120, "Invalid interval.")
@@ -303,7 +478,6 @@ class LoopbackExchange:
         start, end = self._int_param(p, "startTime"), self._int_param(p, "endTime")
         if start is not None and end is not None and start > end:
             raise _ApiError(400, -1023, "Start time is greater than end time.")
-        now = self.now_ms
         last = now if end is None else min(end, now)  # bars that have not opened yet do not exist
         hi = int(np.searchsorted(market.open_ms, last, side="right"))
         if start is not None:
@@ -311,18 +485,7 @@ class LoopbackExchange:
             hi = min(hi, lo + limit)
         else:
             lo = max(0, hi - limit)
-        rows = []
-        for i in range(lo, max(lo, hi)):
-            t = int(market.open_ms[i])
-            o, h, l, c, v = market.values[i]
-            if t + self.tf_ms > now:
-                # Still open: Binance shows it with the partial volume traded so far.
-                frac = (now - t) / self.tf_ms
-                v = v * frac
-            rows.append([
-                t, _fmt(o), _fmt(h), _fmt(l), _fmt(c), _fmt(v), t + self.tf_ms - 1,
-                _fmt(v * c), int(v * 10) + 1, _fmt(v / 2), _fmt(v * c / 2), "0",
-            ])
+        rows = [self._kline_row(market, i, now) for i in range(lo, max(lo, hi))]
         return Response(200, rows)
 
     # ----- transport ---------------------------------------------------------------------
@@ -333,16 +496,23 @@ class LoopbackExchange:
         body = handler.rfile.read(length) if length else b""
         if body and "x-www-form-urlencoded" in (handler.headers.get("Content-Type") or ""):
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        req = Request(handler.command, parts.path, params, {k: v for k, v in handler.headers.items()}, body)
-        fault = self._take_fault(req.path)
+        req = Request(handler.command, parts.path, params, {k: v for k, v in handler.headers.items()}, body,
+                      query=parts.query)
+        fault = self._take_fault(req.path, req.method)
         if fault is not None and fault.kind == "drop":
             self._record(req, "fault:drop")
-            handler.close_connection = True
-            try:
-                handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._hang_up(handler)
             return
+        if fault is not None and fault.kind == "drop_after":
+            # The request takes effect (an order is accepted ...), the answer never arrives.
+            response = self._route(req)
+            req.note = (req.note + " " if req.note else "") + f"unsent {response.status}"
+            self._record(req, "fault:drop_after")
+            self._hang_up(handler)
+            return
+        if fault is not None and fault.kind in self.route_fault_kinds:
+            req.fault = fault  # the handler applies it; the log notes it
+            fault = None
         if fault is not None and fault.kind == "status":
             self._record(req, f"fault:{fault.status}")
             default = ({"code": -1003, "msg": "Too many requests; current limit is exceeded."}
@@ -351,23 +521,41 @@ class LoopbackExchange:
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             self._send(handler, Response(fault.status, default if fault.body is None else fault.body, headers))
             return
+        if req.fault is not None:
+            req.note = f"fault:{req.fault.kind}"
         if fault is not None and fault.kind == "slow":
             self._record(req, "fault:slow")
             if self._stop.wait(fault.delay_s):
                 return
-        route = self.routes.get((req.method, req.path))
-        if route is None:
-            response = Response(404, {"code": -1, "msg": f"loopback: no route {req.method} {req.path}"})
-        else:
-            try:
-                response = route(req)
-            except _ApiError as err:
-                response = err.response
-            except Exception as exc:  # a handler bug must show up as a 500, not a hung client
-                response = Response(500, {"code": -1000, "msg": f"loopback handler error: {exc!r}"})
+        response = self._route(req)
         if fault is None:
             self._record(req, str(response.status))
         self._send(handler, response)
+
+    def _route(self, req: Request) -> Response:
+        """Authenticate (signed routes) and run the handler; refusals become responses."""
+        key = (req.method, req.path)
+        route = self.routes.get(key)
+        if route is None:
+            return Response(404, {"code": -1, "msg": f"loopback: no route {req.method} {req.path}"})
+        try:
+            if key in self.signed_routes:
+                self._authenticate(req)
+            return route(req)
+        except ApiError as err:
+            req.note = (req.note + " " if req.note else "") + f"code {err.code}"
+            return err.response
+        except Exception as exc:  # a handler bug must show up as a 500, not a hung client
+            return Response(500, {"code": -1000, "msg": f"loopback handler error: {type(exc).__name__}: {exc}"})
+
+    @staticmethod
+    def _hang_up(handler: BaseHTTPRequestHandler) -> None:
+        """Close the client's socket without answering."""
+        handler.close_connection = True
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, response: Response) -> None:
