@@ -11,12 +11,13 @@ A bundle is a directory written by ``nts train``::
 
 Scoring has one code path: raw features -> :class:`~models.dataset.Normaliser` ->
 windows -> :meth:`ModelBundle._forward` (eval mode, ``torch.inference_mode``) -> calibrator.
-``predict_proba`` (batch, 1024 windows per forward) and ``score_features`` /
+``predict_proba`` (batch, ``SCORE_BATCH`` windows per forward) and ``score_features`` /
 ``score_window`` (one window) go through it, so they agree to float rounding.
 
 Threads: ``torch.set_num_threads`` is process-global. Scoring sets it only for the
-duration of a call and restores the previous value afterwards: batch scoring uses
-``bundle.threads`` (``training.threads`` of the config the bundle was trained with),
+duration of a call and restores the previous value afterwards: batch scoring runs
+``bundle.threads`` worker threads (``training.threads`` of the config the bundle was trained
+with, at most the CPU count), each scoring whole batches with one intra-op thread;
 single-window scoring uses 1 thread (faster for one small window, no pool wake-up).
 Training code is never affected.
 """
@@ -25,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -150,10 +153,24 @@ class ModelBundle:
         norm = self.normaliser.transform(feats)
         view = window_view(norm, self.window)
         out = np.empty(len(ends), dtype=np.float64)
-        with torch_threads(self.threads):
-            for i in range(0, len(ends), batch):
-                chunk = ends[i:i + batch]
-                out[i:i + len(chunk)] = self._forward(view[chunk - self.window + 1])
+        starts = range(0, len(ends), batch)
+
+        def score(i: int) -> None:
+            chunk = ends[i:i + batch]
+            out[i:i + len(chunk)] = self._forward(view[chunk - self.window + 1])
+
+        workers = min(self.threads, os.cpu_count() or 1, max(1, len(starts)))
+        # One intra-op thread per batch and one batch per worker thread (torch releases the GIL
+        # inside its kernels): measured more robust than intra-op threading on a busy machine,
+        # where OpenMP's spinning threads collapse when a core is taken. The batch boundaries
+        # do not depend on the worker count, so the logits are the same for any count.
+        with torch_threads(1):
+            if workers <= 1:
+                for i in starts:
+                    score(i)
+            else:
+                with ThreadPoolExecutor(workers, thread_name_prefix="nts-score") as pool:
+                    list(pool.map(score, starts))
         return out
 
     def predict_logit(self, frame: pd.DataFrame) -> pd.Series:
@@ -359,8 +376,10 @@ def validate_meta(meta, meta_path: Path) -> None:
         raise BundleError(f"{meta_path}: window {window} differs from the model config's "
                           f"{model_window if window != model_window else mcfg.window}")
     threads = meta.get("threads", 1)
-    if not _is_int(threads) or threads < 1:
-        raise _bad(meta_path, "threads", f"expected a positive integer, got {threads!r:.40}")
+    # the same range as training.threads: a huge count makes OpenMP abort the process (no
+    # exception to turn into one line), so it must never reach torch.set_num_threads
+    if not _is_int(threads) or not 1 <= threads <= 256:
+        raise _bad(meta_path, "threads", f"expected an integer from 1 to 256, got {threads!r:.40}")
     _check_normaliser(meta, meta_path, len(FEATURE_NAMES))
     _check_calibrator(meta, meta_path)
     _check_spans(meta, meta_path)

@@ -122,3 +122,13 @@ def test_backtest_second_run_skips_the_network(bundle, tmp_path, monkeypatch):
     assert calls == [] and second.metrics["run"]["probabilities"] == "probability cache (network skipped)"
     assert first.metrics["strategy"] == second.metrics["strategy"]
     assert len(first.trades) > 0 and first.trades.equals(second.trades)
+
+
+def test_batch_scoring_is_the_same_for_any_worker_count(bundle, monkeypatch):
+    frame = synthetic_ohlcv(1200, seed=6)
+    monkeypatch.setattr(bundle, "threads", 1)
+    one = bundle.predict_logit(frame).to_numpy()
+    monkeypatch.setattr(bundle, "threads", 2)
+    two = bundle.predict_logit(frame).to_numpy()
+    assert np.isfinite(one).sum() > 900
+    np.testing.assert_array_equal(one, two)  # same batches, same numbers, bit for bit
