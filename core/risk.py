@@ -22,6 +22,12 @@ Units (stated once, used everywhere):
 
 Every trip is recorded once per episode in :attr:`RiskManager.trips` (time, breaker,
 reason, values) and exported with the backtest results.
+
+The breaker logic itself is :func:`risk_step`, a numba-compiled function over a small state
+array (:data:`RISK_STATE` names its slots): :meth:`RiskManager.check` calls it from Python and
+the reference simulator (:mod:`core.simulator`) calls it inside its kernel, so both engines
+trip on exactly the same numbers. Only the kill-switch *file* check stays in Python (the
+kernel takes the bar from which the switch is on).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -93,6 +100,133 @@ def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timefram
     return std * math.sqrt(bars_per_day(timeframe))
 
 
+# Slots of the breaker state array (float64; flags are 0.0/1.0, ``day`` NaN before the first check).
+RISK_STATE: tuple[str, ...] = ("peak", "day", "day_start_equity", "drawdown_halted", "daily_halted",
+                               "vol_active", "killed")
+_PEAK, _DAY, _DAY_START, _DD_HALTED, _DAILY_HALTED, _VOL_ACTIVE, _KILLED = range(len(RISK_STATE))
+
+# Decision actions and reasons as codes (the kernel's vocabulary; Decision carries the words).
+ACTIONS: tuple[str, ...] = ("allow", "reduce", "halt")
+ALLOW, REDUCE, HALT = 0, 1, 2
+REASONS: tuple[str, ...] = ("", "kill switch", "drawdown breaker", "daily loss breaker", "no equity",
+                            "volatility breaker", "leverage")
+R_NONE, R_KILL, R_DRAWDOWN, R_DAILY, R_NO_EQUITY, R_VOLATILITY, R_LEVERAGE = range(len(REASONS))
+# Trip bits of risk_step's mask, in the order trips are recorded.
+TRIP_BREAKERS: tuple[str, ...] = ("kill_switch", "drawdown", "daily_loss", "volatility")
+TRIP_KILL, TRIP_DRAWDOWN, TRIP_DAILY, TRIP_VOLATILITY = 1, 2, 4, 8
+
+# Column order of risk_vector(): the risk parameters the kernel reads.
+RISK_VECTOR: tuple[str, ...] = ("max_position", "max_leverage", "max_drawdown", "max_volatility", "daily_loss")
+EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal(): UTC day numbers match datetime.toordinal()
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def new_risk_state() -> np.ndarray:
+    """A fresh breaker state (no peak yet, no day yet, nothing halted)."""
+    state = np.zeros(len(RISK_STATE))
+    state[_PEAK] = -math.inf
+    state[_DAY] = math.nan
+    state[_DAY_START] = math.nan
+    return state
+
+
+def risk_vector(cfg: RiskConfig) -> np.ndarray:
+    """The risk parameters as the kernel's float row (columns :data:`RISK_VECTOR`)."""
+    return np.array([float(getattr(cfg, k)) for k in RISK_VECTOR])
+
+
+@numba.njit(cache=True, nogil=True)
+def weight_cap(max_position: float, max_leverage: float) -> float:
+    """Largest allowed ``|weight|`` of a new position: min(max_position, max_leverage)."""
+    return min(max_position, max_leverage)
+
+
+@numba.njit(cache=True, nogil=True)
+def cap_weight(weight: float, cap: float) -> float:
+    """Clip a target weight to +-``cap``."""
+    return max(-cap, min(cap, weight))
+
+
+@numba.njit(cache=True, nogil=True)
+def risk_step(state: np.ndarray, day: float, equity: float, position_value: float, realised_vol: float,
+              kill_now: bool, max_drawdown: float, daily_loss: float, max_volatility: float,
+              max_leverage: float, cap: float) -> tuple[int, int, bool, bool, float, int, float, float]:
+    """Update the breaker ``state`` in place with one check and return the decision.
+
+    ``day``: UTC day number (``datetime.toordinal()``) of the check; ``kill_now``: the kill
+    switch is on now. Returns ``(action, reason, flatten, stop, max_weight, trips, drawdown,
+    day_loss)``: action/reason codes (:data:`ACTIONS`, :data:`REASONS`), ``trips`` a bit mask
+    of the breakers that tripped on this check (``TRIP_*``). Rules: module docstring.
+    """
+    trips = 0
+    if state[_KILLED] == 0.0 and kill_now:
+        state[_KILLED] = 1.0
+        trips |= TRIP_KILL
+    # Drawdown from the equity peak: permanent halt.
+    if equity > state[_PEAK]:
+        state[_PEAK] = equity
+    peak = state[_PEAK]
+    drawdown = 1.0 - equity / peak if peak > 0 else 0.0
+    if state[_DD_HALTED] == 0.0 and drawdown > max_drawdown:
+        state[_DD_HALTED] = 1.0
+        trips |= TRIP_DRAWDOWN
+    # Daily loss against the first equity of the UTC day: halt until the day changes.
+    if day != state[_DAY]:  # NaN before the first check
+        state[_DAY] = day
+        state[_DAY_START] = equity
+        state[_DAILY_HALTED] = 0.0
+    start = state[_DAY_START]
+    day_loss = 1.0 - equity / start if start > 0 else 0.0
+    if state[_DAILY_HALTED] == 0.0 and day_loss > daily_loss:
+        state[_DAILY_HALTED] = 1.0
+        trips |= TRIP_DAILY
+    # Realised daily volatility: no new positions while above the limit (NaN = unknown).
+    vol_high = realised_vol == realised_vol and realised_vol > max_volatility
+    if vol_high and state[_VOL_ACTIVE] == 0.0:
+        trips |= TRIP_VOLATILITY
+    state[_VOL_ACTIVE] = 1.0 if vol_high else 0.0
+
+    if state[_KILLED] != 0.0:
+        return HALT, R_KILL, True, True, 0.0, trips, drawdown, day_loss
+    if state[_DD_HALTED] != 0.0:
+        return HALT, R_DRAWDOWN, True, False, 0.0, trips, drawdown, day_loss
+    if state[_DAILY_HALTED] != 0.0:
+        return HALT, R_DAILY, True, False, 0.0, trips, drawdown, day_loss
+    if equity <= 0:
+        return HALT, R_NO_EQUITY, True, False, 0.0, trips, drawdown, day_loss
+    if vol_high:
+        return HALT, R_VOLATILITY, False, False, 0.0, trips, drawdown, day_loss
+    if abs(position_value) / equity > max_leverage + 1e-9:
+        return REDUCE, R_LEVERAGE, False, False, cap, trips, drawdown, day_loss
+    return ALLOW, R_NONE, False, False, cap, trips, drawdown, day_loss
+
+
+def trip_records(time: str, trips: int, cfg: RiskConfig, state: np.ndarray, equity: float, position_value: float,
+                 realised_vol: float, drawdown: float, day_loss: float,
+                 kill_switch_file: str | None) -> list[Trip]:
+    """The :class:`Trip` records of one :func:`risk_step` trip mask (same words and values for
+    the live manager and the reference simulator)."""
+    out: list[Trip] = []
+
+    def add(breaker: str, reason: str, **values: float) -> None:
+        out.append(Trip(time=time, breaker=breaker, reason=reason, values={k: float(v) for k, v in values.items()}))
+
+    if trips & TRIP_KILL:
+        add("kill_switch", f"kill-switch file {kill_switch_file} present", equity=equity, position_value=position_value)
+    if trips & TRIP_DRAWDOWN:
+        peak = state[_PEAK]
+        add("drawdown", f"drawdown {drawdown:.2%} from peak {peak:.2f} > {cfg.max_drawdown:.2%}",
+            drawdown=drawdown, peak=peak, equity=equity)
+    if trips & TRIP_DAILY:
+        start = state[_DAY_START]
+        add("daily_loss", f"daily loss {day_loss:.2%} of day-start equity {start:.2f} > {cfg.daily_loss:.2%}",
+            daily_loss=day_loss, day_start_equity=start, equity=equity)
+    if trips & TRIP_VOLATILITY:
+        add("volatility", f"realised daily volatility {realised_vol:.2%} > {cfg.max_volatility:.2%}",
+            realised_vol=realised_vol)
+    return out
+
+
 def _as_utc(now: Any) -> _dt.datetime:
     if isinstance(now, pd.Timestamp):
         now = now.to_pydatetime()
@@ -103,30 +237,52 @@ def _as_utc(now: Any) -> _dt.datetime:
     return now
 
 
+def _state_property(slot: int, kind: type, doc: str) -> property:
+    """An attribute view of one slot of the breaker state array (the Python API of old)."""
+
+    def get(self: "RiskManager") -> Any:
+        v = self.state[slot]
+        if kind is bool:
+            return bool(v)
+        if kind is int:
+            return None if v != v else int(v)
+        return float(v)
+
+    def set_(self: "RiskManager", value: Any) -> None:
+        self.state[slot] = math.nan if value is None else float(value)
+
+    return property(get, set_, doc=doc)
+
+
 class RiskManager:
     """Circuit breakers and caps of ``cfg.risk``; one instance per session (see module docs).
 
     Call :meth:`check` once per bar (or per decision) with the current time, equity,
     signed position value and realised daily volatility; obey the returned Decision.
+    The breaker state lives in :attr:`state` (slots :data:`RISK_STATE`), updated by
+    :func:`risk_step`; the attributes ``peak``, ``day``, ... are views of it.
     """
+
+    peak = _state_property(_PEAK, float, "Highest equity seen (-inf before the first check).")
+    day = _state_property(_DAY, int, "UTC day number (toordinal) of the last check, None before the first.")
+    day_start_equity = _state_property(_DAY_START, float, "Equity at the first check of the current UTC day.")
+    drawdown_halted = _state_property(_DD_HALTED, bool, "Drawdown breaker tripped (for the session).")
+    daily_halted = _state_property(_DAILY_HALTED, bool, "Daily-loss breaker tripped (until the day changes).")
+    vol_active = _state_property(_VOL_ACTIVE, bool, "Realised volatility above the limit at the last check.")
+    killed = _state_property(_KILLED, bool, "Kill switch seen (for the session).")
 
     def __init__(self, cfg: RiskConfig | None = None, kill_switch_file: str | os.PathLike | None = None) -> None:
         self.cfg = cfg if cfg is not None else RiskConfig()
         path = kill_switch_file if kill_switch_file is not None else self.cfg.kill_switch_file
         self.kill_switch_file = os.fspath(path) if path else None
         self.trips: list[Trip] = []
+        self.state = new_risk_state()
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Clear every breaker and the equity peak (keeps the trip history)."""
-        self.peak: float = -math.inf
-        self.day: int | None = None
-        self.day_start_equity: float = math.nan
-        self.drawdown_halted = False
-        self.daily_halted = False
-        self.vol_active = False
-        self.killed = False
+        self.state[:] = new_risk_state()
 
     def state_dict(self) -> dict[str, Any]:
         """Serialisable state (journaled by paper/live sessions so a restart keeps the halts)."""
@@ -147,18 +303,18 @@ class RiskManager:
     @property
     def weight_cap(self) -> float:
         """Largest allowed ``|weight|`` of a new position: min(max_position, max_leverage)."""
-        return min(self.cfg.max_position, self.cfg.max_leverage)
+        return weight_cap(self.cfg.max_position, self.cfg.max_leverage)
 
     def cap_weight(self, weight: float) -> float:
         """Clip a target weight to +-:attr:`weight_cap`."""
-        cap = self.weight_cap
-        return max(-cap, min(cap, weight))
+        return cap_weight(float(weight), self.weight_cap)
 
     def kill_switch_on(self) -> bool:
         """True while the kill-switch file exists."""
         return bool(self.kill_switch_file) and os.path.exists(self.kill_switch_file)
 
     def _trip(self, now: _dt.datetime, breaker: str, reason: str, **values: float) -> None:
+        """Record one trip by hand (the breakers record theirs through :func:`trip_records`)."""
         self.trips.append(Trip(time=now.isoformat(), breaker=breaker, reason=reason,
                                values={k: float(v) for k, v in values.items()}))
 
@@ -171,57 +327,18 @@ class RiskManager:
         """
         t = _as_utc(now)
         c = self.cfg
-        cap = self.weight_cap
-
-        if not self.killed and self.kill_switch_on():
-            self.killed = True
-            self._trip(t, "kill_switch", f"kill-switch file {self.kill_switch_file} present",
-                       equity=equity, position_value=position_value)
-
-        # Drawdown from the equity peak: permanent halt.
-        if equity > self.peak:
-            self.peak = equity
-        drawdown = 1.0 - equity / self.peak if self.peak > 0 else 0.0
-        if not self.drawdown_halted and drawdown > c.max_drawdown:
-            self.drawdown_halted = True
-            self._trip(t, "drawdown", f"drawdown {drawdown:.2%} from peak {self.peak:.2f} > {c.max_drawdown:.2%}",
-                       drawdown=drawdown, peak=self.peak, equity=equity)
-
-        # Daily loss against the first equity of the UTC day: halt until the day changes.
-        day = t.toordinal()
-        if day != self.day:
-            self.day = day
-            self.day_start_equity = equity
-            self.daily_halted = False
-        day_loss = 1.0 - equity / self.day_start_equity if self.day_start_equity > 0 else 0.0
-        if not self.daily_halted and day_loss > c.daily_loss:
-            self.daily_halted = True
-            self._trip(t, "daily_loss",
-                       f"daily loss {day_loss:.2%} of day-start equity {self.day_start_equity:.2f} > {c.daily_loss:.2%}",
-                       daily_loss=day_loss, day_start_equity=self.day_start_equity, equity=equity)
-
-        # Realised daily volatility: no new positions while above the limit.
-        vol_high = realised_vol == realised_vol and realised_vol > c.max_volatility  # NaN-safe
-        if vol_high and not self.vol_active:
-            self._trip(t, "volatility",
-                       f"realised daily volatility {realised_vol:.2%} > {c.max_volatility:.2%}",
-                       realised_vol=realised_vol)
-        self.vol_active = vol_high
-
-        if self.killed:
-            return Decision("halt", "kill switch", flatten=True, stop=True, max_weight=0.0)
-        if self.drawdown_halted:
-            return Decision("halt", "drawdown breaker", flatten=True, max_weight=0.0)
-        if self.daily_halted:
-            return Decision("halt", "daily loss breaker", flatten=True, max_weight=0.0)
-        if equity <= 0:
-            return Decision("halt", "no equity", flatten=True, max_weight=0.0)
-        if vol_high:
-            return Decision("halt", "volatility breaker", max_weight=0.0)
-        if abs(position_value) / equity > c.max_leverage + 1e-9:
-            return Decision("reduce", f"leverage {abs(position_value) / equity:.3f} > {c.max_leverage}",
-                            max_weight=cap)
-        return Decision("allow", max_weight=cap)
+        equity, position_value, realised_vol = float(equity), float(position_value), float(realised_vol)
+        kill_now = not self.killed and self.kill_switch_on()
+        action, reason, flatten, stop, max_weight, trips, drawdown, day_loss = risk_step(
+            self.state, float(t.toordinal()), equity, position_value, realised_vol, kill_now,
+            c.max_drawdown, c.daily_loss, c.max_volatility, c.max_leverage, self.weight_cap)
+        if trips:
+            self.trips.extend(trip_records(t.isoformat(), trips, c, self.state, equity, position_value, realised_vol,
+                                           drawdown, day_loss, self.kill_switch_file))
+        text = REASONS[reason]
+        if reason == R_LEVERAGE:
+            text = f"leverage {abs(position_value) / equity:.3f} > {c.max_leverage}"
+        return Decision(ACTIONS[action], text, flatten=bool(flatten), stop=bool(stop), max_weight=float(max_weight))
 
     def trips_frame(self) -> pd.DataFrame:
         """Trips as a table (columns time, breaker, reason, values)."""

@@ -7,22 +7,23 @@ strategy sees the same numbers the model was trained on.
 * :class:`FeatureLines` -- all 12 features, one line each (``FEATURE_NAMES``).
 * :class:`VolForecast` -- ``ewma_vol_fast`` annualised: per-bar EWMA volatility of 1-bar log
   returns x ``sqrt(bars per year)`` (``sqrt(35040)`` for 15m bars), the forecast used for
-  volatility-targeted sizing. Unit: fraction per year (0.5 = 50% annualised).
+  volatility-targeted sizing, computed by the policy's rule
+  (:func:`core.policy.annualised_vol` / :func:`core.policy.annualised_vols`). Unit: fraction
+  per year (0.5 = 50% annualised).
 * :class:`RealisedVol` -- realised daily volatility for the risk manager
   (:func:`core.risk.realised_daily_vol`).
 """
 from __future__ import annotations
 
-import math
 from array import array
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from core.policy import annualisation_factor, annualised_vol, annualised_vols
 from core.risk import realised_daily_vol
 from core.timeframes import (
-    bars_per_year,
     bt_num_to_ns,
     bt_num_to_timestamp,
     timeframe_seconds,
@@ -107,18 +108,18 @@ class VolForecast(_BatchOnce):
 
     def __init__(self) -> None:
         self._stream = StreamingFeatures(self.p.cfg, self.p.timeframe)
-        self._ann = math.sqrt(bars_per_year(self.p.timeframe))
+        self._ann = annualisation_factor(self.p.timeframe)
         self._col = FEATURE_NAMES.index("ewma_vol_fast")
 
     def _compute_full(self) -> dict[str, np.ndarray]:
         feats = compute_features(feed_frame(self.data), self.p.cfg, timeframe=self.p.timeframe)
-        return {"vol": feats["ewma_vol_fast"].to_numpy() * self._ann}
+        return {"vol": annualised_vols(feats["ewma_vol_fast"].to_numpy(dtype="float64"), self._ann)}
 
     def next(self) -> None:
         d = self.data
         row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
                                   d.close[0], d.volume[0])
-        self.lines.vol[0] = row[self._col] * self._ann
+        self.lines.vol[0] = annualised_vol(float(row[self._col]), self._ann)
 
     prenext = next
 

@@ -99,9 +99,11 @@ def make_broker(costs: Costs, cash: float, coc: bool = False) -> BacktestBroker:
     broker.set_coc(bool(coc))
     broker.addcommissioninfo(MakerTakerCommission(commission=costs.taker_fee, maker_rate=costs.maker_fee))
     if costs.slippage > 0:
-        # slip_open: market orders filled at the open slip too; slip_match: a slip
-        # beyond the bar's range is capped at high/low (never a price that did not trade);
-        # slip_limit False: limit fills keep their price.
+        # slip_open: orders filled at the open slip too -- market orders, stops gapped through
+        # and limits marketable at the open (capped at the limit); slip_match: a slip beyond
+        # the bar's range is capped at high/low (never a price that did not trade), which
+        # also applies to those limits whatever slip_limit says. A limit filled mid-bar keeps
+        # its price. See the fill rules in core.costs.
         broker.set_slippage_perc(costs.slippage, slip_open=True, slip_limit=False, slip_match=True, slip_out=False)
     return broker
 

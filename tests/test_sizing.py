@@ -33,9 +33,10 @@ def test_signal_is_zero_at_center_and_spans_minus_one_to_one():
 
 def test_breakeven_center_from_config_fees():
     cfg = load_config(overrides=["strategy.center=breakeven"])
-    params = strategy_params(cfg)
-    c = breakeven_probability(params["profit"], params["stop"], params["fee_rate"])
+    policy = strategy_params(cfg)["policy"]
+    c = breakeven_probability(policy.profit, policy.stop, policy.taker_fee)
     assert c == pytest.approx((0.004 + 2 * 0.001) / 0.012)
+    assert policy.center == c  # resolved once, with the traded barriers and the taker fee
     assert signal_from_probability(c, c) == 0.0
 
 
@@ -132,7 +133,8 @@ def test_strategy_params_take_barriers_and_features_from_the_bundle():
                              feature_cfg=FeatureConfig(ewma_vol_fast_span=40), timeframe="15m")
     same = load_config(overrides=["labels.profit=0.01", "labels.stop=0.005", "labels.horizon=6"])
     p = strategy_params(same, bundle=bundle)
-    assert (p["profit"], p["stop"], p["max_hold"]) == (0.01, 0.005, 6)  # max_hold null -> bundle horizon
+    pol = p["policy"]
+    assert (pol.profit, pol.stop, pol.max_hold) == (0.01, 0.005, 6)  # max_hold null -> bundle horizon
     assert p["feature_cfg"] is bundle.feature_cfg  # the vol forecast the model was trained with
     assert same.features.ewma_vol_fast_span == 20
     # the default config's labels differ from this bundle's: refused, both named, one line
@@ -140,8 +142,8 @@ def test_strategy_params_take_barriers_and_features_from_the_bundle():
         strategy_params(load_config(), bundle=bundle)
     assert "\n" not in str(err.value)
     # explicit opt-in: the config's barriers are traded
-    p = strategy_params(load_config(), bundle=bundle, barriers="config")
-    assert (p["profit"], p["stop"], p["max_hold"]) == (0.008, 0.004, 8)
+    pol = strategy_params(load_config(), bundle=bundle, barriers="config")["policy"]
+    assert (pol.profit, pol.stop, pol.max_hold) == (0.008, 0.004, 8)
     with pytest.raises(ConfigError, match="barriers must be one of"):
         strategy_params(load_config(), bundle=bundle, barriers="labels")
 
