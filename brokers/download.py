@@ -1,12 +1,15 @@
 """Historical candle download through ccxt: paginated, retried, validated, resumable.
 
-Span rule: bars whose OPEN time t satisfies ``start <= t < end`` (``end`` exclusive). A
-date without a time of day given as ``end`` (``"2024-10-31"``) means the whole of that UTC
-day, i.e. ``end`` = the next midnight, so ``--start 2022-01-01 --end 2024-10-31`` gets
-2022-01-01 00:00 .. 2024-10-31 23:45 for 15m bars. Only CLOSED bars are kept: a bar whose
+Span rule (the one of :mod:`core.dates`, shared with the backtest): bars whose OPEN time t
+satisfies ``start <= t < end`` (``end`` exclusive). A date without a time of day given as
+``end`` (``"2024-10-31"``) means the whole of that UTC day, i.e. ``end`` = the next
+midnight, so ``--start 2022-01-01 --end 2024-10-31`` gets 2022-01-01 00:00 .. 2024-10-31
+23:45 for 15m bars. Only CLOSED bars are kept: a bar whose
 close time (open + timeframe) is after the exchange's clock is dropped.
 
-Resume: when ``output`` exists it is loaded and validated; only the missing tail (from the
+Resume: when ``output`` exists and is a candle CSV nts wrote (its header,
+:func:`core.ohlcv.is_nts_candle_csv`) it is loaded and validated; any other existing file is
+refused, or with ``overwrite`` replaced by a fresh download. Resuming: only the missing tail (from the
 file's last bar) and, if ``start`` is earlier than the file's first bar, the missing head
 (up to the file's first bar) are fetched. The file's boundary bar is fetched again as an
 overlap check: if the exchange disagrees with the file there, the resume is refused and the
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +31,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from brokers.exchange import with_retries
-from core.timeframes import timeframe_seconds
+from core.dates import parse_span, parse_utc, to_epoch_ms
 from core.errors import ConfigError, DataError, NtsError
-from core.ohlcv import COLUMNS, DataReport, Gap, check_csv_output, load_ohlcv, validate_ohlcv, write_ohlcv_csv
+from core.files import check_output_file
+from core.ohlcv import (
+    COLUMNS,
+    DataReport,
+    Gap,
+    check_csv_output,
+    is_nts_candle_csv,
+    load_ohlcv,
+    validate_ohlcv,
+    write_ohlcv_csv,
+)
+from core.timeframes import timeframe_seconds
 
 log = logging.getLogger("nts.download")
-
-_DATE_ONLY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
 
 
 class ExchangeRequestError(NtsError):
@@ -83,26 +94,10 @@ class DownloadResult:
 
 
 def parse_time_ms(value: Any, *, end: bool = False) -> int:
-    """Epoch ms (UTC) from a date string, ISO date-time, Timestamp/datetime or epoch ms int.
-
-    With ``end=True`` a date alone (``YYYY-MM-DD``) means the end of that day (next midnight).
-    """
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    word = value.strip().lower() if isinstance(value, str) else None
-    try:
-        # pd.Timestamp("now") is local wall time; these words mean UTC here like everything else.
-        ts = (pd.Timestamp.now(tz="UTC") if word == "now"
-              else pd.Timestamp.now(tz="UTC").normalize() if word == "today"
-              else pd.Timestamp(value))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot parse time {value!r} (expected YYYY-MM-DD or an ISO date-time)") from exc
-    if ts is pd.NaT:
-        raise ConfigError(f"cannot parse time {value!r}")
-    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-    if end and isinstance(value, str) and (_DATE_ONLY.match(value) or word == "today"):
-        ts = ts + pd.Timedelta(days=1)
-    return int(ts.value // 1_000_000)
+    """Epoch ms (UTC) of a date, ISO date-time, Timestamp/datetime or epoch-ms int by the one
+    date rule (:func:`core.dates.parse_utc`): with ``end=True`` a date alone (``YYYY-MM-DD``,
+    ``today``) means the end of that day (the next midnight)."""
+    return to_epoch_ms(parse_utc(value, end=end, what="--end" if end else "--start"))
 
 
 def _ts(ms: int) -> pd.Timestamp:
@@ -147,6 +142,7 @@ def download_ohlcv(
     limit: int = 1000,
     retries: int = 5,
     backoff_s: float = 1.0,
+    overwrite: bool = False,
 ) -> DownloadResult:
     """Download closed ``symbol`` ``timeframe`` bars with open time in ``[start, end)`` into
     ``output`` (CSV, epoch-ms ``timestamp``), resuming an existing file (see module doc).
@@ -155,15 +151,21 @@ def download_ohlcv(
     each request goes through :func:`brokers.exchange.with_retries`. Raises DataError for bad
     data or a disagreeing resume, ConfigError for an unknown symbol/timeframe or an empty
     span, ExchangeRequestError when the exchange refuses a request, RetriesExhausted when it
-    keeps failing. On any error the output file is left as it was (absent or unchanged).
+    keeps failing, OutputError for an existing ``output`` that nts did not write (unless
+    ``overwrite``: then it is replaced by a fresh download). On any error the output file is
+    left as it was (absent or unchanged).
     """
     output = check_csv_output(output)
     tf_ms = timeframe_seconds(timeframe) * 1000
-    start_ms = parse_time_ms(start)
-    end_ms = parse_time_ms(end, end=True)
+    t_start, t_end = parse_span(start, end)
+    if t_start is None or t_end is None:
+        raise ConfigError("download needs both a start and an end")
+    start_ms, end_ms = to_epoch_ms(t_start), to_epoch_ms(t_end)
     start_ms = -(-start_ms // tf_ms) * tf_ms  # first grid point at or after start
     if start_ms >= end_ms:
         raise ConfigError(f"empty span: start {_ts(start_ms)} is not before end {_ts(end_ms)}")
+    check_output_file(output, overwrite=overwrite, is_own=is_nts_candle_csv, what="candle CSV")
+    own = output.exists() and is_nts_candle_csv(output)
     source = f"{exchange.id} {symbol} {timeframe}"
     result = DownloadResult(output=output, exchange=exchange.id, symbol=symbol, timeframe=timeframe,
                             requested_start=_ts(start_ms), requested_end=_ts(end_ms))
@@ -179,7 +181,7 @@ def download_ohlcv(
             raise ExchangeRequestError(f"{source}: {what} refused: {_first_line(exc)}") from exc
 
     # Load the file before touching the network: a bad file is refused up front.
-    existing = load_ohlcv(output, timeframe=timeframe) if output.exists() else None
+    existing = load_ohlcv(output, timeframe=timeframe) if own else None
 
     retry(exchange.load_markets, "load_markets")
     if symbol not in exchange.markets:

@@ -100,7 +100,8 @@ def make_exchange(
     applied after ``sandbox`` so it wins. ``options`` are merged over the defaults, which
     limit market loading to what spot candles and orders need.
     """
-    cls = getattr(ccxt, str(exchange_id), None)
+    # only names in ccxt's exchange list: getattr alone also finds ccxt.Exchange, the base class
+    cls = getattr(ccxt, str(exchange_id), None) if str(exchange_id) in ccxt.exchanges else None
     if not isinstance(cls, type) or not issubclass(cls, ccxt.Exchange):
         raise ConfigError(f"unknown exchange id {exchange_id!r}: ccxt has no such exchange")
     merged: dict[str, Any] = {**_COMMON_OPTIONS, **_EXCHANGE_OPTIONS.get(exchange_id, {}), **dict(options or {})}
@@ -124,6 +125,8 @@ def make_exchange(
             exchange.set_sandbox_mode(True)
         except ccxt.NotSupported as exc:
             raise ConfigError(f"{exchange_id}: ccxt knows no sandbox/testnet for this exchange") from exc
+    if url is not None and not str(url).strip():
+        raise ConfigError("empty exchange URL: give http(s)://host[:port] or leave the option out")
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

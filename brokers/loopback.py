@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlsplit
 import numpy as np
 import pandas as pd
 
+from core.dates import parse_utc, to_epoch_ms
 from core.timeframes import timeframe_seconds
 from core.ohlcv import load_ohlcv, validate_ohlcv
 
@@ -179,12 +180,10 @@ MAX_RECV_WINDOW_MS = 60000
 MAX_AHEAD_MS = 1000
 
 
-def _to_ms(value: Any) -> int:
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-    return int(ts.value // 1_000_000)
+def _to_ms(value: Any, what: str = "time") -> int:
+    """Epoch ms of a time by the one date rule (core.dates): an int is epoch ms, a string
+    must be a date or an ISO date-time (a one-line ConfigError naming ``what`` otherwise)."""
+    return to_epoch_ms(parse_utc(value, what=what))
 
 
 def _fmt(x: float) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import config_options, setup_logging
+from cli.common import bundle_inputs, config_options, overwrite_option, setup_logging
 
 
 @click.command("backtest")
@@ -12,11 +12,16 @@ from cli.common import config_options, setup_logging
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help="Candle file (.csv, .csv.gz, .parquet).")
 @click.option("--output", default="reports/backtest", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for metrics.json, trades.csv, equity.csv, equity.png, report.md/html.")
-@click.option("--start", default=None, help="First bar (UTC, e.g. 2024-01-01). Default: right after the training span.")
-@click.option("--end", default=None, help="Last bar (UTC). Default: end of the data.")
+              help="Folder for metrics.json, trades.csv, equity.csv, equity.png, report.md/html (replaced only "
+                   "when it is an nts backtest output).")
+@click.option("--start", default=None,
+              help="First bar open time, UTC (YYYY-MM-DD or ISO date-time). Default: right after the training span.")
+@click.option("--end", default=None,
+              help="End, UTC, exclusive; a date alone includes that whole day (2024-10-31 -> up to 23:45 for 15m). "
+                   "Default: end of the data.")
 @click.option("--strategy", "strategy_name", default="tcn", show_default=True,
-              help="Strategy name (tcn, night_only) or module.path:ClassName of a ModelStrategy subclass.")
+              help="Strategy name (tcn, night_only), module:ClassName (module importable or in the current "
+                   "folder) or path/to/file.py:ClassName of a ModelStrategy subclass.")
 @click.option("--allow-in-sample", is_flag=True,
               help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
 @click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
@@ -26,21 +31,28 @@ from cli.common import config_options, setup_logging
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-cache", is_flag=True,
               help="Score with the network even when the probability cache (NTS_CACHE_DIR, default cache/) has this bundle and data.")
+@overwrite_option
 @config_options
 def backtest(cfg, model_path: str, data_path: str, output: str, start: str | None, end: str | None,
-             strategy_name: str, allow_in_sample: bool, barriers: str, coc: bool, quiet: bool, no_cache: bool) -> None:
+             strategy_name: str, allow_in_sample: bool, barriers: str, coc: bool, quiet: bool, no_cache: bool,
+             overwrite: bool) -> None:
     """Backtest a strategy with a trained model bundle on candles and write the report."""
+    from core.files import check_output_dir
     from core.ohlcv import load_ohlcv
     from indicators.tcn_indicator import as_bundle
     from models.prob_cache import default_cache_dir
-    from strategies.backtest import format_table, run_backtest
+    from strategies.backtest import OUTPUT_KIND, format_table, run_backtest
+    from strategies.registry import strategy_source
 
     log = setup_logging("backtest")
+    inputs = [data_path, *bundle_inputs(model_path), strategy_source(strategy_name)]
+    check_output_dir(output, OUTPUT_KIND, inputs=inputs, overwrite=overwrite)
     bundle = as_bundle(model_path)
     frame = load_ohlcv(data_path, timeframe=bundle.timeframe)
     result = run_backtest(bundle, frame, cfg, strategy=strategy_name, start=start, end=end,
                           allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet,
-                          barriers=barriers, prob_cache=None if no_cache else default_cache_dir())
+                          barriers=barriers, prob_cache=None if no_cache else default_cache_dir(),
+                          overwrite=overwrite)
     run = result.metrics["run"]
     log.info("backtest %s on %s %s..%s -> %s", model_path, data_path, run["start"], run["end"], output)
     click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"

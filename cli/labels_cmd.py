@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from cli.common import config_options, setup_logging
+from cli.common import config_options, overwrite_option, setup_logging
 from core.config import Config
 from core.errors import DataError
 from core.ohlcv import load_ohlcv
-from models.labels import breakeven_probability, label_summary, triple_barrier_events
+from models.labels import breakeven_probability, label_summary, triple_barrier_events, write_events_csv
 
 
 def _pct(x: float, signed: bool = False) -> str:
@@ -17,8 +17,12 @@ def _pct(x: float, signed: bool = False) -> str:
 @click.command("labels")
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help="Candle file (CSV, CSV.gz or Parquet).")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Also write the event table (timestamp, label, exit_offset, exit_kind, exit_price, gross_return) "
+                   "to this CSV.")
+@overwrite_option
 @config_options
-def labels(data_path: str, cfg: Config) -> None:
+def labels(data_path: str, output: str | None, overwrite: bool, cfg: Config) -> None:
     """Label FILE with the configured triple barrier and print base rate, exit-kind shares,
     mean gross return per kind and the break-even win probability after fees."""
     log = setup_logging("labels")
@@ -29,6 +33,8 @@ def labels(data_path: str, cfg: Config) -> None:
     if s["labelled"] == 0:
         raise DataError(f"{data_path}: no bar has a full gap-free horizon of {lc.horizon} bars "
                         f"({s['rows']} rows); nothing to label")
+    if output is not None:
+        write_events_csv(events, output, inputs=[data_path], overwrite=overwrite)
     fee = cfg.execution.taker_fee
     be_fee = breakeven_probability(lc.profit, lc.stop, fee)
     be_zero = breakeven_probability(lc.profit, lc.stop, 0.0)
@@ -46,3 +52,5 @@ def labels(data_path: str, cfg: Config) -> None:
                f"{_pct(s['mean_gross_return_all'], signed=True)}")
     click.echo(f"break-even P:  {be_fee:.4f} after fees (taker {_pct(fee)} per side, round trip "
                f"{_pct(2 * fee)}); {be_zero:.4f} with zero fees")
+    if output is not None:
+        click.echo(f"wrote:         {len(events):,} rows (one per bar) to {output}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError
+from core.redact import redact_obj, register_secret_env
 from core.timeframes import timeframe_seconds
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +98,7 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seed range (torch takes more)
     epochs: int = Field(20, ge=1, le=10000)
     batch_size: int = Field(256, ge=1, le=1 << 20)
     learning_rate: float = Field(1e-3, gt=0, lt=1)
@@ -209,6 +211,97 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for {where}: {msg}{shown}"
 
 
+# ------------------------------------------------------------------ strict YAML
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rules want a
+    dot, and ``1e-3`` would silently stay the string '1e-3')."""
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """Refuse a mapping that repeats a key (plain PyYAML silently keeps the last one).
+
+    Iterative and alias-aware: a node reached twice through anchors is checked once, so a
+    "billion laughs" document costs nothing here. Merge keys (``<<: *base``) may be
+    overridden by explicit keys, as YAML defines; only explicit repeats are refused."""
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    seen_nodes: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    stack.append((value_node, path))
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                line = key_node.start_mark.line + 1
+                name = ".".join(path + (str(key),))
+                if key in first:
+                    raise ConfigError(f"{source}: key '{name}' appears twice (lines {first[key]} and {line}); "
+                                      "keep one")
+                first[key] = line
+                stack.append((value_node, path + (str(key),)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path) for item in node.value)
+
+
+def parse_yaml_strict(text: str, source: str = "<yaml>") -> Any:
+    """Parse one YAML document (safe tags only), refusing a repeated key anywhere, more than
+    one document, and nesting deeper than Python can follow; ConfigError naming ``source``
+    (and the key or line) otherwise."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or ""
+        if "expected a single document" in str(getattr(exc, "context", "")):
+            problem = "more than one YAML document (---); keep one"
+        raise ConfigError(f"{source}: not valid YAML{where}" + (f": {problem}" if problem else "")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_strict(path: str | Path) -> Any:
+    """Read a YAML file with :func:`parse_yaml_strict`: UTF-8 text (a BOM is allowed), one
+    document, no repeated key. The one YAML reader of nts (configs, sweep grids, ...):
+    every problem is a one-line ConfigError naming the file."""
+    src = Path(path)
+    try:
+        raw = src.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{src}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{src}: is a folder, expected a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{src}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{src}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    return parse_yaml_strict(text, str(src))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into the key path and the YAML-parsed value."""
     if "=" not in text:
@@ -217,10 +310,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"--set {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+    # the same strict YAML as a config file: "--set 'model={a: 1, a: 2}'" is refused too
+    value = parse_yaml_strict(raw, f"--set {text!r}: value") if raw.strip() else None
     return path, value
 
 
@@ -242,12 +333,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     src = Path(path) if path else DEFAULT_CONFIG
     if not src.exists():
         raise ConfigError(f"config file not found: {src}")
-    try:
-        tree = yaml.safe_load(src.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{src}: not valid YAML{where}") from exc
+    tree = load_yaml_strict(src) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{src}: top level must be a mapping of sections")
     tree = copy.deepcopy(tree)
@@ -260,11 +346,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         _apply_override(tree, key_path, value, text)
     source = str(src) + (" + --set overrides" if overrides else "")
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+    except RecursionError:  # a self-referencing value (&a [*a]) pydantic cannot walk
+        raise ConfigError(f"{source}: a value refers to itself (YAML anchor loop)") from None
+    # Whatever these variables are called, their values are secrets from now on.
+    register_secret_env(cfg.broker.api_key_env, cfg.broker.secret_env)
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """Plain JSON-able dict of a config (stored in bundles and reports)."""
-    return cfg.model_dump(mode="json")
+    """Plain JSON-able dict of a config as stored in bundles and reports: credentials in it
+    (a ``broker.url`` with ``user:password@`` or an ``apiKey=`` parameter) are redacted."""
+    return redact_obj(cfg.model_dump(mode="json"))

@@ -16,3 +16,8 @@ class DataError(NtsError):
 
 class BundleError(NtsError):
     """A model bundle is missing, tampered with, or built for other code."""
+
+
+class OutputError(NtsError):
+    """An output path is refused (it would replace the user's files or an input) or cannot be
+    written there."""

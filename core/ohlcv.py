@@ -5,9 +5,20 @@ OPEN time, and float64 columns ``open high low close volume``; it is sorted and 
 Every refusal raises :class:`DataError` with one line naming the file, the problem and
 where (row number in the file, 1-based after the header, or the timestamp).
 Gaps are reported, never filled.
+
+Ambiguity is refused, not guessed: two columns with the same header, two candidate time
+columns, a time column that mixes values with and without a UTC offset, and timestamps that
+cannot be exchange candles (before :data:`EARLIEST_CANDLE`, 2009-01-01 UTC, or opening
+after the current time) - the last also catches epoch seconds read as milliseconds and
+the reverse.
 """
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +26,17 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataError
-from core.files import atomic_path
+from core.files import atomic_path, check_output_file
 from core.timeframes import timeframe_seconds
 
 COLUMNS = ("open", "high", "low", "close", "volume")
+# The header write_ohlcv_csv writes: how a candle CSV that nts wrote is recognised.
+CSV_HEADER = "timestamp," + ",".join(COLUMNS)
+# No exchange traded before Bitcoin's first block (2009-01-03); an earlier candle is a unit
+# or column mix-up, never data.
+EARLIEST_CANDLE = pd.Timestamp("2009-01-01", tz="UTC")
+# The one hint every refusal that repairing can fix gives, whatever command refused the file.
+FIX_HINT = "nts data check FILE --fix --output FIXED.csv writes a sorted copy without exact duplicates"
 
 # Accepted spellings (compared case-insensitively, spaces/underscores ignored).
 _TIME_ALIASES = ("timestamp", "time", "date", "datetime", "opentime", "open_time", "ts", "t")
@@ -98,17 +116,97 @@ class DataReport:
         return lines
 
 
+# What a damaged or foreign file raises while it is read: I/O and permission errors, a gzip
+# stream that is corrupt (zlib.error), cut short (EOFError) or not gzip (BadGzipFile, an
+# OSError), text that is not UTF-8 (a ValueError), pandas/pyarrow parser errors (ValueError
+# subclasses), csv.Error.
+_READ_ERRORS = (OSError, ValueError, EOFError, zlib.error, csv.Error)
+
+
+def _cannot_read(path: Path, exc: BaseException) -> DataError:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, PermissionError):
+        return DataError(f"{path}: cannot read (permission denied)")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not a candle file")
+    return DataError(f"{path}: cannot read ({exc.__class__.__name__}: {first})")
+
+
+def _open_text(path: Path):
+    """The file as UTF-8 text, decompressed when the name ends in .gz."""
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header row as written (pandas renames a repeated header to 'close.1' silently)."""
+    with _open_text(path) as fh:
+        return next(csv.reader(fh), [])
+
+
+def _refuse_duplicate_headers(names: list, source: str) -> None:
+    if len(names) == 1:
+        for sep, what in ((";", "semicolon"), ("\t", "tab")):
+            if sep in str(names[0]):
+                raise DataError(f"{source}: the header is one column {str(names[0])[:60]!r}: this file looks "
+                                f"{what}-separated; nts reads comma-separated CSV")
+    seen: dict[str, int] = {}
+    for pos, name in enumerate(names):
+        key = str(name).strip()
+        if key in seen and key:
+            raise DataError(f"{source}: column header '{key}' appears twice (columns {seen[key] + 1} and {pos + 1}); "
+                            "keep one")
+        seen[key] = pos
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     name = path.name.lower()
+    source = str(path)
     try:
         if name.endswith(".parquet") or name.endswith(".pq"):
-            return pd.read_parquet(path)
+            table = pd.read_parquet(path)
+            _refuse_duplicate_headers(list(table.columns), source)
+            return table
         if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
+            header = _csv_header(path)
+            _refuse_duplicate_headers(header, source)
             # Read as text first: type problems are reported by us, with row numbers.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                table = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                # pandas dropped fields beyond the header: fine when they are empty (a trailing
+                # comma on every row), data loss otherwise
+                _refuse_extra_fields(path, len(header))
+            return table
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _cannot_read(path, exc) from None
     raise DataError(f"{path}: unsupported file type (expected .csv, .csv.gz or .parquet)")
+
+
+def _refuse_extra_fields(path: Path, n_header: int) -> None:
+    with _open_text(path) as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        for number, row in enumerate(rows, start=1):
+            extra = [c for c in row[n_header:] if c.strip()]
+            if extra:
+                raise DataError(f"{path}: row {number} has {len(row)} fields but the header {n_header}: its values "
+                                f"beyond the header ({extra[0][:40]!r}, ...) would be lost; fix the header or the "
+                                "separator")
+
+
+def is_nts_candle_csv(path: str | Path) -> bool:
+    """True when ``path`` is a candle CSV as :func:`write_ohlcv_csv` writes it (its header),
+    i.e. a file nts may resume or replace; False for anything else, unreadable files included."""
+    try:
+        with _open_text(Path(path)) as fh:
+            return fh.readline(len(CSV_HEADER) + 3).rstrip("\r\n") == CSV_HEADER
+    except _READ_ERRORS:
+        return False
 
 
 def _map_columns(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, str], str | None]:
@@ -118,11 +216,11 @@ def _map_columns(raw: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str
             raise DataError(f"{source}: columns {by_norm[_norm(col)]!r} and {col!r} are ambiguous (same field)")
         by_norm[_norm(col)] = col
     mapping: dict[str, str] = {}
-    time_col = None
-    for alias in _TIME_ALIASES:
-        if _norm(alias) in by_norm:
-            time_col = by_norm[_norm(alias)]
-            break
+    times = list(dict.fromkeys(by_norm[_norm(a)] for a in _TIME_ALIASES if _norm(a) in by_norm))
+    if len(times) > 1:
+        raise DataError(f"{source}: columns {', '.join(map(repr, times))} could each be the time column; "
+                        "keep one (or rename the others)")
+    time_col = times[0] if times else None
     missing = []
     for canon, aliases in _COL_ALIASES.items():
         found = [by_norm[_norm(a)] for a in aliases if _norm(a) in by_norm]
@@ -162,6 +260,13 @@ def _parse_time(values: pd.Series, source: str) -> tuple[pd.DatetimeIndex, str]:
         idx = pd.DatetimeIndex(pd.to_datetime(arr * (1000 if unit == "s" else 1), unit="ms", utc=True))
         return idx.round("ms"), f"epoch {unit}"
     looks_iso = text.str.contains(r"\d{4}-\d{2}-\d{2}", regex=True)
+    # "2024-01-01 00:00" beside "2024-01-01 02:00+02:00": is the first UTC or local time?
+    has_offset = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True) & looks_iso
+    if has_offset.any() and not has_offset[looks_iso].all():
+        pos = int(np.flatnonzero((looks_iso & ~has_offset).to_numpy())[0])
+        first = int(np.flatnonzero(has_offset.to_numpy())[0])
+        raise DataError(f"{source}: timestamp {text.iloc[pos]!r} at row {pos + 1} has no UTC offset while "
+                        f"{text.iloc[first]!r} at row {first + 1} has one; give every row an offset (or none)")
     # Mostly numbers (or mostly dates): the odd ones out are the bad cells.
     bad = numeric.isna() if numeric.notna().sum() >= looks_iso.sum() else ~looks_iso
     if bad.any():
@@ -170,6 +275,12 @@ def _parse_time(values: pd.Series, source: str) -> tuple[pd.DatetimeIndex, str]:
     try:
         idx = pd.DatetimeIndex(pd.to_datetime(text, utc=True, format="ISO8601"))
     except (ValueError, TypeError) as exc:
+        # name the first cell that does not parse on its own (2024-13-45, 25:00, ...)
+        for pos, cell in enumerate(text):
+            try:
+                pd.Timestamp(cell)
+            except (ValueError, TypeError, OverflowError):
+                raise DataError(f"{source}: unparseable timestamp {cell!r} at row {pos + 1}") from None
         raise DataError(f"{source}: unparseable ISO timestamp ({str(exc).splitlines()[0]})") from exc
     return idx, "ISO text"
 
@@ -271,12 +382,24 @@ def validate_ohlcv(
         raise DataError(f"{src}: low > min(open, close) at {_where(frame, l > np.minimum(o, c))}")
 
     ts = frame.index.asi8  # ns
+    # first among the time checks: an impossible time explains any disorder that follows from it
+    if len(ts):
+        now = pd.Timestamp.now(tz="UTC")
+        early = ts < EARLIEST_CANDLE.value
+        if early.any():
+            raise DataError(f"{src}: timestamp {frame.index[early][0]} at {_where(frame, early)} is before "
+                            f"{EARLIEST_CANDLE:%Y-%m-%d}: not an exchange candle (epoch seconds read as "
+                            "milliseconds, or the wrong time column?)")
+        late = ts > now.value
+        if late.any():
+            raise DataError(f"{src}: timestamp {frame.index[late][0]} at {_where(frame, late)} is in the future "
+                            f"(now {now:%Y-%m-%d %H:%M} UTC): not an exchange candle (wrong time unit or column?)")
     dup = frame.index.duplicated(keep="first")
     if dup.any():
         if not fix:
             raise DataError(
                 f"{src}: duplicate timestamp {frame.index[dup][0]} at {_where(frame, dup)}; "
-                f"{int(dup.sum())} duplicates in all (use --fix to drop exact duplicates)"
+                f"{int(dup.sum())} duplicates in all ({FIX_HINT})"
             )
         full_dup = frame.reset_index().duplicated(keep="first").to_numpy()
         conflicting = dup & ~full_dup
@@ -293,7 +416,7 @@ def validate_ohlcv(
             bad_pos = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
             raise DataError(
                 f"{src}: timestamps not sorted at row {bad_pos + 1} ({frame.index[bad_pos]} after "
-                f"{frame.index[bad_pos - 1]}); use --fix to sort"
+                f"{frame.index[bad_pos - 1]}); {FIX_HINT}"
             )
         n_out = int((np.diff(ts) < 0).sum())
         frame = frame.sort_index(kind="stable")
@@ -375,6 +498,24 @@ def load_ohlcv_with_report(
     """Read and validate a candle file; returns the canonical frame and its report."""
     frame, report = read_ohlcv(path)
     return validate_ohlcv(frame, timeframe=timeframe, fix=fix, report=report)
+
+
+def repair_ohlcv_file(path: str | Path, output: str | Path, timeframe: str = "15m",
+                      overwrite: bool = False) -> tuple[pd.DataFrame, DataReport]:
+    """``nts data check FILE --fix --output FIXED.csv``: write the repaired candles of ``path``.
+
+    Repaired means exactly what ``fix`` does and nothing else: rows sorted by open time and
+    exact duplicate rows (same time, same values) dropped; every value kept bit for bit, gaps
+    left as gaps, nothing filled or invented. Everything else :func:`validate_ohlcv` refuses
+    (duplicates that disagree, NaN, bad OHLC, off-grid times, ...) is still refused and then
+    nothing is written. The output is the canonical CSV (:func:`write_ohlcv_csv`: epoch-ms
+    ``timestamp`` and ``open high low close volume``), written atomically; it may not be the
+    input, and an existing file is replaced only when nts wrote it or with ``overwrite``."""
+    output = check_csv_output(output)
+    check_output_file(output, inputs=[path], overwrite=overwrite, is_own=is_nts_candle_csv, what="candle CSV")
+    frame, report = load_ohlcv_with_report(path, timeframe=timeframe, fix=True)
+    write_ohlcv_csv(frame, output)
+    return frame, report
 
 
 def load_ohlcv(path: str | Path, timeframe: str = "15m", fix: bool = False) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 from core.errors import ConfigError
 
 _TIMEFRAME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_TIMEFRAME_S = 4 * 604800  # no exchange offers candles longer than a month
 # backtrader's float-day number of 1970-01-01 00:00 UTC
 BT_EPOCH = 719163.0
 
@@ -19,9 +20,13 @@ BT_EPOCH = 719163.0
 def timeframe_seconds(timeframe: str) -> int:
     """Seconds in a ccxt-style timeframe string such as ``15m`` or ``1h``."""
     tf = str(timeframe).strip()
-    if len(tf) < 2 or tf[-1] not in _TIMEFRAME_UNITS or not tf[:-1].isdigit() or int(tf[:-1]) <= 0:
+    if len(tf) < 2 or tf[-1] not in _TIMEFRAME_UNITS or not tf[:-1].isascii() or not tf[:-1].isdigit() \
+            or int(tf[:-1]) <= 0:
         raise ConfigError(f"invalid timeframe {timeframe!r}: expected e.g. 1m, 15m, 1h, 1d")
-    return int(tf[:-1]) * _TIMEFRAME_UNITS[tf[-1]]
+    seconds = int(tf[:-1]) * _TIMEFRAME_UNITS[tf[-1]]
+    if seconds > MAX_TIMEFRAME_S:  # beyond it, bar arithmetic in ns overflows int64 sooner or later
+        raise ConfigError(f"invalid timeframe {timeframe!r}: longer than 4 weeks")
+    return seconds
 
 
 def bars_per_day(timeframe: str = "15m") -> float:

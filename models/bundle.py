@@ -398,6 +398,8 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
     (tampered or truncated) or that do not load into the network bundle.json describes.
     """
     p = Path(path)
+    if p.is_dir() and p.suffix == ".pt":
+        raise BundleError(f"{p}: is a folder, expected the weights file {WEIGHTS_FILE} (or give the bundle folder)")
     if p.is_dir():
         directory = p
     elif p.name == WEIGHTS_FILE or p.suffix == ".pt":
@@ -410,6 +412,8 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
         raise BundleError(f"{directory}: no {META_FILE} (not a model bundle, or an unfinished one)")
     if not weights.exists():
         raise BundleError(f"{directory}: weights file {weights.name} is missing")
+    if not weights.is_file():
+        raise BundleError(f"{weights}: is not a file (a folder?); the bundle is damaged")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError, RecursionError) as exc:
@@ -419,7 +423,11 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
     window = meta["window"]
     if expected_window is not None and int(expected_window) != window:
         raise BundleError(f"{meta_path}: bundle window {window} differs from the expected {expected_window}")
-    if sha256_file(weights) != meta["weights_sha256"]:
+    try:
+        digest = sha256_file(weights)
+    except OSError as exc:
+        raise BundleError(f"{weights}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    if digest != meta["weights_sha256"]:
         raise BundleError(f"{weights}: sha256 differs from bundle.json (tampered or truncated weights)")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

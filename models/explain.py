@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.errors import DataError
-from core.files import write_text_atomic
+from core.files import OutputKind, output_dir
 from core.ohlcv import segment_ids
 from models.bundle import SCORE_BATCH, ModelBundle, torch_threads
 from models.dataset import (
@@ -29,7 +29,11 @@ from models.dataset import (
     window_view,
 )
 from models.labels import triple_barrier_events
-from models.metrics import auc, log_loss, save_png_atomic
+from models.metrics import auc, log_loss
+
+
+OUTPUT_KIND = OutputKind("explain", files=("importance.csv", "importance.md", "importance.png"),
+                         signature="kind,name,auc_drop")
 
 
 def lag_blocks(window: int) -> list[tuple[int, int]]:
@@ -100,25 +104,34 @@ def permutation_importance(bundle: ModelBundle, frame: pd.DataFrame, span: str =
     return table
 
 
-def write_explain_outputs(table: pd.DataFrame, output: str | Path) -> dict[str, Path]:
-    """Write importance.csv, importance.md and importance.png into ``output``."""
+def write_explain_outputs(table: pd.DataFrame, output: str | Path, inputs: tuple | list = (),
+                          overwrite: bool = False) -> dict[str, Path]:
+    """Write importance.csv, importance.md and importance.png as the folder ``output``, built
+    beside it and renamed into place (:func:`core.files.output_dir`: an existing folder is
+    replaced only when it is an nts explain output; ``inputs`` - data file, bundle - are never
+    inside it). Returns the final paths."""
+    with output_dir(output, OUTPUT_KIND, inputs=inputs, overwrite=overwrite) as tmp:
+        _write_explain_files(table, tmp)
+    out = Path(output)
+    return {"csv": out / "importance.csv", "md": out / "importance.md", "png": out / "importance.png"}
+
+
+def _write_explain_files(table: pd.DataFrame, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     a = table.attrs
     paths = {"csv": out / "importance.csv", "md": out / "importance.md", "png": out / "importance.png"}
-    write_text_atomic(paths["csv"], table.to_csv(index=False, float_format="%.6f"))
+    paths["csv"].write_text(table.to_csv(index=False, float_format="%.6f"))
     head = (f"Permutation importance on the {a['span']} span: {a['n']:,} labelled bars, {a['repeats']} repeats; "
             f"unpermuted AUC {a['base_auc']:.4f}, log loss {a['base_log_loss']:.4f}.\n\n")
     lines = ["| kind | name | AUC drop | ± | log-loss rise | ± |", "|---|---|---|---|---|---|"]
     for r in table.sort_values(["kind", "auc_drop"], ascending=[True, False]).itertuples():
         lines.append(f"| {r.kind} | {r.name} | {r.auc_drop:.4f} | {r.auc_drop_std:.4f} | {r.log_loss_rise:.5f} | "
                      f"{r.log_loss_rise_std:.5f} |")
-    write_text_atomic(paths["md"], head + "\n".join(lines) + "\n")
+    paths["md"].write_text(head + "\n".join(lines) + "\n")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
     for ax, kind in zip(axes, ("feature", "lag_block")):
         part = table[table["kind"] == kind].sort_values("auc_drop")
@@ -128,6 +141,5 @@ def write_explain_outputs(table: pd.DataFrame, output: str | Path) -> dict[str, 
         ax.set_title("per feature" if kind == "feature" else "per lag block")
     fig.suptitle(f"Permutation importance ({a['span']} span, base AUC {a['base_auc']:.3f})")
     fig.tight_layout()
-    save_png_atomic(fig, paths["png"])
+    fig.savefig(paths["png"], dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
-    return paths

@@ -23,13 +23,17 @@ Definition (parameters from ``cfg.labels``; defaults in brackets):
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numba
 import numpy as np
 import pandas as pd
 
 from core.config import LabelConfig
-from core.errors import ConfigError, DataError
+from core.errors import DataError
+from core.files import atomic_path, check_output_file
 from core.ohlcv import checked_bars
+from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
@@ -203,25 +207,6 @@ def label_events_reference(frame: pd.DataFrame, cfg: LabelConfig | None = None,
     return _to_frame(frame.index, code, offset, price, frame["close"].to_numpy(dtype="float64"))
 
 
-def breakeven_probability(profit: float, stop: float, fee_rate: float = 0.0) -> float:
-    """Win probability at which a barrier trade has zero expected net return.
-
-    A trade wins ``profit`` or loses ``stop`` (fractions of the entry price) and pays
-    ``fee_rate`` on entry and on exit, counted additively as ``2 * fee_rate`` of the entry
-    notional. Assuming every trade ends at one of the two barriers (time exits ignored):
-    ``p * (profit - 2f) - (1 - p) * (stop + 2f) = 0``  =>  ``p = (stop + 2f) / (profit + stop)``.
-    With +0.8% / -0.4% and no fees that is 1/3. Refuses (ConfigError) barriers whose
-    profit does not cover the round-trip fee, where no win rate breaks even.
-    """
-    if not (profit > 0 and stop > 0 and fee_rate >= 0):
-        raise ConfigError(f"breakeven_probability: need profit > 0, stop > 0, fee_rate >= 0 "
-                          f"(got {profit}, {stop}, {fee_rate})")
-    if 2.0 * fee_rate >= profit:
-        raise ConfigError(f"profit barrier {profit} does not cover the round-trip fee {2.0 * fee_rate}: "
-                          "no win rate breaks even")
-    return (stop + 2.0 * fee_rate) / (profit + stop)
-
-
 def label_summary(events: pd.DataFrame) -> dict:
     """Counts and shares of an event table (what ``nts labels`` prints).
 
@@ -251,3 +236,32 @@ def label_summary(events: pd.DataFrame) -> dict:
         "mean_exit_offset": float(lab["exit_offset"].mean()) if n_lab else nan,
         "mean_gross_return_all": float(lab["gross_return"].mean()) if n_lab else nan,
     }
+
+
+# The header write_events_csv writes: how a labels table nts wrote is recognised.
+EVENTS_HEADER = "timestamp,label,exit_offset,exit_kind,exit_price,gross_return"
+
+
+def is_events_csv(path: str | Path) -> bool:
+    """True when ``path`` is a labels table written by :func:`write_events_csv`."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline(len(EVENTS_HEADER) + 3).rstrip("\r\n") == EVENTS_HEADER
+    except (OSError, ValueError):
+        return False
+
+
+def write_events_csv(events: pd.DataFrame, path: str | Path, inputs: tuple | list = (),
+                     overwrite: bool = False) -> Path:
+    """``nts labels --output FILE``: the event table as CSV (epoch-ms ``timestamp`` of the
+    entry bar, then the columns of :func:`triple_barrier_events`; unlabelled bars kept with
+    empty cells), written atomically. ``path`` may not be an input; an existing file is
+    replaced only when it is a labels table nts wrote, or with ``overwrite``."""
+    if not str(path).endswith(".csv"):
+        raise DataError(f"{path}: the labels table is written as CSV: give a name ending in .csv")
+    check_output_file(path, inputs=inputs, overwrite=overwrite, is_own=is_events_csv, what="labels table")
+    out = events.copy()
+    out.insert(0, "timestamp", pd.DatetimeIndex(events.index).as_unit("ns").asi8 // 1_000_000)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
+    return Path(path)

@@ -91,12 +91,17 @@ def walk_forward_split(samples: np.ndarray, horizon: int, embargo: int, val_frac
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     if n_test < 1 or n_val < 1 or n - n_test - n_val < 1:
-        raise DataError(f"too few labelled samples ({n}) for train/validation/test spans")
+        raise DataError(f"too few labelled samples ({n}) for train/validation/test spans (val_fraction "
+                        f"{val_fraction:g} -> {n_val}, test_fraction {test_fraction:g} -> {n_test}): give more candles "
+                        "or larger fractions")
     test = s[n - n_test:]
     val = purge(s[n - n_test - n_val: n - n_test], [test], horizon, embargo)
     train = purge(s[: n - n_test - n_val], [val, test], horizon, embargo)
     if len(train) == 0 or len(val) == 0:
-        raise DataError(f"too few labelled samples ({n}) left after purging and embargo")
+        empty = "training" if len(train) == 0 else "validation"
+        raise DataError(f"too few labelled samples ({n}) left after purging and embargo: the {empty} span is "
+                        f"empty (val_fraction {val_fraction:g} -> {n_val} before purging); give more candles or a "
+                        "larger fraction")
     return Split(train=train, val=val, test=test, name="walk_forward")
 
 

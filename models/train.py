@@ -18,8 +18,14 @@ Pipeline of :func:`train_bundle`:
 6. logistic-regression baseline on the same spans;
 7. metrics (AUC, log loss, Brier, ECE) on validation and test, raw and calibrated, TCN and
    baseline; reliability diagram, learning curves, report.html;
-8. everything written into a temp directory beside the output, renamed into place last,
-   so an interrupted run never leaves a complete-looking bundle.
+8. everything written into a temp directory beside the output, renamed into place last
+   (:func:`core.files.output_dir`), so an interrupted run never leaves a complete-looking
+   bundle, and an existing folder is replaced only when it is an nts bundle (checked before
+   any training starts).
+
+A validation or test span too small to fit or judge a calibrator (fewer than
+:data:`MIN_EVAL_SAMPLES` samples or :data:`MIN_EVAL_PER_CLASS` of either class) is refused
+before training.
 
 Determinism: with the same data, config and seed the weights are identical on CPU
 (same thread count); ``tests/test_training.py`` checks it.
@@ -29,10 +35,8 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
-import os
 import platform
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +49,8 @@ from tqdm import tqdm
 
 from core.config import Config, config_to_dict
 from core.errors import DataError
+from core.files import OutputKind, check_output_dir, output_dir
+from core.redact import redact_obj
 from models.baseline import LogisticBaseline
 from models.bundle import (
     FORMAT_VERSION,
@@ -63,6 +69,14 @@ from models.tcn import build_tcn, count_parameters, receptive_field
 
 log = logging.getLogger("nts.train")
 EVAL_BATCH = 1024
+# What a bundle folder holds (one from before markers is recognised by these names).
+OUTPUT_KIND = OutputKind("bundle", files=("bundle.json", "final_model.pt", "reliability.png", "learning_curves.png",
+                                          "report.html"), signature='"format_version"')
+# Smallest validation / test span worth a calibrator: Platt fits two parameters and the
+# reliability figures use 10 bins; with fewer samples (or fewer of either class) the fitted
+# probabilities and the reported ECE are noise.
+MIN_EVAL_SAMPLES = 100
+MIN_EVAL_PER_CLASS = 10
 
 
 def set_seeds(seed: int) -> None:
@@ -291,10 +305,32 @@ class TrainResult:
     meta: dict
 
 
+def check_eval_spans(split: Split, labels: np.ndarray) -> None:
+    """Refuse a split whose validation span cannot fit a calibrator or whose test span cannot
+    judge one (see :data:`MIN_EVAL_SAMPLES`), naming the span, its counts and the minimum."""
+    for name, ends, option in (("validation", split.val, "training.val_fraction"),
+                               ("test", split.test, "training.test_fraction")):
+        y = labels[ends]
+        pos = int(np.sum(y == 1))
+        neg = int(len(y) - pos)
+        if len(y) < MIN_EVAL_SAMPLES or min(pos, neg) < MIN_EVAL_PER_CLASS:
+            where = f" ({split.name})" if split.name and split.name != "walk_forward" else ""
+            raise DataError(f"{name} span{where} holds {len(y)} samples ({pos} positive, {neg} negative); "
+                            f"{'fitting' if name == 'validation' else 'judging'} the calibrator needs at least "
+                            f"{MIN_EVAL_SAMPLES} with {MIN_EVAL_PER_CLASS} of each class: give more candles or a "
+                            f"larger {option}")
+
+
 def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path: str | Path | None = None,
-                 epochs: int | None = None, max_samples: int | None = None, progress: bool = True) -> TrainResult:
-    """Train, calibrate, evaluate and write a model bundle directory at ``output`` (atomically)."""
+                 epochs: int | None = None, max_samples: int | None = None, progress: bool = True,
+                 overwrite: bool = False) -> TrainResult:
+    """Train, calibrate, evaluate and write a model bundle directory at ``output`` (atomically).
+
+    ``output`` is checked before training (core.files.check_output_dir): a folder that is not
+    an nts bundle, or that is or contains ``data_path``, is refused; ``overwrite`` also
+    replaces a bundle folder written without the marker."""
     t0 = time.perf_counter()
+    check_output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite)
     output = Path(output)
     tcfg = cfg.training
     epochs = int(epochs or tcfg.epochs)
@@ -316,6 +352,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
             splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds,
                                               min_bars=warmup_bars(cfg.features) + window - 1))
         splits = [cap_train(s, max_samples) for s in splits]
+        for split in splits:
+            check_eval_spans(split, data.labels)
 
         model_dict = cfg.model.model_dump(mode="json")
         meta_stub = {
@@ -383,31 +421,11 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     if len(outcomes) > 1:
         meta["cv"] = [{"split": o.split.summary(), "test": o.metrics["test"]} for o in outcomes]
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite) as tmp:
         reliability_diagram(final.curves, tmp / "reliability.png")
         learning_curves_png(final.fit.history, tmp / "learning_curves.png")
         meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        meta = write_bundle_files(tmp, meta, final.fit.state_dict)
+        meta = write_bundle_files(tmp, redact_obj(meta), final.fit.state_dict)
         write_report(tmp, meta)
-        _replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("bundle written to %s", output)
     return TrainResult(path=output, meta=meta)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an existing one is moved aside first, then deleted."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

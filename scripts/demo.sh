@@ -27,21 +27,23 @@ nts data check "$DATA"
 echo "== triple-barrier labels"
 nts labels --data "$DATA"
 
+# --overwrite: a rerun also replaces these folders when an nts from before output markers
+# wrote them (it never replaces a folder holding anything else).
 # A quick model (3 epochs on the most recent 20k training samples); the full run is
 # `nts train --data $DATA --output artifacts/tcn_v1` (see README for its time and figures).
 echo "== train a quick TCN bundle"
-nts train --data "$DATA" --output artifacts/demo_tcn --epochs 3 --max-samples 20000
+nts train --data "$DATA" --output artifacts/demo_tcn --epochs 3 --max-samples 20000 --overwrite
 
 echo "== explain (permutation importance on the test span)"
-nts explain --model artifacts/demo_tcn --data "$DATA" --output reports/demo_explain --repeats 1 --quiet
+nts explain --model artifacts/demo_tcn --data "$DATA" --output reports/demo_explain --repeats 1 --quiet --overwrite
 
 echo "== backtest out of sample (span after the bundle's training span)"
-nts backtest --model artifacts/demo_tcn --data "$DATA" --output reports/demo_backtest
+nts backtest --model artifacts/demo_tcn --data "$DATA" --output reports/demo_backtest --overwrite
 
 # The seed's centre (0.5) rarely trades: the calibrated P of a +0.8/-0.4 barrier sits far
 # below 0.5. For illustration only (untuned), centre on the zero-fee break-even instead:
 echo "== backtest, signal centred on the zero-fee break-even (1/3), no deadband"
 nts backtest --model artifacts/demo_tcn --data "$DATA" --output reports/demo_backtest_centred \
-  --set strategy.center=0.3333333 --set strategy.deadband=0 --quiet
+  --set strategy.center=0.3333333 --set strategy.deadband=0 --quiet --overwrite
 
 echo "== demo done: artifacts/demo_tcn/report.html, reports/demo_backtest/report.html, reports/demo_explain/"

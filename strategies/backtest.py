@@ -1,24 +1,24 @@
 """Event-driven backtests with backtrader: ``run_backtest`` and its report files.
 
-Span rules: the backtest covers ``[start, end]`` (bar open times, UTC). Bars before
+Span rules: the backtest covers the bars whose open time is in ``[start, end)`` (UTC;
+:mod:`core.dates`: a date alone as ``end`` includes that whole day). Bars before
 ``start`` are fed only as warm-up (features, the model window, the volatility window);
 no order and no risk check happens there and the metrics start at ``start``. Without
 ``start`` the span begins right after the bundle's training span. A span that overlaps
 the training span is refused (:class:`InSampleError`) unless ``allow_in_sample``.
 
-Outputs (``output`` folder, written atomically: a temp folder, then renames, metrics.json
-last): ``metrics.json``, ``trades.csv``, ``fills.csv``, ``equity.csv``, ``risk_trips.csv``,
-``equity.png`` (equity vs buy-and-hold, drawdown), ``report.md`` and ``report.html``; for spans
-up to 5,000 bars also ``backtrader.png`` (backtrader's own chart).
+Outputs (``output`` folder, built beside it and renamed into place by
+:func:`core.files.output_dir`; an existing folder is replaced only when it is an nts backtest
+output, never when it holds anything else or lies inside the bundle): ``metrics.json``,
+``trades.csv``, ``fills.csv``, ``equity.csv``, ``risk_trips.csv``, ``equity.png`` (equity vs
+buy-and-hold, drawdown), ``report.md`` and ``report.html``; for spans up to 5,000 bars also
+``backtrader.png`` (backtrader's own chart).
 """
 from __future__ import annotations
 
 import html
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +30,15 @@ import pandas as pd
 
 from core.config import Config, config_to_dict
 from core.costs import Costs
+from core.dates import parse_span
 from core.errors import DataError, NtsError
+from core.files import OutputKind, output_dir
+from core.redact import redact, redact_obj
 from core.timeframes import ns_to_bt_num, timeframe_seconds
 from indicators.tcn_indicator import as_bundle
 from models.features import memory_bars
 from strategies.analyzers import EquityCurve, FillLog, round_trips
-from strategies.base import strategy_params, traded_labels
+from strategies.base import apply_overrides, strategy_params, traded_labels
 from strategies.bt_broker import apply_costs
 from strategies.metrics import summarize
 from strategies.registry import resolve_strategy
@@ -128,32 +131,24 @@ class BacktestResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _utc(ts: Any) -> pd.Timestamp | None:
-    if ts is None:
-        return None
-    try:
-        t = pd.Timestamp(ts)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"invalid date {ts!r}: {exc}") from None
-    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
-
-
 def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None,
                  allow_in_sample: bool = False) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The backtest span [start, end] as bar times of ``frame`` (see module docstring)."""
+    """The first and last bar of ``frame`` whose open time is in ``[start, end)`` (the one date
+    rule of :mod:`core.dates`: ``end="2024-10-31"`` includes that day's last bar; a full
+    timestamp ends the span at that instant); see the module docstring for the defaults."""
     if len(frame) == 0:
         raise DataError("backtest data is empty")
     idx = frame.index
-    t_start, t_end = _utc(start), _utc(end)
+    t_start, t_end = parse_span(start, end)
     train = getattr(bundle, "training_span", None) if bundle is not None else None
     if t_start is None:
         t_start = idx[0]
         if train is not None and not allow_in_sample:
             t_start = max(t_start, train[1] + pd.Timedelta(seconds=1))
+    first = idx.searchsorted(t_start, side="left")
+    last = len(idx) - 1 if t_end is None else idx.searchsorted(t_end, side="left") - 1  # end is exclusive
     if t_end is None:
         t_end = idx[-1]
-    first = idx.searchsorted(t_start, side="left")
-    last = idx.searchsorted(t_end, side="right") - 1
     if (first >= len(idx) or last < first) and start is None and end is not None and train is not None \
             and not allow_in_sample and t_end <= train[1]:
         where = "inside" if t_end >= train[0] else "before"
@@ -185,7 +180,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
                  start: Any = None, end: Any = None, allow_in_sample: bool = False,
                  output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
                  progress: bool = True, strategy_kwargs: dict | None = None,
-                 bt_plot: bool | None = None, barriers: str = "bundle",
+                 bt_plot: bool | None = None, barriers: str = "bundle", overwrite: bool = False,
                  prob_cache: str | Path | None = None) -> BacktestResult:
     """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
 
@@ -200,6 +195,8 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     :func:`strategies.base.traded_labels`); metrics.json records which were traded.
     ``prob_cache``: folder of the probability cache (:mod:`models.prob_cache`; the CLI passes
     :func:`~models.prob_cache.default_cache_dir`); None scores every run afresh.
+    ``overwrite``: also replace an ``output`` folder without the nts marker that holds only
+    backtest files (:func:`write_outputs`).
     Refused with DataError, before anything is written: fewer than ``bundle.min_bars + 1``
     bars up to the span end, or no bar of the span with a probability.
     """
@@ -232,12 +229,13 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
     cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
     apply_costs(cerebro, costs, cash=cfg.execution.cash, coc=coc)
-    params = strategy_params(cfg, bundle=bundle, barriers=barriers, trade_start=s, trade_end=e, timeframe=timeframe)
+    params = strategy_params(cfg, bundle=bundle, barriers=barriers, costs=costs, trade_start=s, trade_end=e,
+                             timeframe=timeframe)
     if takes_bundle:
         params["bundle"] = bundle
     if "prob_cache" in cls.params._getkeys():
         params["prob_cache"] = None if prob_cache is None else Path(prob_cache)
-    params.update(strategy_kwargs or {})
+    params = apply_overrides(params, strategy_kwargs)  # policy fields (profit=..., center=...) go into the policy
     cerebro.addstrategy(cls, **params)
     cerebro.addanalyzer(EquityCurve, _name="equity")
     cerebro.addanalyzer(FillLog, _name="fills")
@@ -274,7 +272,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
         "costs": {"taker_fee": costs.taker_fee, "maker_fee": costs.maker_fee, "slippage_bps": costs.slippage_bps},
         "cheat_on_close": bool(coc), "cash": cfg.execution.cash,
         "barriers": {"source": barrier_source, "profit": labels.profit, "stop": labels.stop,
-                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(params["max_hold"])},
+                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(params["policy"].max_hold)},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
@@ -289,7 +287,7 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
             metrics["run"]["backtrader_plot"] = f"off ({len(data):,} bars fed incl. warm-up; drawn by default up to {BT_PLOT_MAX_BARS:,})"
         figure = _backtrader_figure(cerebro, metrics) if bt_plot else None
         result.output = Path(output)
-        result.files = write_outputs(result, Path(output), cfg, bt_figure=figure)
+        result.files = write_outputs(result, Path(output), cfg, bt_figure=figure, overwrite=overwrite)
     return result
 
 
@@ -453,13 +451,24 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def write_outputs(result: BacktestResult, output: Path, cfg: Config, bt_figure=None) -> dict[str, Path]:
-    """Write the report files into ``output`` atomically (temp folder, then one rename per
-    file, metrics.json last so its presence means the set is complete)."""
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".backtest-", dir=output))
+# Every file a backtest folder can hold (one from before markers is recognised by these).
+OUTPUT_KIND = OutputKind("backtest", files=("metrics.json", "trades.csv", "fills.csv", "equity.csv", "risk_trips.csv",
+                                            "equity.png", "report.md", "report.html", "backtrader.png"),
+                         signature='"buy_and_hold"')
+
+
+def write_outputs(result: BacktestResult, output: Path, cfg: Config, bt_figure=None, *,
+                  inputs: tuple | list = (), overwrite: bool = False) -> dict[str, Path]:
+    """Write the report files as the folder ``output``: built in a temporary sibling and
+    renamed into place complete (:func:`core.files.output_dir`), so a failed run leaves the
+    previous output as it was. ``output`` must not be or lie inside the model bundle or
+    ``inputs``; an existing folder is replaced only when it is an nts backtest output
+    (``overwrite``: also one without the marker). Credentials are redacted from
+    metrics.json and the reports."""
+    model = result.metrics.get("run", {}).get("model")
+    inputs = [*inputs, *([model] if model else [])]
     names = ["equity.csv", "trades.csv", "fills.csv", "risk_trips.csv", "equity.png", "report.md", "report.html"]
-    try:
+    with output_dir(output, OUTPUT_KIND, inputs=inputs, overwrite=overwrite) as tmp:
         result.equity.to_csv(tmp / "equity.csv", index_label="timestamp")
         result.trades.to_csv(tmp / "trades.csv", index=False)
         result.fills.to_csv(tmp / "fills.csv", index=False)
@@ -473,17 +482,10 @@ def write_outputs(result: BacktestResult, output: Path, cfg: Config, bt_figure=N
             bt_figure.savefig(tmp / "backtrader.png", dpi=100)
             plt.close(bt_figure)
             names.append("backtrader.png")
-        (tmp / "report.md").write_text(_report_md(result))
-        (tmp / "report.html").write_text(_report_html(result))
+        (tmp / "report.md").write_text(redact(_report_md(result)))
+        (tmp / "report.html").write_text(redact(_report_html(result)))
         payload = dict(result.metrics)
         payload["config"] = config_to_dict(cfg)
-        (tmp / "metrics.json").write_text(json.dumps(payload, indent=2, default=_json_default))
-        names.append("metrics.json")  # last: its presence marks a complete set
-        (output / "metrics.json").unlink(missing_ok=True)  # an old complete marker must not outlive this run
-        files = {}
-        for name in names:
-            os.replace(tmp / name, output / name)
-            files[name] = output / name
-        return files
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "metrics.json").write_text(json.dumps(redact_obj(payload), indent=2, default=_json_default))
+        names.append("metrics.json")
+    return {name: Path(output) / name for name in names}

@@ -30,7 +30,6 @@ with their index (``grid.stop[2]: -0.1 must be > 0``) and duplicate values in an
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.config import load_yaml_strict, parse_yaml_strict
 from core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -189,52 +189,6 @@ def defaults_from_config(cfg: Any) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- YAML reading
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rules need a dot)."""
-
-
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _check_duplicate_keys(node: yaml.Node, path: list[str], source: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                where = ".".join(path + [str(key)])
-                raise ConfigError(f"{source}: duplicate key '{where}' (lines {seen[key]} and {line})")
-            seen[key] = line
-            _check_duplicate_keys(value_node, path + [str(key)], source)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item, path, source)
-
-
-def load_yaml_unique(path: Path) -> Any:
-    """Parse a YAML file, refusing duplicate keys (plain ``yaml.safe_load`` keeps the last)."""
-    source = str(path)
-    loader = _UniqueKeyLoader(path.read_text())
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicate_keys(node, [], source)
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{where}") from exc
-    finally:
-        loader.dispose()
-
-
 # --------------------------------------------------------------------------- errors
 def _num(x: Any) -> str:
     f = float(x)
@@ -312,8 +266,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
             return "grid", key, []
         if raw.startswith("["):
             try:
-                return "grid", key, yaml.load(raw, Loader=_UniqueKeyLoader)
-            except yaml.YAMLError as exc:
+                return "grid", key, parse_yaml_strict(raw, f"override {text!r}")
+            except ConfigError as exc:
                 raise ConfigError(f"override {text!r}: value is not a valid YAML list") from exc
         return "grid", key, [_parse_item(x) for x in raw.split(",")]
     if key in SETTINGS:
@@ -336,7 +290,7 @@ def load_grid(
     src = Path(path) if path else DEFAULT_SWEEP
     if not src.exists():
         raise ConfigError(f"sweep file not found: {src}")
-    tree = load_yaml_unique(src)
+    tree = load_yaml_strict(src)
     tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ConfigError(f"{src}: top level must be a mapping (grid, blocks, folds, top, max_rows)")

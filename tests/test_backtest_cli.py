@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from core.files import MARKER, read_marker
 from core.ohlcv import write_ohlcv_csv
 from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
@@ -38,7 +39,8 @@ def test_backtest_writes_report_out_of_sample(tiny_bundle, bars_file, tmp_path):
     res = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", out, *TRADE)
     assert res.exit_code == 0, res.output
     assert FILES <= {p.name for p in out.iterdir()}
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER]  # no temp leftovers
+    assert read_marker(out)["kind"] == "backtest"  # the folder says what wrote it
     m = json.loads((out / "metrics.json").read_text())
     bundle = load_bundle(tiny_bundle)
     assert pd.Timestamp(m["run"]["start"]) > bundle.training_span[1]

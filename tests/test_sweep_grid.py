@@ -122,9 +122,9 @@ def test_refusals_name_the_key(tmp_path, text, pattern):
 
 def test_duplicate_keys_are_refused(tmp_path):
     p = _file(tmp_path, "grid:\n  deadband: [0.1]\n  stop: [0.004]\n  deadband: [0.3]\nblocks: 16\n")
-    with pytest.raises(ConfigError, match=r"duplicate key 'grid\.deadband' \(lines 2 and 4\)"):
+    with pytest.raises(ConfigError, match=r"key 'grid\.deadband' appears twice \(lines 2 and 4\)"):
         load_grid(p, [], DEFAULTS)
-    with pytest.raises(ConfigError, match=r"duplicate key 'top'"):
+    with pytest.raises(ConfigError, match=r"key 'top' appears twice"):
         load_grid(_file(tmp_path, "top: 5\ntop: 6\n"), [], DEFAULTS)
 
 
