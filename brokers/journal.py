@@ -552,7 +552,10 @@ class Journal:
         existed = path.exists() and path.stat().st_size > 0
         if existed:
             cls._precheck(path, empty_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, a read-only folder
+            raise JournalError(f"{path}: cannot create its folder ({exc.strerror or exc.__class__.__name__})") from None
         lock_fd = _acquire_lock(path)
         try:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)

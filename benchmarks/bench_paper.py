@@ -1,0 +1,180 @@
+"""Paper-path speed: the per-bar decision on one thread, and bars/s of a replay session.
+
+Usage: .venv/bin/python benchmarks/bench_paper.py [--model artifacts/tcn_v1] [--bars 2000] [--session-bars 300]
+
+1. **Per-bar decision** (what a paper/live session does when a bar closes, without the
+   network round trip): the streaming feature update (``StreamingFeatures.update``), the TCN
+   forward pass on the trailing window and the calibration (``ModelBundle.score_features``),
+   the policy (signal, vol forecast, weight, order type: ``core.policy``), and the risk
+   manager (realised daily vol of the last window + ``RiskManager.check``). Timed per bar
+   with ``perf_counter_ns`` on one torch thread over ``--bars`` bars after a warm-up, each
+   stage separately and in total: median and p99. Goal: median <= 1 ms, p99 <= 2 ms.
+2. **The same bar inside backtrader** (live mode, ``runonce=False``): a TCNStrategy fed the
+   bars one by one, per-bar wall time (indicators' streaming ``next()`` + strategy + broker).
+3. **A replay session**: ``PaperSession`` against the replay exchange through the real ccxt
+   client, the exchange clock stepped one bar per wait (no idle time): bars/s end to end
+   (two HTTP requests per bar, the simulated broker, one journal transaction per bar with
+   fsync), plus the start-up (warm-up bars fed through the streaming path).
+
+Without ``--model`` a small bundle is trained on generated bars first (the default network
+size; not timed). Prints one line per figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.config import load_config  # noqa: E402
+from core.policy import Policy  # noqa: E402
+from core.risk import RiskManager, realised_daily_vol  # noqa: E402
+from core.synthetic import synthetic_ohlcv  # noqa: E402
+from models.bundle import load_bundle  # noqa: E402
+from models.features import FEATURE_NAMES, StreamingFeatures  # noqa: E402
+from strategies.backtest import warmup_bars_for  # noqa: E402
+
+
+def _stats(ns: list[int]) -> str:
+    ms = np.asarray(ns, dtype="float64") / 1e6
+    return f"median {np.median(ms):.3f} ms, p99 {np.percentile(ms, 99):.3f} ms"
+
+
+def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int) -> dict[str, list[int]]:
+    """Per-stage per-bar times (ns) of the streaming decision over the last ``n`` bars."""
+    torch.set_num_threads(1)
+    policy = Policy.from_config(cfg, bundle)
+    risk = RiskManager(cfg.risk, kill_switch_file="")
+    stream = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
+    rows: deque[np.ndarray] = deque(maxlen=bundle.window)
+    closes: deque[float] = deque(maxlen=cfg.risk.vol_window_bars + 1)
+    col = FEATURE_NAMES.index("ewma_vol_fast")
+    times = {k: [] for k in ("features", "tcn+calibration", "policy", "risk", "total")}
+    equity = cfg.execution.cash
+    first_timed = len(frame) - n
+    clock = time.perf_counter_ns
+    for i, (ts, o, h, l, c, v) in enumerate(frame.itertuples(name=None)):
+        t0 = clock()
+        row = stream.update(ts, o, h, l, c, v)
+        rows.append(row)
+        t1 = clock()
+        p = bundle.score_features(np.stack(rows))[1] if len(rows) == bundle.window else float("nan")
+        t2 = clock()
+        s = policy.signal(p)
+        vol = policy.forecast_vol(float(row[col]))
+        w = policy.target_weight(s, vol)
+        policy.use_limit(abs(s))
+        t3 = clock()
+        closes.append(c)
+        rv = (float(realised_daily_vol(np.asarray(closes), cfg.risk.vol_window_bars, bundle.timeframe)[-1])
+              if len(closes) > cfg.risk.vol_window_bars else float("nan"))
+        risk.cap_weight(w)
+        risk.check(ts, equity, 0.0, rv)
+        t4 = clock()
+        if i >= first_timed:
+            for k, dt in (("features", t1 - t0), ("tcn+calibration", t2 - t1), ("policy", t3 - t2),
+                          ("risk", t4 - t3), ("total", t4 - t0)):
+                times[k].append(dt)
+    return times
+
+
+def bench_backtrader(bundle, cfg, frame: pd.DataFrame, n: int) -> float:
+    """Wall seconds per bar of a TCNStrategy in backtrader's live mode over the last ``n`` bars."""
+    import backtrader as bt
+
+    from strategies.backtest import FrameFeed, frame_feed
+    from strategies.base import strategy_params
+    from strategies.tcn import TCNStrategy
+
+    class LiveFrame(FrameFeed):
+        def islive(self) -> bool:
+            return True
+
+    stamps: list[float] = []
+
+    class Timed(bt.Analyzer):
+        def next(self) -> None:
+            stamps.append(time.perf_counter())
+
+        prenext = next
+
+    feed = frame_feed(frame)
+    feed.__class__ = LiveFrame
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.adddata(feed)
+    params = strategy_params(cfg, bundle=bundle, trade_start=frame.index[len(frame) - n], timeframe=bundle.timeframe)
+    params["bundle"] = bundle
+    cerebro.addstrategy(TCNStrategy, **params)
+    cerebro.addanalyzer(Timed)
+    cerebro.run()
+    per_bar = np.diff(stamps[-n:])
+    return float(np.median(per_bar)), float(np.percentile(per_bar, 99))
+
+
+def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, float, int]:
+    """(start-up seconds, bars/s, bars) of a PaperSession on the replay exchange."""
+    from brokers.ccxt_store import CCXTStore
+    from brokers.exchange import make_exchange
+    from brokers.replay import ReplayExchange
+    from brokers.session import PaperSession
+
+    frame = synthetic_ohlcv(warm + n + 20, seed=3, start="2024-06-01")
+    start = frame.index[warm + 5] + pd.Timedelta("1min")
+    with tempfile.TemporaryDirectory() as tmp, ReplayExchange(frame, start=start) as ex:
+        client = make_exchange("binance", url=ex.url)
+        client.enableRateLimit = False  # a local exchange: measure our cost, not ccxt's throttle
+        store = CCXTStore(exchange=client, sleep=lambda s: None)
+        stamps: list[float] = []
+        sess = PaperSession(cfg, bundle_dir, Path(tmp) / "bench.db", store=store, max_bars=n,
+                            sleep=lambda s: ex.advance(bars=1), install_signals=False)
+        sess.on_bar = lambda bar, fills: stamps.append(time.perf_counter())
+        t0 = time.perf_counter()
+        sess.run()
+    startup = stamps[0] - t0
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return startup, rate, len(stamps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="Bundle directory (default: train a small one first).")
+    ap.add_argument("--bars", type=int, default=2000, help="Bars timed for the per-bar decision.")
+    ap.add_argument("--session-bars", type=int, default=300, help="Bars of the replay session.")
+    args = ap.parse_args(argv)
+    cfg = load_config(None, ["strategy.center=0.3", "strategy.deadband=0"])
+    tmp = None
+    if args.model is None:
+        from models.train import train_bundle
+
+        tmp = tempfile.TemporaryDirectory()
+        model = Path(tmp.name) / "bench_bundle"
+        train_cfg = load_config(None, ["training.epochs=2", "training.batch_size=256", "training.threads=1"])
+        train_bundle(synthetic_ohlcv(4000, seed=11), train_cfg, model, progress=False)
+    else:
+        model = Path(args.model)
+    bundle = load_bundle(model)
+    warm = warmup_bars_for(bundle, cfg)
+    frame = synthetic_ohlcv(warm + args.bars, seed=5, start="2024-03-01")
+    print(f"bundle {model} (window {bundle.window}, warm-up {warm} bars); torch threads 1")
+    times = bench_decision(bundle, cfg, frame, args.bars)
+    for k, v in times.items():
+        print(f"decision {k:<16} {_stats(v)}   over {len(v)} bars")
+    med, p99 = bench_backtrader(bundle, cfg, frame, args.bars)
+    print(f"backtrader live-mode bar (indicators + strategy + broker): median {med * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
+    startup, rate, n = bench_session(model, cfg, warm, args.session_bars)
+    print(f"replay session: {rate:,.1f} bars/s over {n} bars (ccxt + replay exchange + broker + journal); "
+          f"start-up {startup:.2f} s incl. {warm} warm-up bars")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,597 @@
+"""Paper sessions: the live feed, the backtest's simulated broker, the unchanged strategy,
+and a journal that makes them restartable.
+
+``PaperSession(cfg, model, state).run()`` runs backtrader with
+
+* :class:`brokers.ccxt_feed.CCXTFeed` -- closed candles by the exchange's clock, warm-up
+  history first (see that module for how it waits, backfills and reports gaps);
+* :func:`strategies.bt_broker.make_broker` with ``Costs.from_config(cfg)`` -- the SAME
+  simulated broker and fill rules as ``nts backtest``, so paper trades equal backtest
+  trades on the same bars by construction (a test holds it);
+* the strategy class resolved by :func:`strategies.registry.resolve_strategy` (``tcn``,
+  ``module:Class``, ``file.py:Class``) with :func:`strategies.base.strategy_params`, as in
+  ``run_backtest``; the class is not wrapped or changed;
+* :class:`SessionRecorder` (a backtrader analyzer) and :class:`SessionRisk` (the strategy's
+  risk manager with the journal's halt as one more breaker).
+
+**Warm-up** (the one warm-up, :func:`strategies.backtest.warmup_bars_for`): the last N
+closed bars are fed before the first traded bar with ``trade_start`` just after them, so
+the strategy sees them exactly as ``run_backtest`` sees the bars before its span: no
+orders, no risk checks, only indicator history.
+
+**One transaction per bar.** At the end of every traded bar the recorder journals, in one
+:meth:`Journal.atomic` block: the gap before the bar (if any), the order intents the
+strategy created on this bar (deterministic client ids from the decision bar and the
+order's role), every status change and fill the simulated broker made, breaker trips (and
+the halt they cause), and the bar's checkpoint (close, P, signal, weight, position, cash,
+equity, breaker state, ``RiskManager.state_dict()``, the strategy's ``state_dict()``). A
+process killed anywhere leaves either the whole bar or none of it, so a restart never
+loses or doubles an order or fill. Intents are journaled at the end of the decision bar,
+before the simulated broker sees them at the next bar: write-ahead, as in live mode.
+
+**Restart.** The journal's last checkpoint (bar t) is the resume point: the warm-up is
+the N bars up to and including t (the exchange must still serve bar t with the journaled
+close, else the session refuses to start), fed without trading. The checkpoint's
+``state_dict()`` goes to the strategy as param ``state``: on bar t, the last warm-up bar,
+:meth:`strategies.base.ModelStrategy.load_state` puts the simulated broker's cash and
+position back, restores the risk manager and re-submits the working orders, so they work
+from bar t+1 exactly as in the uninterrupted run; the recorder links those orders to their
+journaled intents (by role and side) and journals as canceled any intent nobody re-placed.
+Trading resumes at the next closed bar; bars closed while the session was down are
+backfilled and traded in order, so the trades equal an uninterrupted run's. A strategy
+without ``state_dict()`` can only resume from a flat checkpoint with no working orders
+(cash and risk state are restored by hand; refused otherwise, with one line).
+
+**Halts.** A drawdown, daily-loss or kill-switch trip halts the journal
+(:meth:`Journal.halt`); the volatility breaker (no new entries while it is high) is
+journaled as a trip but does not halt. :class:`SessionRisk` reads :meth:`Journal.halted`
+every bar (``nts resume`` in another process clears it) and, while halted, allows no new
+position (exits still run; the kill switch still flattens and stops). A halt survives
+restarts; when it is cleared the session resets the risk manager's breakers (a human
+decided to resume) and trades again. Paper trades equal backtest trades up to the first
+halting trip (the backtest has no human to wait for).
+
+**Stopping.** SIGINT/SIGTERM (installed when run in the main thread) set the stop event:
+the bar in progress completes and is journaled, the feed stops waiting, the journal is
+closed. ``max_bars`` ends the run after that many traded bars (tests).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
+from brokers.ccxt_store import CCXTStore
+from brokers.journal import (
+    EVENT_BREAKER_TRIP,
+    Checkpoint,
+    Journal,
+    SessionIdentity,
+    config_hash,
+    deterministic_client_id,
+)
+from core.config import Config, RiskConfig, config_to_dict
+from core.costs import Costs
+from core.errors import DataError, NtsError
+from core.risk import Decision, RiskManager
+from core.timeframes import bt_num_to_ns, timeframe_seconds
+from indicators.tcn_indicator import as_bundle
+from strategies.backtest import warmup_bars_for
+from strategies.base import apply_overrides, strategy_params
+from strategies.bt_broker import make_broker
+from strategies.registry import resolve_strategy
+
+log = logging.getLogger("nts.paper")
+
+#: breakers whose trip halts the session until ``nts resume`` (see module docstring)
+HALTING_BREAKERS = ("kill_switch", "drawdown", "daily_loss")
+#: strategy order ``kind`` tag -> journal order role (client id letter)
+KIND_ROLES = {"entry": "entry", "stop": "stop_loss", "take_profit": "take_profit", "time": "exit",
+              "risk": "flatten", "kill": "flatten", "halt": "flatten"}
+_BT_TYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
+             bt.Order.StopLimit: "stop_limit", bt.Order.Close: "market"}
+
+
+class SessionError(NtsError):
+    """A session refuses to start or to resume (one line saying why)."""
+
+
+def bt_ms(num: float) -> int:
+    """A backtrader date number as epoch ms (bars sit on whole seconds)."""
+    return int(bt_num_to_ns(np.array([num]))[0] // 1_000_000)
+
+
+def trading_config_hash(cfg: Config, **choices: Any) -> str:
+    """Hash of everything that changes trading: every config section but ``broker`` (which
+    only says how to reach the exchange) plus ``choices`` (strategy, barriers, coc, ...).
+    A resumed session must trade by the same rules."""
+    tree = config_to_dict(cfg)
+    tree.pop("broker", None)
+    return config_hash({"config": tree, **{k: repr(v) for k, v in sorted(choices.items())}})
+
+
+def _has_state(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state", None))
+
+
+class SessionRisk(RiskManager):
+    """The strategy's RiskManager plus the journal's halt as a breaker (see module docstring).
+
+    Every :meth:`check` reads :meth:`Journal.halted` (a halt or its clearing may come from
+    another process); while halted no new position is allowed, while flatten/stop decisions
+    of the ordinary breakers still pass through. When a halt this manager has seen is
+    cleared, the breakers are reset (the trip history stays) before the check.
+    """
+
+    def __init__(self, cfg: RiskConfig | None, journal: Journal, kill_switch_file: str | None = None) -> None:
+        super().__init__(cfg, kill_switch_file=kill_switch_file)
+        self.journal = journal
+        self.session_halted = False
+        self.on_resumed: Callable[[str], None] | None = None
+
+    def check(self, now: Any, equity: float, position_value: float, realised_vol: float) -> Decision:
+        halt = self.journal.halted()
+        if halt is None and self.session_halted:
+            self.session_halted = False
+            self.reset()
+            if self.on_resumed is not None:
+                self.on_resumed("halt cleared: breakers reset, trading again")
+        elif halt is not None:
+            self.session_halted = True
+        decision = super().check(now, equity, position_value, realised_vol)
+        if halt is not None and not decision.flatten:
+            return Decision("halt", f"session halted: {halt.reason}", max_weight=0.0)
+        return decision
+
+    def breaker_state(self) -> str:
+        """``ok`` or the active breakers, comma-separated (the status line and checkpoint)."""
+        active = [name for name, on in (("kill_switch", self.killed), ("drawdown", self.drawdown_halted),
+                                        ("daily_loss", self.daily_halted), ("volatility", self.vol_active)) if on]
+        return ",".join(active) or "ok"
+
+
+@dataclass
+class PaperResult:
+    """What one run of a paper session did."""
+
+    state: Path
+    session_id: str
+    resumed: bool
+    resumed_from: int | None          # last journaled bar before this run (epoch ms)
+    bars: int = 0                     # bars traded (journaled) in this run
+    first_bar: int | None = None
+    last_bar: int | None = None
+    stopped_by: str = "end"           # end | max_bars | signal | kill_switch
+    halted: str | None = None         # the active halt's reason at the end
+    equity: float | None = None
+    feed: dict[str, int] = field(default_factory=dict)
+    store: dict[str, int] = field(default_factory=dict)
+    warmup_bars: int = 0
+
+
+class SessionRecorder(bt.Analyzer):
+    """Per bar: journal + status line; at the end of the warm-up: restore (see module doc)."""
+
+    params = (("session", None),)
+
+    def start(self) -> None:
+        self.s: "PaperSession" = self.p.session
+        self.journal: Journal = self.s.journal
+        self._orders_seen = 0
+        self._tracked: dict[str, dict[str, Any]] = {}   # client id -> {order, acked}
+        self._ids_used: set[str] = set()
+        self._trips_seen = 0
+        self._restored = False
+
+    # backtrader calls prenext while the strategy's minimum period is not reached yet
+    def prenext(self) -> None:
+        self._on_bar()
+
+    def next(self) -> None:
+        self._on_bar()
+
+    def stop(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ per bar
+    def _on_bar(self) -> None:
+        strat = self.strategy
+        bar: Bar | None = strat.data.current
+        if bar is None:
+            return
+        if bar.history:
+            if bar.ms == self.s.history_end_ms:
+                self._end_of_warmup()
+            return
+        self._record(bar)
+
+    def _end_of_warmup(self) -> None:
+        strat = self.strategy
+        if self.s.checkpoint is not None:
+            self._restore(self.s.checkpoint)
+        self._trips_seen = len(strat.risk.trips)
+        self._orders_seen = len(strat.broker.orders)
+        self.s.emit(self.s.start_line)
+
+    def _restore(self, cp: Checkpoint) -> None:
+        """At the end of the last warm-up bar (the checkpoint's bar): check the strategy
+        restored itself, or restore a flat one by hand; link the orders it re-placed to
+        their journaled intents; cancel (loudly) journaled orders nobody re-placed."""
+        strat = self.strategy
+        broker = strat.broker
+        if self.s.strategy_state is not None:
+            # ModelStrategy.load_state (param ``state``) restored broker cash and position,
+            # risk state and working orders on this very bar
+            if getattr(strat, "_restore", None) is not None:
+                raise SessionError(f"{self.s.state}: the strategy did not restore its state on the last "
+                                   f"journaled bar {iso(cp.bar_time)}")
+        else:
+            # a strategy without state_dict() resumes only from a flat checkpoint (checked at
+            # start): cash and the risk manager are all there is to restore. BackBroker keeps
+            # cash in a plain attribute; _get_value refreshes its cached value.
+            broker.cash = float(cp.cash)
+            broker._get_value()
+            strat.risk.load_state(cp.risk_state)
+        open_intents = self.journal.intents(open_only=True)
+        unmatched = list(open_intents)
+        for order in broker.orders:  # nothing traded in the warm-up: these are the re-placed ones
+            role, side = self._role(order), "buy" if order.isbuy() else "sell"
+            match = next((i for i in unmatched if i.role == role and i.side == side), None)
+            if match is None:
+                continue  # journaled as a new intent at the next bar
+            unmatched.remove(match)
+            order.addinfo(client_id=match.client_id)
+            self._tracked[match.client_id] = {"order": order, "acked": match.status == "open"}
+            self._ids_used.add(match.client_id)
+        if unmatched:
+            with self.journal.atomic():
+                for intent in unmatched:
+                    # open at the checkpoint but not re-placed by load_state (e.g. canceled on
+                    # the checkpoint's bar, the cancel not yet reported): gone in this process
+                    self.journal.record_cancel(intent.client_id, cp.bar_time, "not working at the checkpoint")
+                    log.info("order %s (%s) was not working at the checkpoint; journaled as canceled",
+                             intent.client_id, intent.role)
+        self._restored = True
+
+    def _role(self, order: bt.Order) -> str:
+        kind = str(order.info.get("kind", "") or "")
+        return KIND_ROLES.get(kind, "rebalance")
+
+    def _new_intents(self, bar_ms: int) -> None:
+        broker = self.strategy.broker
+        for order in broker.orders[self._orders_seen:]:
+            if order.info.get("client_id"):
+                continue  # restored and linked
+            role = self._role(order)
+            created_ms = bt_ms(order.created.dt) if order.created.dt else bar_ms
+            attempt = 0
+            while True:
+                cid = deterministic_client_id(self.journal.session.session_id, created_ms, role, attempt)
+                if cid not in self._ids_used and self.journal.intent(cid) is None:
+                    break
+                attempt += 1
+            otype = _BT_TYPES.get(order.exectype, "market")
+            price = float(order.created.price) if order.created.price else None
+            self.journal.record_intent(
+                cid, created_ms, role, "buy" if order.isbuy() else "sell", otype, abs(float(order.created.size)),
+                price=price if otype in ("limit", "stop_limit") else None,
+                stop_price=price if otype in ("stop", "stop_limit") else None,
+                extra={"kind": str(order.info.get("kind", "") or "")})
+            order.addinfo(client_id=cid)
+            self._ids_used.add(cid)
+            self._tracked[cid] = {"order": order, "acked": False}
+        self._orders_seen = len(broker.orders)
+
+    def _order_updates(self, bar_ms: int) -> int:
+        """Journal every status change and fill since the last bar; returns fills added."""
+        fills = 0
+        quote = self.s.symbol.split("/")[-1]
+        for cid, rec in list(self._tracked.items()):
+            order: bt.Order = rec["order"]
+            st = order.status
+            if st in (bt.Order.Accepted, bt.Order.Partial, bt.Order.Completed) and not rec["acked"]:
+                self.journal.record_ack(cid, f"paper:{cid}", "open", bar_ms)
+                rec["acked"] = True
+            if st == bt.Order.Completed:
+                ex = order.executed
+                ts = bt_ms(ex.dt)
+                trade_id = f"{cid}.{ts // 60_000:x}"
+                if self.journal.record_fill(trade_id, cid, "buy" if order.isbuy() else "sell", float(ex.price),
+                                            abs(float(ex.size)), float(ex.comm), quote, ts):
+                    fills += 1
+                self.journal.record_order_status(cid, "closed", ts, filled=abs(float(ex.size)))
+            elif st == bt.Order.Canceled:
+                self.journal.record_cancel(cid, bar_ms, "canceled by the strategy")
+            elif st == bt.Order.Expired:
+                self.journal.record_order_status(cid, "expired", bar_ms)
+            elif st in (bt.Order.Margin, bt.Order.Rejected):
+                self.journal.record_order_status(cid, "rejected", bar_ms)
+            else:
+                continue
+            del self._tracked[cid]
+        return fills
+
+    def _trips(self, bar_ms: int) -> None:
+        risk = self.strategy.risk
+        for trip in risk.trips[self._trips_seen:]:
+            self.journal.record_event(EVENT_BREAKER_TRIP, f"{trip.breaker}: {trip.reason}", trip.to_dict(), ts=bar_ms)
+            if trip.breaker in HALTING_BREAKERS:
+                self.journal.halt(f"{trip.breaker} breaker: {trip.reason}", bar_ms)
+                risk.session_halted = True
+                self.s.emit(f"HALT {iso(bar_ms)}: {trip.breaker}: {trip.reason} "
+                            f"(clear with: nts resume --state {self.s.state})")
+        self._trips_seen = len(risk.trips)
+
+    def _decision(self) -> tuple[float, float, float]:
+        """(P, signal, weight) of this bar through the strategy's own hooks (NaN if they fail)."""
+        strat = self.strategy
+        try:
+            p = float(strat.probability())
+            s = float(strat.signal(p))
+            w = float(strat.risk.cap_weight(strat.target_weight(s)))
+            return p, s, w
+        except Exception:  # a user hook that cannot be evaluated outside next(): report, not crash
+            return math.nan, math.nan, math.nan
+
+    def _record(self, bar: Bar) -> None:
+        strat = self.strategy
+        broker = strat.broker
+        risk: SessionRisk = strat.risk
+        pos = broker.getposition(strat.data)
+        p, s, w = self._decision()
+        halt = self.journal.halted()
+        breaker = f"halted: {halt.reason}" if halt is not None else risk.breaker_state()
+        strategy_state = {"strategy": strat.state_dict() if _has_state(strat) else None,
+                          "session": {"halted": bool(risk.session_halted or halt is not None)}}
+        with self.journal.atomic():
+            if bar.missing_before:
+                start = bar.ms - bar.missing_before * self.s.tf_ms
+                self.journal.record_gap(start, bar.ms - self.s.tf_ms, int(bar.missing_before))
+            self._new_intents(bar.ms)
+            fills = self._order_updates(bar.ms)
+            self._trips(bar.ms)
+            halt = self.journal.halted()
+            if halt is not None:
+                breaker = f"halted: {halt.reason}"
+                strategy_state["session"]["halted"] = True
+            self.journal.record_bar(bar.ms, float(strat.data.close[0]), p, s, w, float(pos.size),
+                                    float(pos.price) if pos.size else math.nan, float(broker.getcash()),
+                                    float(broker.getvalue()), breaker, risk.state_dict(), strategy_state)
+        self.s.on_bar_journaled(bar, fills)
+        self.s.emit(f"{iso(bar.ms)}  close {strat.data.close[0]:,.2f}  P {p:.4f}  signal {s:+.3f}  "
+                    f"weight {w:+.3f}  position {pos.size:.6f}  equity {broker.getvalue():,.2f}  "
+                    f"breakers {breaker}" + (f"  [gap: {bar.missing_before} bars missing before]"
+                                             if bar.missing_before else ""))
+
+
+class PaperSession:
+    """One paper session on journal ``state`` (see module docstring); :meth:`run` it.
+
+    ``model``: bundle directory or its ``final_model.pt``; ``strategy``: builtin name or
+    ``module:Class``; ``exchange_id``/``url``/``symbol`` override ``cfg.broker.exchange``,
+    ``cfg.broker.url`` and ``cfg.data.symbol``. ``emit`` receives the start line and one
+    status line per bar (the CLI prints them). ``sleep`` replaces the feed's waits (tests step
+    the replay clock there), ``store`` an already built store. ``stop`` ends the run
+    (signals set it too). ``allow_model_change``: resume a journal started with other model
+    weights or trading config (journaled as a model_change event).
+    """
+
+    def __init__(self, cfg: Config, model: str | Path, state: str | Path, *, strategy: str | type = "tcn",
+                 exchange_id: str | None = None, url: str | None = None, symbol: str | None = None,
+                 max_bars: int | None = None, emit: Callable[[str], None] | None = None,
+                 sleep: Callable[[float], None] | None = None, poll: PollPolicy | None = None,
+                 store: CCXTStore | None = None, stop: threading.Event | None = None,
+                 strategy_kwargs: dict[str, Any] | None = None, barriers: str = "bundle",
+                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False) -> None:
+        self.cfg = cfg
+        self.model = Path(model)
+        self.state = Path(state)
+        self.strategy = strategy
+        self.exchange_id = exchange_id or cfg.broker.exchange
+        self.url = url if url is not None else cfg.broker.url
+        self.symbol = symbol or cfg.data.symbol
+        self.max_bars = max_bars
+        self.emit_fn = emit
+        self.sleep = sleep
+        self.poll = poll or PollPolicy()
+        self.stop_event = stop or threading.Event()
+        self.store = store
+        self.strategy_kwargs = dict(strategy_kwargs or {})
+        self.barriers = barriers
+        self.allow_model_change = allow_model_change
+        self.install_signals = install_signals
+        self.coc = bool(coc)
+        self.journal: Journal | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.history_end_ms: int | None = None
+        self.strategy_state: dict[str, Any] | None = None   # the checkpoint's strategy state_dict()
+        self.start_line = ""
+        self.result: PaperResult | None = None
+        self.on_bar: Callable[[Bar, int], None] | None = None  # hook for tests and dashboards
+
+    # ------------------------------------------------------------------ plumbing
+    def emit(self, line: str) -> None:
+        """One line to the log and to ``emit``."""
+        log.info(line)
+        if self.emit_fn is not None:
+            self.emit_fn(line)
+
+    def _on_event(self, kind: str, message: str, data: dict) -> None:
+        if self.journal is not None:
+            self.journal.record_event(kind, message, data or None)
+        self.emit(f"{kind}: {message}")
+
+    def on_bar_journaled(self, bar: Bar, fills: int) -> None:
+        """Called after each bar's transaction committed."""
+        res = self.result
+        res.bars += 1
+        res.first_bar = bar.ms if res.first_bar is None else res.first_bar
+        res.last_bar = bar.ms
+        if self.on_bar is not None:
+            self.on_bar(bar, fills)
+
+    def _stop_aware_sleep(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> PaperResult:
+        """Run until stopped (signal, ``stop``, ``max_bars``, kill switch); returns what it did."""
+        previous_handlers: dict[int, Any] = {}
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            # first thing: a SIGTERM while the bundle loads or the warm-up downloads stops cleanly too
+            def on_signal(signum: int, frame: Any) -> None:
+                self.stop_event.set()
+
+            previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            bundle = as_bundle(self.model)
+            cls = resolve_strategy(self.strategy)
+            timeframe = bundle.timeframe
+            self.tf_ms = timeframe_seconds(timeframe) * 1000
+            identity = SessionIdentity(
+                mode="paper", exchange=self.exchange_id, symbol=self.symbol, timeframe=timeframe,
+                model_path=str(Path(getattr(bundle, "path", None) or self.model).resolve()),
+                model_sha256=str(bundle.meta["weights_sha256"]), config_hash=trading_config_hash(
+                    self.cfg, strategy=f"{cls.__module__}:{cls.__qualname__}", barriers=self.barriers, coc=self.coc,
+                    strategy_kwargs=self.strategy_kwargs))
+            journal = Journal.open(self.state, identity, allow_model_change=self.allow_model_change)
+            self.journal = journal
+            try:
+                return self._run(bundle, cls, timeframe)
+            except BaseException as exc:
+                try:
+                    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+                    journal.record_event("error", f"session stopped by an error: {exc.__class__.__name__}: {first}")
+                except Exception:  # the journal itself may be what failed
+                    pass
+                raise
+            finally:
+                journal.close()
+        finally:
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
+
+    def _run(self, bundle: Any, cls: type, timeframe: str) -> PaperResult:
+        journal = self.journal
+        cfg = self.cfg
+        self.checkpoint = cp = journal.last_checkpoint()
+        resumed = cp is not None
+        if cp is not None:
+            self.strategy_state = (cp.strategy_state or {}).get("strategy")
+        if resumed and self.strategy_state is None:
+            open_orders = journal.intents(open_only=True)
+            if cp.position or open_orders:
+                raise SessionError(
+                    f"{self.state}: cannot resume: the journal holds no strategy state ({cls.__name__} has no "
+                    f"state_dict()/load_state()) and the "
+                    f"last checkpoint ({iso(cp.bar_time)}) holds a position ({cp.position:g}) or "
+                    f"{len(open_orders)} working orders")
+        self.result = PaperResult(state=self.state, session_id=journal.session.session_id, resumed=resumed,
+                                  resumed_from=None if cp is None else cp.bar_time)
+        store = self.store or CCXTStore.from_config(cfg, exchange_id=self.exchange_id, url=self.url,
+                                                    sleep=self._stop_aware_sleep)
+        self.store = store
+        store.check_market(self.symbol, timeframe)
+        source = BarSource(store, self.symbol, timeframe, policy=self.poll, stop=self.stop_event,
+                           sleep=self.sleep, max_bars=self.max_bars, on_event=self._on_event)
+        warm = warmup_bars_for(bundle, cfg)
+        history = source.history(warm, end_ms=None if cp is None else cp.bar_time)
+        if self.stop_event.is_set():
+            self.result.stopped_by = "signal"
+            return self.result
+        if not history:
+            raise DataError(f"{self.exchange_id} {self.symbol} {timeframe}: the exchange serves no closed bars")
+        if cp is not None:
+            last = history[-1]
+            if last.ms != cp.bar_time:
+                raise SessionError(f"{self.state}: cannot resume: the exchange no longer serves the last journaled "
+                                   f"bar {iso(cp.bar_time)} (its newest bar up to it is {iso(last.ms)})")
+            if not (last.close == cp.close or math.isclose(last.close, cp.close, rel_tol=1e-12)):
+                raise SessionError(f"{self.state}: cannot resume: the exchange's close of bar {iso(cp.bar_time)} "
+                                   f"({last.close!r}) differs from the journaled one ({cp.close!r})")
+        if len(history) < warm:
+            log.warning("only %d warm-up bars available (the model's warm-up is %d): probabilities may differ "
+                        "from a backtest's at first", len(history), warm)
+        source.prime(history)
+        self.history_end_ms = history[-1].ms
+        self.result.warmup_bars = len(history)
+        trade_start = pd.Timestamp(history[-1].ms + self.tf_ms, unit="ms", tz="UTC")
+        sid = journal.session.session_id
+        if cp is None:
+            self.start_line = (f"new paper session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
+                               f"(journal {self.state}); warm-up {len(history)} bars {iso(history[0].ms)} .. "
+                               f"{iso(history[-1].ms)}; trading from the next closed bar")
+            journal.record_event("start", self.start_line, {"new": True, "warmup_bars": len(history)})
+        else:
+            n = journal.summary()["bars_processed"]
+            self.start_line = (f"resumed paper session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
+                               f"(journal {self.state}) from bar {iso(cp.bar_time)} ({n} bars journaled, "
+                               f"position {cp.position:g}, equity {cp.equity:,.2f}); warm-up {len(history)} bars; "
+                               f"trading resumes at the next closed bar")
+            journal.record_event("start", self.start_line, {"new": False, "resumed_from": int(cp.bar_time),
+                                                            "warmup_bars": len(history)})
+        halt = journal.halted()
+        if halt is not None:
+            self.start_line += (f"\nHALTED since {halt.ts_iso}: {halt.reason}; no new positions until "
+                                f"nts resume --state {self.state}")
+
+        cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False, quicknotify=False)
+        feed = CCXTFeed.from_source(source)
+        cerebro.adddata(feed)
+        cerebro.setbroker(make_broker(Costs.from_config(cfg), cash=cfg.execution.cash, coc=self.coc))
+        costs = Costs.from_config(cfg)
+        params = strategy_params(cfg, bundle=bundle, barriers=self.barriers, costs=costs, trade_start=trade_start,
+                                 trade_end=None, timeframe=timeframe)
+        risk = SessionRisk(cfg.risk, journal)
+        risk.on_resumed = lambda msg: (journal.record_event("resumed", msg), self.emit(msg))
+        if cp is not None:
+            risk.session_halted = bool(((cp.strategy_state or {}).get("session") or {}).get("halted", False))
+        params["risk"] = risk
+        keys = cls.params._getkeys()
+        if "bundle" in keys:
+            params["bundle"] = bundle
+        if "prob_cache" in keys:
+            params["prob_cache"] = None  # the streaming path scores each bar; no batch cache
+        params = apply_overrides(params, self.strategy_kwargs)
+        if self.strategy_state is not None:
+            params["state"] = self.strategy_state  # applied by the strategy on the checkpoint's bar
+        cerebro.addstrategy(cls, **params)
+        cerebro.addanalyzer(SessionRecorder, session=self)
+        t0 = time.perf_counter()
+        strat = cerebro.run()[0]
+        elapsed = time.perf_counter() - t0
+        res = self.result
+        if self.max_bars is not None and source.stats.live >= self.max_bars:
+            res.stopped_by = "max_bars"
+        elif self.stop_event.is_set():
+            res.stopped_by = "signal"
+        elif strat.stopped_by_kill_switch:
+            res.stopped_by = "kill_switch"
+        halt = journal.halted()
+        res.halted = None if halt is None else halt.reason
+        cp_end = journal.last_checkpoint()
+        res.equity = None if cp_end is None else cp_end.equity
+        res.feed = dict(vars(source.stats))
+        res.store = dict(vars(store.stats))
+        line = (f"stopped ({res.stopped_by}) after {res.bars} bars in {elapsed:.1f}s"
+                + (f", last bar {iso(res.last_bar)}" if res.last_bar is not None else "")
+                + (f", equity {res.equity:,.2f}" if res.equity is not None else "")
+                + f"; resume with the same command (journal {self.state})")
+        journal.record_event("stop", line, {"stopped_by": res.stopped_by, "bars": res.bars})
+        self.emit(line)
+        return res
+
+
+def run_paper(cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> PaperResult:
+    """``PaperSession(cfg, model, state, **kwargs).run()``."""
+    return PaperSession(cfg, model, state, **kwargs).run()
