@@ -96,8 +96,37 @@ def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timefram
     r = np.r_[np.nan, np.diff(np.log(c))] if len(c) else np.zeros(0)
     if index is not None and len(c) > 1:
         r[1:][np.diff(segment_ids(pd.DatetimeIndex(index), timeframe)) != 0] = np.nan
-    std = pd.Series(r).rolling(window, min_periods=window).std(ddof=1).to_numpy()
-    return std * math.sqrt(bars_per_day(timeframe))
+    return _window_std(r, int(window)) * math.sqrt(bars_per_day(timeframe))
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_std(r: np.ndarray, window: int) -> np.ndarray:
+    """Sample std (ddof=1) of each trailing ``window`` of ``r``; NaN where the window holds a
+    NaN or is incomplete. Every window is computed on its own (two passes, no running sums),
+    so a live session's value over its last ``window`` returns equals the batch value of the
+    same bar bit for bit, and costs microseconds instead of a pandas rolling call."""
+    n = len(r)
+    out = np.full(n, np.nan)
+    if window < 2:
+        return out
+    for i in range(window - 1, n):
+        total = 0.0
+        ok = True
+        for j in range(i - window + 1, i + 1):
+            x = r[j]
+            if x != x:
+                ok = False
+                break
+            total += x
+        if not ok:
+            continue
+        mean = total / window
+        ss = 0.0
+        for j in range(i - window + 1, i + 1):
+            d = r[j] - mean
+            ss += d * d
+        out[i] = math.sqrt(ss / (window - 1))
+    return out
 
 
 # Slots of the breaker state array (float64; flags are 0.0/1.0, ``day`` NaN before the first check).

@@ -368,7 +368,8 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     end_ms = ms(frame.index[-1])
     state = tmp_path / "kill.db"
     log_path = tmp_path / "child.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # unbuffered: a SIGKILL must not swallow the "resumed" line still sitting in a stdout buffer
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     rng = random.Random(20240501)
     rounds = 5
     speed = 6000

@@ -156,3 +156,21 @@ def test_realised_vol_never_spans_a_gap():
     assert np.nanmax(with_gaps) < 0.02                     # ~0.1% per bar x sqrt(96) ~ 1%/day
     naive = realised_daily_vol(close, 96)                  # without timestamps the jump shows
     assert np.nanmax(naive) > 0.2
+
+
+def test_realised_vol_streaming_equals_batch_bit_for_bit():
+    """A live session computes the last bar's value from its trailing window alone: it must be
+    the very number the batch definition gives that bar (each window computed on its own)."""
+    from core.synthetic import synthetic_ohlcv
+
+    frame = synthetic_ohlcv(900, seed=3, gaps={400: 5})
+    close = frame["close"].to_numpy()
+    batch = realised_daily_vol(close, 96, "15m", index=frame.index)
+    first = int(np.flatnonzero(np.diff(frame.index.asi8) != 900 * 10**9)[0]) + 1  # first bar after the gap
+    for t in (200, first - 1, first + 95, first + 96, 899):
+        tail = frame.iloc[t - 96: t + 1]
+        value = realised_daily_vol(tail["close"].to_numpy(), 96, "15m", index=tail.index)[-1]
+        assert (np.isnan(value) and np.isnan(batch[t])) or value == batch[t], t
+    assert np.isnan(batch[first + 95]) and np.isfinite(batch[first + 96])  # restarts after the gap
+    ref = pd.Series(np.r_[np.nan, np.diff(np.log(close))]).rolling(96).std().to_numpy() * np.sqrt(96)
+    np.testing.assert_allclose(batch[:first], ref[:first], rtol=1e-12)  # the textbook rolling std
