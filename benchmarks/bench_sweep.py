@@ -1,0 +1,153 @@
+"""Sweep speed and memory: a 1,000-row grid over the real candles vs one backtrader run.
+
+Usage: .venv/bin/python benchmarks/bench_sweep.py [--model artifacts/tcn_v1] [--bars N] [--rows 1000]
+
+Over the real BTC/USDT candles when ``../shared/data`` exists (85,189 bars), else 100,000
+generated bars. The whole data span is swept (``allow_in_sample``: only time is measured
+here, the figures are not a result). The grid crosses take profit, stop, max hold, deadband
+and centre; the centres sit inside the model's probability range so that rows really trade
+(a grid of flat rows would time nothing). Probabilities come from the cache: a first call
+scores the network once (reported), every row after that reuses it.
+
+Prints: the time of one ``run_backtest`` (backtrader) on the same span with the cache filled,
+the sweep's time (first run: numba compiles the driver, reported separately; then the
+steady state), the ratio sweep / one backtrader run, rows/s and bar-rows/s, and the memory:
+the peak of Python/numpy allocations during the sweep (tracemalloc) and the process's peak
+resident set (``resource.getrusage``) against its size before the sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.config import load_config  # noqa: E402
+from core.ohlcv import load_ohlcv  # noqa: E402
+from core.synthetic import synthetic_ohlcv  # noqa: E402
+from strategies.backtest import run_backtest  # noqa: E402
+from sweeps.engine import axis_defaults, prepare_span, run_sweep  # noqa: E402
+from sweeps.grid import load_grid  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "btc_usdt_15m.csv.gz"
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB), from /proc (Linux)."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB; ru_maxrss is in kB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def grid_overrides(prob: np.ndarray, rows: int) -> list[str]:
+    """Axes whose product is ``rows`` (1,000 by default), centres inside the P range."""
+    q = np.nanquantile(prob, [0.05, 0.15, 0.3, 0.5])
+    centres = ",".join(f"{c:.4f}" for c in q)
+    base = ["profit=0.004,0.006,0.008,0.010,0.012", "stop=0.002,0.003,0.004,0.005,0.006", "max_hold=8,16",
+            "deadband=0,0.05,0.1,0.2,0.3", f"center={centres}", "limit_confidence=0.5"]
+    if rows != 1000:  # scale the deadband axis for other sizes (1000 = 5 * 5 * 2 * 5 * 4)
+        n = max(1, rows // 200)
+        base[3] = "deadband=" + ",".join(f"{x:g}" for x in np.round(np.linspace(0, 0.6, n), 4))
+    return base + ["blocks=16", "folds=4"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "artifacts" / "tcn_v1"), help="bundle directory")
+    ap.add_argument("--bars", type=int, default=None, help="use only the last N bars")
+    ap.add_argument("--rows", type=int, default=1000)
+    args = ap.parse_args()
+
+    from models.bundle import load_bundle
+
+    if REAL.exists():
+        frame, source = load_ohlcv(REAL), f"real {REAL.name}"
+    else:
+        frame, source = synthetic_ohlcv(100_000, seed=1, gaps={40_000: 50}), "generated"
+    if args.bars:
+        frame = frame.iloc[-args.bars:]
+    if Path(args.model, "bundle.json").exists():
+        bundle = load_bundle(args.model)
+    else:
+        from models.train import train_bundle
+
+        tmp = Path(tempfile.mkdtemp(prefix="nts-bench-")) / "bundle"
+        print("training a small bundle on generated bars (not timed) ...", flush=True)
+        train_bundle(synthetic_ohlcv(4000, seed=11), load_config(None, ["training.epochs=1", "training.max_samples=2000"]),
+                     tmp, progress=False)
+        bundle = load_bundle(tmp)
+    cfg = load_config()
+    cache = Path(tempfile.mkdtemp(prefix="nts-bench-cache-"))
+    start = frame.index[0]
+
+    t0 = time.perf_counter()
+    data = prepare_span(bundle, frame, cfg, start=start, allow_in_sample=True, cache_dir=cache, blocks=16, folds=4)
+    t_score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = prepare_span(bundle, frame, cfg, start=start, allow_in_sample=True, cache_dir=cache, blocks=16, folds=4)
+    t_cached = time.perf_counter() - t0
+    k = data.inputs
+    grid = load_grid(None, grid_overrides(k.prob[k.start:], args.rows), axis_defaults(data))
+    n_bars = k.last - k.first + 1
+    print(f"bars: {len(frame):,} ({source}); span {n_bars:,} bars; grid {grid.size:,} rows; numba threads "
+          f"{numba.get_num_threads()}")
+    print(f"score once (network, empty cache): {t_score:.2f} s; again from the cache: {t_cached:.2f} s")
+
+    # one backtrader run on the same span, P from the cache, a row of the grid
+    mid = grid.combinations().iloc[grid.size // 2]
+    bt_cfg = load_config(None, [f"strategy.center={mid['center']}", f"strategy.deadband={mid['deadband']}",
+                                f"strategy.max_hold={int(mid['max_hold'])}", f"labels.profit={mid['profit']}",
+                                f"labels.stop={mid['stop']}", f"strategy.limit_confidence={mid['limit_confidence']}"])
+    t0 = time.perf_counter()
+    bt = run_backtest(bundle, frame, bt_cfg, start=start, allow_in_sample=True, progress=False, prob_cache=cache,
+                      barriers="config")
+    t_bt = time.perf_counter() - t0
+
+    rss0, peak0 = rss_mb(), max_rss_mb()
+    t0 = time.perf_counter()
+    first = run_sweep(data, grid)
+    t_first = time.perf_counter() - t0
+    peak1 = max_rss_mb()
+    t0 = time.perf_counter()
+    res = run_sweep(data, grid)
+    t_sweep = time.perf_counter() - t0
+    assert np.array_equal(first.raw, res.raw)
+    tracemalloc.start()
+    run_sweep(data, grid)
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    row = grid.size // 2
+    same = abs(res.table.at[row, "final_equity"] / bt.metrics["strategy"]["end_equity"] - 1)
+    trades = res.table["trades"]
+    print(f"one backtrader run (run_backtest, cached P): {t_bt:8.2f} s  ({bt.metrics['strategy']['trades']:,} trades; "
+          f"the sweep's row {row}: {int(trades[row]):,} trades, final equity rel. diff {same:.1e})")
+    print(f"sweep, first run (numba compiles the driver): {t_first:8.2f} s")
+    print(f"sweep, {grid.size:,} rows                       : {t_sweep:8.2f} s  = {t_sweep / t_bt:.2f}x one backtrader run "
+          f"({grid.size * t_bt / t_sweep:,.0f}x faster per row)")
+    print(f"rows/s: {grid.size / t_sweep:,.1f}; bar-rows/s: {grid.size * n_bars / t_sweep / 1e6:,.1f} M; "
+          f"trades per row: median {int(trades.median()):,}, max {int(trades.max()):,}; "
+          f"split: {res.seconds}")
+    print(f"memory: tracemalloc peak during a sweep {traced_peak / 2**20:,.1f} MB (Python/numpy allocations); "
+          f"process peak RSS {max(peak0, peak1):,.0f} MB ({rss0:,.0f} MB before the sweep, peak after the first sweep "
+          f"{peak1:,.0f} MB: +{max(0.0, peak1 - rss0):,.0f} MB at most for the sweep)")
+    print(f"no bars x rows matrix: the largest per-row output is moments {res.moments.shape} "
+          f"= {res.moments.nbytes / 2**20:.1f} MB; per-thread buffers {n_bars * 2 * 10 * 8 / 2**20 + n_bars * 3 * 8 / 2**20:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

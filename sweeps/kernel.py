@@ -1,0 +1,310 @@
+"""The sweep's hot path: the ``numba.prange`` row driver around the reference simulator.
+
+Kept apart from :mod:`sweeps.engine` on purpose: it imports only numpy, numba and ``core``
+(no backtrader, no torch), so a Dask worker that runs row chunks (:mod:`sweeps.distributed`)
+starts fast and unpickles :class:`KernelInputs` without loading the model stack.
+
+Every row runs :func:`core.simulator.simulate_kernel` -- the strategy itself -- into buffers
+owned by its thread and is reduced on the spot (:func:`_row_stats`) to the metrics, block
+moments and fold figures of :data:`RAW_FIELDS` / :data:`FOLD_FIELDS`. Compiled with
+``cache=False`` on purpose: numba's cache checks only the source file of the cached function
+itself, not the functions it inlines, so a cached driver would silently keep an old copy of
+:mod:`core.simulator` after that file changes (and ``NUMBA_CACHE_DIR`` may be read-only). The
+simulator's own functions are cached in their module.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from core.errors import ConfigError
+from core.risk import new_risk_state
+from core.simulator import (
+    EQUITY_FIELDS,
+    FILL_FIELDS,
+    F_FEE,
+    F_KIND,
+    F_PRICE,
+    F_SIZE,
+    F_TIME_BAR,
+    KINDS,
+    STAT_FIELDS,
+    S_DECISIONS,
+    S_FILL_OVF,
+    S_PAST_DB,
+    S_STOPPED,
+    TRIP_FIELDS,
+    simulate_kernel,
+)
+
+# buffer widths as plain ints (compile-time constants inside the njit driver)
+N_FILL_COLS = len(FILL_FIELDS)
+N_EQUITY_COLS = len(EQUITY_FIELDS)
+N_TRIP_COLS = len(TRIP_FIELDS)
+N_STATS = len(STAT_FIELDS)
+MAX_TRIPS = 256
+
+# ----------------------------------------------------------------------------- output layout
+# Per-row raw slots the kernel writes (float64); RAW_KIND0 + kind code counts closed trades by
+# the kind of their closing fill (core.simulator.KINDS).
+RAW_FIELDS: tuple[str, ...] = (
+    "start_equity", "final_equity", "mean_return", "std_return", "downside_dev", "max_drawdown", "trades",
+    "wins", "hold_bars_sum", "exposure_bars", "traded_notional", "fees", "mean_equity", "open_trades", "fills",
+    "fills_overflow", "risk_trips", "decisions", "past_deadband", "stopped", "bars",
+) + tuple(f"exit_{k}" for k in KINDS)
+(R_START, R_FINAL, R_MEAN, R_STD, R_DOWN, R_MAXDD, R_TRADES, R_WINS, R_HOLD, R_EXPO, R_NOTIONAL, R_FEES,
+ R_MEANEQ, R_OPEN, R_FILLS, R_OVF, R_TRIPS, R_DECISIONS, R_PASTDB, R_STOPPED, R_BARS) = range(21)
+RAW_KIND0 = 21
+N_RAW = len(RAW_FIELDS)
+# Per-row, per-fold slots.
+FOLD_FIELDS: tuple[str, ...] = ("start_equity", "end_equity", "max_drawdown", "trades", "wins")
+FD_START, FD_END, FD_MAXDD, FD_TRADES, FD_WINS = range(len(FOLD_FIELDS))
+N_FOLD = len(FOLD_FIELDS)
+
+
+@dataclass(frozen=True)
+class KernelInputs:
+    """Everything the row driver reads, as plain arrays and numbers (picklable: Dask ships it
+    to its workers once). Bar indices refer to the fed bars (warm-up + span)."""
+
+    t_ns: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    prob: np.ndarray
+    fvol: np.ndarray
+    rvol: np.ndarray
+    first: int          # first bar of the span: metrics start here
+    start: int          # first bar of decisions and risk checks (first, or later when the model's window needs it)
+    last: int           # last bar of the span (entries allowed up to it)
+    cash: float
+    coc: bool
+    risk: np.ndarray    # core.risk.risk_vector
+    return_edges: np.ndarray  # CSCV block edges over the span's per-bar returns
+    fold_edges: np.ndarray    # fold edges over the same returns (whole blocks)
+
+    def args(self) -> tuple:
+        """Positional arguments of :func:`_run_rows_nb` before the per-chunk ones."""
+        return (self.t_ns, self.open, self.high, self.low, self.close, self.prob, self.fvol, self.rvol, self.first,
+                self.start, self.last, self.cash, self.coc, self.risk, self.return_edges, self.fold_edges,
+                new_risk_state())
+
+
+# ----------------------------------------------------------------------------- the row driver
+@numba.njit(cache=False, nogil=True)
+def _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edges, raw, moments, fold_out):
+    """Reduce one row's run (equity buffer, fills) to its metrics, block moments and fold figures.
+
+    Equity returns: ``v[t] / v[t-1] - 1`` over the span's bars ``first .. last`` (as
+    strategies.metrics). Trades: fills grouped as core.trades.round_trips groups them (a trade
+    closes when the position returns to 0, a sign flip closes one and opens the next).
+    """
+    for k in range(raw.shape[0]):
+        raw[k] = 0.0
+    moments[:, :] = 0.0
+    fold_out[:, :] = 0.0
+    t_bars = last - first + 1
+    v0 = equity[first, 0]
+    raw[R_START] = v0
+    raw[R_FINAL] = equity[last, 0]
+    raw[R_BARS] = t_bars
+    n_ret = t_bars - 1
+    # pass 1: mean return, mean equity, exposure, drawdown; block moments
+    s1 = 0.0
+    down2 = 0.0
+    peak = v0
+    maxdd = 0.0
+    eq_sum = v0
+    expo = 1.0 if equity[first, 2] != 0.0 else 0.0
+    b = 0
+    for j in range(n_ret):
+        prev = equity[first + j, 0]
+        cur = equity[first + j + 1, 0]
+        r = cur / prev - 1.0
+        s1 += r
+        if r < 0.0:
+            down2 += r * r
+        eq_sum += cur
+        if equity[first + j + 1, 2] != 0.0:
+            expo += 1.0
+        if cur > peak:
+            peak = cur
+        dd = 1.0 - cur / peak
+        if dd > maxdd:
+            maxdd = dd
+        while j >= return_edges[b + 1]:
+            b += 1
+        x2 = r * r
+        moments[b, 0] += 1.0
+        moments[b, 1] += r
+        moments[b, 2] += x2
+        moments[b, 3] += x2 * r
+        moments[b, 4] += x2 * x2
+    mean = s1 / n_ret if n_ret > 0 else np.nan
+    ss = 0.0
+    for j in range(n_ret):
+        r = equity[first + j + 1, 0] / equity[first + j, 0] - 1.0
+        ss += (r - mean) * (r - mean)
+    raw[R_MEAN] = mean
+    raw[R_STD] = math.sqrt(ss / (n_ret - 1)) if n_ret > 1 else np.nan
+    raw[R_DOWN] = math.sqrt(down2 / n_ret) if n_ret > 0 else np.nan
+    raw[R_MAXDD] = maxdd
+    raw[R_MEANEQ] = eq_sum / t_bars
+    raw[R_EXPO] = expo
+    # folds: equity at their edges, drawdown inside each
+    n_folds = fold_edges.shape[0] - 1
+    for f in range(n_folds):
+        a = fold_edges[f]
+        z = fold_edges[f + 1]
+        fold_out[f, FD_START] = equity[first + a, 0]
+        fold_out[f, FD_END] = equity[first + z, 0]
+        pk = equity[first + a, 0]
+        mdd = 0.0
+        for j in range(a + 1, z + 1):
+            cur = equity[first + j, 0]
+            if cur > pk:
+                pk = cur
+            dd = 1.0 - cur / pk
+            if dd > mdd:
+                mdd = dd
+        fold_out[f, FD_MAXDD] = mdd
+    # fills -> round trips (core.trades.round_trips, eps 1e-12)
+    eps = 1e-12
+    pos = 0.0
+    open_trade = False
+    size = 0.0
+    entry_cost = 0.0
+    exit_proceeds = 0.0
+    fees = 0.0
+    entry_bar = 0
+    side = 1.0
+    notional = 0.0
+    fee_total = 0.0
+    for k in range(nf):
+        fsize = fills[k, F_SIZE]
+        price = fills[k, F_PRICE]
+        comm = fills[k, F_FEE]
+        bar = int(fills[k, F_TIME_BAR])
+        notional += abs(fsize * price)
+        fee_total += comm
+        qty = fsize
+        while abs(qty) > eps:
+            if abs(pos) <= eps:
+                open_trade = True
+                side = 1.0 if qty > 0 else -1.0
+                size = 0.0
+                entry_cost = 0.0
+                exit_proceeds = 0.0
+                fees = 0.0
+                entry_bar = bar
+            same_dir = (pos >= 0 and qty > 0) or (pos <= 0 and qty < 0)
+            if same_dir or abs(pos) <= eps:
+                size += abs(qty)
+                entry_cost += abs(qty) * price
+                fees += comm
+                pos += qty
+                qty = 0.0
+            else:
+                take = min(abs(qty), abs(pos))
+                share = take / abs(fsize)
+                exit_proceeds += take * price
+                fees += comm * share
+                step = math.copysign(take, qty)
+                pos += step
+                qty -= step
+                if abs(pos) <= eps:
+                    pos = 0.0
+                    open_trade = False
+                    entry_px = entry_cost / size
+                    exit_px = exit_proceeds / size
+                    pnl = side * (exit_px - entry_px) * size - fees
+                    raw[R_TRADES] += 1.0
+                    hold = bar - entry_bar
+                    raw[R_HOLD] += hold
+                    win = 1.0 if pnl > 0 else 0.0
+                    raw[R_WINS] += win
+                    kind = int(fills[k, F_KIND])
+                    raw[RAW_KIND0 + kind] += 1.0
+                    rel = bar - first
+                    for f in range(n_folds):
+                        if rel > fold_edges[f] and rel <= fold_edges[f + 1]:
+                            fold_out[f, FD_TRADES] += 1.0
+                            fold_out[f, FD_WINS] += win
+                            break
+    raw[R_OPEN] = 1.0 if open_trade and abs(pos) > eps else 0.0
+    raw[R_NOTIONAL] = notional
+    raw[R_FEES] = fee_total
+    raw[R_FILLS] = nf
+
+
+@numba.njit(cache=False, nogil=True, parallel=True)
+def _run_rows_nb(t_ns, open_, high, low, close, prob, fvol, rvol, first, start, last, cash, coc, rsk, return_edges,
+                 fold_edges, risk_state0, params, raw, moments, folds):
+    """Run :func:`core.simulator.simulate_kernel` for every row of ``params`` and reduce each run
+    in place (``raw[n, N_RAW]``, ``moments[n, S, 5]``, ``folds[n, F, N_FOLD]``).
+
+    The rows are split into one contiguous slice per thread; each slice allocates its buffers
+    once (equity ``n_bars x 3``, fills, trips) and reuses them for its rows, so memory is
+    threads x bars, never rows x bars. Each row's result depends on that row alone, so any
+    thread count or chunking gives bit-identical results."""
+    n_rows = params.shape[0]
+    n = close.shape[0]
+    n_slices = min(n_rows, numba.get_num_threads())
+    for sl in numba.prange(n_slices):
+        lo = sl * n_rows // n_slices
+        hi = (sl + 1) * n_rows // n_slices
+        fills = np.zeros((2 * n + 16, N_FILL_COLS))  # core.simulator.allocate_buffers' sizing
+        equity = np.empty((n, N_EQUITY_COLS))
+        trips = np.zeros((MAX_TRIPS, N_TRIP_COLS))
+        stats = np.zeros(N_STATS)
+        risk_state = np.empty(risk_state0.shape[0])
+        for r in range(lo, hi):
+            risk_state[:] = risk_state0
+            nf, nb, nt = simulate_kernel(t_ns, open_, high, low, close, prob, fvol, rvol, start, last, -1, cash, coc,
+                                         params[r], rsk, fills, equity, trips, stats, risk_state)
+            _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edges, raw[r], moments[r],
+                       folds[r])
+            raw[r, R_OVF] = stats[S_FILL_OVF]
+            raw[r, R_TRIPS] = nt
+            raw[r, R_DECISIONS] = stats[S_DECISIONS]
+            raw[r, R_PASTDB] = stats[S_PAST_DB]
+            raw[r, R_STOPPED] = stats[S_STOPPED]
+
+
+def run_chunk(inputs: KernelInputs, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run one chunk of policy rows: ``(raw[n, N_RAW], moments[n, S, 5], folds[n, F, N_FOLD])``.
+
+    The unit of work of every mapper (the serial loop here, Dask tasks in
+    :mod:`sweeps.distributed`)."""
+    p = np.ascontiguousarray(params, dtype=np.float64)
+    n = p.shape[0]
+    s = inputs.return_edges.shape[0] - 1
+    f = inputs.fold_edges.shape[0] - 1
+    raw = np.zeros((n, N_RAW))
+    moments = np.zeros((n, s, 5))
+    folds = np.zeros((n, f, N_FOLD))
+    if n:
+        _run_rows_nb(*inputs.args(), p, raw, moments, folds)
+    return raw, moments, folds
+
+
+def chunk_bounds(n_rows: int, chunk: int) -> list[tuple[int, int]]:
+    """Contiguous ``[lo, hi)`` row ranges of at most ``chunk`` rows."""
+    if chunk < 1:
+        raise ConfigError(f"chunk must be >= 1 (got {chunk})")
+    return [(lo, min(lo + chunk, n_rows)) for lo in range(0, n_rows, chunk)]
+
+
+def concat_parts(parts: Sequence[tuple[np.ndarray, ...]], inputs: KernelInputs, n: int) -> tuple[np.ndarray, ...]:
+    if not parts:
+        s, f = inputs.return_edges.shape[0] - 1, inputs.fold_edges.shape[0] - 1
+        return np.zeros((0, N_RAW)), np.zeros((0, s, 5)), np.zeros((0, f, N_FOLD))
+    out = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+    if out[0].shape[0] != n:
+        raise RuntimeError(f"sweep chunks returned {out[0].shape[0]} rows for {n}")
+    return out

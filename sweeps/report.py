@@ -1,0 +1,437 @@
+"""The sweep report folder: ``results.csv``, ``report.html``, ``manifest.json`` (+ fold and
+vectorbt tables), written atomically through :func:`core.files.output_dir`.
+
+* ``results.csv`` -- one row per combination: every axis, every metric, the label base rate of
+  the row's own barriers, their break-even probability, whether they are the trained barriers.
+* ``report.html`` -- self-contained (plotly.js inline: no network, no Chrome; interactive, no
+  PNG): the DSR/PBO verdict in plain words first, the exit-rule-sweep note, the top rows,
+  heatmaps of the best Sharpe for every pair of swept axes, the equity of the top rows beside
+  buy-and-hold, the Sharpe distribution of the grid against luck's expected maximum, the PBO
+  logits and the in-sample vs out-of-sample Sharpe of the CSCV splits, the walk-forward folds
+  (in-sample vs out-of-sample of each fold's chosen row), vectorbt's stats of the rows shown
+  and the vectorbt-vs-kernel value check.
+* ``manifest.json`` -- bundle (path, weights sha256), data (path, file sha256, bars sha256),
+  span, grid, costs, policy, versions (nts, vectorbt, numba, ...), seconds, verdict.
+* ``walk_forward.csv`` (with folds), ``vectorbt_stats.csv`` (rows shown).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import platform
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.files import OutputKind, output_dir
+from models.bundle import sha256_file
+from sweeps.engine import EXIT_RULE_NOTE, SweepResult
+from sweeps.grid import AXES
+from sweeps.overfit import DSR_SIGNIFICANT, PBO_HIGH, PBO_LOW
+from sweeps.portfolio import PortfolioSet, buy_and_hold_value
+
+OUTPUT_KIND = OutputKind("sweep", files=("manifest.json", "results.csv", "report.html", "walk_forward.csv",
+                                         "vectorbt_stats.csv"), signature='"overfit"')
+MAX_CHART_POINTS = 2000  # per equity line: the HTML stays a few MB on 85k-bar spans
+MAX_HEATMAPS = 10
+HEATMAP_METRIC = "sharpe"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a sweep's numbers."""
+    out = {"python": platform.python_version()}
+    for pkg in ("neural-trading-system", "vectorbt", "numba", "numpy", "pandas", "plotly", "backtrader", "torch",
+                "dask", "distributed"):
+        try:
+            out["nts" if pkg == "neural-trading-system" else pkg] = version(pkg)
+        except PackageNotFoundError:
+            if pkg not in ("dask", "distributed"):
+                out[pkg] = "not installed"
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, pd.Timestamp):
+        return str(x)
+    return x
+
+
+def trained_text(result: SweepResult) -> str:
+    """The trained barrier set in words."""
+    lab = result.data.trained_labels
+    if lab is None:
+        p = result.data.policy
+        return f"take profit {p.profit:.3%}, stop {p.stop:.3%}, horizon {p.max_hold} bars, tie {p.tie} (config)"
+    return f"take profit {lab.profit:.3%}, stop {lab.stop:.3%}, horizon {lab.horizon} bars, tie {lab.tie}"
+
+
+def exit_rule_note(result: SweepResult) -> str:
+    """The note every report carries (see :data:`sweeps.engine.EXIT_RULE_NOTE`)."""
+    return EXIT_RULE_NOTE.format(trained=trained_text(result))
+
+
+def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_path: str | Path | None = None,
+             portfolios: PortfolioSet | None = None, seconds: dict[str, float] | None = None,
+             command: str | None = None) -> dict[str, Any]:
+    """Everything needed to know what a sweep ran on and what it found (manifest.json)."""
+    d, g, o = result.data, result.grid, result.overfit
+    file_sha = sha256_file(data_path) if data_path is not None and Path(data_path).is_file() else None
+    p = d.policy
+    out = {
+        "kind": "sweep",
+        "command": command,
+        "bundle": {**d.bundle_info, "path": str(model_path) if model_path is not None else d.bundle_info.get("path")},
+        "data": {"path": str(data_path) if data_path is not None else None, "file_sha256": file_sha,
+                 "bars_sha256": d.data_sha256, "bars_fed": int(len(d.frame)), "warmup_bars": int(d.inputs.first),
+                 "probabilities": d.prob_source},
+        "span": {"start": str(d.span[0]), "end": str(d.span[1]), "bars": int(d.inputs.last - d.inputs.first + 1),
+                 "first_decision_bar": str(d.frame.index[d.inputs.start]), "timeframe": d.timeframe},
+        "grid": {"source": g.source, "axes": {k: list(v) for k, v in g.axes}, "swept": list(g.swept),
+                 "rows": int(g.size), "blocks": g.blocks, "folds": g.folds, "top": g.top},
+        "costs": {"taker_fee": sorted(set(result.table["taker_fee"].tolist())),
+                  "maker_fee": sorted(set(result.table["maker_fee"].tolist())),
+                  "slippage_bps": sorted(set(result.table["slippage_bps"].tolist())),
+                  "rule": "maker fee on limit fills, taker fee otherwise; slippage on market/stop fills (core.costs)"},
+        "policy": p.to_dict(),
+        "risk": d.risk_cfg.model_dump(),
+        "cash": d.inputs.cash,
+        "engine": result.engine,
+        "exit_rule_note": exit_rule_note(result),
+        "overfit": {k: v for k, v in o.to_dict().items() if k not in ("logits", "is_sharpe", "oos_sharpe")},
+        "verdict": o.verdict,
+        "warnings": result.warnings(),
+        "walk_forward": result.walk_forward.summary if result.walk_forward is not None else None,
+        "buy_and_hold": result.buy_and_hold,
+        "vectorbt_check": None,
+        "versions": versions(),
+        "seconds": {**result.seconds, **(seconds or {})},
+    }
+    if portfolios is not None:
+        out["vectorbt_check"] = {
+            "rows": portfolios.rows, "rtol": 1e-9,
+            "max_final_value_rel_diff": portfolios.worst_final_diff,
+            "max_bar_value_rel_diff": portfolios.worst_bar_diff,
+            "how": "each shown row's fills replayed through vectorbt.portfolio.nb.process_order_nb; "
+                   "vbt.Portfolio built from the resulting order records",
+        }
+    return _jsonable(out)
+
+
+# ----------------------------------------------------------------------------- html pieces
+def _fmt(v: Any, kind: str = "") -> str:
+    if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else ""
+    if kind == "pct":
+        return f"{float(v):.2%}"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):,.4g}" if abs(float(v)) < 1e5 else f"{float(v):,.0f}"
+    return html.escape(str(v))
+
+
+PCT_COLUMNS = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure", "base_rate", "breakeven_p",
+               "is_return", "oos_return", "is_max_drawdown", "oos_max_drawdown", "oos_rank_pct", "center_used"}
+
+
+def _table(frame: pd.DataFrame, index: bool = True, classes: str = "") -> str:
+    head = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
+    rows = []
+    for idx, rec in zip(frame.index, frame.itertuples(index=False, name=None)):
+        cells = ([f"<td>{_fmt(idx)}</td>"] if index else [])
+        cells += [f"<td>{_fmt(v, 'pct' if c in PCT_COLUMNS and not isinstance(v, str) else '')}</td>"
+                  for c, v in zip(frame.columns, rec)]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f'<table class="{classes}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _fig_html(fig: Any) -> str:
+    import plotly.io as pio  # plotly is needed for the report only
+
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config={"responsive": True})
+
+
+def _verdict_class(result: SweepResult) -> str:
+    o = result.overfit
+    if not math.isfinite(o.dsr):
+        return "warn"
+    good = o.dsr >= DSR_SIGNIFICANT and (not math.isfinite(o.pbo) or o.pbo < PBO_LOW)
+    bad = o.dsr < DSR_SIGNIFICANT and (not math.isfinite(o.pbo) or o.pbo > PBO_HIGH or o.sharpe <= 0)
+    return "good" if good else ("bad" if bad else "warn")
+
+
+def heatmaps(result: SweepResult) -> list[Any]:
+    """One heatmap per pair of swept axes with more than one value: the best Sharpe over the
+    other axes in each cell (hover: the median too)."""
+    import plotly.graph_objects as go  # report only
+
+    t = result.table
+    axes = [a for a in AXES if t[a].nunique() > 1]
+    figs = []
+    for i, a in enumerate(axes):
+        for b in axes[i + 1:]:
+            if len(figs) >= MAX_HEATMAPS:
+                return figs
+            key_a, key_b = t[a].astype(str), t[b].astype(str)
+            grouped = t.assign(_a=key_a, _b=key_b).groupby(["_a", "_b"], sort=False)[HEATMAP_METRIC]
+            best = grouped.max().unstack("_a")
+            med = grouped.median().unstack("_a")
+            xs = [str(v) for v in dict.fromkeys(t[a].tolist())]
+            ys = [str(v) for v in dict.fromkeys(t[b].tolist())]
+            best = best.reindex(index=ys, columns=xs)
+            med = med.reindex(index=ys, columns=xs)
+            z = best.to_numpy(dtype=float)
+            text = [[_fmt(v) for v in row] for row in z]
+            fig = go.Figure(go.Heatmap(
+                z=z, x=xs, y=ys, text=text, texttemplate="%{text}", colorscale="RdYlGn", zmid=0,
+                customdata=med.to_numpy(dtype=float),
+                hovertemplate=f"{a}=%{{x}}<br>{b}=%{{y}}<br>best Sharpe %{{z:.3f}}<br>median %{{customdata:.3f}}"
+                              "<extra></extra>", colorbar={"title": "Sharpe"}))
+            fig.update_layout(title=f"Best annualised Sharpe over the other axes: {b} vs {a}", height=380,
+                              margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=a, yaxis_title=b)
+            figs.append(fig)
+    return figs
+
+
+def _downsample(series: pd.Series) -> pd.Series:
+    step = max(1, len(series) // MAX_CHART_POINTS)
+    if step == 1:
+        return series
+    keep = np.r_[np.arange(0, len(series), step), len(series) - 1]
+    return series.iloc[np.unique(keep)]
+
+
+def equity_figure(result: SweepResult, portfolios: PortfolioSet, rows: Iterable[int]) -> Any:
+    """Equity of ``rows`` (vectorbt's value) beside buy-and-hold, and their drawdowns."""
+    import plotly.graph_objects as go  # report only
+    from plotly.subplots import make_subplots
+
+    value = portfolios.portfolio.value()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04)
+    bh = _downsample(buy_and_hold_value(result.data))
+    fig.add_trace(go.Scattergl(x=bh.index, y=bh.to_numpy(), name="buy & hold", line={"color": "#888", "width": 1}),
+                  row=1, col=1)
+    for r in rows:
+        col = portfolios.column(r)
+        v = value[col]
+        dd = v / v.cummax() - 1.0
+        v, dd = _downsample(v), _downsample(dd)
+        fig.add_trace(go.Scattergl(x=v.index, y=v.to_numpy(), name=col, line={"width": 1.2}), row=1, col=1)
+        fig.add_trace(go.Scattergl(x=dd.index, y=dd.to_numpy() * 100, name=col, showlegend=False,
+                                   line={"width": 0.8}), row=2, col=1)
+    step = max(1, len(value) // MAX_CHART_POINTS)
+    fig.update_layout(title="Equity of the top rows (vectorbt value) beside buy-and-hold"
+                            + (f" (every {step}th bar drawn)" if step > 1 else ""),
+                      height=620, legend={"font": {"size": 10}}, margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    fig.update_yaxes(title_text="equity", row=1, col=1)
+    fig.update_yaxes(title_text="drawdown %", row=2, col=1)
+    return fig
+
+
+def sharpe_figure(result: SweepResult) -> Any:
+    """Histogram of the rows' Sharpe ratios with luck's expected maximum marked."""
+    import plotly.graph_objects as go  # report only
+
+    o = result.overfit
+    s = result.table["sharpe"].dropna()
+    fig = go.Figure(go.Histogram(x=s, nbinsx=min(60, max(10, len(s) // 5)), name="rows", marker={"color": "#4c78a8"}))
+    for x, label, color in ((o.expected_max_sharpe, "expected max of luck", "#e45756"),
+                            (o.sharpe, "best row", "#54a24b")):
+        if math.isfinite(x):
+            fig.add_vline(x=x, line={"color": color, "dash": "dash"}, annotation_text=label)
+    fig.update_layout(title=f"Annualised Sharpe of the {len(result.table):,} rows", height=340,
+                      xaxis_title="Sharpe (annualised)", yaxis_title="rows",
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return fig
+
+
+def pbo_figures(result: SweepResult) -> list[Any]:
+    """CSCV: the logit distribution and the chosen rows' in- vs out-of-sample Sharpe."""
+    import plotly.graph_objects as go  # report only
+
+    o = result.overfit
+    if not o.logits:
+        return []
+    lg = np.asarray(o.logits)
+    hist = go.Figure(go.Histogram(x=lg, nbinsx=50, marker={"color": "#72b7b2"}))
+    hist.add_vline(x=0, line={"color": "#e45756", "dash": "dash"}, annotation_text="median OOS rank")
+    hist.update_layout(title=f"CSCV logits of the in-sample winner's out-of-sample rank (PBO = share <= 0: {o.pbo:.2f})",
+                       height=320, xaxis_title="logit", yaxis_title="splits", margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    x, y = np.asarray(o.is_sharpe), np.asarray(o.oos_sharpe)
+    ok = np.isfinite(x) & np.isfinite(y)
+    sc = go.Figure(go.Scattergl(x=x[ok], y=y[ok], mode="markers", marker={"size": 4, "opacity": 0.4}))
+    sc.update_layout(title=f"In-sample vs out-of-sample Sharpe of the chosen row per CSCV split "
+                           f"(slope {o.degradation_slope:.2f}; P(OOS loss) {o.prob_oos_loss:.2f})",
+                     height=360, xaxis_title="in-sample Sharpe", yaxis_title="out-of-sample Sharpe",
+                     margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return [hist, sc]
+
+
+def walk_forward_figure(result: SweepResult, portfolios: PortfolioSet | None) -> list[Any]:
+    """In-sample vs out-of-sample Sharpe per fold, and the chained out-of-sample equity."""
+    import plotly.graph_objects as go  # report only
+
+    wf = result.walk_forward
+    if wf is None or wf.table.empty:
+        return []
+    t = wf.table
+    labels = [f"fold {k}: {n.split(' ', 1)[0]}" for k, n in zip(t["fold"], t["name"])]
+    bars = go.Figure([go.Bar(x=labels, y=t["is_sharpe"], name="in-sample (chosen on)"),
+                      go.Bar(x=labels, y=t["oos_sharpe"], name="out-of-sample (next fold)"),
+                      go.Scatter(x=labels, y=t["oos_median_sharpe"], mode="markers", name="median row OOS",
+                                 marker={"symbol": "line-ew-open", "size": 18})])
+    bars.update_layout(barmode="group", title="Walk-forward: each fold's best row in sample, scored on the next fold",
+                       height=360, yaxis_title="Sharpe (annualised)", margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    figs = [bars]
+    if portfolios is not None:
+        value = portfolios.portfolio.value()
+        pieces, level = [], 1.0
+        for rec in t.itertuples():
+            v = value[portfolios.column(int(rec.row))].iloc[rec.first_bar:rec.last_bar + 1]
+            seg = level * v / v.iloc[0]
+            level = float(seg.iloc[-1])
+            pieces.append(seg if not pieces else seg.iloc[1:])
+        chained = _downsample(pd.concat(pieces))
+        bh = buy_and_hold_value(result.data).iloc[t["first_bar"].iloc[0]:]
+        bh = _downsample(bh / bh.iloc[0])
+        eq = go.Figure([go.Scattergl(x=chained.index, y=chained.to_numpy(), name="chosen rows, out of sample"),
+                        go.Scattergl(x=bh.index, y=bh.to_numpy(), name="buy & hold", line={"color": "#888"})])
+        eq.update_layout(title="Out-of-sample equity of the walk-forward choices, chained (start = 1)", height=340,
+                         margin={"l": 60, "r": 20, "t": 50, "b": 40})
+        figs.append(eq)
+    return figs
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.verdict{font-size:1.12em;line-height:1.45;padding:16px 20px;border-radius:8px;margin:16px 0;border-left:8px solid}
+.verdict.good{background:#eaf6ec;border-color:#2e9b48}.verdict.warn{background:#fff6e0;border-color:#e0a100}
+.verdict.bad{background:#fdecea;border-color:#d93025}
+.note{background:#eef3fb;border-left:6px solid #4c78a8;padding:10px 16px;border-radius:6px;margin:12px 0}
+.note.warn{background:#fff6e0;border-left-color:#e0a100}
+.kpis{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.kpi{background:#f6f6f6;border-radius:6px;padding:8px 12px}
+.kpi b{display:block;font-size:1.2em}
+table{border-collapse:collapse;font-size:12px;margin:8px 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f3f3f3;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left} .meta{color:#555;font-size:.92em}
+"""
+
+
+def render_html(result: SweepResult, portfolios: PortfolioSet | None, man: dict[str, Any]) -> str:
+    """The whole report page (self-contained)."""
+    import plotly.offline as po  # report only
+
+    o, d, g = result.overfit, result.data, result.grid
+    kpis = [("DSR", _fmt(o.dsr)), ("PSR", _fmt(o.psr)), ("PBO", _fmt(o.pbo)),
+            ("best Sharpe", _fmt(o.sharpe)), ("luck's expected max", _fmt(o.expected_max_sharpe)),
+            ("trials", f"{o.n_trials:,}"), ("CSCV blocks / splits", f"{o.blocks} / {o.n_splits:,}"),
+            ("buy & hold Sharpe", _fmt(result.buy_and_hold.get("sharpe"))),
+            ("buy & hold return", _fmt(result.buy_and_hold.get("total_return"), "pct"))]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nts sweep report</title>",
+        f"<style>{CSS}</style><script type='text/javascript'>{po.get_plotlyjs()}</script></head><body>",
+        "<h1>Sweep report</h1>",
+        f"<div class='meta'>model <code>{html.escape(str(man['bundle'].get('path')))}</code> &middot; data "
+        f"<code>{html.escape(str(man['data'].get('path')))}</code> &middot; span {html.escape(man['span']['start'])} .. "
+        f"{html.escape(man['span']['end'])} ({man['span']['bars']:,} bars of {d.timeframe}) &middot; {g.size:,} rows "
+        f"&middot; {html.escape(result.engine)} &middot; probabilities: {html.escape(d.prob_source)}</div>",
+        f"<div class='verdict {_verdict_class(result)}'><b>Is the best row luck?</b> {html.escape(o.verdict)}</div>",
+        *[f"<div class='note warn'><b>Caution.</b> {html.escape(w)}</div>" for w in result.warnings()],
+        "<div class='kpis'>" + "".join(f"<div class='kpi'>{k}<b>{v}</b></div>" for k, v in kpis) + "</div>",
+        f"<div class='note'><b>Exit-rule sweep.</b> {html.escape(exit_rule_note(result))}</div>",
+        f"<p class='meta'>DSR: probability that the best row's Sharpe beats the expected maximum of {o.n_trials:,} "
+        f"trials without skill (Bailey &amp; López de Prado 2014), significant at &ge; {DSR_SIGNIFICANT}. PBO: share of "
+        f"the C({o.blocks},{o.blocks // 2}) combinatorially symmetric splits where the in-sample winner ranks at or "
+        f"below the out-of-sample median (Bailey, Borwein, López de Prado &amp; Zhu 2015); low &lt; {PBO_LOW}, high "
+        f"&gt; {PBO_HIGH}. Sharpe: per-bar returns, annualised with sqrt({man['overfit'].get('periods_per_year'):,.0f}).</p>",
+    ]
+    show = ["name", *[a for a in AXES if result.table[a].nunique() > 1 or a in g.swept], "center_used", "sharpe",
+            "sortino", "total_return", "cagr", "max_drawdown", "trades", "win_rate", "avg_hold_bars", "exposure",
+            "turnover", "fees", "base_rate", "breakeven_p", "trained_barriers"]
+    show = list(dict.fromkeys(c for c in show if c in result.table.columns))
+    parts += [f"<h2>Top {len(result.top)} rows by Sharpe</h2>",
+              "<p class='meta'>A row that never traded has Sharpe 0 (as in the DSR/PBO statistics), so it ranks above "
+              "rows that lost money.</p>" if result.flat_rows else "", _table(result.top[show])]
+    trading = result.top_trading
+    if result.flat_rows and len(trading) and not trading.index.equals(result.top.index):
+        parts += [f"<h2>Top {len(trading)} rows among those that traded</h2>", _table(trading[show])]
+    figs = heatmaps(result)
+    if figs:
+        parts.append("<h2>Heatmaps of the swept axes</h2>")
+        parts += [_fig_html(f) for f in figs]
+    if portfolios is not None:
+        top_rows = [int(r) for r in dict.fromkeys([*result.top.index, *result.top_trading.index])
+                    if int(r) in portfolios.rows][:2 * result.grid.top]
+        parts += ["<h2>Equity of the top rows</h2>", _fig_html(equity_figure(result, portfolios, top_rows))]
+    parts += ["<h2>Sharpe across the grid</h2>", _fig_html(sharpe_figure(result))]
+    pfigs = pbo_figures(result)
+    if pfigs:
+        parts += ["<h2>Probability of backtest overfitting (CSCV)</h2>", *[_fig_html(f) for f in pfigs]]
+    wf = result.walk_forward
+    if wf is not None and not wf.table.empty:
+        s = wf.summary
+        parts += [f"<h2>Walk-forward: in-sample vs out-of-sample ({g.folds} folds)</h2>",
+                  f"<p>Each fold's best row by in-sample Sharpe, scored on the next fold (slices of one run per row, "
+                  f"so positions and breaker states carry across fold edges). Mean in-sample Sharpe "
+                  f"<b>{_fmt(s['mean_is_sharpe'])}</b>, mean out-of-sample <b>{_fmt(s['mean_oos_sharpe'])}</b>; chained "
+                  f"out-of-sample return <b>{_fmt(s['oos_return_chained'], 'pct')}</b>; {s['oos_losing_folds']} of "
+                  f"{s['steps']} out-of-sample folds lost money; the chosen row's mean out-of-sample rank "
+                  f"{_fmt(s['mean_oos_rank_pct'], 'pct')} (100% = best row).</p>",
+                  _table(wf.table.drop(columns=["first_bar", "last_bar"]).set_index("fold")),
+                  *[_fig_html(f) for f in walk_forward_figure(result, portfolios)]]
+    if portfolios is not None:
+        stats = portfolios.stats()
+        chk = man.get("vectorbt_check") or {}
+        parts += ["<h2>vectorbt: stats of the rows shown</h2>",
+                  f"<p class='meta'>Built from the simulator's fills replayed through vectorbt's order primitive. "
+                  f"Value check against the kernel: largest final-value difference "
+                  f"<b>{chk.get('max_final_value_rel_diff', float('nan')):.2e}</b>, largest bar-by-bar "
+                  f"<b>{chk.get('max_bar_value_rel_diff', float('nan')):.2e}</b> (relative; required &le; 1e-9). "
+                  f"vectorbt's ratios count the first bar's zero return, so they differ slightly from the table's.</p>",
+                  _table(stats.astype(str))]
+    parts += ["<h2>Manifest</h2>", f"<pre>{html.escape(json.dumps(man, indent=2)[:20000])}</pre>", "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(result: SweepResult, output: str | Path, *, portfolios: PortfolioSet | None = None,
+                 data_path: str | Path | None = None, model_path: str | Path | None = None,
+                 inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
+                 seconds: dict[str, float] | None = None, command: str | None = None) -> dict[str, Path]:
+    """Write the report folder atomically (temp sibling, then rename; an existing folder is
+    replaced only when it is a previous sweep output -- :func:`core.files.output_dir`)."""
+    man = manifest(result, data_path=data_path, model_path=model_path, portfolios=portfolios, seconds=seconds,
+                   command=command)
+    page = render_html(result, portfolios, man)
+    names = ["results.csv", "report.html", "manifest.json"]
+    with output_dir(output, OUTPUT_KIND, inputs=list(inputs), overwrite=overwrite) as tmp:
+        result.table.to_csv(tmp / "results.csv", float_format="%.10g")
+        if result.walk_forward is not None and not result.walk_forward.table.empty:
+            result.walk_forward.table.to_csv(tmp / "walk_forward.csv", index=False, float_format="%.10g")
+            names.append("walk_forward.csv")
+        if portfolios is not None:
+            portfolios.stats().to_csv(tmp / "vectorbt_stats.csv")
+            names.append("vectorbt_stats.csv")
+        (tmp / "report.html").write_text(page, encoding="utf-8")
+        # manifest.json last: a folder holding it is complete
+        (tmp / "manifest.json").write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
+    out = Path(output)
+    return {n: out / n for n in names}
