@@ -218,6 +218,9 @@ def output_dir(path: str | Path, kind: OutputKind | str, *, inputs: Iterable[str
     anchor = next(p for p in target.parents if p.exists())  # parents are created only at the end
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.nts-tmp-", dir=anchor))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output gets a plain mkdir's mode
     except OSError as exc:
         raise OutputError(f"{path}: cannot write in {anchor} ({_reason(exc)})") from None
     try:

@@ -484,3 +484,20 @@ def test_marker_names_the_kind_and_the_version(tiny_bundle):
     assert marker["kind"] == "bundle" and marker["version"] == 1 and (tiny_bundle / MARKER).is_file()
     with pytest.raises(OutputError, match="is a folder"):  # a file output never replaces a folder
         check_output_file(tiny_bundle)
+
+
+def test_output_folder_gets_normal_permissions(tmp_path):
+    """An output folder is built with mkdtemp (mode 0700) but must end up as a plain mkdir
+    would make it, so other users and tools can read the report."""
+    import os
+    import stat
+
+    from core.files import OutputKind, output_dir
+
+    umask = os.umask(0o022)
+    try:
+        with output_dir(tmp_path / "out", OutputKind("backtest", ("metrics.json",), "")) as tmp:
+            (tmp / "metrics.json").write_text("{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
