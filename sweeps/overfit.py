@@ -54,6 +54,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from core.errors import ConfigError, DataError
+from core.jsonable import jsonable
 
 EULER_GAMMA = 0.5772156649015329
 DSR_SIGNIFICANT = 0.95  # DSR at or above this: the best row beats the best of N lucky trials
@@ -516,21 +517,7 @@ class OverfitReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (NaN and inf become None)."""
-        return _jsonable(asdict(self))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
+        return jsonable(asdict(self))
 
 
 def _check_periods_per_year(ppy: float) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from core.files import OutputKind, output_dir
+from core.jsonable import jsonable
 from models.bundle import sha256_file
 from sweeps.engine import EXIT_RULE_NOTE, SweepResult
 from sweeps.grid import AXES
@@ -53,22 +54,6 @@ def versions() -> dict[str, str]:
             if pkg not in ("dask", "distributed"):
                 out[pkg] = "not installed"
     return out
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, pd.Timestamp):
-        return str(x)
-    return x
 
 
 def trained_text(result: SweepResult) -> str:
@@ -129,7 +114,7 @@ def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_
             "how": "each shown row's fills replayed through vectorbt.portfolio.nb.process_order_nb; "
                    "vbt.Portfolio built from the resulting order records",
         }
-    return _jsonable(out)
+    return jsonable(out)
 
 
 # ----------------------------------------------------------------------------- html pieces
