@@ -49,6 +49,23 @@ Fills (each fill is one trade with its own id; ``qty`` in base units):
   reservation and books the actual amounts. A stop-market buy that triggers at a gap
   above the reservation and cannot be paid expires.
 
+OCO order lists (``POST /api/v3/orderList/oco``, the endpoint ccxt 4.5.90 signs as
+``privatePostOrderListOco`` and fills with ``listClientOrderId``/``aboveClientOrderId``/
+``belowClientOrderId``; ``GET``/``DELETE /api/v3/orderList``, ``GET /api/v3/openOrderList``):
+two legs of one ``quantity`` and side, ``aboveType``/``belowType`` with ``above*``/``below*``
+price, stop price, time in force and client id. As on Binance: a SELL list is a
+LIMIT_MAKER / TAKE_PROFIT(_LIMIT) above the last price and a STOP_LOSS(_LIMIT) below it, a
+BUY list the mirror image (else -1116); the legs' levels must straddle the last price
+(else -2010 "The relationship of the prices for the orders is not correct."); the list
+reserves the funds of ONE leg (a SELL reserves ``quantity`` base once, which is the point:
+two plain sell orders would each lock the whole position). Both legs are ordinary orders
+in ``openOrders``/``GET order`` (with their ``orderListId``). As soon as one leg executes
+(a stop triggers, a limit fills even partly) the other leg is EXPIRED and its reservation
+moves to the executing leg; canceling either leg, or the list, cancels both. The stop leg
+is created first (the lower order id): a bar that reaches both legs triggers the stop, the
+labels' conservative tie. Unknown list: -2013 "Order list does not exist." (query), -2011
+"Unknown order list sent." (cancel, also for a list that is already done).
+
 Faults on top of the loopback ones (429/5xx ``status``, ``slow``, ``drop``,
 ``drop_after`` -- e.g. an accepted order whose response never arrives): ``partial``
 (:meth:`ReplayExchange.inject`, the next ``times`` accepted limit-type orders fill in
@@ -170,6 +187,7 @@ class Order:
     lock_asset: str = ""
     locked: Decimal = ZERO       # funds still reserved for the unfilled rest
     lock_price: Decimal = ZERO   # quote reserved per base unit (buys)
+    order_list_id: int = -1      # the OCO order list this order is a leg of (-1: none)
 
     @property
     def remaining(self) -> Decimal:
@@ -180,6 +198,18 @@ class Order:
     def is_open(self) -> bool:
         """NEW or PARTIALLY_FILLED (untriggered stops included)."""
         return self.status in OPEN_STATUSES
+
+
+@dataclass
+class OrderList:
+    """One OCO order list: its id, client id and the order ids of its two legs."""
+
+    list_id: int
+    list_client_id: str
+    market_id: str
+    order_ids: list[int]
+    time: int
+    update_time: int = 0
 
 
 @dataclass
@@ -239,7 +269,7 @@ class ReplayExchange(LoopbackExchange):
             raise ReplayError(f"fees are rates in (-1, 1): maker {maker_fee}, taker {taker_fee}")
         first = min(int(m.open_ms[0]) for m in self.markets.values())
         last_close = max(int(m.open_ms[-1]) for m in self.markets.values()) + self.tf_ms
-        start_ms = first if start is None else _to_ms(start)
+        start_ms = first if start is None else _to_ms(start, "replay start")
         if not first <= start_ms <= last_close:
             raise ReplayError(f"replay start {_utc(start_ms)} UTC is outside the data "
                               f"({_utc(first)} .. {_utc(last_close)} UTC)")
@@ -266,6 +296,8 @@ class ReplayExchange(LoopbackExchange):
         self._next_order_id = 1
         self._next_trade_id = 1
         self._partial_faults: list[PartialFills] = []
+        self.order_lists: dict[int, OrderList] = {}
+        self._next_list_id = 1
         # Per market: [index of the first bar not completely processed, its open processed?]
         self._cursor: dict[str, list] = {}
         for m in self.markets.values():
@@ -452,6 +484,8 @@ class ReplayExchange(LoopbackExchange):
         t = int(m.open_ms[j])
         opening = _d(m.values[j, 0])
         for o in self._working(m, t):
+            if not o.is_open:  # an OCO leg expired by its sibling earlier in this loop
+                continue
             if not o.working:
                 if self._stop_hit(o, opening, opening):
                     self._trigger(m, o, opening, t, j, eligible_after=t - 1)
@@ -463,6 +497,8 @@ class ReplayExchange(LoopbackExchange):
         when = t + self.tf_ms - 1  # inside the bar, never later than its close
         high, low = _d(m.values[j, 1]), _d(m.values[j, 2])
         for o in self._working(m, t):
+            if not o.is_open:  # an OCO leg expired by its sibling earlier in this loop
+                continue
             if not o.working:
                 if self._stop_hit(o, low, high):
                     self._trigger(m, o, o.stop_price, when, j, eligible_after=t)
@@ -476,6 +512,7 @@ class ReplayExchange(LoopbackExchange):
 
     def _trigger(self, m: _Market, o: Order, price: Decimal, t: int, bar: int, eligible_after: int) -> None:
         """A stop order's trigger: market kinds fill at ``price``, limit kinds start working."""
+        self._oco_leg_executes(o, t)
         o.working, o.working_time, o.update_time = True, t, t
         log.info("order %d %s %s triggered at %s (%s)", o.order_id, o.type, o.side, price, _utc(t))
         if o.type in ("STOP_LOSS", "TAKE_PROFIT"):
@@ -500,6 +537,7 @@ class ReplayExchange(LoopbackExchange):
         charge the fee (buyer in base, seller in quote), update the order."""
         if qty <= 0:
             return
+        self._oco_leg_executes(o, t)
         quote = _q8(qty * price)
         rate = self.maker_fee if maker else self.taker_fee
         last_piece = qty >= o.remaining
@@ -575,6 +613,10 @@ class ReplayExchange(LoopbackExchange):
         self.add_route("DELETE", "/api/v3/openOrders", locked(self._cancel_all), signed=True)
         self.add_route("GET", "/api/v3/allOrders", locked(self._all_orders), signed=True)
         self.add_route("GET", "/api/v3/myTrades", locked(self._my_trades), signed=True)
+        self.add_route("POST", "/api/v3/orderList/oco", locked(self._new_oco), signed=True)
+        self.add_route("GET", "/api/v3/orderList", locked(self._query_list), signed=True)
+        self.add_route("DELETE", "/api/v3/orderList", locked(self._cancel_list), signed=True)
+        self.add_route("GET", "/api/v3/openOrderList", locked(self._open_lists), signed=True)
 
     def _kline_row(self, market: _Market, i: int, now: int) -> list[Any]:
         t = int(market.open_ms[i])
@@ -833,7 +875,8 @@ class ReplayExchange(LoopbackExchange):
     def _order_body(self, m: _Market, o: Order) -> dict[str, Any]:
         """The order as GET /api/v3/order shows it."""
         return {
-            "symbol": m.market_id, "orderId": o.order_id, "orderListId": -1, "clientOrderId": o.client_order_id,
+            "symbol": m.market_id, "orderId": o.order_id, "orderListId": o.order_list_id,
+            "clientOrderId": o.client_order_id,
             "price": _fmt8(o.price), "origQty": _fmt8(o.orig_qty), "executedQty": _fmt8(o.executed_qty),
             "cummulativeQuoteQty": _fmt8(o.cum_quote), "status": o.status, "timeInForce": o.time_in_force,
             "type": o.type, "side": o.side, "stopPrice": _fmt8(o.stop_price), "icebergQty": _fmt8(ZERO),
@@ -842,7 +885,7 @@ class ReplayExchange(LoopbackExchange):
         }
 
     def _new_order_body(self, m: _Market, o: Order, resp_type: str, fills: list[Trade], now: int) -> dict[str, Any]:
-        body: dict[str, Any] = {"symbol": m.market_id, "orderId": o.order_id, "orderListId": -1,
+        body: dict[str, Any] = {"symbol": m.market_id, "orderId": o.order_id, "orderListId": o.order_list_id,
                                 "clientOrderId": o.client_order_id, "transactTime": now}
         if resp_type == "ACK":
             return body
@@ -880,7 +923,7 @@ class ReplayExchange(LoopbackExchange):
     def _cancel_body(self, m: _Market, o: Order, cancel_id: str | None) -> dict[str, Any]:
         body = self._order_body(m, o)
         body = {"symbol": m.market_id, "origClientOrderId": o.client_order_id, "orderId": o.order_id,
-                "orderListId": -1, "clientOrderId": cancel_id or "replay" + secrets.token_hex(8),
+                "orderListId": o.order_list_id, "clientOrderId": cancel_id or "replay" + secrets.token_hex(8),
                 "transactTime": o.update_time, **{k: body[k] for k in (
                     "price", "origQty", "executedQty", "cummulativeQuoteQty", "status", "timeInForce", "type",
                     "side", "origQuoteOrderQty", "selfTradePreventionMode")}}
@@ -895,6 +938,12 @@ class ReplayExchange(LoopbackExchange):
             raise ApiError(400, -2011, "Unknown order sent.")
         self._close(o, "CANCELED", now)
         log.info("order %d canceled (%s)", o.order_id, _utc(now))
+        if o.order_list_id >= 0:  # Binance: canceling one leg of an order list cancels the list
+            lst = self.order_lists[o.order_list_id]
+            for sib in self._legs(lst):
+                if sib.is_open:
+                    self._close(sib, "CANCELED", now)
+            lst.update_time = now
         return Response(200, self._cancel_body(m, o, req.params.get("newClientOrderId")))
 
     def _cancel_all(self, req: Request, now: int) -> Response:
@@ -961,11 +1010,200 @@ class ReplayExchange(LoopbackExchange):
         else:
             trades = self._page(trades, start, end, limit, lambda t: t.time)
         return Response(200, [{
-            "symbol": m.market_id, "id": t.trade_id, "orderId": t.order_id, "orderListId": -1,
+            "symbol": m.market_id, "id": t.trade_id, "orderId": t.order_id,
+            "orderListId": self.orders[t.order_id].order_list_id,
             "price": _fmt8(t.price), "qty": _fmt8(t.qty), "quoteQty": _fmt8(t.quote_qty),
             "commission": _fmt8(t.commission), "commissionAsset": t.commission_asset, "time": t.time,
             "isBuyer": t.is_buyer, "isMaker": t.is_maker, "isBestMatch": True,
         } for t in trades])
+
+    # ----- OCO order lists -----------------------------------------------------------------
+    def _legs(self, lst: OrderList) -> list[Order]:
+        return [self.orders[i] for i in lst.order_ids]
+
+    def _oco_leg_executes(self, o: Order, t: int) -> None:
+        """A leg of an OCO starts executing (stop triggered, first fill): expire the other
+        leg and hand its share of the list's reservation to this one."""
+        if o.order_list_id < 0:
+            return
+        lst = self.order_lists[o.order_list_id]
+        for sib in self._legs(lst):
+            if sib is o or not sib.is_open:
+                continue
+            if sib.locked > 0 and sib.lock_asset == o.lock_asset:
+                o.locked += sib.locked
+                sib.locked = ZERO
+            self._close(sib, "EXPIRED", t)
+            log.info("order %d (OCO list %d) expired: leg %d executes (%s)", sib.order_id, lst.list_id,
+                     o.order_id, _utc(t))
+        lst.update_time = t
+
+    def _list_body(self, lst: OrderList, reports: bool = False) -> dict[str, Any]:
+        """An order list as Binance shows it (``orderReports`` on create and cancel)."""
+        m = self.markets[lst.market_id]
+        legs = self._legs(lst)
+        done = not any(o.is_open for o in legs)
+        body: dict[str, Any] = {
+            "orderListId": lst.list_id, "contingencyType": "OCO",
+            "listStatusType": "ALL_DONE" if done else "EXEC_STARTED",
+            "listOrderStatus": "ALL_DONE" if done else "EXECUTING",
+            "listClientOrderId": lst.list_client_id, "transactionTime": lst.update_time or lst.time,
+            "symbol": m.market_id,
+            "orders": [{"symbol": m.market_id, "orderId": o.order_id, "clientOrderId": o.client_order_id}
+                       for o in legs],
+        }
+        if reports:
+            body["orderReports"] = [self._new_order_body(m, o, "RESULT", [], lst.update_time or lst.time)
+                                    | {"stopPrice": _fmt8(o.stop_price), "icebergQty": _fmt8(ZERO)} for o in legs]
+        return body
+
+    _ABOVE_OF = {"SELL": ("LIMIT_MAKER", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"), "BUY": ("STOP_LOSS", "STOP_LOSS_LIMIT")}
+    _BELOW_OF = {"SELL": ("STOP_LOSS", "STOP_LOSS_LIMIT"), "BUY": ("LIMIT_MAKER", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT")}
+
+    def _new_oco(self, req: Request, now: int) -> Response:
+        """POST /api/v3/orderList/oco (see the module docstring for the rules)."""
+        p = req.params
+        m = self._market(p)
+        f = m.filters
+        side = p.get("side")
+        if not side:
+            raise self._mandatory("side")
+        if side not in ("BUY", "SELL"):
+            raise ApiError(400, -1117, "Invalid side.")
+        qty = self._number(p, "quantity")
+        if qty is None:
+            raise self._mandatory("quantity")
+        legs: dict[str, dict[str, Any]] = {}
+        for pos, allowed in (("above", self._ABOVE_OF[side]), ("below", self._BELOW_OF[side])):
+            otype = p.get(f"{pos}Type")
+            if not otype:
+                raise self._mandatory(f"{pos}Type")
+            if otype not in allowed:
+                raise ApiError(400, -1116, "Invalid orderType.")
+            price, stop = self._number(p, f"{pos}Price"), self._number(p, f"{pos}StopPrice")
+            tif = p.get(f"{pos}TimeInForce") or None
+            if otype in LIMIT_PRICED and price is None:
+                raise self._mandatory(f"{pos}Price")
+            if otype not in LIMIT_PRICED and price is not None:
+                raise self._not_required(f"{pos}Price")
+            if otype in STOP_TYPES and stop is None:
+                raise self._mandatory(f"{pos}StopPrice")
+            if otype not in STOP_TYPES and stop is not None:
+                raise self._not_required(f"{pos}StopPrice")
+            if otype in TIF_REQUIRED:
+                if tif is None:
+                    raise self._mandatory(f"{pos}TimeInForce")
+                if tif not in ("GTC", "IOC", "FOK"):
+                    raise ApiError(400, -1115, "Invalid timeInForce.")
+            elif tif is not None:
+                raise self._not_required(f"{pos}TimeInForce")
+            cid = p.get(f"{pos}ClientOrderId") or "replay" + secrets.token_hex(8)
+            legs[pos] = {"type": otype, "price": price, "stop": stop, "tif": tif or "GTC", "cid": cid,
+                         "level": stop if otype in STOP_TYPES else price}
+        list_cid = p.get("listClientOrderId") or "replay" + secrets.token_hex(8)
+        for cid in (list_cid, legs["above"]["cid"], legs["below"]["cid"]):
+            if not _CLIENT_ID.match(cid):
+                raise ApiError(400, -1100, "Illegal characters found in a client order id parameter; "
+                                           "legal range is '^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        if any(o.client_order_id in (legs["above"]["cid"], legs["below"]["cid"]) for o in self._open.values()) or \
+                any(lst.list_client_id == list_cid and any(o.is_open for o in self._legs(lst))
+                    for lst in self.order_lists.values()):
+            raise ApiError(400, -2010, "Duplicate order sent.")
+        last = self._last(m, now)
+        if last is None:
+            raise ApiError(400, -2010, "Market is closed.")
+        last_price, _bar = last
+        for leg in legs.values():
+            for x in (leg["price"], leg["stop"]):
+                if x is not None:
+                    self._check_price(f, x)
+        self._check_qty(f, qty, False)
+        for leg in legs.values():
+            ref = leg["price"] if leg["type"] in LIMIT_PRICED else leg["stop"]
+            if qty * ref < f.min_notional:
+                raise ApiError(400, -1013, "Filter failure: NOTIONAL")
+        if sum(1 for o in self._open.values() if o.market_id == m.market_id) + 2 > f.max_num_orders:
+            raise ApiError(400, -1013, "Filter failure: MAX_NUM_ORDERS")
+        if not legs["above"]["level"] > last_price > legs["below"]["level"]:
+            raise ApiError(400, -2010, "The relationship of the prices for the orders is not correct.")
+        # One reservation for the whole list: a sell reserves the quantity once; a buy the
+        # larger of its legs' costs.
+        if side == "BUY":
+            lock_asset = m.quote
+            need = max(_q8(qty * leg["level"], ROUND_UP) for leg in legs.values())
+        else:
+            lock_asset, need = m.base, qty
+        if self._balances[lock_asset][0] < need:
+            raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
+        lst = OrderList(self._next_list_id, list_cid, m.market_id, [], now, now)
+        self._next_list_id += 1
+        self.order_lists[lst.list_id] = lst
+        # the stop-loss leg first (lower order id): a bar reaching both legs triggers the stop
+        order_of = sorted(legs, key=lambda pos: 0 if legs[pos]["type"].startswith("STOP_LOSS") else 1)
+        for k, pos in enumerate(order_of):
+            leg = legs[pos]
+            otype = leg["type"]
+            o = Order(
+                order_id=self._next_order_id, client_order_id=leg["cid"], market_id=m.market_id, side=side,
+                type=otype, time_in_force=leg["tif"], orig_qty=qty,
+                price=leg["price"] if leg["price"] is not None else ZERO,
+                stop_price=leg["stop"] if leg["stop"] is not None else ZERO, orig_quote_qty=ZERO, time=now,
+                update_time=now, working=otype not in STOP_TYPES, eligible_after=now,
+                working_time=-1 if otype in STOP_TYPES else now, lock_asset=lock_asset,
+                lock_price=leg["level"] if side == "BUY" else ZERO, order_list_id=lst.list_id,
+            )
+            self._next_order_id += 1
+            self.orders[o.order_id] = o
+            self._open[o.order_id] = o
+            lst.order_ids.append(o.order_id)
+            if k == 0:
+                bal = self._balances[lock_asset]
+                bal[0] -= need
+                bal[1] += need
+                o.locked = need
+        self._account_time = max(self._account_time, now)
+        log.info("OCO list %d %s %s qty=%s legs %s cid=%s (%s)", lst.list_id, m.market_id, side, qty,
+                 ", ".join(f"{legs[pos]['type']}@{legs[pos]['level']}" for pos in order_of), list_cid, _utc(now))
+        return Response(200, self._list_body(lst, reports=True))
+
+    def _find_list(self, params: Mapping[str, str], id_name: str, cid_name: str, code: int, msg: str) -> OrderList:
+        list_id = self._int_param(params, id_name)
+        cid = params.get(cid_name) or None
+        if list_id is None and cid is None:
+            raise ApiError(400, -1102, f"Param '{cid_name}' or '{id_name}' must be sent, but both were empty/null!")
+        if list_id is not None:
+            lst = self.order_lists.get(list_id)
+            if lst is not None and (cid is None or lst.list_client_id == cid):
+                return lst
+            raise ApiError(400, code, msg)
+        for lst in reversed(list(self.order_lists.values())):  # a reused client id: the newest list
+            if lst.list_client_id == cid:
+                return lst
+        raise ApiError(400, code, msg)
+
+    def _query_list(self, req: Request, now: int) -> Response:
+        """GET /api/v3/orderList (``orderListId`` or ``origClientOrderId``)."""
+        lst = self._find_list(req.params, "orderListId", "origClientOrderId", -2013, "Order list does not exist.")
+        return Response(200, self._list_body(lst))
+
+    def _cancel_list(self, req: Request, now: int) -> Response:
+        """DELETE /api/v3/orderList (``symbol`` and ``orderListId`` or ``listClientOrderId``)."""
+        m = self._market(req.params)
+        lst = self._find_list(req.params, "orderListId", "listClientOrderId", -2011, "Unknown order list sent.")
+        legs = self._legs(lst)
+        if lst.market_id != m.market_id or not any(o.is_open for o in legs):
+            raise ApiError(400, -2011, "Unknown order list sent.")
+        for o in legs:
+            if o.is_open:
+                self._close(o, "CANCELED", now)
+        lst.update_time = now
+        log.info("OCO list %d canceled (%s)", lst.list_id, _utc(now))
+        return Response(200, self._list_body(lst, reports=True))
+
+    def _open_lists(self, req: Request, now: int) -> Response:
+        """GET /api/v3/openOrderList: the lists with a leg still open."""
+        return Response(200, [self._list_body(lst) for lst in self.order_lists.values()
+                              if any(o.is_open for o in self._legs(lst))])
 
 
 def _fmt_amount(x: Decimal) -> str:

@@ -42,14 +42,32 @@ backfilled and traded in order, so the trades equal an uninterrupted run's. A st
 without ``state_dict()`` can only resume from a flat checkpoint with no working orders
 (cash and risk state are restored by hand; refused otherwise, with one line).
 
-**Halts.** A drawdown, daily-loss or kill-switch trip halts the journal
-(:meth:`Journal.halt`); the volatility breaker (no new entries while it is high) is
-journaled as a trip but does not halt. :class:`SessionRisk` reads :meth:`Journal.halted`
-every bar (``nts resume`` in another process clears it) and, while halted, allows no new
-position (exits still run; the kill switch still flattens and stops). A halt survives
-restarts; when it is cleared the session resets the risk manager's breakers (a human
-decided to resume) and trades again. Paper trades equal backtest trades up to the first
-halting trip (the backtest has no human to wait for).
+**Halts.** A drawdown or kill-switch trip halts the journal (:meth:`Journal.halt`): it
+survives restarts until ``nts resume`` clears it. :class:`SessionRisk` reads
+:meth:`Journal.halted` every bar (``nts resume`` in another process clears it) and, while
+halted, allows no new position (exits still run; the kill switch still flattens and stops);
+when the halt is cleared the session resets the risk manager's breakers (a human decided to
+resume) and trades again. Paper trades equal backtest trades up to the first such trip (the
+backtest has no human to wait for).
+
+The **daily-loss** breaker keeps the meaning it has in the backtest: halt and flatten until
+the next UTC day, then trade again by itself. Its state (tripped, the day, the day's start
+equity) is part of the risk manager's state in every checkpoint, so a session restarted on
+the same UTC day stays halted and one restarted on a later day trades: paper == backtest
+through daily-loss trips too. It is journaled as a breaker trip, not as a halt. The
+volatility breaker (no new entries while it is high) is journaled as a trip only.
+
+**Live sessions** (:class:`LiveSession`, ``nts live``) are the same machinery with
+:class:`brokers.ccxt_broker.CCXTBroker` in place of the simulated broker: before cerebro
+starts, :func:`brokers.reconcile.reconcile` compares the journal with the exchange (only GET
+requests) and the session refuses to start, printing the report, when anything is
+unexplainable; the broker journals its own intents (committed before each send), acks and
+fills (by exchange trade id); each bar the orders the strategy decided are sent right after
+its ``next()`` and before the bar's checkpoint, which also holds the broker's ledger. A new
+live session journals a checkpoint of its last warm-up bar (flat, nothing working) so that
+even a crash on the first traded bar restarts from a checkpoint. A kill-switch or drawdown
+trip (after the strategy's own flatten), a session stopped by the kill switch and a session
+started halted by either cancel every open order of the session on the exchange.
 
 **Stopping.** SIGINT/SIGTERM (installed when run in the main thread) set the stop event:
 the bar in progress completes and is journaled, the feed stops waiting, the journal is
@@ -67,11 +85,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import backtrader as bt
-import numpy as np
 import pandas as pd
 
+from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
 from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
 from brokers.ccxt_store import CCXTStore
+from brokers.reconcile import Ledger, LiveStart, reconcile
 from brokers.journal import (
     EVENT_BREAKER_TRIP,
     Checkpoint,
@@ -83,8 +102,9 @@ from brokers.journal import (
 from core.config import Config, RiskConfig, config_to_dict
 from core.costs import Costs
 from core.errors import DataError, NtsError
+from core.redact import register_secret_env
 from core.risk import Decision, RiskManager
-from core.timeframes import bt_num_to_ns, timeframe_seconds
+from core.timeframes import timeframe_seconds
 from indicators.tcn_indicator import as_bundle
 from strategies.backtest import warmup_bars_for
 from strategies.base import apply_overrides, strategy_params
@@ -94,21 +114,13 @@ from strategies.registry import resolve_strategy
 log = logging.getLogger("nts.paper")
 
 #: breakers whose trip halts the session until ``nts resume`` (see module docstring)
-HALTING_BREAKERS = ("kill_switch", "drawdown", "daily_loss")
-#: strategy order ``kind`` tag -> journal order role (client id letter)
-KIND_ROLES = {"entry": "entry", "stop": "stop_loss", "take_profit": "take_profit", "time": "exit",
-              "risk": "flatten", "kill": "flatten", "halt": "flatten"}
-_BT_TYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
-             bt.Order.StopLimit: "stop_limit", bt.Order.Close: "market"}
+#: (the daily-loss breaker lifts by itself at the next UTC day, as in the backtest)
+HALTING_BREAKERS = ("kill_switch", "drawdown")
+_BT_TYPES = BT_TYPES
 
 
 class SessionError(NtsError):
     """A session refuses to start or to resume (one line saying why)."""
-
-
-def bt_ms(num: float) -> int:
-    """A backtrader date number as epoch ms (bars sit on whole seconds)."""
-    return int(bt_num_to_ns(np.array([num]))[0] // 1_000_000)
 
 
 def trading_config_hash(cfg: Config, **choices: Any) -> str:
@@ -177,6 +189,8 @@ class PaperResult:
     feed: dict[str, int] = field(default_factory=dict)
     store: dict[str, int] = field(default_factory=dict)
     warmup_bars: int = 0
+    broker: dict[str, int] = field(default_factory=dict)   # live: CCXTBroker.stats
+    reconcile: list[str] = field(default_factory=list)     # live: the reconciliation report
 
 
 class SessionRecorder(bt.Analyzer):
@@ -192,6 +206,8 @@ class SessionRecorder(bt.Analyzer):
         self._ids_used: set[str] = set()
         self._trips_seen = 0
         self._restored = False
+        self._live_fills = 0
+        self._halt_trip: str | None = None
 
     # backtrader calls prenext while the strategy's minimum period is not reached yet
     def prenext(self) -> None:
@@ -217,11 +233,35 @@ class SessionRecorder(bt.Analyzer):
 
     def _end_of_warmup(self) -> None:
         strat = self.strategy
-        if self.s.checkpoint is not None:
+        if self.s.live:
+            self._end_of_warmup_live()
+        elif self.s.checkpoint is not None:
             self._restore(self.s.checkpoint)
         self._trips_seen = len(strat.risk.trips)
-        self._orders_seen = len(strat.broker.orders)
+        if not self.s.live:
+            self._orders_seen = len(strat.broker.orders)
         self.s.emit(self.s.start_line)
+
+    def _end_of_warmup_live(self) -> None:
+        """Live: the broker links the orders the strategy re-submitted on restore to the
+        exchange orders the checkpoint held (it sends nothing for them); a new session
+        checkpoints this last warm-up bar (flat, nothing working), so that a crash on the
+        first traded bar restarts from a checkpoint too."""
+        strat = self.strategy
+        cp = self.s.checkpoint
+        if cp is not None and getattr(strat, "_restore", None) is not None:
+            raise SessionError(f"{self.s.state}: the strategy did not restore its state on the last "
+                               f"journaled bar {iso(cp.bar_time)}")
+        broker: CCXTBroker = strat.broker
+        broker.flush()
+        if cp is None:
+            bar: Bar = strat.data.current
+            pos = broker.getposition(strat.data)
+            state = {"strategy": strat.state_dict(),
+                     "session": {"halted": False, "warmup": True, "broker": broker.state_dict()}}
+            self.journal.record_bar(bar.ms, float(strat.data.close[0]), math.nan, math.nan, math.nan,
+                                    float(pos.size), math.nan, float(broker.getcash()), float(broker.getvalue()),
+                                    "ok", strat.risk.state_dict(), state)
 
     def _restore(self, cp: Checkpoint) -> None:
         """At the end of the last warm-up bar (the checkpoint's bar): check the strategy
@@ -328,6 +368,7 @@ class SessionRecorder(bt.Analyzer):
             if trip.breaker in HALTING_BREAKERS:
                 self.journal.halt(f"{trip.breaker} breaker: {trip.reason}", bar_ms)
                 risk.session_halted = True
+                self._halt_trip = f"{trip.breaker} breaker tripped"
                 self.s.emit(f"HALT {iso(bar_ms)}: {trip.breaker}: {trip.reason} "
                             f"(clear with: nts resume --state {self.s.state})")
         self._trips_seen = len(risk.trips)
@@ -351,22 +392,37 @@ class SessionRecorder(bt.Analyzer):
         p, s, w = self._decision()
         halt = self.journal.halted()
         breaker = f"halted: {halt.reason}" if halt is not None else risk.breaker_state()
+        live = self.s.live
+        if live:
+            # write-ahead: the broker journals (and commits) each intent, then sends it
+            broker.flush()
         strategy_state = {"strategy": strat.state_dict() if _has_state(strat) else None,
                           "session": {"halted": bool(risk.session_halted or halt is not None)}}
         with self.journal.atomic():
             if bar.missing_before:
                 start = bar.ms - bar.missing_before * self.s.tf_ms
                 self.journal.record_gap(start, bar.ms - self.s.tf_ms, int(bar.missing_before))
-            self._new_intents(bar.ms)
-            fills = self._order_updates(bar.ms)
+            if live:
+                fills = broker.stats.fills - self._live_fills
+                self._live_fills = broker.stats.fills
+            else:
+                self._new_intents(bar.ms)
+                fills = self._order_updates(bar.ms)
             self._trips(bar.ms)
             halt = self.journal.halted()
             if halt is not None:
                 breaker = f"halted: {halt.reason}"
                 strategy_state["session"]["halted"] = True
+            if live:
+                strategy_state["session"]["broker"] = broker.state_dict()
             self.journal.record_bar(bar.ms, float(strat.data.close[0]), p, s, w, float(pos.size),
                                     float(pos.price) if pos.size else math.nan, float(broker.getcash()),
                                     float(broker.getvalue()), breaker, risk.state_dict(), strategy_state)
+        if live and self._halt_trip:
+            # after the bar's transaction (no network inside it): besides the strategy's own
+            # flatten, cancel every open order of the session the exchange still has
+            broker.cancel_session_orders(self._halt_trip)
+        self._halt_trip = None
         self.s.on_bar_journaled(bar, fills)
         self.s.emit(f"{iso(bar.ms)}  close {strat.data.close[0]:,.2f}  P {p:.4f}  signal {s:+.3f}  "
                     f"weight {w:+.3f}  position {pos.size:.6f}  equity {broker.getvalue():,.2f}  "
@@ -385,6 +441,11 @@ class PaperSession:
     (signals set it too). ``allow_model_change``: resume a journal started with other model
     weights or trading config (journaled as a model_change event).
     """
+
+    #: journal mode (a journal is never reopened in another mode)
+    mode = "paper"
+    #: True: the exchange broker (LiveSession)
+    live = False
 
     def __init__(self, cfg: Config, model: str | Path, state: str | Path, *, strategy: str | type = "tcn",
                  exchange_id: str | None = None, url: str | None = None, symbol: str | None = None,
@@ -443,6 +504,17 @@ class PaperSession:
     def _stop_aware_sleep(self, seconds: float) -> None:
         self.stop_event.wait(seconds)
 
+    # ------------------------------------------------------------------ engine hooks
+    def _prepare(self, cp: Checkpoint | None, cls: type) -> None:
+        """After the store is up, before the warm-up: nothing to check for paper."""
+
+    def _broker(self, feed: CCXTFeed) -> bt.BrokerBase:
+        """The backtest's simulated broker and costs (one fill specification)."""
+        return make_broker(Costs.from_config(self.cfg), cash=self.cfg.execution.cash, coc=self.coc)
+
+    def _after_run(self, strat: Any) -> None:
+        """After cerebro returned: nothing to clean up for paper."""
+
     # ------------------------------------------------------------------ run
     def run(self) -> PaperResult:
         """Run until stopped (signal, ``stop``, ``max_bars``, kill switch); returns what it did."""
@@ -459,7 +531,7 @@ class PaperSession:
             timeframe = bundle.timeframe
             self.tf_ms = timeframe_seconds(timeframe) * 1000
             identity = SessionIdentity(
-                mode="paper", exchange=self.exchange_id, symbol=self.symbol, timeframe=timeframe,
+                mode=self.mode, exchange=self.exchange_id, symbol=self.symbol, timeframe=timeframe,
                 model_path=str(Path(getattr(bundle, "path", None) or self.model).resolve()),
                 model_sha256=str(bundle.meta["weights_sha256"]), config_hash=trading_config_hash(
                     self.cfg, strategy=f"{cls.__module__}:{cls.__qualname__}", barriers=self.barriers, coc=self.coc,
@@ -502,6 +574,7 @@ class PaperSession:
                                                     sleep=self._stop_aware_sleep)
         self.store = store
         store.check_market(self.symbol, timeframe)
+        self._prepare(cp, cls)
         source = BarSource(store, self.symbol, timeframe, policy=self.poll, stop=self.stop_event,
                            sleep=self.sleep, max_bars=self.max_bars, on_event=self._on_event)
         warm = warmup_bars_for(bundle, cfg)
@@ -528,13 +601,13 @@ class PaperSession:
         trade_start = pd.Timestamp(history[-1].ms + self.tf_ms, unit="ms", tz="UTC")
         sid = journal.session.session_id
         if cp is None:
-            self.start_line = (f"new paper session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
+            self.start_line = (f"new {self.mode} session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
                                f"(journal {self.state}); warm-up {len(history)} bars {iso(history[0].ms)} .. "
                                f"{iso(history[-1].ms)}; trading from the next closed bar")
             journal.record_event("start", self.start_line, {"new": True, "warmup_bars": len(history)})
         else:
             n = journal.summary()["bars_processed"]
-            self.start_line = (f"resumed paper session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
+            self.start_line = (f"resumed {self.mode} session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
                                f"(journal {self.state}) from bar {iso(cp.bar_time)} ({n} bars journaled, "
                                f"position {cp.position:g}, equity {cp.equity:,.2f}); warm-up {len(history)} bars; "
                                f"trading resumes at the next closed bar")
@@ -544,11 +617,14 @@ class PaperSession:
         if halt is not None:
             self.start_line += (f"\nHALTED since {halt.ts_iso}: {halt.reason}; no new positions until "
                                 f"nts resume --state {self.state}")
+        daily = daily_halt_note(cp, self.tf_ms)
+        if daily:
+            self.start_line += "\n" + daily
 
         cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False, quicknotify=False)
         feed = CCXTFeed.from_source(source)
         cerebro.adddata(feed)
-        cerebro.setbroker(make_broker(Costs.from_config(cfg), cash=cfg.execution.cash, coc=self.coc))
+        cerebro.setbroker(self._broker(feed))
         costs = Costs.from_config(cfg)
         params = strategy_params(cfg, bundle=bundle, barriers=self.barriers, costs=costs, trade_start=trade_start,
                                  trade_end=None, timeframe=timeframe)
@@ -570,6 +646,7 @@ class PaperSession:
         t0 = time.perf_counter()
         strat = cerebro.run()[0]
         elapsed = time.perf_counter() - t0
+        self._after_run(strat)
         res = self.result
         if self.max_bars is not None and source.stats.live >= self.max_bars:
             res.stopped_by = "max_bars"
@@ -595,3 +672,148 @@ class PaperSession:
 def run_paper(cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> PaperResult:
     """``PaperSession(cfg, model, state, **kwargs).run()``."""
     return PaperSession(cfg, model, state, **kwargs).run()
+
+
+def daily_halt_note(cp: Checkpoint | None, tf_ms: int) -> str:
+    """A line for the start banner when the checkpoint's daily-loss breaker is tripped:
+    whether it still holds on the next bar (same UTC day) or lifts (a later day)."""
+    if cp is None or not (cp.risk_state or {}).get("daily_halted"):
+        return ""
+    day = pd.Timestamp(cp.bar_time, unit="ms", tz="UTC").normalize()
+    nxt = pd.Timestamp(cp.bar_time + tf_ms, unit="ms", tz="UTC")
+    until = (day + pd.Timedelta(days=1)).strftime("%Y-%m-%d %H:%M")
+    if nxt.normalize() == day:
+        return (f"daily-loss breaker tripped on {day:%Y-%m-%d}: no new positions until {until} UTC "
+                "(it lifts by itself at the next UTC day)")
+    return f"daily-loss breaker of {day:%Y-%m-%d} lifts at {until} UTC: trading again"
+
+
+class LiveSession(PaperSession):
+    """``nts live``: the paper session's feed, strategy, journal and restarts with the exchange
+    broker :class:`brokers.ccxt_broker.CCXTBroker` (see the module docstrings of both).
+
+    ``acknowledged`` must be True (``--i-understand-live-trading``); ``max_capital`` caps the
+    equity the strategy sizes from (the rest of the account is held back, fixed when the
+    session is created). Keys come only from the environment variables named by
+    ``broker.api_key_env``/``broker.secret_env``; without them the session refuses before
+    it opens the journal or sends anything.
+    """
+
+    mode = "live"
+    live = True
+
+    def __init__(self, cfg: Config, model: str | Path, state: str | Path, *, acknowledged: bool = False,
+                 max_capital: float | None = None, **kwargs: Any) -> None:
+        super().__init__(cfg, model, state, **kwargs)
+        self.acknowledged = bool(acknowledged)
+        if max_capital is not None and not (math.isfinite(float(max_capital)) and float(max_capital) > 0):
+            raise SessionError(f"--max-capital must be a positive amount of {self.symbol.split('/')[-1]}, "
+                               f"got {max_capital!r}")
+        self.max_capital = None if max_capital is None else float(max_capital)
+        self.live_start: LiveStart | None = None
+        self.broker: CCXTBroker | None = None
+
+    def run(self) -> PaperResult:
+        """Refuse without the acknowledgement or the keys (nothing opened, nothing sent), then run."""
+        if not self.acknowledged:
+            raise SessionError("live trading sends real orders: pass --i-understand-live-trading to start "
+                               "(nothing was sent)")
+        b = self.cfg.broker
+        register_secret_env(b.api_key_env, b.secret_env)
+        if self.store is None:
+            self.store = CCXTStore.from_config(self.cfg, exchange_id=self.exchange_id, url=self.url,
+                                               require_keys=True, sleep=self._stop_aware_sleep)
+        elif not self.store.has_keys:
+            raise SessionError(f"{self.exchange_id}: live trading needs API keys in the environment variables "
+                               f"{b.api_key_env} and {b.secret_env} (nothing was sent)")
+        return super().run()
+
+    def checklist(self, timeframe: str) -> list[str]:
+        """The pre-live checklist (never a key value)."""
+        b, r = self.cfg.broker, self.cfg.risk
+        quote = self.symbol.split("/")[-1]
+        where = self.url or "the exchange's own API"
+        cap = f"{self.max_capital:,.2f} {quote}" if self.max_capital is not None else "the whole account"
+        return [
+            "pre-live checklist:",
+            f"  API keys     from environment variables {b.api_key_env} / {b.secret_env} (set; values never shown)",
+            f"  exchange     {self.exchange_id} at {where}" + (" (sandbox)" if b.sandbox else ""),
+            f"  symbol       {self.symbol} {timeframe}",
+            f"  max capital  {cap}",
+            f"  breakers     drawdown > {r.max_drawdown:.0%} (halt until nts resume), daily loss > {r.daily_loss:.0%} "
+            f"(until the next UTC day), volatility > {r.max_volatility:.0%}/day (no entries), "
+            f"max position {r.max_position:.0%}, leverage {r.max_leverage:g}",
+            f"  kill switch  create {r.kill_switch_file} to flatten, cancel every open order of the session and stop",
+            f"  journal      {self.state}",
+        ]
+
+    def _prepare(self, cp: Checkpoint | None, cls: type) -> None:
+        """Checklist, then reconciliation: refuse (report + one line) when the journal and the
+        exchange disagree in a way nothing explains. Only GET requests are sent here."""
+        for line in self.checklist(self.journal.session.timeframe):
+            self.emit(line)
+        if not _has_state(cls):
+            raise SessionError(f"live sessions need a strategy with state_dict()/load_state(); {cls.__name__} "
+                               "has none")
+        ledger = None
+        if cp is not None:
+            raw = ((cp.strategy_state or {}).get("session") or {}).get("broker")
+            if raw is None:
+                raise SessionError(f"{self.state}: the last checkpoint holds no live ledger")
+            ledger = Ledger.from_dict(raw)
+        else:
+            starts = self.journal.events("live_start")
+            if starts:
+                ledger = Ledger.from_dict(starts[-1]["data"]["ledger"])
+        start = reconcile(self.store, self.journal, self.symbol, ledger, max_capital=self.max_capital,
+                          checkpoint_recorded=None if cp is None else cp.recorded_at)
+        self.result.reconcile = start.report.lines()
+        for line in self.result.reconcile:
+            self.emit(line)
+        if not start.report.ok:
+            self.journal.record_event("reconcile_refused", f"refused to start: {len(start.report.problems)} "
+                                      "unexplained difference(s)", {"problems": start.report.problems})
+            raise SessionError(f"{self.state}: the journal disagrees with the exchange ({len(start.report.problems)} "
+                               f"unexplained: {start.report.problems[0]}); nothing was sent (report above)")
+        if start.new:
+            self.journal.record_event("live_start", "live ledger at session start",
+                                      {"ledger": start.ledger.to_dict(), "max_capital": self.max_capital})
+        quote = self.symbol.split("/")[-1]
+        if not start.new and self.max_capital is not None:
+            self.emit(f"  note         --max-capital {self.max_capital:,.2f} does not change a running session: it "
+                      "keeps the capital held back when it was created")
+        self.emit(f"  capital      the strategy sizes from the account minus {start.ledger.reserve:,.2f} {quote} "
+                  "held back" + (f" (max capital {self.max_capital:,.2f})" if self.max_capital is not None else ""))
+        self.live_start = start
+
+    def _broker(self, feed: CCXTFeed) -> bt.BrokerBase:
+        cp = self.checkpoint
+        journal = self.journal
+
+        def on_halt(reason: str) -> None:
+            bar = feed.current
+            journal.halt(reason, bar.ms if bar is not None else 0)
+            self.emit(f"HALT: {reason} (clear with: nts resume --state {self.state})")
+
+        broker = CCXTBroker(self.store, self.symbol, journal, self.live_start, tf_ms=self.tf_ms,
+                            checkpoint_recorded=None if cp is None else cp.recorded_at,
+                            on_event=self._on_event, on_halt=on_halt)
+        broker.data = feed
+        self.broker = broker
+        halt = journal.halted()
+        if halt is not None and halt.reason.startswith(("kill_switch", "drawdown")):
+            broker.cancel_session_orders(f"session halted: {halt.reason}")
+        return broker
+
+    def _after_run(self, strat: Any) -> None:
+        broker = self.broker
+        if broker is None:
+            return
+        if strat.stopped_by_kill_switch:
+            broker.cancel_session_orders("kill switch")
+        self.result.broker = dict(vars(broker.stats))
+
+
+def run_live(cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> PaperResult:
+    """``LiveSession(cfg, model, state, **kwargs).run()``."""
+    return LiveSession(cfg, model, state, **kwargs).run()

@@ -1,32 +1,49 @@
-"""`nts paper`: run a paper session (live feed + the backtest's simulated broker + journal).
-Parsing only; brokers/session.py does the work."""
+"""`nts paper` and `nts live`: run a session (live feed + the backtest's simulated broker, or
+the exchange broker) with a journal. Parsing only; brokers/session.py does the work."""
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 import click
 
 from cli.common import config_options, setup_logging
 from core.config import Config
+from core.errors import ConfigError
+
+
+def session_options(func: Callable) -> Callable:
+    """The options `nts paper` and `nts live` share."""
+    options = [
+        click.option("--model", "model_path", required=True, type=click.Path(),
+                     help="Model bundle directory (artifacts/NAME) or its final_model.pt."),
+        click.option("--exchange", "exchange_id", default=None, help="ccxt exchange id (default: broker.exchange)."),
+        click.option("--symbol", default=None, help="Market, e.g. BTC/USDT (default: data.symbol)."),
+        click.option("--exchange-url", default=None,
+                     help="Base URL override, e.g. a replay exchange http://127.0.0.1:8765 (default: broker.url)."),
+        click.option("--strategy", "strategy_name", default="tcn", show_default=True,
+                     help="Strategy: a builtin name or module.path:ClassName (as in nts backtest)."),
+        click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
+                     help="Trade the bundle's label barriers (default) or the config's labels."),
+        click.option("--max-bars", type=click.IntRange(min=1), default=None,
+                     help="Stop after this many traded bars (default: run until Ctrl+C)."),
+        click.option("--allow-model-change", is_flag=True,
+                     help="Resume a journal started with other model weights or trading settings."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
 
 
 @click.command("paper")
-@click.option("--model", "model_path", required=True, type=click.Path(),
-              help="Model bundle directory (artifacts/NAME) or its final_model.pt.")
-@click.option("--exchange", "exchange_id", default=None, help="ccxt exchange id (default: broker.exchange).")
-@click.option("--symbol", default=None, help="Market, e.g. BTC/USDT (default: data.symbol).")
-@click.option("--exchange-url", default=None,
-              help="Base URL override, e.g. a replay exchange http://127.0.0.1:8765 (default: broker.url).")
+@session_options
 @click.option("--state", default="state/paper.db", show_default=True, type=click.Path(dir_okay=False),
               help="Session journal (SQLite); an existing one is resumed.")
-@click.option("--strategy", "strategy_name", default="tcn", show_default=True,
-              help="Strategy: a builtin name or module.path:ClassName (as in nts backtest).")
-@click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
-              help="Trade the bundle's label barriers (default) or the config's labels.")
-@click.option("--max-bars", type=click.IntRange(min=1), default=None,
-              help="Stop after this many traded bars (default: run until Ctrl+C).")
-@click.option("--allow-model-change", is_flag=True,
-              help="Resume a journal started with other model weights or trading settings.")
 @config_options
 def paper(model_path: str, exchange_id: str | None, symbol: str | None, exchange_url: str | None, state: str,
           strategy_name: str, barriers: str, max_bars: int | None, allow_model_change: bool, cfg: Config) -> None:
@@ -35,17 +52,52 @@ def paper(model_path: str, exchange_id: str | None, symbol: str | None, exchange
     One status line per closed bar (bar time, price, P, signal, weight, position, equity,
     breakers); every bar, order and fill is journaled in --state, so the session can be
     stopped (Ctrl+C, SIGTERM, even kill -9) and restarted with the same command. A halt
-    (breaker, kill switch) survives restarts until: nts resume --state FILE.
+    (drawdown breaker, kill switch) survives restarts until: nts resume --state FILE; the
+    daily-loss breaker lifts at the next UTC day, as in the backtest.
     """
     from brokers.session import PaperSession
 
     setup_logging("paper")
-
-    def echo(line: str) -> None:
-        click.echo(line)
-        sys.stdout.flush()
-
     session = PaperSession(cfg, model_path, state, strategy=strategy_name, exchange_id=exchange_id,
-                           url=exchange_url, symbol=symbol, max_bars=max_bars, emit=echo, barriers=barriers,
+                           url=exchange_url, symbol=symbol, max_bars=max_bars, emit=_echo, barriers=barriers,
                            allow_model_change=allow_model_change)
+    session.run()
+
+
+@click.command("live")
+@session_options
+@click.option("--state", default="state/live.db", show_default=True, type=click.Path(dir_okay=False),
+              help="Session journal (SQLite); an existing one is reconciled with the exchange and resumed.")
+@click.option("--i-understand-live-trading", "acknowledged", is_flag=True,
+              help="Required: this command sends real orders with the account's money.")
+@click.option("--max-capital", type=float, default=None,
+              help="Cap, in the quote currency, on the equity the strategy sizes from (the rest of the account "
+                   "is held back; fixed when the session is created). Default: the whole account.")
+@config_options
+def live(model_path: str, exchange_id: str | None, symbol: str | None, exchange_url: str | None, state: str,
+         strategy_name: str, barriers: str, max_bars: int | None, allow_model_change: bool, acknowledged: bool,
+         max_capital: float | None, cfg: Config) -> None:
+    """Trade the model LIVE on an exchange: the paper session's feed, strategy and journal with
+    the exchange broker (orders with deterministic client ids, journaled before they are
+    sent; exits as an OCO order list; fills by trade id).
+
+    Refuses with one line, sending nothing, without --i-understand-live-trading, without API
+    keys in the environment variables broker.api_key_env / broker.secret_env, or when the
+    journal disagrees with the exchange (the reconciliation report is printed). Prints the
+    pre-live checklist on start. Stop with Ctrl+C (open exits stay on the exchange and are
+    reconciled on restart) or the kill switch file (flattens, cancels every open order of
+    the session, stops).
+    """
+    if not acknowledged:
+        raise ConfigError("live trading sends real orders with real money: pass --i-understand-live-trading "
+                          "(nothing was sent)")
+    if max_capital is not None and not max_capital > 0:
+        raise ConfigError(f"--max-capital must be a positive amount, got {max_capital:g}")
+    from brokers.session import LiveSession
+
+    setup_logging("live")
+    kwargs: dict[str, Any] = dict(strategy=strategy_name, exchange_id=exchange_id, url=exchange_url, symbol=symbol,
+                                  max_bars=max_bars, emit=_echo, barriers=barriers,
+                                  allow_model_change=allow_model_change)
+    session = LiveSession(cfg, model_path, state, acknowledged=True, max_capital=max_capital, **kwargs)
     session.run()

@@ -488,6 +488,41 @@ def test_drawdown_breaker_halt_survives_restart(tmp_path, fast_bundle):
     assert all(c.breaker_state.startswith("halted") for c in v2["bars"][-30:])
 
 
+@pytest.mark.timeout(240)
+def test_daily_loss_breaker_lifts_at_the_next_utc_day_across_restarts(tmp_path, fast_bundle):
+    """The daily-loss breaker means what it means in the backtest: halt and flatten until the
+    next UTC day. A restart on the trip's day stays halted, a restart whose next bar is on a
+    later day trades, and the whole journal equals run_backtest over the span."""
+    cfg = make_cfg(tmp_path, "risk.daily_loss=0.003")
+    fast = load_bundle(fast_bundle)
+    warm = warmup_bars_for(fast, cfg)
+    frame = synthetic_ohlcv(warm + 200, seed=31, start="2024-06-01 12:00")
+    s, e = frame.index[warm + 4], frame.index[warm + 154]
+    bt_res = run_backtest(fast, frame, cfg, start=s, end=e + TF, progress=False, allow_in_sample=True)
+    trips = [pd.Timestamp(t["time"], tz="UTC") for t in bt_res.risk_trips if t["breaker"] == "daily_loss"]
+    trip = trips[0]
+    midnight = trip.normalize() + pd.Timedelta(days=1)
+    assert s < trip < trip + 4 * TF < midnight < e and len(trips) == 1  # the scenario: one trip, mid-day
+    state = tmp_path / "daily.db"
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        first = run_session(fast_bundle, cfg, state, ex, stop_ms=ms(trip + TF))
+        assert first.halted is None  # not a journal halt: nts resume has nothing to do with it
+        assert "daily_loss" in journal_view(state)["bars"][-1].breaker_state
+        # restart on the same UTC day: still halted, until the last bar of the day
+        same_day = run_session(fast_bundle, cfg, state, ex, stop_ms=ms(midnight - TF))
+        assert "daily-loss breaker tripped" in same_day.lines[0] and same_day.bars > 4
+        # restart before the first bar of the next day: trading again
+        next_day = run_session(fast_bundle, cfg, state, ex, stop_ms=ms(e))
+        assert "lifts at" in next_day.lines[0] and "trading again" in next_day.lines[0]
+    view = journal_view(state)
+    held = [c for c in view["bars"] if ms(trip) <= c.bar_time < ms(midnight)]
+    assert held and all("daily_loss" in c.breaker_state for c in held)
+    assert not any(i.role == "entry" and ms(trip) <= i.bar_time < ms(midnight) for i in view["intents"])
+    assert any(i.role == "entry" and i.bar_time >= ms(midnight) for i in view["intents"])
+    assert not view["summary"]["halted"] and view["summary"]["breaker_trips"] >= 1
+    assert_same_as_backtest(view, bt_res, s, e, min_fills=10)
+
+
 # --------------------------------------------------------------------------- refusals and CLI
 
 @pytest.mark.timeout(120)

@@ -1,0 +1,388 @@
+"""Reconciliation of a live session's journal with the exchange, before anything is sent.
+
+A live session (``nts live``) starts from its journal: the last checkpoint's **ledger**
+(the account's base and quote balances as of the last trade the session had applied, that
+trade's id, the average entry price, the capital held back by ``--max-capital`` and the
+client ids of the orders working at that bar) or, before the first checkpoint, the ledger
+journaled when the session was created (event ``live_start``). :func:`reconcile` compares
+that with what the exchange says now, using only GET requests:
+
+* **open orders** of the symbol by client order id: each must be an intent of this journal.
+  One whose intent never got an answer (``intent`` status: the process died between the
+  send and the ack) is an **ack lost**: explained, the ack is journaled.
+* **orders the journal holds as working** (``intent``/``open``) but the exchange does not
+  list as open are looked up by client id: closed, canceled or expired there -> the status
+  is journaled (it changed while the session was down); unknown to the exchange and never
+  acknowledged -> the order never reached it (the process died before the send): journaled
+  as canceled. Unknown to the exchange although acknowledged -> unexplainable.
+* **fills** after the ledger's last trade id (``myTrades`` from ``fromId``): each must belong
+  to an order of this journal (a fill that happened while the session was down: journaled,
+  idempotent on the trade id, and applied by the broker when the session reaches its bar);
+  a fill of an unknown order is "a position the journal does not know".
+* **balances** (free + locked, base and quote): must equal the ledger plus the effect of
+  those fills (8-decimal exchange arithmetic; tolerance :data:`BALANCE_TOL`). Anything else
+  is "a balance that moved" (a deposit, a withdrawal, a manual trade, another bot).
+
+A NEW session (no ledger in the journal) needs a flat account on this symbol: no open
+order, and a base balance worth less than the market's minimum notional (dust); its ledger
+is the balances now, its trade cursor the newest trade id of the account.
+
+Anything unexplainable -> :class:`ReconcileReport` with ``problems``; the session prints
+the report and refuses to start: NOTHING is sent to the exchange and the journal's orders,
+fills and bars stay as they were (only the refusal itself is journaled, as an event).
+Otherwise every explained difference is journaled (acks, statuses, fills, one ``reconcile``
+event) and :class:`LiveStart` is what the broker starts from.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from brokers.ccxt_store import CCXTStore
+from brokers.journal import Intent, Journal, TERMINAL_STATUSES
+from core.errors import NtsError
+
+log = logging.getLogger("nts.reconcile")
+
+#: balance agreement tolerance (absolute, in the asset): the exchange books 8 decimals and
+#: the ledger sums their float images, whose error is ~1e-12
+BALANCE_TOL = 1e-7
+#: ccxt order statuses -> journal statuses
+STATUS_MAP = {"open": "open", "closed": "closed", "canceled": "canceled", "cancelled": "canceled",
+              "expired": "expired", "rejected": "rejected"}
+
+
+class ReconcileError(NtsError):
+    """The journal and the exchange disagree in a way the session cannot explain."""
+
+
+@dataclass
+class Ledger:
+    """The account as the session last applied it (checkpointed every bar).
+
+    ``base``/``quote``: balance totals (free + locked) after every trade up to
+    ``last_trade_id`` (the exchange's numeric trade id; 0 = none); ``pos_price``: average
+    fill price of the open position; ``reserve``: quote held back by ``--max-capital``
+    (the strategy's cash and equity are the account's minus this); ``working``: client ids
+    of the orders working at the checkpoint (a restart links the orders the strategy
+    re-submits to them instead of sending new ones).
+    """
+
+    base: float = 0.0
+    quote: float = 0.0
+    pos_price: float = 0.0
+    last_trade_id: int = 0
+    reserve: float = 0.0
+    working: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (journaled in checkpoints and the ``live_start`` event)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Ledger":
+        """Inverse of :meth:`to_dict`."""
+        return cls(base=float(d["base"]), quote=float(d["quote"]), pos_price=float(d.get("pos_price") or 0.0),
+                   last_trade_id=int(d.get("last_trade_id") or 0), reserve=float(d.get("reserve") or 0.0),
+                   working=[str(c) for c in d.get("working") or []])
+
+
+@dataclass(frozen=True)
+class TradeRec:
+    """One exchange trade (fill) of the account, as the session keeps it."""
+
+    tid: int
+    order_id: str
+    side: str
+    price: float
+    amount: float
+    cost: float
+    fee: float
+    fee_currency: str | None
+    ts: int
+
+    @classmethod
+    def from_ccxt(cls, t: dict[str, Any]) -> "TradeRec":
+        """From a ccxt unified trade."""
+        fee = t.get("fee") or {}
+        amount, price = float(t["amount"]), float(t["price"])
+        cost = t.get("cost")
+        return cls(tid=int(t["id"]), order_id=str(t["order"]), side=str(t["side"]), price=price, amount=amount,
+                   cost=float(cost) if cost is not None else amount * price, fee=float(fee.get("cost") or 0.0),
+                   fee_currency=fee.get("currency"), ts=int(t["timestamp"]))
+
+    def deltas(self, base: str, quote: str) -> tuple[float, float]:
+        """(base change, quote change) of the account. Binance without BNB: a buyer pays the
+        fee in the base asset received, a seller in the quote received; a fee in a third
+        asset (BNB) changes neither."""
+        fb = self.fee if self.fee_currency == base else 0.0
+        fq = self.fee if self.fee_currency == quote else 0.0
+        if self.side == "buy":
+            return self.amount - fb, -self.cost - fq
+        return -self.amount - fb, self.cost - fq
+
+
+@dataclass
+class ExchangeOrder:
+    """What the exchange says about one client order id."""
+
+    cid: str
+    eid: str | None
+    status: str           # journal status: open / closed / canceled / expired / rejected / missing
+    filled: float = 0.0
+    amount: float = 0.0
+    updated: int | None = None
+
+    @classmethod
+    def from_ccxt(cls, o: dict[str, Any]) -> "ExchangeOrder":
+        """From a ccxt unified order."""
+        return cls(cid=str(o.get("clientOrderId")), eid=None if o.get("id") is None else str(o["id"]),
+                   status=STATUS_MAP.get(str(o.get("status")), "open"), filled=float(o.get("filled") or 0.0),
+                   amount=float(o.get("amount") or 0.0),
+                   updated=o.get("lastUpdateTimestamp") or o.get("lastTradeTimestamp") or o.get("timestamp"))
+
+
+@dataclass
+class ReconcileReport:
+    """What reconciliation found: ``problems`` (unexplainable: refuse) and ``applied``
+    (explained differences, journaled)."""
+
+    problems: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    checked: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is unexplainable."""
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """The report, one finding per line (printed by the session)."""
+        c = self.checked
+        out = [f"reconciliation with the exchange: {c.get('open_orders', 0)} open orders, "
+               f"{c.get('trades', 0)} fills since the journal's last, balances "
+               f"{c.get('base_asset', '?')} {c.get('base', math.nan):.8f} / {c.get('quote_asset', '?')} "
+               f"{c.get('quote', math.nan):.8f}"]
+        out += [f"  UNEXPLAINED: {p}" for p in self.problems]
+        out += [f"  explained:   {a}" for a in self.applied]
+        if self.problems:
+            out.append(f"  -> refusing to start: {len(self.problems)} difference(s) the journal cannot explain; "
+                       "nothing was sent to the exchange, the journal's orders and fills are unchanged")
+        elif not self.applied:
+            out.append("  journal and exchange agree")
+        return out
+
+
+@dataclass
+class LiveStart:
+    """What a live broker starts from after a successful reconciliation."""
+
+    ledger: Ledger
+    new: bool
+    orders: dict[str, ExchangeOrder]          # by client id: the exchange's view of the journal's orders
+    trades: list[TradeRec]                    # fills after the ledger's last trade id, oldest first
+    report: ReconcileReport
+
+
+def fetch_trades_from(store: CCXTStore, symbol: str, from_id: int, page: int = 1000) -> list[TradeRec]:
+    """Every trade of the account on ``symbol`` with id >= ``from_id``, oldest first
+    (Binance ``myTrades`` with ``fromId``, paged)."""
+    out: list[TradeRec] = []
+    nxt = max(0, int(from_id))
+    while True:
+        rows = store.read(f"fetch_my_trades {symbol} from {nxt}",
+                          lambda n=nxt: store.exchange.fetch_my_trades(symbol, None, page, {"fromId": n}))
+        recs = sorted((TradeRec.from_ccxt(r) for r in rows), key=lambda t: t.tid)
+        recs = [t for t in recs if t.tid >= nxt]
+        out += recs
+        if len(rows) < page or not recs:
+            return out
+        nxt = recs[-1].tid + 1
+
+
+def newest_trade_id(store: CCXTStore, symbol: str) -> int:
+    """Id of the account's newest trade on ``symbol`` (0 when it has none)."""
+    rows = store.read(f"fetch_my_trades {symbol} newest", lambda: store.exchange.fetch_my_trades(symbol, None, 1))
+    return max((int(r["id"]) for r in rows), default=0)
+
+
+def balances(store: CCXTStore, base: str, quote: str) -> tuple[float, float]:
+    """(base total, quote total) of the account: free + locked."""
+    bal = store.read("fetch_balance", store.exchange.fetch_balance)
+
+    def total(asset: str) -> float:
+        entry = bal.get(asset) or {}
+        t = entry.get("total")
+        if t is None:
+            t = float(entry.get("free") or 0.0) + float(entry.get("used") or 0.0)
+        return float(t or 0.0)
+
+    return total(base), total(quote)
+
+
+def _last_price(store: CCXTStore, symbol: str) -> float:
+    t = store.read(f"fetch_ticker {symbol}", lambda: store.exchange.fetch_ticker(symbol))
+    return float(t.get("last") or t.get("close") or 0.0)
+
+
+def reconcile(store: CCXTStore, journal: Journal, symbol: str, ledger: Ledger | None, *,
+              max_capital: float | None = None, checkpoint_recorded: int | None = None,
+              apply: bool = True) -> LiveStart:
+    """Compare ``journal`` (its ``ledger``; None = a new session) with the exchange (see the
+    module docstring). Only GET requests are sent. With ``apply`` and no problems, the
+    explained differences are journaled. ``checkpoint_recorded``: when the ledger's checkpoint
+    was written (journal ms; intents journaled after it belong to bars the restarted strategy
+    decides again).
+    """
+    store.load_markets()
+    market = store.exchange.market(symbol)
+    base, quote = market["base"], market["quote"]
+    report = ReconcileReport()
+    intents = {i.client_id: i for i in journal.intents()}
+    by_eid = {i.exchange_order_id: i for i in intents.values() if i.exchange_order_id}
+    new = ledger is None
+
+    opened = store.read(f"fetch_open_orders {symbol}", lambda: store.exchange.fetch_open_orders(symbol))
+    views: dict[str, ExchangeOrder] = {}
+    acks: list[tuple[Intent, ExchangeOrder]] = []
+    statuses: list[tuple[Intent, ExchangeOrder]] = []
+    never_sent: list[Intent] = []
+    for o in opened:
+        x = ExchangeOrder.from_ccxt(o)
+        intent = intents.get(x.cid)
+        if intent is None:
+            report.problems.append(f"an open order the journal does not know: {x.cid} {o.get('side')} "
+                                   f"{o.get('type')} {o.get('amount')} @ {o.get('price') or o.get('triggerPrice')} "
+                                   f"(exchange id {x.eid})")
+            continue
+        views[x.cid] = x
+        if intent.status == "intent":
+            acks.append((intent, x))
+        elif intent.terminal:
+            report.problems.append(f"order {x.cid} is {intent.status} in the journal but open on the exchange")
+        elif working_elsewhere(intent, ledger, checkpoint_recorded):
+            report.problems.append(f"order {x.cid} ({intent.role}) is open on the exchange but was not working "
+                                   "at the journal's checkpoint")
+    for intent in intents.values():
+        if intent.terminal or intent.client_id in views:
+            continue
+        found = store.find_order(symbol, intent.client_id)
+        if found is None:
+            if intent.status == "intent":
+                never_sent.append(intent)
+            else:
+                report.problems.append(f"order {intent.client_id} ({intent.role}) is open in the journal but the "
+                                       "exchange does not know it")
+            continue
+        x = ExchangeOrder.from_ccxt(found)
+        views[x.cid] = x
+        (acks if intent.status == "intent" else statuses).append((intent, x))
+
+    cursor = ledger.last_trade_id if ledger is not None else newest_trade_id(store, symbol)
+    trades = fetch_trades_from(store, symbol, cursor + 1) if ledger is not None else []
+    eid_cid = {x.eid: x.cid for x in views.values() if x.eid} | {e: i.client_id for e, i in by_eid.items()}
+    journaled = {f.trade_id for f in journal.fills()}
+    new_fills: list[tuple[TradeRec, str]] = []
+    for t in trades:
+        cid = eid_cid.get(t.order_id)
+        if cid is None:
+            # an order id we never heard of: ask the exchange whose it is
+            try:
+                o = store.read(f"fetch_order {t.order_id}", lambda oid=t.order_id: store.exchange.fetch_order(oid, symbol))
+                cid = str(o.get("clientOrderId"))
+            except NtsError:
+                cid = None
+            if cid in intents:
+                x = ExchangeOrder.from_ccxt(o)
+                views.setdefault(cid, x)
+                eid_cid[t.order_id] = cid
+            else:
+                report.problems.append(f"a fill of an order the journal does not know (a position it does not "
+                                       f"know): trade {t.tid} {t.side} {t.amount:.8f} @ {t.price} "
+                                       f"(order {t.order_id}, client id {cid})")
+                continue
+        if str(t.tid) not in journaled:
+            new_fills.append((t, cid))
+
+    base_now, quote_now = balances(store, base, quote)
+    report.checked = {"open_orders": len(opened), "trades": len(trades), "base_asset": base, "quote_asset": quote,
+                      "base": base_now, "quote": quote_now}
+    if ledger is None:
+        price = _last_price(store, symbol)
+        min_cost = float(((market.get("limits") or {}).get("cost") or {}).get("min") or 0.0)
+        if base_now * price >= max(min_cost, 1e-12) and base_now > 0:
+            report.problems.append(f"the account holds {base_now:.8f} {base} (about {base_now * price:,.2f} {quote}): "
+                                   "a position the new journal does not know; start from an account without "
+                                   f"{base} (or below the {min_cost:g} {quote} minimum order)")
+        value = quote_now + base_now * price
+        reserve = 0.0 if max_capital is None else max(0.0, value - float(max_capital))
+        ledger = Ledger(base=base_now, quote=quote_now, pos_price=0.0, last_trade_id=cursor, reserve=reserve)
+    else:
+        exp_base, exp_quote = ledger.base, ledger.quote
+        for t in trades:
+            db, dq = t.deltas(base, quote)
+            exp_base += db
+            exp_quote += dq
+        for asset, exp, got in ((base, exp_base, base_now), (quote, exp_quote, quote_now)):
+            if abs(exp - got) > BALANCE_TOL * max(1.0, abs(exp)):
+                report.problems.append(f"a balance that moved: {asset} {got:.8f} on the exchange, {exp:.8f} expected "
+                                       f"from the journal (difference {got - exp:+.8f}); not explained by the "
+                                       f"session's orders or fills")
+
+    if report.ok:
+        for intent, x in acks:
+            report.applied.append(f"ack lost: order {intent.client_id} ({intent.role}) reached the exchange "
+                                  f"(id {x.eid}, {x.status}); ack journaled")
+        for intent, x in statuses:
+            if x.status != intent.status:
+                report.applied.append(f"order {intent.client_id} ({intent.role}) became {x.status} while the "
+                                      f"session was down (filled {x.filled:.8f})")
+        for intent in never_sent:
+            report.applied.append(f"order {intent.client_id} ({intent.role}) never reached the exchange (the "
+                                  "session stopped before sending it): journaled as canceled")
+        for t, cid in new_fills:
+            report.applied.append(f"fill {t.tid} of {cid}: {t.side} {t.amount:.8f} @ {t.price} while the session "
+                                  "was down: journaled")
+        if apply:
+            _apply(journal, acks, statuses, never_sent, new_fills, base, quote, report)
+    return LiveStart(ledger=ledger, new=new, orders=views, trades=trades, report=report)
+
+
+def working_elsewhere(intent: Intent, ledger: Ledger | None, checkpoint_recorded: int | None) -> bool:
+    """True for an order open on the exchange that the checkpoint did not hold as working
+    although its intent was journaled before the checkpoint was written (intents journaled
+    later belong to bars the restarted strategy decides again, and so re-claims)."""
+    if ledger is None or checkpoint_recorded is None:
+        return False
+    return intent.recorded_at <= checkpoint_recorded and intent.client_id not in set(ledger.working)
+
+
+def _apply(journal: Journal, acks: Iterable[tuple[Intent, ExchangeOrder]],
+           statuses: Iterable[tuple[Intent, ExchangeOrder]], never_sent: Iterable[Intent],
+           new_fills: Iterable[tuple[TradeRec, str]], base: str, quote: str, report: ReconcileReport) -> None:
+    with journal.atomic():
+        for intent, x in acks:
+            ts = int(x.updated or intent.recorded_at)
+            journal.record_ack(intent.client_id, x.eid or "?", "open", ts)
+            if x.status != "open":
+                _status(journal, intent.client_id, x, ts)
+        for intent, x in statuses:
+            if x.status != intent.status:
+                _status(journal, intent.client_id, x, int(x.updated or intent.recorded_at))
+        for intent in never_sent:
+            journal.record_cancel(intent.client_id, intent.recorded_at, "never reached the exchange (found missing "
+                                  "at reconciliation)")
+        for t, cid in new_fills:
+            journal.record_fill(str(t.tid), cid, t.side, t.price, t.amount, t.fee, t.fee_currency, t.ts)
+        journal.record_event("reconcile", f"reconciled with the exchange: {len(report.applied)} explained "
+                             "difference(s) journaled", {"applied": report.applied, "checked": report.checked})
+
+
+def _status(journal: Journal, cid: str, x: ExchangeOrder, ts: int) -> None:
+    if x.status == "canceled":
+        journal.record_cancel(cid, ts, "canceled on the exchange (seen at reconciliation)")
+    elif x.status in TERMINAL_STATUSES or x.status == "open":
+        journal.record_order_status(cid, x.status, ts, filled=x.filled, exchange_order_id=x.eid)
+
