@@ -462,8 +462,12 @@ def _check_file(path: Path) -> None:
                            f"{page_size}-byte pages)")
     change_counter, pages = struct.unpack(">II", header[24:32])
     (valid_for,) = struct.unpack(">I", header[92:96])
-    # the in-header page count is only valid when written by the same change as the counter
-    if valid_for == change_counter and pages and size < pages * page_size:
+    # the in-header page count is only valid when written by the same change as the counter;
+    # and while a -wal file exists a writer may be checkpointing: it writes page 1 (the new
+    # count) before the pages that extend the file, so a short file is then not damage
+    # (SQLite's own quick_check still judges it)
+    wal_live = Path(str(path) + "-wal").exists()
+    if valid_for == change_counter and pages and size < pages * page_size and not wal_live:
         raise JournalError(f"{path}: truncated SQLite file ({size} bytes, header says {pages} pages "
                            f"of {page_size})")
 
