@@ -46,4 +46,11 @@ echo "== backtest, signal centred on the zero-fee break-even (1/3), no deadband"
 nts backtest --model artifacts/demo_tcn --data "$DATA" --output reports/demo_backtest_centred \
   --set strategy.center=0.3333333 --set strategy.deadband=0 --quiet --overwrite
 
-echo "== demo done: artifacts/demo_tcn/report.html, reports/demo_backtest/report.html, reports/demo_explain/"
+# The same strategy over a small grid, on the probabilities the backtests already cached:
+# centres below the seed's, with and without the deadband, market vs limit entries.
+echo "== sweep: is the best row luck? (DSR, PBO)"
+nts sweep --model artifacts/demo_tcn --data "$DATA" --output reports/demo_sweep --overwrite \
+  --grid-set center=0.25,0.3,0.3333333 --grid-set deadband=0,0.3 --grid-set limit_confidence=0.5,2 \
+  --grid-set profit=0.008 --grid-set stop=0.004 --grid-set max_hold=8
+
+echo "== demo done: artifacts/demo_tcn/report.html, reports/demo_backtest/report.html, reports/demo_explain/, reports/demo_sweep/report.html"
