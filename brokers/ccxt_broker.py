@@ -81,7 +81,7 @@ import ccxt
 import numpy as np
 import pandas as pd
 
-from brokers.ccxt_store import RETRYABLE, CCXTStore, ExchangeRefused, first_line
+from brokers.ccxt_store import CCXTStore, ExchangeRefused
 from brokers.exchange import RetriesExhausted
 from brokers.journal import TERMINAL_STATUSES, Journal, deterministic_client_id
 from brokers.reconcile import (
@@ -691,34 +691,9 @@ class CCXTBroker(bt.BrokerBase):
     def _submit_list(self, params: dict[str, Any], list_cid: str) -> dict[str, Any]:
         """Send one OCO list ONCE; a lost answer is looked up by its list client id before
         anything else is sent (as :meth:`CCXTStore.submit` does for orders)."""
-        store = self.store
-        attempts = 0
-        while True:
-            attempts += 1
-            self.ex.nts_last_response = None
-            try:
-                out = self.ex.privatePostOrderListOco(dict(params))
-                store.stats.requests += 1
-                return out
-            except RETRYABLE as exc:
-                last: BaseException = exc
-            except ccxt.BaseError as exc:
-                status = (getattr(self.ex, "nts_last_response", None) or (None, None))[0]
-                if status is None or not (status in (408, 418, 429) or status >= 500):
-                    store.stats.failures += 1
-                    raise ExchangeRefused(f"{store.exchange_id}: order list {list_cid} refused: {first_line(exc)}") from None
-                last = exc
-            log.warning("order list %s: no answer (%s); looking it up by client id before anything else",
-                        list_cid, first_line(last))
-            store.stats.retries += 1
-            found = store.read(f"fetch_order_list {list_cid}", lambda: self._get_list(list_cid))
-            if found is not None:
-                return found
-            if attempts > store.retries:
-                store.stats.failures += 1
-                raise RetriesExhausted(f"{store.exchange_id}: order list {list_cid}: not placed after {attempts} "
-                                       f"attempts; last error: {first_line(last)}", attempts, last)
-            store.sleep(min(60.0, store.backoff_s * (2 ** (attempts - 1))))
+        return self.store.send_once(
+            f"order list {list_cid}", lambda: self.ex.privatePostOrderListOco(dict(params)),
+            lambda: self.store.read(f"fetch_order_list {list_cid}", lambda: self._get_list(list_cid)))
 
     def _get_list(self, list_cid: str) -> dict[str, Any] | None:
         try:

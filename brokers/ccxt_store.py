@@ -180,30 +180,40 @@ class CCXTStore:
         """
         p = dict(params or {})
         p["clientOrderId"] = client_id  # ccxt: Binance newClientOrderId
+        return self.send_once(f"order {client_id}",
+                              lambda: self.exchange.create_order(symbol, order_type, side, amount, price, p),
+                              lambda: self.find_order(symbol, client_id))
+
+    def send_once(self, what: str, send: Callable[[], Any], lookup: Callable[[], Any]) -> Any:
+        """The one write path to the exchange: ``send()`` ONCE; when its answer is lost (a
+        retryable error) ``lookup()`` (by client id, with the read retry policy) decides
+        whether it arrived -- found is returned, not found is sent again, at most
+        ``retries`` times. A final refusal raises :class:`ExchangeRefused` at once. Orders
+        (:meth:`submit`) and order lists (the live broker's OCO exits) both go through it."""
         attempts = 0
         while True:
             attempts += 1
+            self.exchange.nts_last_response = None  # the status read below must be this call's
             try:
-                out = self.exchange.create_order(symbol, order_type, side, amount, price, p)
+                out = send()
                 self.stats.requests += 1
                 return out
             except RETRYABLE as exc:
-                last = exc
+                last: BaseException = exc
             except ccxt.BaseError as exc:
                 status = (getattr(self.exchange, "nts_last_response", None) or (None, None))[0]
                 if status is None or not (status in (408, 418, 429) or status >= 500):
                     self.stats.failures += 1
-                    raise ExchangeRefused(f"{self.exchange_id}: order {client_id} refused: {first_line(exc)}") from None
+                    raise ExchangeRefused(f"{self.exchange_id}: {what} refused: {first_line(exc)}") from None
                 last = exc
-            log.warning("order %s: no answer (%s); looking it up by client id before anything else",
-                        client_id, first_line(last))
+            log.warning("%s: no answer (%s); looking it up by client id before anything else", what, first_line(last))
             self.stats.retries += 1
-            found = self.find_order(symbol, client_id)
+            found = lookup()
             if found is not None:
                 return found
             if attempts > self.retries:
                 self.stats.failures += 1
-                raise RetriesExhausted(f"{self.exchange_id}: order {client_id}: not placed after {attempts} "
+                raise RetriesExhausted(f"{self.exchange_id}: {what}: not placed after {attempts} "
                                        f"attempts; last error: {first_line(last)}", attempts, last)
             self.sleep(min(60.0, self.backoff_s * (2 ** (attempts - 1))))
 
