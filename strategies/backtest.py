@@ -205,7 +205,6 @@ def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy
     bundle = as_bundle(bundle_or_path) if (takes_bundle or bundle_or_path is not None) else None
     timeframe = bundle.timeframe if bundle is not None else cfg.data.timeframe
     labels, barrier_source = traded_labels(cfg, bundle, barriers)  # refuses mismatched labels first
-    features = bundle.feature_cfg if bundle is not None else cfg.features
     s, e = resolve_span(frame, bundle, start, end, allow_in_sample)
     in_sample = False
     if bundle is not None:
