@@ -598,7 +598,7 @@ VERDICT_CLASSES = {
     "edge": "beats luck, ranking holds",
     "fragile": "beats luck, ranking fragile",
     "unstable": "beats luck, ranking does not hold",
-    "inconclusive": "ranking holds, Sharpe within luck",
+    "inconclusive": "ranking holds, Sharpe above 0 but within luck",
     "luck": "luck",
 }
 
@@ -740,7 +740,9 @@ def _verdict_class(f: dict[str, Any]) -> str:
     level = _pbo_level(f["pbo"])
     if f["dsr"] >= DSR_SIGNIFICANT:
         return {None: "edge", "low": "edge", "moderate": "fragile", "high": "unstable"}[level]
-    return "inconclusive" if level == "low" else "luck"
+    # "more data" only for a Sharpe that is at least significantly above 0 before deflation and
+    # whose ranking holds; a Sharpe not even distinguishable from 0 is luck whatever the PBO says
+    return "inconclusive" if level == "low" and f["psr"] >= DSR_SIGNIFICANT else "luck"
 
 
 def _cautions(f: dict[str, Any]) -> tuple[str, ...]:
@@ -760,10 +762,12 @@ def _rows_sentence(f: dict[str, Any]) -> str:
         parts.append(f"{f['n_flat']:,} of the {f['n_rows']:,} rows never traded (flat)")
     if f["n_duplicates"]:
         parts.append(f"{f['n_duplicates']:,} repeat another row's trades exactly")
-    if not parts:
+    if not parts or not f["n_trading"]:
         return ""
+    if f["n_trading"] == 1:
+        return " and ".join(parts) + "; the statistics count the one distinct row that trades."
     return (" and ".join(parts) + f"; the statistics count the {f['n_trading']:,} distinct rows that trade "
-            f"(about {f['n_trials']:.0f} independent).") if f["n_trading"] else ""
+            f"(about {f['n_trials']:.0f} independent).")
 
 
 def _verdict(f: dict[str, Any], cls: str) -> str:

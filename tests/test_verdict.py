@@ -164,3 +164,25 @@ def test_ties_caution_only_when_ties_raise_the_pbo():
     rep = overfitting_report(m, PPY, blocks=16)
     assert pb.pbo > pb.pbo_untied and rep.n_trading == 8
     assert len(rep.cautions) == 1 and f"from {pb.pbo_untied:.2f}" in rep.cautions[0]
+
+
+def _ranked(drift_scale: float, own: float) -> np.ndarray:
+    """20 rows that share one noisy return stream, each with its own noise ``own`` (per bar;
+    the shared stream's is 0.002) and a fixed drift: with little own noise the ranking holds
+    out of sample (low PBO)."""
+    rng = np.random.default_rng(9)
+    common = rng.normal(0.0, 0.002, (T, 1))
+    r = common + 0.002 * drift_scale * np.linspace(0.0, 1.0, 20) + rng.normal(0.0, own, (T, 20))
+    return r - common.mean()  # the shared stream itself has mean 0
+
+
+def test_a_stable_ranking_of_rows_not_above_zero_is_still_luck():
+    rep = _report(_ranked(0.008, 0.0001))  # the best row's Sharpe is not even significantly above 0
+    assert rep.pbo < 0.2 and rep.psr < 0.95 and rep.sharpe > 0, (rep.pbo, rep.psr)
+    assert rep.verdict_class == "luck" and "more data is needed" not in rep.verdict
+
+
+def test_a_stable_ranking_above_zero_but_within_luck_asks_for_more_data():
+    rep = _report(_ranked(0.015, 0.001))  # significant against 0 (PSR >= 0.95), not against luck
+    assert rep.pbo < 0.2 and rep.psr >= 0.95 and rep.dsr < 0.95, (rep.psr, rep.dsr)
+    assert rep.verdict_class == "inconclusive" and rep.verdict.endswith("more data is needed.")
