@@ -113,7 +113,11 @@ def format_top(result: SweepResult, n: int | None = None, trading: bool = False)
             return f"{float(v):.2%}"
         return f"{int(v):,}" if col == "trades" else f"{float(v):.3f}"
 
-    rows = [list(TOP_COLUMNS)] + [[cell(c, rec[c]) for c in TOP_COLUMNS] for _, rec in top.iterrows()]
+    def flat(rec: pd.Series) -> bool:  # never traded: Sharpe 0 as everywhere, marked flat
+        return rec["trades"] == 0 and rec.get("open_trades", 0) == 0
+
+    rows = [list(TOP_COLUMNS)] + [[cell(c, rec[c]) + (" flat" if c == "sharpe" and flat(rec) else "")
+                                   for c in TOP_COLUMNS] for _, rec in top.iterrows()]
     widths = [max(len(r[k]) for r in rows) for k in range(len(TOP_COLUMNS))]
     return "\n".join("  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(r, widths)))
                      for r in rows)

@@ -761,7 +761,8 @@ def _rows_sentence(f: dict[str, Any]) -> str:
     if f["n_flat"]:
         parts.append(f"{f['n_flat']:,} of the {f['n_rows']:,} rows never traded (flat)")
     if f["n_duplicates"]:
-        parts.append(f"{f['n_duplicates']:,} repeat another row's trades exactly")
+        whose = "" if parts else f" of the {f['n_rows']:,} rows"
+        parts.append(f"{f['n_duplicates']:,}{whose} repeat another row's trades exactly")
     if not parts or not f["n_trading"]:
         return ""
     if f["n_trading"] == 1:

@@ -122,7 +122,7 @@ def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_
 
 
 # ----------------------------------------------------------------------------- html pieces
-FLAT = "flat"  # how a row that never traded shows in the report's Sharpe and Sortino cells
+FLAT = "flat"  # heatmap cells whose rows never traded
 
 
 def _fmt(v: Any, kind: str = "") -> str:
@@ -159,15 +159,6 @@ def _table(frame: pd.DataFrame, index: bool = True, classes: str = "") -> str:
 def _flat_mask(table: pd.DataFrame) -> pd.Series:
     """Rows that never held a position (the engine's rule: no trade, nothing open)."""
     return (table["trades"] == 0) & (table["open_trades"] == 0)
-
-
-def _mark_flat(frame: pd.DataFrame, flat: pd.Series) -> pd.DataFrame:
-    """Sharpe and Sortino of flat rows shown as ``flat`` (their value in results.csv is 0)."""
-    out = frame.copy()
-    for col in ("sharpe", "sortino"):
-        if col in out.columns:
-            out[col] = out[col].astype(object).where(~flat.reindex(out.index, fill_value=False), FLAT)
-    return out
 
 
 def _fig_html(fig: Any) -> str:
@@ -434,7 +425,8 @@ def _method_note(result: SweepResult, man: dict[str, Any]) -> str:
     rho = "n/a" if not math.isfinite(o.avg_correlation) else f"{o.avg_correlation:.2f}"
     return (
         "<p class='meta'><b>Which rows count.</b> A row that never traded is flat: it is never the best row and "
-        "is no trial (its Sharpe shows as 'flat'; results.csv holds 0). Rows with the same returns in every block "
+        "is no trial (its Sharpe is 0 in every table -- results.csv, walk-forward, vectorbt's stats -- and its "
+        "heatmap cells read 'flat'). Rows with the same returns in every block "
         "(the same trades) count once. "
         f"<b>DSR</b> (Bailey &amp; López de Prado 2014): the probability that the best trading row's Sharpe beats "
         f"<span class='formula'>E[max SR] = sqrt(V) ((1 - &gamma;) &Phi;<sup>-1</sup>(1 - 1/N) + &gamma; "

@@ -89,7 +89,7 @@ def test_pure_noise():
     rep = _report(pure_noise())
     assert rep.verdict_class == "luck" and rep.dsr < 0.95 and 0.2 <= rep.pbo <= 0.8
     assert "not distinguishable from the best of" in rep.verdict and rep.verdict.endswith("Treat this row as luck.")
-    assert rep.n_duplicates == 8 and rep.n_trading == 64 and "8 repeat another row's trades exactly" in rep.verdict
+    assert rep.n_duplicates == 8 and rep.n_trading == 64 and "8 of the 72 rows repeat another row's trades exactly" in rep.verdict
     assert 50 <= rep.n_trials <= 64  # uncorrelated rows: about one trial each
 
 
