@@ -35,7 +35,7 @@ from core.jsonable import jsonable
 from models.bundle import sha256_file
 from sweeps.engine import EXIT_RULE_NOTE, SweepResult
 from sweeps.grid import AXES
-from sweeps.overfit import DSR_SIGNIFICANT, PBO_HIGH, PBO_LOW, VERDICT_CLASSES
+from sweeps.overfit import DSR_SIGNIFICANT, PBO_HIGH, PBO_LOW, VERDICT_CLASSES, row_groups
 from sweeps.portfolio import PortfolioSet, buy_and_hold_value
 
 OUTPUT_KIND = OutputKind("sweep", files=("manifest.json", "results.csv", "report.html", "walk_forward.csv",
@@ -495,10 +495,11 @@ def render_html(result: SweepResult, portfolios: PortfolioSet | None, man: dict[
         parts += ["<h2>Heatmaps of the swept axes</h2>", *[_fig_html(f) for f in figs]]
     if portfolios is not None:
         flat = _flat_mask(result.table)
-        top_rows = [int(r) for r in dict.fromkeys([*result.top_trading.index, *result.top.index])
-                    if int(r) in portfolios.rows and not flat[int(r)]][:result.grid.top]
+        first = row_groups(result.moments).first  # a duplicate's line would hide under its twin's
+        candidates = dict.fromkeys(int(r) for r in [*result.top_trading.index, *result.top.index])
+        top_rows = [r for r in candidates if r in portfolios.rows and not flat[r] and first[r] == r][:result.grid.top]
         if top_rows:
-            parts += ["<h2>Equity of the top rows that trade</h2>",
+            parts += ["<h2>Equity of the top rows that trade (duplicates drawn once)</h2>",
                       _fig_html(equity_figure(result, portfolios, top_rows))]
     parts += ["<h2>Sharpe across the grid</h2>", _fig_html(sharpe_figure(result))]
     pfigs = pbo_figures(result)
