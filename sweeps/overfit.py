@@ -60,6 +60,7 @@ EULER_GAMMA = 0.5772156649015329
 DSR_SIGNIFICANT = 0.95  # DSR at or above this: the best row beats the best of N lucky trials
 PBO_LOW = 0.2  # PBO below this: the in-sample ranking mostly holds out of sample
 PBO_HIGH = 0.5  # PBO above this: the in-sample winner is usually below the OOS median
+PBO_TIES_MATERIAL = 0.05  # ties raising the PBO by less (within one level) earn no caution
 MAX_CSCV_BLOCKS = 20  # C(20, 10) = 184,756 splits; beyond that the count explodes
 _ZERO_VAR_RTOL = 1e-12  # variance below this share of mean(r^2) is rounding, not risk
 
@@ -746,9 +747,12 @@ def _verdict_class(f: dict[str, Any]) -> str:
 
 
 def _cautions(f: dict[str, Any]) -> tuple[str, ...]:
-    """Cautions beside the verdict: only when ties in CSCV moved the PBO up."""
+    """Cautions beside the verdict: only when ties in CSCV moved the PBO up, by at least
+    :data:`PBO_TIES_MATERIAL` or across a level (low / moderate / high)."""
     pbo, untied = f["pbo"], f["pbo_untied"]
     if math.isnan(pbo) or not pbo > untied + 1e-12:
+        return ()
+    if pbo - untied < PBO_TIES_MATERIAL and _pbo_level(pbo) == _pbo_level(untied):
         return ()
     return (f"Rows level with the in-sample winner out of sample raise the PBO from {untied:.2f} (ties counted in "
             f"its favour) to {pbo:.2f} (ties at the mid-rank): read part of it as 'no row stands out', not as "
