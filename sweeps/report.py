@@ -451,7 +451,7 @@ def _top_tables(result: SweepResult) -> list[str]:
             "(Sharpe 0 there) and left out here. The name holds each row's swept values.</p>") if flat else ""
     if trading.empty:
         return ["<h2>Top rows</h2>", note or "<p>No row traded.</p>"]
-    return [f"<h2>Top {len(trading)} rows that trade, by Sharpe</h2>", note, _table(trading[show])]
+    return [f"<h2>Top {len(trading)} rows that trade, by Sharpe</h2>", note, _table(trading[show], index=False)]
 
 
 def _walk_forward_part(result: SweepResult, portfolios: PortfolioSet | None) -> list[str]:
