@@ -127,7 +127,9 @@ class StrategyConfig(_Strict):
     target_vol: float = Field(0.5, gt=0, le=10)
     deadband: float = Field(0.3, ge=0, lt=1)
     max_position: float = Field(0.95, gt=0, le=1)
-    limit_confidence: float = Field(0.5, ge=0, le=1)
+    # |s| >= this -> limit entry, else market. |s| <= 1, so any value above 1 means "never a limit
+    # order" (always market); the sweep grid takes the same values with the same meaning.
+    limit_confidence: float = Field(0.5, ge=0)
     limit_tif_bars: int = Field(1, ge=1, le=1000)
     max_hold: int | None = Field(None, ge=1, le=1000)  # None: labels.horizon
     allow_short: bool = False

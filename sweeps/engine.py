@@ -372,9 +372,7 @@ class SweepResult:
             out.append(f"{flat:,} of {n:,} rows never traded: the highest P on the span is {p_max:.3f} and the lowest "
                        f"centre swept is {lowest:.3f} (a row enters only where P is above its centre by enough to pass "
                        f"its deadband after volatility scaling).")
-            if flat * 2 >= n:
-                out.append("Flat rows all have a Sharpe of 0 and tie with one another; CSCV ranks ties at the "
-                           "median, which pushes the PBO up: read it as 'no row stands out', not as proof of overfitting.")
+        out += list(self.overfit.cautions)  # e.g. ties that raised the PBO (sweeps.overfit decides)
         return out
 
     def row_policy(self, row: int) -> Policy:
@@ -529,7 +527,7 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
     table.insert(0, "name", names)
     table.index.name = "row"
     ppy = bars_per_year(data.timeframe)
-    report = overfitting_report(moments, ppy, names=names, blocks=grid.blocks)
+    report = overfitting_report(moments, ppy, names=names, blocks=grid.blocks, folds=grid.folds)
     wf = walk_forward(moments, folds, data, names, grid.folds)
     bh = equity_metrics(buy_and_hold(data.span_close, data.inputs.cash), data.timeframe)
     t_end = time.perf_counter()

@@ -6,15 +6,19 @@ ranges (a scalar in the file means a one-value axis; values keep the order writt
     profit            take-profit barrier, fraction of the entry price, (0, 1)
     stop              stop barrier, fraction of the entry price, (0, 1)
     max_hold          time exit in bars after entry, integer in [1, 1000]
-    deadband          |r| below this -> no position, >= 0 (r is not clipped before the
-                      deadband, so values >= 1 are meaningful)
+    deadband          |r| below this -> no position, [0, 1)
     center            signal centre: a probability in (0, 1) or the string ``breakeven``
     limit_confidence  |s| >= this -> limit order, else market; >= 0. |s| <= 1, so any
                       value > 1 means "never a limit order" (always market)
-    taker_fee         fraction of notional, [0, 0.05]
-    maker_fee         fraction of notional, [-0.01, 0.05] (negative: a maker rebate, as
-                      the main config allows)
-    slippage_bps      adverse slippage on market orders, basis points, [0, 500]
+    taker_fee         fraction of notional, [0, 0.1)
+    maker_fee         fraction of notional, [-0.01, 0.1) (negative: a maker rebate)
+    slippage_bps      adverse slippage on market orders, basis points, [0, 1000]
+
+**One meaning everywhere.** Every axis accepts exactly the values the main config accepts
+for the same setting (``labels.profit``, ``labels.stop``, ``strategy.max_hold``,
+``strategy.deadband``, ``strategy.center``, ``strategy.limit_confidence``,
+``execution.taker_fee``, ``execution.maker_fee``, ``execution.slippage_bps``), with the same
+meaning, so any sweep row replays in ``nts backtest --set ...`` unchanged.
 
 Axes the file does not give take one value from the main config (the caller passes them
 as ``defaults``, e.g. :func:`defaults_from_config`), so a sweep follows the same costs as
@@ -86,12 +90,12 @@ class GridAxes(_Strict):
     profit: list[Fraction] | None = None
     stop: list[Fraction] | None = None
     max_hold: list[Annotated[int, Field(ge=1, le=1000)]] | None = None
-    deadband: list[Annotated[float, Field(ge=0)]] | None = None
+    deadband: list[Annotated[float, Field(ge=0, lt=1)]] | None = None
     center: list[Center] | None = None
     limit_confidence: list[Annotated[float, Field(ge=0)]] | None = None
-    taker_fee: list[Annotated[float, Field(ge=0, le=0.05)]] | None = None
-    maker_fee: list[Annotated[float, Field(ge=-0.01, le=0.05)]] | None = None
-    slippage_bps: list[Annotated[float, Field(ge=0, le=500)]] | None = None
+    taker_fee: list[Annotated[float, Field(ge=0, lt=0.1)]] | None = None
+    maker_fee: list[Annotated[float, Field(ge=-0.01, lt=0.1)]] | None = None
+    slippage_bps: list[Annotated[float, Field(ge=0, le=1000)]] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -172,6 +176,25 @@ class Grid:
                 arr = np.asarray(vals, dtype=np.float64)
             cols[name] = arr[idx]
         return pd.DataFrame(cols)
+
+
+# The main-config key of each axis: ``nts backtest --set KEY=VALUE`` replays a sweep row.
+CONFIG_KEYS: dict[str, str] = {
+    "profit": "labels.profit", "stop": "labels.stop", "max_hold": "strategy.max_hold",
+    "deadband": "strategy.deadband", "center": "strategy.center", "limit_confidence": "strategy.limit_confidence",
+    "taker_fee": "execution.taker_fee", "maker_fee": "execution.maker_fee", "slippage_bps": "execution.slippage_bps",
+}
+
+
+def replay_sets(row: Mapping[str, Any]) -> list[str]:
+    """The ``--set KEY=VALUE`` overrides under which ``nts backtest`` trades a sweep row (with
+    ``--barriers config`` so profit and stop come from the config, not the bundle)."""
+    out = []
+    for axis in AXES:
+        v = row[axis]
+        text = v if isinstance(v, str) else (str(int(v)) if axis == "max_hold" else repr(float(v)))
+        out.append(f"{CONFIG_KEYS[axis]}={text}")
+    return out
 
 
 def defaults_from_config(cfg: Any) -> dict[str, Any]:

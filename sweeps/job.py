@@ -51,11 +51,13 @@ def run_sweep_job(model_path: str | Path, data_path: str | Path, cfg: Config, *,
                   end: Any = None, folds: int | None = None, workers: int | None = None, scheduler: str | None = None,
                   chunk: int = DEFAULT_CHUNK, allow_in_sample: bool = False, barriers: str = "bundle",
                   cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
-                  inputs: Sequence[str | Path] = (), command: str | None = None) -> SweepJob:
+                  inputs: Sequence[str | Path] = (), command: str | None = None,
+                  embed_plotlyjs: bool = False) -> SweepJob:
     """Load, validate, score once, sweep, check against vectorbt and write the report folder.
 
     ``workers``/``scheduler`` run the row chunks on Dask (:mod:`sweeps.distributed`, imported
-    only then); ``inputs`` are paths the output must not replace (the model, the data)."""
+    only then); ``inputs`` are paths the output must not replace (the model, the data);
+    ``embed_plotlyjs`` inlines plotly.js in report.html instead of writing plotly.min.js beside it."""
     t0 = time.perf_counter()
     bundle = as_bundle(str(model_path))
     grid = load_sweep_grid(cfg, bundle, grid_path, grid_overrides, folds, barriers)
@@ -89,7 +91,8 @@ def run_sweep_job(model_path: str | Path, data_path: str | Path, cfg: Config, *,
     seconds["vectorbt_stats"] = round(time.perf_counter() - t_vbt, 3)
     seconds["total"] = round(time.perf_counter() - t0, 3)
     files = write_report(result, output, portfolios=portfolios, data_path=data_path, model_path=model_path,
-                         inputs=[*inputs, data_path], overwrite=overwrite, seconds=seconds, command=command)
+                         inputs=[*inputs, data_path], overwrite=overwrite, seconds=seconds, command=command,
+                         embed_plotlyjs=embed_plotlyjs)
     seconds["total_with_report"] = round(time.perf_counter() - t0, 3)
     return SweepJob(result=result, portfolios=portfolios, files=files, seconds=seconds)
 
@@ -113,7 +116,11 @@ def format_top(result: SweepResult, n: int | None = None, trading: bool = False)
             return f"{float(v):.2%}"
         return f"{int(v):,}" if col == "trades" else f"{float(v):.3f}"
 
-    rows = [list(TOP_COLUMNS)] + [[cell(c, rec[c]) for c in TOP_COLUMNS] for _, rec in top.iterrows()]
+    def flat(rec: pd.Series) -> bool:  # never traded: Sharpe 0 as everywhere, marked flat
+        return rec["trades"] == 0 and rec.get("open_trades", 0) == 0
+
+    rows = [list(TOP_COLUMNS)] + [[cell(c, rec[c]) + (" flat" if c == "sharpe" and flat(rec) else "")
+                                   for c in TOP_COLUMNS] for _, rec in top.iterrows()]
     widths = [max(len(r[k]) for r in rows) for k in range(len(TOP_COLUMNS))]
     return "\n".join("  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(r, widths)))
                      for r in rows)

@@ -60,6 +60,7 @@ EULER_GAMMA = 0.5772156649015329
 DSR_SIGNIFICANT = 0.95  # DSR at or above this: the best row beats the best of N lucky trials
 PBO_LOW = 0.2  # PBO below this: the in-sample ranking mostly holds out of sample
 PBO_HIGH = 0.5  # PBO above this: the in-sample winner is usually below the OOS median
+PBO_TIES_MATERIAL = 0.05  # ties raising the PBO by less (within one level) earn no caution
 MAX_CSCV_BLOCKS = 20  # C(20, 10) = 184,756 splits; beyond that the count explodes
 _ZERO_VAR_RTOL = 1e-12  # variance below this share of mean(r^2) is rounding, not risk
 
@@ -125,14 +126,17 @@ def probabilistic_sharpe(sr: Any, n_obs: Any, skew: Any, kurt: Any, sr_benchmark
     return float(out) if out.ndim == 0 else out
 
 
-def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+def expected_max_sharpe(n_trials: float, sharpe_variance: float) -> float:
     """Expected maximum of ``n_trials`` Sharpe ratios with zero true Sharpe (per period).
 
-    ``sharpe_variance`` is the variance of the trials' per-period Sharpe ratios. One trial
-    (nothing was selected) gives 0, and so does V = 0. NaN variance gives NaN.
+    ``sharpe_variance`` is the variance of the trials' per-period Sharpe ratios.
+    ``n_trials`` may be an effective (real) number of independent trials >= 1 (see
+    :func:`effective_trials`). One trial (nothing was selected) gives 0, and so does V = 0.
+    NaN variance gives NaN.
     """
-    if isinstance(n_trials, bool) or int(n_trials) != n_trials or n_trials < 1:
-        raise DataError(f"n_trials must be an integer >= 1 (got {n_trials!r})")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(n_trials) or n_trials < 1:
+        raise DataError(f"n_trials must be a number >= 1 (got {n_trials!r})")
     v = float(sharpe_variance)
     if math.isnan(v):
         return math.nan
@@ -142,7 +146,8 @@ def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
         return 0.0
     n = float(n_trials)
     z = (1.0 - EULER_GAMMA) * ndtri(1.0 - 1.0 / n) + EULER_GAMMA * ndtri(1.0 - 1.0 / (n * math.e))
-    return float(math.sqrt(v) * z)
+    # the approximation dips below 0 for N close to 1, where the true maximum is still >= 0
+    return float(math.sqrt(v) * max(z, 0.0))
 
 
 # --------------------------------------------------------------------------- block moments
@@ -284,11 +289,11 @@ class DeflatedSharpe:
     psr: float  # PSR(0)
     dsr: float  # PSR(expected_max)
     expected_max: float
-    n_trials: int
+    n_trials: float  # may be an effective (real) number of independent trials
     trial_variance: float  # variance (ddof = 1) of the rows' Sharpe ratios
 
 
-def deflated_sharpe(moments: np.ndarray, n_trials: int | None = None, row: int | None = None) -> DeflatedSharpe:
+def deflated_sharpe(moments: np.ndarray, n_trials: float | None = None, row: int | None = None) -> DeflatedSharpe:
     """Deflated Sharpe ratio of the best row (or ``row``) of a sweep, from block moments.
 
     All blocks of each row are pooled. V is the sample variance (ddof = 1) of the rows'
@@ -307,7 +312,7 @@ def deflated_sharpe(moments: np.ndarray, n_trials: int | None = None, row: int |
     elif not 0 <= row < st.sharpe.shape[0]:
         raise DataError(f"row {row} out of range for {st.sharpe.shape[0]} rows")
     srs = st.sharpe[defined]
-    n_tr = int(defined.sum()) if n_trials is None else n_trials
+    n_tr = float(defined.sum()) if n_trials is None else float(n_trials)
     var = float(np.var(srs, ddof=1)) if srs.size >= 2 else 0.0
     emax = expected_max_sharpe(n_tr, var)
     sr, n, g3, g4 = (float(a[row]) for a in (st.sharpe, st.count, st.skew, st.kurt))
@@ -320,7 +325,7 @@ def deflated_sharpe(moments: np.ndarray, n_trials: int | None = None, row: int |
         psr=probabilistic_sharpe(sr, n, g3, g4, 0.0),
         dsr=probabilistic_sharpe(sr, n, g3, g4, emax),
         expected_max=emax,
-        n_trials=int(n_tr),
+        n_trials=n_tr,
         trial_variance=var,
     )
 
@@ -332,6 +337,7 @@ class PBOResult:
     ``itertools.combinations(range(S), S // 2)`` (the in-sample blocks); Sharpe per period."""
 
     pbo: float  # share of valid splits with logit <= 0
+    pbo_untied: float  # the same with the chosen row ranked above every row level with it out of sample
     logits: np.ndarray  # lambda = ln(omega / (1 - omega)); NaN for a split without a defined IS Sharpe
     omega: np.ndarray  # relative OOS rank of the IS winner, rank / (N + 1)
     chosen: np.ndarray  # row chosen in sample (-1 where none)
@@ -372,7 +378,8 @@ def _subset_sums(blocks: np.ndarray) -> np.ndarray:
 
 
 def _choose_and_rank(is_sr: np.ndarray, oos_sr: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For (P, N) IS/OOS Sharpes: chosen row, its IS/OOS Sharpe, omega (NaN rows last)."""
+    """For (P, N) IS/OOS Sharpes: chosen row, its IS/OOS Sharpe, omega (NaN rows last) and
+    omega with the chosen row above every row level with it (how much ties moved the rank)."""
     p, n = is_sr.shape
     isv = np.where(np.isnan(is_sr), -np.inf, is_sr)
     best = np.argmax(isv, axis=1)  # ties: the lowest row index wins
@@ -383,11 +390,13 @@ def _choose_and_rank(is_sr: np.ndarray, oos_sr: np.ndarray) -> tuple[np.ndarray,
     lower = (oosv < v).sum(axis=1)
     ties = (oosv == v).sum(axis=1) - 1  # other rows level with the chosen one
     omega = (1.0 + lower + 0.5 * ties) / (n + 1.0)  # mid-rank, 1 = worst
+    omega_top = (1.0 + lower + ties) / (n + 1.0)
     return (
         np.where(valid, best, -1),
         np.where(valid, is_sr[idx, best], np.nan),
         np.where(valid, oos_sr[idx, best], np.nan),
         np.where(valid, omega, np.nan),
+        np.where(valid, omega_top, np.nan),
     )
 
 
@@ -435,6 +444,7 @@ def pbo_cscv(moments: np.ndarray, chunk: int | None = None) -> PBOResult:
     is_out = np.full(n_splits, np.nan)
     oos_out = np.full(n_splits, np.nan)
     omega = np.full(n_splits, np.nan)
+    omega_top = np.full(n_splits, np.nan)
     for start in range(0, first.size, chunk):
         k = first[start : start + chunk]
         kc = comp_index[k]
@@ -442,16 +452,19 @@ def pbo_cscv(moments: np.ndarray, chunk: int | None = None) -> PBOResult:
         b = [low[c, full ^ lo_code[k]] + high[c, full ^ hi_code[k]] for c in range(3)]
         sr_a = _sharpe_from_sums(*a)
         sr_b = _sharpe_from_sums(*b)
-        for ins, (cb, isr, osr, om) in ((k, _choose_and_rank(sr_a, sr_b)), (kc, _choose_and_rank(sr_b, sr_a))):
-            chosen[ins], is_out[ins], oos_out[ins], omega[ins] = cb, isr, osr, om
+        for ins, (cb, isr, osr, om, ot) in ((k, _choose_and_rank(sr_a, sr_b)), (kc, _choose_and_rank(sr_b, sr_a))):
+            chosen[ins], is_out[ins], oos_out[ins], omega[ins], omega_top[ins] = cb, isr, osr, om, ot
     with np.errstate(divide="ignore"):
         logits = np.log(omega / (1.0 - omega))
+        logits_top = np.log(omega_top / (1.0 - omega_top))
     valid = np.isfinite(logits)
     n_valid = int(valid.sum())
     pbo = float(np.mean(logits[valid] <= 0)) if n_valid else math.nan
+    pbo_untied = float(np.mean(logits_top[valid] <= 0)) if n_valid else math.nan
     slope, intercept, p_loss = _degradation(is_out, oos_out)
     return PBOResult(
         pbo=pbo,
+        pbo_untied=pbo_untied,
         logits=logits,
         omega=omega,
         chosen=chosen,
@@ -482,14 +495,127 @@ def _degradation(is_sr: np.ndarray, oos_sr: np.ndarray) -> tuple[float, float, f
     return slope, float(y.mean() - slope * x.mean()), p_loss
 
 
+# --------------------------------------------------------------------------- rows that count
+@dataclass(frozen=True)
+class RowGroups:
+    """Which rows of a sweep are candidates: flat rows and duplicates are not trials.
+
+    ``flat``: every return exactly 0 (the row never held a position). ``first``: per row,
+    the lowest row with bit-identical block moments (itself when unique); identical
+    moments in every block mean the same returns, i.e. the same trades. ``trading``: the
+    distinct rows that trade (one per group, the lowest index), in row order.
+    """
+
+    flat: np.ndarray
+    first: np.ndarray
+    trading: np.ndarray
+
+    @property
+    def n_flat(self) -> int:
+        """Rows that never traded."""
+        return int(self.flat.sum())
+
+    @property
+    def n_duplicates(self) -> int:
+        """Rows that trade but repeat an earlier row's returns exactly."""
+        return int((~self.flat).sum()) - int(self.trading.size)
+
+
+def row_groups(moments: np.ndarray) -> RowGroups:
+    """Flat rows, duplicate groups and the distinct trading rows of ``moments[N, S, 5]``."""
+    m = check_moments(moments)
+    flat = m[:, :, 2].sum(axis=1) == 0.0  # sum of r^2: every return exactly 0
+    _, first_idx, inverse = np.unique(m.reshape(m.shape[0], -1), axis=0, return_index=True, return_inverse=True)
+    first = first_idx[np.ravel(inverse)]
+    trading = np.flatnonzero((first == np.arange(m.shape[0])) & ~flat)
+    return RowGroups(flat=flat, first=first.astype(np.int64), trading=trading.astype(np.int64))
+
+
+def effective_trials(moments: np.ndarray) -> tuple[float, float]:
+    """Effective number of independent trials among the rows of ``moments[N, S, 5]``, and the
+    average correlation it comes from: ``N_eff = rho + (1 - rho) N``.
+
+    rho is the mean pairwise correlation of the rows' per-block mean returns (the finest
+    return series the sweep keeps; block sums of returns keep the correlation of the
+    returns they add up), clipped to [0, 1]: N identical rows count once, N uncorrelated
+    rows N times. Rows whose block means do not vary are left out of rho. One row: (1, nan).
+    """
+    m = check_moments(moments)
+    n = m.shape[0]
+    if n < 2:
+        return float(n), math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = m[:, :, 1] / m[:, :, 0]
+    means = np.where(np.isfinite(means), means, 0.0)
+    dev = means - means.mean(axis=1, keepdims=True)
+    norm = np.sqrt((dev * dev).sum(axis=1))
+    ok = norm > 0
+    k = int(ok.sum())
+    if k < 2:
+        return float(n), math.nan
+    z = dev[ok] / norm[ok, None]
+    total = z.sum(axis=0)
+    # mean off-diagonal correlation without forming the k x k matrix: (|sum z|^2 - k) / (k (k - 1))
+    rho = float((total @ total - k) / (k * (k - 1)))
+    rho_c = min(max(rho, 0.0), 1.0)
+    return rho_c + (1.0 - rho_c) * n, rho
+
+
+@dataclass(frozen=True)
+class FoldCheck:
+    """Walk-forward over F contiguous folds of whole blocks: fold k's best row in sample
+    (highest Sharpe) scored on fold k + 1. Sharpe ratios per period."""
+
+    steps: int
+    oos_sharpe: tuple[float, ...]
+
+    @property
+    def positive(self) -> int:
+        """Steps whose out-of-sample Sharpe is above 0."""
+        return sum(1 for v in self.oos_sharpe if v > 0)
+
+
+def fold_check(moments: np.ndarray, folds: int) -> FoldCheck:
+    """Walk-forward of the rows of ``moments[N, S, 5]`` over ``folds`` folds (S divisible)."""
+    m = check_moments(moments)
+    s = m.shape[1]
+    if folds < 2 or s % folds:
+        return FoldCheck(steps=0, oos_sharpe=())
+    per = s // folds
+    sr = np.stack([moments_stats(m[:, f * per:(f + 1) * per]).sharpe for f in range(folds)], axis=1)
+    out = []
+    for k in range(folds - 1):
+        ins = np.where(np.isfinite(sr[:, k]), sr[:, k], -np.inf)
+        if np.isfinite(ins).any():
+            out.append(float(sr[int(np.argmax(ins)), k + 1]))
+    return FoldCheck(steps=len(out), oos_sharpe=tuple(out))
+
+
 # --------------------------------------------------------------------------- report
+VERDICT_CLASSES = {
+    "no_trades": "no row traded",
+    "no_edge": "no row that trades beats staying flat",
+    "too_short": "too few periods to test",
+    "edge": "beats luck, ranking holds",
+    "fragile": "beats luck, ranking fragile",
+    "unstable": "beats luck, ranking does not hold",
+    "inconclusive": "ranking holds, Sharpe above 0 but within luck",
+    "luck": "luck",
+}
+
+
 @dataclass(frozen=True)
 class OverfitReport:
     """Overfitting statistics of a sweep's best row, and a verdict a user reads.
 
-    Sharpe ratios here are annualised (per-period x sqrt(periods_per_year)) except
-    ``trial_sharpe_variance``, the variance of the per-period Sharpe ratios. ``pbo`` and
-    its fields are NaN / empty when the sweep has a single row.
+    The statistics count the distinct rows that trade (:func:`row_groups`): rows that never
+    traded are flat, never "best"; rows with the same returns as another count once. The
+    DSR deflates by the effective number of independent trials (:func:`effective_trials`)
+    and the variance of the distinct trading rows' Sharpe ratios. Sharpe ratios here are
+    annualised (per-period x sqrt(periods_per_year)) except ``trial_sharpe_variance``, the
+    variance of the per-period Sharpe ratios. ``best_row`` is -1 and the statistics NaN when
+    no row trades; ``pbo`` and its fields are NaN / empty with fewer than 2 distinct trading
+    rows. ``verdict_class`` is a key of :data:`VERDICT_CLASSES`.
     """
 
     best_row: int
@@ -498,12 +624,18 @@ class OverfitReport:
     psr: float
     dsr: float
     expected_max_sharpe: float
-    n_trials: int
+    n_trials: float  # effective number of independent trials
+    n_rows: int
+    n_flat: int
+    n_duplicates: int
+    n_trading: int  # distinct rows that trade
+    avg_correlation: float  # of the distinct trading rows' block returns (unclipped)
     trial_sharpe_variance: float
     n_obs: int
     skew: float
     kurtosis: float
     pbo: float
+    pbo_untied: float  # PBO with ties broken in the chosen row's favour
     blocks: int
     n_splits: int  # splits that produced a logit (all C(S, S/2) unless rows lack a Sharpe)
     logits: tuple[float, ...]  # lambda per split
@@ -512,8 +644,12 @@ class OverfitReport:
     degradation_slope: float
     degradation_intercept: float
     prob_oos_loss: float
+    folds: int
+    fold_oos_sharpe: tuple[float, ...]  # walk-forward: each step's out-of-sample Sharpe (annualised)
     periods_per_year: float
+    verdict_class: str
     verdict: str
+    cautions: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (NaN and inf become None)."""
@@ -530,93 +666,181 @@ def overfitting_report(
     periods_per_year: float,
     names: Sequence[str] | None = None,
     blocks: int = 16,
+    folds: int = 1,
 ) -> OverfitReport:
-    """DSR and PBO of a sweep from its block moments ``[N, S, 5]``, with a verdict.
+    """DSR, PBO and walk-forward of a sweep from its block moments ``[N, S, 5]``, with a verdict.
 
     ``blocks`` is the CSCV S; the moments' S must equal it or be a multiple of it (fine
-    blocks are merged). ``names`` (one per row) label the best row in the verdict.
-    Thresholds: DSR >= 0.95 is significant; PBO < 0.2 low, 0.2-0.5 moderate, > 0.5 high.
+    blocks are merged). ``folds`` (dividing S) adds the walk-forward sentence. ``names``
+    (one per row) label the best row. Thresholds: DSR >= 0.95 is significant; PBO < 0.2
+    low, 0.2-0.5 moderate, > 0.5 high.
     """
     _check_periods_per_year(periods_per_year)
     m = check_moments(moments)
     _check_cscv_blocks(blocks)
     if names is not None and len(names) != m.shape[0]:
         raise DataError(f"names has {len(names)} entries for {m.shape[0]} rows")
-    ds = deflated_sharpe(m)
+    groups = row_groups(m)
     ann = math.sqrt(periods_per_year)
-    pb = pbo_cscv(merge_blocks(m, blocks)) if m.shape[0] >= 2 else None
-    best_name = None if names is None else str(names[ds.row])
-
-    def tup(a: np.ndarray, scale: float = 1.0) -> tuple[float, ...]:
-        return tuple(float(v) * scale for v in a)
-
-    fields = dict(
-        best_row=ds.row,
-        best_name=best_name,
-        sharpe=ds.sharpe * ann,
-        psr=ds.psr,
-        dsr=ds.dsr,
-        expected_max_sharpe=ds.expected_max * ann,
-        n_trials=ds.n_trials,
-        trial_sharpe_variance=ds.trial_variance,
-        n_obs=ds.n_obs,
-        skew=ds.skew,
-        kurtosis=ds.kurt,
-        pbo=pb.pbo if pb else math.nan,
-        blocks=int(blocks),
-        n_splits=pb.n_valid if pb else 0,  # splits with a defined in-sample winner
-        logits=tup(pb.logits[np.isfinite(pb.logits)]) if pb else (),
-        is_sharpe=tup(pb.is_sharpe, ann) if pb else (),
-        oos_sharpe=tup(pb.oos_sharpe, ann) if pb else (),
-        degradation_slope=pb.slope if pb else math.nan,
-        degradation_intercept=pb.intercept * ann if pb else math.nan,
-        prob_oos_loss=pb.prob_oos_loss if pb else math.nan,
-        periods_per_year=float(periods_per_year),
-    )
-    return OverfitReport(**fields, verdict=_verdict(fields, best_name))
+    fields: dict[str, Any] = dict(
+        n_rows=int(m.shape[0]), n_flat=groups.n_flat, n_duplicates=groups.n_duplicates,
+        n_trading=int(groups.trading.size), blocks=int(blocks), folds=int(folds),
+        periods_per_year=float(periods_per_year))
+    fields.update(_trial_fields(m[groups.trading], groups.trading, ann, names))
+    fields.update(_pbo_fields(m[groups.trading], blocks, ann))
+    wf = fold_check(m[groups.trading], folds) if groups.trading.size else FoldCheck(0, ())
+    fields["fold_oos_sharpe"] = tuple(v * ann for v in wf.oos_sharpe)
+    cls = _verdict_class(fields)
+    cautions = _cautions(fields)
+    return OverfitReport(**fields, verdict_class=cls, verdict=_verdict(fields, cls), cautions=cautions)
 
 
-def _verdict(f: dict[str, Any], name: str | None) -> str:
-    """2-4 plain sentences: DSR, PBO, out-of-sample loss, and what to do."""
-    who = f"The best row ({name})" if name else f"The best row (#{f['best_row']})"
-    sr, dsr, psr, n = f["sharpe"], f["dsr"], f["psr"], f["n_trials"]
+def _trial_fields(mt: np.ndarray, rows: np.ndarray, ann: float, names: Sequence[str] | None) -> dict[str, Any]:
+    """DSR fields of the distinct trading rows ``mt`` (original indices ``rows``)."""
+    nan = math.nan
+    empty = dict(best_row=-1, best_name=None, sharpe=nan, psr=nan, dsr=nan, expected_max_sharpe=nan, n_trials=0.0,
+                 avg_correlation=nan, trial_sharpe_variance=nan, n_obs=0, skew=nan, kurtosis=nan)
+    if not rows.size or not np.isfinite(moments_stats(mt).sharpe).any():
+        return empty
+    n_eff, rho = effective_trials(mt)
+    ds = deflated_sharpe(mt, n_trials=n_eff)
+    best = int(rows[ds.row])
+    return dict(best_row=best, best_name=None if names is None else str(names[best]), sharpe=ds.sharpe * ann,
+                psr=ds.psr, dsr=ds.dsr, expected_max_sharpe=ds.expected_max * ann, n_trials=ds.n_trials,
+                avg_correlation=rho, trial_sharpe_variance=ds.trial_variance, n_obs=ds.n_obs, skew=ds.skew,
+                kurtosis=ds.kurt)
+
+
+def _pbo_fields(mt: np.ndarray, blocks: int, ann: float) -> dict[str, Any]:
+    """PBO fields of the distinct trading rows ``mt`` (NaN / empty with fewer than 2)."""
+    if mt.shape[0] < 2:
+        return dict(pbo=math.nan, pbo_untied=math.nan, n_splits=0, logits=(), is_sharpe=(), oos_sharpe=(),
+                    degradation_slope=math.nan, degradation_intercept=math.nan, prob_oos_loss=math.nan)
+    pb = pbo_cscv(merge_blocks(mt, blocks))
+    return dict(pbo=pb.pbo, pbo_untied=pb.pbo_untied, n_splits=pb.n_valid,
+                logits=tuple(float(v) for v in pb.logits[np.isfinite(pb.logits)]),
+                is_sharpe=tuple(float(v) * ann for v in pb.is_sharpe),
+                oos_sharpe=tuple(float(v) * ann for v in pb.oos_sharpe),
+                degradation_slope=pb.slope, degradation_intercept=pb.intercept * ann, prob_oos_loss=pb.prob_oos_loss)
+
+
+def _pbo_level(pbo: float) -> str | None:
+    if math.isnan(pbo):
+        return None
+    return "low" if pbo < PBO_LOW else ("moderate" if pbo <= PBO_HIGH else "high")
+
+
+def _verdict_class(f: dict[str, Any]) -> str:
+    """The verdict's class (:data:`VERDICT_CLASSES`) from the report's fields."""
+    if f["n_trading"] == 0:
+        return "no_trades"
+    if not f["sharpe"] > 0:  # NaN too: no trading row with a defined Sharpe
+        return "no_edge"
+    if math.isnan(f["dsr"]):
+        return "too_short"
+    level = _pbo_level(f["pbo"])
+    if f["dsr"] >= DSR_SIGNIFICANT:
+        return {None: "edge", "low": "edge", "moderate": "fragile", "high": "unstable"}[level]
+    # "more data" only for a Sharpe that is at least significantly above 0 before deflation and
+    # whose ranking holds; a Sharpe not even distinguishable from 0 is luck whatever the PBO says
+    return "inconclusive" if level == "low" and f["psr"] >= DSR_SIGNIFICANT else "luck"
+
+
+def _cautions(f: dict[str, Any]) -> tuple[str, ...]:
+    """Cautions beside the verdict: only when ties in CSCV moved the PBO up, by at least
+    :data:`PBO_TIES_MATERIAL` or across a level (low / moderate / high)."""
+    pbo, untied = f["pbo"], f["pbo_untied"]
+    if math.isnan(pbo) or not pbo > untied + 1e-12:
+        return ()
+    if pbo - untied < PBO_TIES_MATERIAL and _pbo_level(pbo) == _pbo_level(untied):
+        return ()
+    return (f"Rows level with the in-sample winner out of sample raise the PBO from {untied:.2f} (ties counted in "
+            f"its favour) to {pbo:.2f} (ties at the mid-rank): read part of it as 'no row stands out', not as "
+            "proof of overfitting.",)
+
+
+def _rows_sentence(f: dict[str, Any]) -> str:
+    """Which rows the statistics count (flat rows and duplicates are not trials)."""
+    parts = []
+    if f["n_flat"]:
+        parts.append(f"{f['n_flat']:,} of the {f['n_rows']:,} rows never traded (flat)")
+    if f["n_duplicates"]:
+        whose = "" if parts else f" of the {f['n_rows']:,} rows"
+        parts.append(f"{f['n_duplicates']:,}{whose} repeat another row's trades exactly")
+    if not parts or not f["n_trading"]:
+        return ""
+    if f["n_trading"] == 1:
+        return " and ".join(parts) + "; the statistics count the one distinct row that trades."
+    return (" and ".join(parts) + f"; the statistics count the {f['n_trading']:,} distinct rows that trade "
+            f"(about {f['n_trials']:.0f} independent).")
+
+
+def _verdict(f: dict[str, Any], cls: str) -> str:
+    """Plain sentences, the answer first: no trades / nothing beats flat, DSR, PBO,
+    walk-forward, what to do."""
+    if cls == "no_trades":
+        return (f"No row traded: all {f['n_rows']:,} rows stayed flat over the span, so there is no strategy to "
+                "test (staying flat is all this grid does). Sweep lower centres or deadbands, or check the "
+                "model's probabilities.")
+    name = f["best_name"] or f"#{f['best_row']}"
     out = []
-    sig: bool | None
-    if math.isnan(dsr):
-        sig = None
-        out.append(f"{who} has too few periods ({f['n_obs']}) to test its Sharpe ratio.")
-    elif n == 1:
-        sig = dsr >= DSR_SIGNIFICANT
-        out.append(f"{who} has an annualised Sharpe of {sr:.2f}, {'' if sig else 'not '}significantly above 0 "
-                   f"(one trial, nothing to deflate: PSR {psr:.2f} {'>=' if sig else '<'} {DSR_SIGNIFICANT}).")
+    if cls == "no_edge":
+        which = (f"the best of the {f['n_trading']:,} distinct rows that trade ({name})" if f["n_trading"] > 1
+                 else f"the only distinct row that trades ({name})")
+        sharpe = "no defined Sharpe ratio" if math.isnan(f["sharpe"]) else f"an annualised Sharpe of {f['sharpe']:.2f}"
+        out.append(f"No row that trades beats staying flat after costs: {which} has {sharpe}.")
+    elif cls == "too_short":
+        out.append(f"The best row ({name}) has too few periods ({f['n_obs']}) to test its Sharpe ratio.")
     else:
-        sig = dsr >= DSR_SIGNIFICANT
-        if sig:
-            out.append(f"{who} has an annualised Sharpe of {sr:.2f}, above what the best of {n:,} random trials "
-                       f"reaches by luck (about {f['expected_max_sharpe']:.2f}; DSR {dsr:.2f} >= {DSR_SIGNIFICANT}).")
-        else:
-            out.append(f"{who} has an annualised Sharpe of {sr:.2f}, not distinguishable from the best of {n:,} "
-                       f"random trials (luck alone gives about {f['expected_max_sharpe']:.2f}; "
-                       f"DSR {dsr:.2f} < {DSR_SIGNIFICANT}).")
-    pbo = f["pbo"]
-    level: str | None = None
-    if not math.isnan(pbo):
-        level = "low" if pbo < PBO_LOW else ("moderate" if pbo <= PBO_HIGH else "high")
-        out.append(f"PBO {pbo:.2f} ({level}): in {pbo:.0%} of the {f['n_splits']:,} splits the in-sample "
-                   f"winner ranked at or below the median out of sample.")
-        if not math.isnan(f["prob_oos_loss"]):
-            out.append(f"Out of sample the in-sample winner lost money in {f['prob_oos_loss']:.0%} of the splits.")
-    if sig is None:
-        out.append("Collect more data before trusting any row.")
-    elif sig and level in (None, "low"):
-        out.append("This looks like a real edge; confirm it on bars the sweep never saw before trading it.")
-    elif sig and level == "moderate":
-        out.append("The edge may be real but the choice of row is fragile: prefer a region of good rows and confirm on unseen bars.")
-    elif sig:
-        out.append("The Sharpe beats luck, but the sweep's ranking does not hold out of sample: do not trust this particular row.")
-    elif level == "low":
-        out.append("The ranking holds out of sample, but the Sharpe itself is within luck: more data is needed.")
-    else:
-        out.append("Treat this row as luck.")
+        out.append(_dsr_sentence(f, name))
+    rows = _rows_sentence(f)
+    if rows:
+        out.append(rows)
+    out += _pbo_sentences(f)
+    wf = f["fold_oos_sharpe"]
+    if wf:
+        pos = sum(1 for v in wf if v > 0)
+        out.append(f"Walk-forward: each fold's in-sample best row made money on the next fold in {pos} of {len(wf)} "
+                   "steps.")
+    out.append(_advice(cls))
     return " ".join(out)
 
+
+def _dsr_sentence(f: dict[str, Any], name: str) -> str:
+    sr, dsr, psr, n = f["sharpe"], f["dsr"], f["psr"], f["n_trials"]
+    if n <= 1 and f["n_trading"] <= 1:
+        sig = dsr >= DSR_SIGNIFICANT
+        return (f"The best row ({name}) has an annualised Sharpe of {sr:.2f}, {'' if sig else 'not '}significantly "
+                f"above 0 (one trial, nothing to deflate: PSR {psr:.2f} {'>=' if sig else '<'} {DSR_SIGNIFICANT}).")
+    trials = f"{n:,.0f} independent random trials" if n >= 1.5 else "one random trial (its rows move together)"
+    if dsr >= DSR_SIGNIFICANT:
+        return (f"The best row ({name}) has an annualised Sharpe of {sr:.2f}, above what the best of {trials} "
+                f"reaches by luck (about {f['expected_max_sharpe']:.2f}; DSR {dsr:.2f} >= {DSR_SIGNIFICANT}).")
+    return (f"The best row ({name}) has an annualised Sharpe of {sr:.2f}, not distinguishable from the best of "
+            f"{trials} (luck alone gives about {f['expected_max_sharpe']:.2f}; DSR {dsr:.2f} < {DSR_SIGNIFICANT}).")
+
+
+def _pbo_sentences(f: dict[str, Any]) -> list[str]:
+    pbo = f["pbo"]
+    level = _pbo_level(pbo)
+    if level is None:
+        return []
+    out = [f"PBO {pbo:.2f} ({level}): in {pbo:.0%} of the {f['n_splits']:,} splits the in-sample winner ranked at "
+           f"or below the median out of sample."]
+    if not math.isnan(f["prob_oos_loss"]):
+        out.append(f"Out of sample the in-sample winner lost money in {f['prob_oos_loss']:.0%} of the splits.")
+    return out
+
+
+def _advice(cls: str) -> str:
+    return {
+        "no_edge": "Do not trade any row of this grid: staying flat is better.",
+        "too_short": "Collect more data before trusting any row.",
+        "edge": "This looks like a real edge; confirm it on bars the sweep never saw before trading it.",
+        "fragile": "The edge may be real but the choice of row is fragile: prefer a region of good rows and "
+                   "confirm on unseen bars.",
+        "unstable": "The Sharpe beats luck, but the sweep's ranking does not hold out of sample: do not trust "
+                    "this particular row.",
+        "inconclusive": "The ranking holds out of sample, but the Sharpe itself is within luck: more data is needed.",
+        "luck": "Treat this row as luck.",
+    }[cls]

@@ -38,6 +38,8 @@ from sweeps.engine import SweepData, SweepResult
 
 VALUE_RTOL = 1e-9
 YEAR_FREQ = "365 days"  # strategies.metrics' year (bars_per_year uses 365 days)
+# vectorbt's ratios of a row that never traded, set to the sweep's convention (sweeps.overfit)
+FLAT_RATIOS = {"Sharpe Ratio": 0.0, "Sortino Ratio": 0.0, "Calmar Ratio": np.nan, "Omega Ratio": np.nan}
 
 
 @numba.njit(cache=False, nogil=True)
@@ -92,12 +94,22 @@ class PortfolioSet:
 
     def stats(self) -> pd.DataFrame:
         """vectorbt's ``stats()`` of every column, one column per row (computed once: it is the
-        slow part of a report)."""
+        slow part of a report).
+
+        A row without a fill (flat) gets Sharpe and Sortino 0, as in the sweep's table and
+        statistics (vectorbt divides 0 by 0 there and shows inf), and no Calmar or Omega ratio
+        (NaN: no drawdown, no loss)."""
         if self._stats is None:
             out = {}
             for row in self.rows:
                 col = self.column(row)
-                out[col] = self.portfolio.stats(column=col, settings=dict(year_freq=YEAR_FREQ))
+                st = self.portfolio.stats(column=col, settings=dict(year_freq=YEAR_FREQ))
+                if len(self.sims[row].fills) == 0:
+                    st = st.astype(object)
+                    for name, value in FLAT_RATIOS.items():
+                        if name in st.index:
+                            st[name] = value
+                out[col] = st
             self._stats = pd.DataFrame(out)
         return self._stats
 

@@ -3,16 +3,18 @@ vectorbt tables), written atomically through :func:`core.files.output_dir`.
 
 * ``results.csv`` -- one row per combination: every axis, every metric, the label base rate of
   the row's own barriers, their break-even probability, whether they are the trained barriers.
-* ``report.html`` -- self-contained (plotly.js inline: no network, no Chrome; interactive, no
-  PNG): the DSR/PBO verdict in plain words first, the exit-rule-sweep note, the top rows,
-  heatmaps of the best Sharpe for every pair of swept axes, the equity of the top rows beside
-  buy-and-hold, the Sharpe distribution of the grid against luck's expected maximum, the PBO
+* ``report.html`` -- interactive, offline (plotly.js from the installed plotly package, written
+  once beside it as ``plotly.min.js``, or inlined with ``embed_plotlyjs``; no network, no
+  Chrome, no PNG): the DSR/PBO verdict in plain words first, the exit-rule-sweep note, the top
+  rows that trade, heatmaps of the best Sharpe of the trading rows for every pair of swept axes
+  (cells whose rows never trade marked "flat"), the equity of the top rows (buy-and-hold on its
+  own axis), the Sharpe distribution of the trading rows against luck's expected maximum, the PBO
   logits and the in-sample vs out-of-sample Sharpe of the CSCV splits, the walk-forward folds
   (in-sample vs out-of-sample of each fold's chosen row), vectorbt's stats of the rows shown
   and the vectorbt-vs-kernel value check.
 * ``manifest.json`` -- bundle (path, weights sha256), data (path, file sha256, bars sha256),
   span, grid, costs, policy, versions (nts, vectorbt, numba, ...), seconds, verdict.
-* ``walk_forward.csv`` (with folds), ``vectorbt_stats.csv`` (rows shown).
+* ``walk_forward.csv`` (with folds), ``vectorbt_stats.csv`` (rows shown), ``plotly.min.js`` (unless embedded).
 """
 from __future__ import annotations
 
@@ -33,12 +35,14 @@ from core.jsonable import jsonable
 from models.bundle import sha256_file
 from sweeps.engine import EXIT_RULE_NOTE, SweepResult
 from sweeps.grid import AXES
-from sweeps.overfit import DSR_SIGNIFICANT, PBO_HIGH, PBO_LOW
+from sweeps.overfit import DSR_SIGNIFICANT, PBO_HIGH, PBO_LOW, VERDICT_CLASSES, row_groups
 from sweeps.portfolio import PortfolioSet, buy_and_hold_value
 
 OUTPUT_KIND = OutputKind("sweep", files=("manifest.json", "results.csv", "report.html", "walk_forward.csv",
-                                         "vectorbt_stats.csv"), signature='"overfit"')
-MAX_CHART_POINTS = 2000  # per equity line: the HTML stays a few MB on 85k-bar spans
+                                         "vectorbt_stats.csv", "plotly.min.js"), signature='"overfit"')
+PLOTLY_JS = "plotly.min.js"
+MAX_CHART_POINTS = 500  # per line (binary arrays, y as float32): the page stays well under 1 MB on 85k-bar spans
+MAX_SCATTER_POINTS = 2000  # CSCV splits drawn in the in- vs out-of-sample scatter (C(16, 8) = 12,870)
 MAX_HEATMAPS = 10
 HEATMAP_METRIC = "sharpe"
 
@@ -118,6 +122,9 @@ def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_
 
 
 # ----------------------------------------------------------------------------- html pieces
+FLAT = "flat"  # heatmap cells whose rows never traded
+
+
 def _fmt(v: Any, kind: str = "") -> str:
     if v is None or (isinstance(v, (float, np.floating)) and not math.isfinite(v)):
         return "n/a"
@@ -144,8 +151,14 @@ def _table(frame: pd.DataFrame, index: bool = True, classes: str = "") -> str:
         cells += [f"<td>{_fmt(v, 'pct' if c in PCT_COLUMNS and not isinstance(v, str) else '')}</td>"
                   for c, v in zip(frame.columns, rec)]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    return f'<table class="{classes}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    th = "".join(f"<th>{html.escape(h.replace('_', ' '))}</th>" for h in head)
+    return (f'<div class="scroll"><table class="{classes}"><thead><tr>{th}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _flat_mask(table: pd.DataFrame) -> pd.Series:
+    """Rows that never held a position (the engine's rule: no trade, nothing open)."""
+    return (table["trades"] == 0) & (table["open_trades"] == 0)
 
 
 def _fig_html(fig: Any) -> str:
@@ -154,43 +167,56 @@ def _fig_html(fig: Any) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=False, config={"responsive": True})
 
 
-def _verdict_class(result: SweepResult) -> str:
-    o = result.overfit
-    if not math.isfinite(o.dsr):
-        return "warn"
-    good = o.dsr >= DSR_SIGNIFICANT and (not math.isfinite(o.pbo) or o.pbo < PBO_LOW)
-    bad = o.dsr < DSR_SIGNIFICANT and (not math.isfinite(o.pbo) or o.pbo > PBO_HIGH or o.sharpe <= 0)
-    return "good" if good else ("bad" if bad else "warn")
+def _verdict_css(result: SweepResult) -> str:
+    cls = result.overfit.verdict_class
+    if cls == "edge":
+        return "good"
+    return "bad" if cls in ("no_trades", "no_edge", "luck", "unstable") else "warn"
+
+
+def _ms(index: pd.Index) -> np.ndarray:
+    """Bar times as float milliseconds since the epoch: a date axis reads them, and plotly
+    writes a float array as compact binary instead of one date string per point."""
+    return pd.DatetimeIndex(index).as_unit("ns").asi8 / 1e6
+
+
+def _f32(values: Any) -> np.ndarray:
+    """Chart values as float32 (7 significant digits: plenty on a chart, half the bytes)."""
+    return np.asarray(values, dtype=np.float32)
 
 
 def heatmaps(result: SweepResult) -> list[Any]:
-    """One heatmap per pair of swept axes with more than one value: the best Sharpe over the
-    other axes in each cell (hover: the median too)."""
+    """One heatmap per pair of swept axes with more than one value: the best Sharpe of the rows
+    that trade over the other axes in each cell (hover: the median too); a cell whose rows all
+    stayed flat reads ``flat`` (no colour), never 0."""
     import plotly.graph_objects as go  # report only
 
     t = result.table
+    flat = _flat_mask(t)
     axes = [a for a in AXES if t[a].nunique() > 1]
     figs = []
     for i, a in enumerate(axes):
         for b in axes[i + 1:]:
             if len(figs) >= MAX_HEATMAPS:
                 return figs
-            key_a, key_b = t[a].astype(str), t[b].astype(str)
-            grouped = t.assign(_a=key_a, _b=key_b).groupby(["_a", "_b"], sort=False)[HEATMAP_METRIC]
-            best = grouped.max().unstack("_a")
-            med = grouped.median().unstack("_a")
             xs = [str(v) for v in dict.fromkeys(t[a].tolist())]
             ys = [str(v) for v in dict.fromkeys(t[b].tolist())]
-            best = best.reindex(index=ys, columns=xs)
-            med = med.reindex(index=ys, columns=xs)
+            keyed = t.assign(_a=t[a].astype(str), _b=t[b].astype(str), _flat=flat)
+            trading = keyed[~keyed["_flat"]].groupby(["_a", "_b"], sort=False)[HEATMAP_METRIC]
+            best = trading.max().unstack("_a").reindex(index=ys, columns=xs)
+            med = trading.median().unstack("_a").reindex(index=ys, columns=xs)
+            any_row = keyed.groupby(["_a", "_b"], sort=False)["_flat"].size().unstack("_a").reindex(index=ys, columns=xs)
             z = best.to_numpy(dtype=float)
-            text = [[_fmt(v) for v in row] for row in z]
+            has = any_row.notna().to_numpy()
+            text = [[_fmt(v) if math.isfinite(v) else (FLAT if h else "") for v, h in zip(zr, hr)]
+                    for zr, hr in zip(z, has)]
             fig = go.Figure(go.Heatmap(
-                z=z, x=xs, y=ys, text=text, texttemplate="%{text}", colorscale="RdYlGn", zmid=0,
+                z=z, x=xs, y=ys, text=text, texttemplate="%{text}", colorscale="RdYlGn", zmid=0, hoverongaps=False,
                 customdata=med.to_numpy(dtype=float),
                 hovertemplate=f"{a}=%{{x}}<br>{b}=%{{y}}<br>best Sharpe %{{z:.3f}}<br>median %{{customdata:.3f}}"
                               "<extra></extra>", colorbar={"title": "Sharpe"}))
-            fig.update_layout(title=f"Best annualised Sharpe over the other axes: {b} vs {a}", height=380,
+            fig.update_layout(title=f"Best annualised Sharpe of the rows that trade: {b} vs {a} ('flat': no row "
+                                    "of the cell traded)", height=380, plot_bgcolor="#eeeeee",
                               margin={"l": 60, "r": 20, "t": 50, "b": 50}, xaxis_title=a, yaxis_title=b)
             figs.append(fig)
     return figs
@@ -205,66 +231,84 @@ def _downsample(series: pd.Series) -> pd.Series:
 
 
 def equity_figure(result: SweepResult, portfolios: PortfolioSet, rows: Iterable[int]) -> Any:
-    """Equity of ``rows`` (vectorbt's value) beside buy-and-hold, and their drawdowns."""
+    """Equity of ``rows`` (vectorbt's value) on its own axis, buy-and-hold on a second axis (its
+    swings would flatten the strategies' lines), and the rows' drawdowns."""
     import plotly.graph_objects as go  # report only
     from plotly.subplots import make_subplots
 
     value = portfolios.portfolio.value()
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.04,
+                        specs=[[{"secondary_y": True}], [{}]])
     bh = _downsample(buy_and_hold_value(result.data))
-    fig.add_trace(go.Scattergl(x=bh.index, y=bh.to_numpy(), name="buy & hold", line={"color": "#888", "width": 1}),
-                  row=1, col=1)
+    fig.add_trace(go.Scattergl(x=_ms(bh.index), y=_f32(bh), name="buy & hold (right axis)",
+                               line={"color": "#aaa", "width": 1, "dash": "dot"}), row=1, col=1, secondary_y=True)
     for r in rows:
         col = portfolios.column(r)
         v = value[col]
         dd = v / v.cummax() - 1.0
         v, dd = _downsample(v), _downsample(dd)
-        fig.add_trace(go.Scattergl(x=v.index, y=v.to_numpy(), name=col, line={"width": 1.2}), row=1, col=1)
-        fig.add_trace(go.Scattergl(x=dd.index, y=dd.to_numpy() * 100, name=col, showlegend=False,
+        fig.add_trace(go.Scattergl(x=_ms(v.index), y=_f32(v), name=col, line={"width": 1.2}), row=1, col=1)
+        fig.add_trace(go.Scattergl(x=_ms(dd.index), y=_f32(dd * 100), name=col, showlegend=False,
                                    line={"width": 0.8}), row=2, col=1)
     step = max(1, len(value) // MAX_CHART_POINTS)
-    fig.update_layout(title="Equity of the top rows (vectorbt value) beside buy-and-hold"
+    fig.update_layout(title="Equity of the top rows that trade (vectorbt value; buy-and-hold on the right axis)"
                             + (f" (every {step}th bar drawn)" if step > 1 else ""),
-                      height=620, legend={"font": {"size": 10}}, margin={"l": 60, "r": 20, "t": 50, "b": 40})
-    fig.update_yaxes(title_text="equity", row=1, col=1)
+                      height=620, legend={"font": {"size": 10}}, margin={"l": 60, "r": 60, "t": 50, "b": 40})
+    fig.update_xaxes(type="date")
+    fig.update_yaxes(title_text="equity", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="buy & hold", row=1, col=1, secondary_y=True, showgrid=False)
     fig.update_yaxes(title_text="drawdown %", row=2, col=1)
     return fig
 
 
 def sharpe_figure(result: SweepResult) -> Any:
-    """Histogram of the rows' Sharpe ratios with luck's expected maximum marked."""
+    """Histogram of the trading rows' Sharpe ratios with luck's expected maximum marked."""
     import plotly.graph_objects as go  # report only
 
     o = result.overfit
-    s = result.table["sharpe"].dropna()
-    fig = go.Figure(go.Histogram(x=s, nbinsx=min(60, max(10, len(s) // 5)), name="rows", marker={"color": "#4c78a8"}))
+    t = result.table
+    s = t.loc[~_flat_mask(t), "sharpe"].dropna()
+    fig = go.Figure(go.Histogram(x=s.to_numpy(), nbinsx=min(60, max(10, len(s) // 5)), name="rows",
+                                 marker={"color": "#4c78a8"}))
     for x, label, color in ((o.expected_max_sharpe, "expected max of luck", "#e45756"),
                             (o.sharpe, "best row", "#54a24b")):
         if math.isfinite(x):
             fig.add_vline(x=x, line={"color": color, "dash": "dash"}, annotation_text=label)
-    fig.update_layout(title=f"Annualised Sharpe of the {len(result.table):,} rows", height=340,
+    flat = len(t) - len(s)
+    fig.update_layout(title=f"Annualised Sharpe of the {len(s):,} rows that trade"
+                            + (f" ({flat:,} flat rows left out)" if flat else ""), height=340,
                       xaxis_title="Sharpe (annualised)", yaxis_title="rows",
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
 
 
+def _every(n: int, most: int) -> np.ndarray:
+    """At most ``most`` evenly spaced indices of ``n`` (all when n <= most)."""
+    return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).astype(np.int64))
+
+
 def pbo_figures(result: SweepResult) -> list[Any]:
-    """CSCV: the logit distribution and the chosen rows' in- vs out-of-sample Sharpe."""
+    """CSCV: the logit distribution (binned here) and the chosen rows' in- vs out-of-sample
+    Sharpe (at most :data:`MAX_SCATTER_POINTS` splits drawn)."""
     import plotly.graph_objects as go  # report only
 
     o = result.overfit
     if not o.logits:
         return []
     lg = np.asarray(o.logits)
-    hist = go.Figure(go.Histogram(x=lg, nbinsx=50, marker={"color": "#72b7b2"}))
+    counts, edges = np.histogram(lg, bins=50)
+    hist = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges),
+                            marker={"color": "#72b7b2"}))
     hist.add_vline(x=0, line={"color": "#e45756", "dash": "dash"}, annotation_text="median OOS rank")
     hist.update_layout(title=f"CSCV logits of the in-sample winner's out-of-sample rank (PBO = share <= 0: {o.pbo:.2f})",
                        height=320, xaxis_title="logit", yaxis_title="splits", margin={"l": 60, "r": 20, "t": 50, "b": 50})
     x, y = np.asarray(o.is_sharpe), np.asarray(o.oos_sharpe)
-    ok = np.isfinite(x) & np.isfinite(y)
-    sc = go.Figure(go.Scattergl(x=x[ok], y=y[ok], mode="markers", marker={"size": 4, "opacity": 0.4}))
+    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    ok = ok[_every(ok.size, MAX_SCATTER_POINTS)]
+    sc = go.Figure(go.Scattergl(x=_f32(x[ok]), y=_f32(y[ok]), mode="markers", marker={"size": 4, "opacity": 0.4}))
+    shown = f"; {ok.size:,} of {len(x):,} splits drawn" if ok.size < len(x) else ""
     sc.update_layout(title=f"In-sample vs out-of-sample Sharpe of the chosen row per CSCV split "
-                           f"(slope {o.degradation_slope:.2f}; P(OOS loss) {o.prob_oos_loss:.2f})",
+                           f"(slope {o.degradation_slope:.2f}; P(OOS loss) {o.prob_oos_loss:.2f}{shown})",
                      height=360, xaxis_title="in-sample Sharpe", yaxis_title="out-of-sample Sharpe",
                      margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return [hist, sc]
@@ -287,22 +331,34 @@ def walk_forward_figure(result: SweepResult, portfolios: PortfolioSet | None) ->
                        height=360, yaxis_title="Sharpe (annualised)", margin={"l": 60, "r": 20, "t": 50, "b": 50})
     figs = [bars]
     if portfolios is not None:
-        value = portfolios.portfolio.value()
-        pieces, level = [], 1.0
-        for rec in t.itertuples():
-            v = value[portfolios.column(int(rec.row))].iloc[rec.first_bar:rec.last_bar + 1]
-            seg = level * v / v.iloc[0]
-            level = float(seg.iloc[-1])
-            pieces.append(seg if not pieces else seg.iloc[1:])
-        chained = _downsample(pd.concat(pieces))
-        bh = buy_and_hold_value(result.data).iloc[t["first_bar"].iloc[0]:]
-        bh = _downsample(bh / bh.iloc[0])
-        eq = go.Figure([go.Scattergl(x=chained.index, y=chained.to_numpy(), name="chosen rows, out of sample"),
-                        go.Scattergl(x=bh.index, y=bh.to_numpy(), name="buy & hold", line={"color": "#888"})])
-        eq.update_layout(title="Out-of-sample equity of the walk-forward choices, chained (start = 1)", height=340,
-                         margin={"l": 60, "r": 20, "t": 50, "b": 40})
-        figs.append(eq)
+        figs.append(_chained_figure(result, portfolios, t))
     return figs
+
+
+def _chained_figure(result: SweepResult, portfolios: PortfolioSet, t: pd.DataFrame) -> Any:
+    """The walk-forward choices' out-of-sample equity chained (start 1), buy-and-hold on its own axis."""
+    import plotly.graph_objects as go  # report only
+    from plotly.subplots import make_subplots
+
+    value = portfolios.portfolio.value()
+    pieces, level = [], 1.0
+    for rec in t.itertuples():
+        v = value[portfolios.column(int(rec.row))].iloc[rec.first_bar:rec.last_bar + 1]
+        seg = level * v / v.iloc[0]
+        level = float(seg.iloc[-1])
+        pieces.append(seg if not pieces else seg.iloc[1:])
+    chained = _downsample(pd.concat(pieces))
+    bh = buy_and_hold_value(result.data).iloc[t["first_bar"].iloc[0]:]
+    bh = _downsample(bh / bh.iloc[0])
+    eq = make_subplots(specs=[[{"secondary_y": True}]])
+    eq.add_trace(go.Scattergl(x=_ms(chained.index), y=_f32(chained), name="chosen rows, out of sample"))
+    eq.add_trace(go.Scattergl(x=_ms(bh.index), y=_f32(bh), name="buy & hold (right axis)",
+                              line={"color": "#aaa", "dash": "dot"}), secondary_y=True)
+    eq.update_xaxes(type="date")
+    eq.update_yaxes(showgrid=False, secondary_y=True)
+    eq.update_layout(title="Out-of-sample equity of the walk-forward choices, chained (start = 1)", height=340,
+                     margin={"l": 60, "r": 60, "t": 50, "b": 40})
+    return eq
 
 
 CSS = """
@@ -315,97 +371,166 @@ h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.15em;margin-top:28px;border
 .note.warn{background:#fff6e0;border-left-color:#e0a100}
 .kpis{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.kpi{background:#f6f6f6;border-radius:6px;padding:8px 12px}
 .kpi b{display:block;font-size:1.2em}
-table{border-collapse:collapse;font-size:12px;margin:8px 0;display:block;overflow-x:auto}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f3f3f3;position:sticky;top:0}
-td:first-child,th:first-child{text-align:left} .meta{color:#555;font-size:.92em}
+.scroll{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;font-size:12px;margin:8px 0;max-width:100%}
+th,td{border:1px solid #ddd;padding:3px 5px;text-align:right} td{white-space:nowrap}
+th{background:#f3f3f3;position:sticky;top:0;white-space:normal;vertical-align:bottom}
+td:first-child,th:first-child{text-align:left;white-space:normal;min-width:8em;max-width:22em}
+.meta{color:#555;font-size:.92em} pre{white-space:pre-wrap;word-break:break-all;font-size:11px}
+.formula{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f6f6f6;padding:6px 10px;border-radius:4px}
 """
+TOP_SHOW = ("name", "center_used", "sharpe", "sortino", "total_return", "cagr", "max_drawdown", "trades", "win_rate",
+            "avg_hold_bars", "exposure", "turnover", "fees", "base_rate", "breakeven_p", "trained_barriers")
 
 
-def render_html(result: SweepResult, portfolios: PortfolioSet | None, man: dict[str, Any]) -> str:
-    """The whole report page (self-contained)."""
-    import plotly.offline as po  # report only
+def _script_tag(embed: bool) -> str:
+    """plotly.js inline (``embed``) or the one copy beside the page (works offline either way)."""
+    if embed:
+        import plotly.offline as po  # report only
 
+        return f"<script type='text/javascript'>{po.get_plotlyjs()}</script>"
+    return f"<script type='text/javascript' src='{PLOTLY_JS}'></script>"
+
+
+def _header(result: SweepResult, man: dict[str, Any], embed: bool) -> list[str]:
+    """Title, what ran on what, the verdict, its cautions and the key figures."""
     o, d, g = result.overfit, result.data, result.grid
-    kpis = [("DSR", _fmt(o.dsr)), ("PSR", _fmt(o.psr)), ("PBO", _fmt(o.pbo)),
-            ("best Sharpe", _fmt(o.sharpe)), ("luck's expected max", _fmt(o.expected_max_sharpe)),
-            ("trials", f"{o.n_trials:,}"), ("CSCV blocks / splits", f"{o.blocks} / {o.n_splits:,}"),
+    kpis = [("verdict", VERDICT_CLASSES.get(o.verdict_class, o.verdict_class)), ("DSR", _fmt(o.dsr)),
+            ("PSR", _fmt(o.psr)), ("PBO", _fmt(o.pbo)), ("best Sharpe (trading rows)", _fmt(o.sharpe)),
+            ("luck's expected max", _fmt(o.expected_max_sharpe)),
+            ("effective trials", f"{o.n_trials:,.1f}" if o.n_trading else "n/a"),
+            ("rows: trading / duplicate / flat", f"{o.n_trading:,} / {o.n_duplicates:,} / {o.n_flat:,}"),
+            ("CSCV blocks / splits", f"{o.blocks} / {o.n_splits:,}"),
             ("buy & hold Sharpe", _fmt(result.buy_and_hold.get("sharpe"))),
             ("buy & hold return", _fmt(result.buy_and_hold.get("total_return"), "pct"))]
-    parts = [
+    return [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>nts sweep report</title>",
-        f"<style>{CSS}</style><script type='text/javascript'>{po.get_plotlyjs()}</script></head><body>",
+        f"<style>{CSS}</style>{_script_tag(embed)}</head><body>",
         "<h1>Sweep report</h1>",
         f"<div class='meta'>model <code>{html.escape(str(man['bundle'].get('path')))}</code> &middot; data "
         f"<code>{html.escape(str(man['data'].get('path')))}</code> &middot; span {html.escape(man['span']['start'])} .. "
         f"{html.escape(man['span']['end'])} ({man['span']['bars']:,} bars of {d.timeframe}) &middot; {g.size:,} rows "
         f"&middot; {html.escape(result.engine)} &middot; probabilities: {html.escape(d.prob_source)}</div>",
-        f"<div class='verdict {_verdict_class(result)}'><b>Is the best row luck?</b> {html.escape(o.verdict)}</div>",
+        f"<div class='verdict {_verdict_css(result)}'><b>Is the best row luck?</b> {html.escape(o.verdict)}</div>",
         *[f"<div class='note warn'><b>Caution.</b> {html.escape(w)}</div>" for w in result.warnings()],
         "<div class='kpis'>" + "".join(f"<div class='kpi'>{k}<b>{v}</b></div>" for k, v in kpis) + "</div>",
         f"<div class='note'><b>Exit-rule sweep.</b> {html.escape(exit_rule_note(result))}</div>",
-        f"<p class='meta'>DSR: probability that the best row's Sharpe beats the expected maximum of {o.n_trials:,} "
-        f"trials without skill (Bailey &amp; López de Prado 2014), significant at &ge; {DSR_SIGNIFICANT}. PBO: share of "
-        f"the C({o.blocks},{o.blocks // 2}) combinatorially symmetric splits where the in-sample winner ranks at or "
-        f"below the out-of-sample median (Bailey, Borwein, López de Prado &amp; Zhu 2015); low &lt; {PBO_LOW}, high "
-        f"&gt; {PBO_HIGH}. Sharpe: per-bar returns, annualised with sqrt({man['overfit'].get('periods_per_year'):,.0f}).</p>",
+        _method_note(result, man),
     ]
-    show = ["name", *[a for a in AXES if result.table[a].nunique() > 1 or a in g.swept], "center_used", "sharpe",
-            "sortino", "total_return", "cagr", "max_drawdown", "trades", "win_rate", "avg_hold_bars", "exposure",
-            "turnover", "fees", "base_rate", "breakeven_p", "trained_barriers"]
-    show = list(dict.fromkeys(c for c in show if c in result.table.columns))
-    parts += [f"<h2>Top {len(result.top)} rows by Sharpe</h2>",
-              "<p class='meta'>A row that never traded has Sharpe 0 (as in the DSR/PBO statistics), so it ranks above "
-              "rows that lost money.</p>" if result.flat_rows else "", _table(result.top[show])]
+
+
+def _method_note(result: SweepResult, man: dict[str, Any]) -> str:
+    """How the statistics count rows and deflate the Sharpe (the README says the same)."""
+    o = result.overfit
+    rho = "n/a" if not math.isfinite(o.avg_correlation) else f"{o.avg_correlation:.2f}"
+    return (
+        "<p class='meta'><b>Which rows count.</b> A row that never traded is flat: it is never the best row and "
+        "is no trial (its Sharpe is 0 in every table -- results.csv, walk-forward, vectorbt's stats -- and its "
+        "heatmap cells read 'flat'). Rows with the same returns in every block "
+        "(the same trades) count once. "
+        f"<b>DSR</b> (Bailey &amp; López de Prado 2014): the probability that the best trading row's Sharpe beats "
+        f"<span class='formula'>E[max SR] = sqrt(V) ((1 - &gamma;) &Phi;<sup>-1</sup>(1 - 1/N) + &gamma; "
+        f"&Phi;<sup>-1</sup>(1 - 1/(N e)))</span>, the expected maximum of N trials without skill; V is the variance "
+        f"of the distinct trading rows' Sharpe ratios and N the effective number of independent trials, "
+        f"<span class='formula'>N = &rho; + (1 - &rho;) M</span>, with M = {o.n_trading:,} distinct trading rows and "
+        f"&rho; = {rho} the mean pairwise correlation of their per-block mean returns (clipped to [0, 1]); "
+        f"significant at &ge; {DSR_SIGNIFICANT}. <b>PBO</b>: share of the C({o.blocks},{o.blocks // 2}) "
+        f"combinatorially symmetric splits where the in-sample winner ranks at or below the out-of-sample median "
+        f"(Bailey, Borwein, López de Prado &amp; Zhu 2015), over the same distinct trading rows; low &lt; {PBO_LOW}, "
+        f"high &gt; {PBO_HIGH}. Sharpe: per-bar returns net of costs, annualised with "
+        f"sqrt({man['overfit'].get('periods_per_year'):,.0f}).</p>")
+
+
+def _top_tables(result: SweepResult) -> list[str]:
+    """The best rows that trade (flat rows are never 'best'), narrow enough for the page."""
+    t = result.table
+    show = [c for c in TOP_SHOW if c in t.columns]
     trading = result.top_trading
-    if result.flat_rows and len(trading) and not trading.index.equals(result.top.index):
-        parts += [f"<h2>Top {len(trading)} rows among those that traded</h2>", _table(trading[show])]
+    flat = result.flat_rows
+    note = (f"<p class='meta'>{flat:,} of {len(t):,} rows never traded (flat); they are listed in results.csv "
+            "(Sharpe 0 there) and left out here. The name holds each row's swept values.</p>") if flat else ""
+    if trading.empty:
+        return ["<h2>Top rows</h2>", note or "<p>No row traded.</p>"]
+    return [f"<h2>Top {len(trading)} rows that trade, by Sharpe</h2>", note, _table(trading[show], index=False)]
+
+
+def _walk_forward_part(result: SweepResult, portfolios: PortfolioSet | None) -> list[str]:
+    wf, g = result.walk_forward, result.grid
+    if wf is None or wf.table.empty:
+        return []
+    s = wf.summary
+    table = wf.table.drop(columns=["first_bar", "last_bar", "name"]).set_index("fold")
+    return [f"<h2>Walk-forward: in-sample vs out-of-sample ({g.folds} folds)</h2>",
+            f"<p>Each fold's best row by in-sample Sharpe, scored on the next fold (slices of one run per row, "
+            f"so positions and breaker states carry across fold edges). Mean in-sample Sharpe "
+            f"<b>{_fmt(s['mean_is_sharpe'])}</b>, mean out-of-sample <b>{_fmt(s['mean_oos_sharpe'])}</b>; chained "
+            f"out-of-sample return <b>{_fmt(s['oos_return_chained'], 'pct')}</b>; {s['oos_losing_folds']} of "
+            f"{s['steps']} out-of-sample folds lost money; the chosen row's mean out-of-sample rank "
+            f"{_fmt(s['mean_oos_rank_pct'], 'pct')} (100% = best row).</p>",
+            _table(table), *[_fig_html(f) for f in walk_forward_figure(result, portfolios)]]
+
+
+def _vectorbt_part(portfolios: PortfolioSet, man: dict[str, Any]) -> list[str]:
+    stats = portfolios.stats()
+    chk = man.get("vectorbt_check") or {}
+    short = stats.rename(columns=lambda c: str(c).split(" ", 1)[0])  # '#12 profit=...' -> '#12'
+    return ["<h2>vectorbt: stats of the rows shown</h2>",
+            f"<p class='meta'>Built from the simulator's fills replayed through vectorbt's order primitive. "
+            f"Value check against the kernel: largest final-value difference "
+            f"<b>{chk.get('max_final_value_rel_diff', float('nan')):.2e}</b>, largest bar-by-bar "
+            f"<b>{chk.get('max_bar_value_rel_diff', float('nan')):.2e}</b> (relative; required &le; 1e-9). "
+            f"vectorbt's ratios count the first bar's zero return, so they differ slightly from the table's; "
+            f"a row that never traded shows Sharpe and Sortino 0 here too, as in results.csv. Columns are row "
+            f"numbers (names in the tables above).</p>",
+            _table(short.astype(str))]
+
+
+def render_html(result: SweepResult, portfolios: PortfolioSet | None, man: dict[str, Any],
+                embed_plotlyjs: bool = False) -> str:
+    """The whole report page; plotly.js inline with ``embed_plotlyjs``, else read from
+    :data:`PLOTLY_JS` beside the page (:func:`write_report` writes it)."""
+    parts = _header(result, man, embed_plotlyjs) + _top_tables(result)
     figs = heatmaps(result)
     if figs:
-        parts.append("<h2>Heatmaps of the swept axes</h2>")
-        parts += [_fig_html(f) for f in figs]
+        parts += ["<h2>Heatmaps of the swept axes</h2>", *[_fig_html(f) for f in figs]]
     if portfolios is not None:
-        top_rows = [int(r) for r in dict.fromkeys([*result.top.index, *result.top_trading.index])
-                    if int(r) in portfolios.rows][:2 * result.grid.top]
-        parts += ["<h2>Equity of the top rows</h2>", _fig_html(equity_figure(result, portfolios, top_rows))]
+        flat = _flat_mask(result.table)
+        first = row_groups(result.moments).first  # a duplicate's line would hide under its twin's
+        candidates = dict.fromkeys(int(r) for r in [*result.top_trading.index, *result.top.index])
+        top_rows = [r for r in candidates if r in portfolios.rows and not flat[r] and first[r] == r][:result.grid.top]
+        if top_rows:
+            parts += ["<h2>Equity of the top rows that trade (duplicates drawn once)</h2>",
+                      _fig_html(equity_figure(result, portfolios, top_rows))]
     parts += ["<h2>Sharpe across the grid</h2>", _fig_html(sharpe_figure(result))]
     pfigs = pbo_figures(result)
     if pfigs:
         parts += ["<h2>Probability of backtest overfitting (CSCV)</h2>", *[_fig_html(f) for f in pfigs]]
-    wf = result.walk_forward
-    if wf is not None and not wf.table.empty:
-        s = wf.summary
-        parts += [f"<h2>Walk-forward: in-sample vs out-of-sample ({g.folds} folds)</h2>",
-                  f"<p>Each fold's best row by in-sample Sharpe, scored on the next fold (slices of one run per row, "
-                  f"so positions and breaker states carry across fold edges). Mean in-sample Sharpe "
-                  f"<b>{_fmt(s['mean_is_sharpe'])}</b>, mean out-of-sample <b>{_fmt(s['mean_oos_sharpe'])}</b>; chained "
-                  f"out-of-sample return <b>{_fmt(s['oos_return_chained'], 'pct')}</b>; {s['oos_losing_folds']} of "
-                  f"{s['steps']} out-of-sample folds lost money; the chosen row's mean out-of-sample rank "
-                  f"{_fmt(s['mean_oos_rank_pct'], 'pct')} (100% = best row).</p>",
-                  _table(wf.table.drop(columns=["first_bar", "last_bar"]).set_index("fold")),
-                  *[_fig_html(f) for f in walk_forward_figure(result, portfolios)]]
+    parts += _walk_forward_part(result, portfolios)
     if portfolios is not None:
-        stats = portfolios.stats()
-        chk = man.get("vectorbt_check") or {}
-        parts += ["<h2>vectorbt: stats of the rows shown</h2>",
-                  f"<p class='meta'>Built from the simulator's fills replayed through vectorbt's order primitive. "
-                  f"Value check against the kernel: largest final-value difference "
-                  f"<b>{chk.get('max_final_value_rel_diff', float('nan')):.2e}</b>, largest bar-by-bar "
-                  f"<b>{chk.get('max_bar_value_rel_diff', float('nan')):.2e}</b> (relative; required &le; 1e-9). "
-                  f"vectorbt's ratios count the first bar's zero return, so they differ slightly from the table's.</p>",
-                  _table(stats.astype(str))]
+        parts += _vectorbt_part(portfolios, man)
     parts += ["<h2>Manifest</h2>", f"<pre>{html.escape(json.dumps(man, indent=2)[:20000])}</pre>", "</body></html>"]
     return "\n".join(parts)
+
+
+def plotly_js_source() -> Path:
+    """The installed plotly package's own ``plotly.min.js`` (offline; the version plotly.py draws with)."""
+    import plotly  # report only
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / PLOTLY_JS
 
 
 def write_report(result: SweepResult, output: str | Path, *, portfolios: PortfolioSet | None = None,
                  data_path: str | Path | None = None, model_path: str | Path | None = None,
                  inputs: Iterable[str | Path | None] = (), overwrite: bool = False,
-                 seconds: dict[str, float] | None = None, command: str | None = None) -> dict[str, Path]:
+                 seconds: dict[str, float] | None = None, command: str | None = None,
+                 embed_plotlyjs: bool = False) -> dict[str, Path]:
     """Write the report folder atomically (temp sibling, then rename; an existing folder is
-    replaced only when it is a previous sweep output -- :func:`core.files.output_dir`)."""
+    replaced only when it is a previous sweep output -- :func:`core.files.output_dir`).
+    plotly.js is written once into the folder (``plotly.min.js``) and read by report.html, or
+    inlined in the page with ``embed_plotlyjs``."""
     man = manifest(result, data_path=data_path, model_path=model_path, portfolios=portfolios, seconds=seconds,
                    command=command)
-    page = render_html(result, portfolios, man)
+    page = render_html(result, portfolios, man, embed_plotlyjs=embed_plotlyjs)
     names = ["results.csv", "report.html", "manifest.json"]
     with output_dir(output, OUTPUT_KIND, inputs=list(inputs), overwrite=overwrite) as tmp:
         result.table.to_csv(tmp / "results.csv", float_format="%.10g")
@@ -415,6 +540,9 @@ def write_report(result: SweepResult, output: str | Path, *, portfolios: Portfol
         if portfolios is not None:
             portfolios.stats().to_csv(tmp / "vectorbt_stats.csv")
             names.append("vectorbt_stats.csv")
+        if not embed_plotlyjs:
+            (tmp / PLOTLY_JS).write_bytes(plotly_js_source().read_bytes())
+            names.append(PLOTLY_JS)
         (tmp / "report.html").write_text(page, encoding="utf-8")
         # manifest.json last: a folder holding it is complete
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")

@@ -285,10 +285,13 @@ def test_report_of_a_planted_edge_says_real():
 
 
 def test_report_with_one_row_has_no_pbo():
-    rep = overfitting_report(block_moments(_fat_tailed(500, 1, seed=13), 16), periods_per_year=365)
+    r = _fat_tailed(500, 1, seed=13)
+    rep = overfitting_report(block_moments(r - r.mean() + 0.001, 16), periods_per_year=365)
     assert rep.n_trials == 1 and rep.dsr == rep.psr and math.isnan(rep.pbo) and rep.logits == ()
-    assert "one trial" in rep.verdict
+    assert "one trial" in rep.verdict and rep.verdict_class in ("edge", "luck")
     assert json.loads(json.dumps(rep.to_dict(), allow_nan=False))["pbo"] is None
+    losing = overfitting_report(block_moments(r - r.mean() - 0.001, 16), periods_per_year=365)
+    assert losing.verdict_class == "no_edge" and "the only distinct row that trades (#0)" in losing.verdict
 
 
 def test_report_refusals():

@@ -332,7 +332,7 @@ def cli_report(tiny_bundle, bars_file, grid_file, tmp_path_factory):
 def test_cli_writes_the_report_with_the_verdict(cli_report):
     out = cli_report
     printed = (out.parent / "stdout.txt").read_text()
-    assert "verdict: The best row" in printed and "#" in printed
+    assert "verdict: " in printed and "#" in printed
     names = {p.name for p in out.iterdir()}
     assert {"results.csv", "report.html", "manifest.json", "walk_forward.csv", "vectorbt_stats.csv"} <= names
     table = pd.read_csv(out / "results.csv")
@@ -345,7 +345,8 @@ def test_cli_writes_the_report_with_the_verdict(cli_report):
     page = (out / "report.html").read_text()
     assert man["verdict"] and man["verdict"] in printed
     assert html.escape(man["verdict"]) in page and "Exit-rule sweep" in page and "Walk-forward" in page
-    assert "Plotly.newPlot" in page and "<script src=" not in page  # interactive, plotly.js inline (offline)
+    # interactive and offline: plotly.js written once beside the page, read from there
+    assert "Plotly.newPlot" in page and "src='plotly.min.js'" in page and (out / "plotly.min.js").stat().st_size > 1e6
     assert len(man["bundle"]["weights_sha256"]) == 64 and len(man["data"]["file_sha256"]) == 64
     assert man["vectorbt_check"]["max_final_value_rel_diff"] <= RTOL
     assert {"nts", "vectorbt", "numba"} <= set(man["versions"])
@@ -371,7 +372,7 @@ def test_rows_that_never_trade_rank_as_sharpe_zero(swept, bundle, frame):
     assert flat["trades"] == 0 and flat["sharpe"] == 0.0 and flat["sortino"] == 0.0
     assert trading["trades"] > 0 and trading["sharpe"] < 0  # the tiny model loses after fees
     assert list(res.top.index) == [0, 1] and res.flat_rows == 1 and list(res.top_trading.index) == [1]
-    assert res.overfit.best_row == 0 and "never traded" in res.warnings()[0]
+    assert res.overfit.best_row == 1 and "never traded" in res.warnings()[0]  # a flat row is never "best"
     bt = run_backtest(bundle, frame, load_config(None, [*BASE_SET, "strategy.center=0.99"]), progress=False,
                       prob_cache=cache)
     assert bt.metrics["strategy"]["trades"] == 0 and bt.metrics["strategy"]["sharpe"] is None

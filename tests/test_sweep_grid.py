@@ -101,9 +101,10 @@ def test_limit_confidence_above_one_means_never_limit_and_is_accepted(tmp_path):
         ("grid:\n  deadband: [-0.1]\n", r"grid\.deadband\[0\]: -0\.1 must be >= 0$"),
         ("grid:\n  center: [0.5, 1.0]\n", r"grid\.center\[1\]: 1\.0 must be a number in \(0, 1\) or 'breakeven'$"),
         ("grid:\n  center: [Breakeven]\n", r"grid\.center\[0\]: 'Breakeven' must be a number"),
-        ("grid:\n  taker_fee: [0.06]\n", r"grid\.taker_fee\[0\]: 0\.06 must be <= 0\.05$"),
+        ("grid:\n  taker_fee: [0.1]\n", r"grid\.taker_fee\[0\]: 0\.1 must be < 0\.1$"),  # as execution.taker_fee
+        ("grid:\n  deadband: [1.0]\n", r"grid\.deadband\[0\]: 1\.0 must be < 1$"),  # as strategy.deadband
         ("grid:\n  maker_fee: [-0.02]\n", r"grid\.maker_fee\[0\]: -0\.02 must be >= -0\.01$"),
-        ("grid:\n  slippage_bps: [501]\n", r"grid\.slippage_bps\[0\]: 501 must be <= 500$"),
+        ("grid:\n  slippage_bps: [1001]\n", r"grid\.slippage_bps\[0\]: 1001 must be <= 1000$"),
         ("grid:\n  deadband: [0.1, 0.3, 0.1]\n", r"grid\.deadband\[2\]: duplicate value 0\.1$"),
         ("grid: 5\n", r"grid: must be a mapping"),
         ("blocks: 15\n", r"blocks: 15 must be even"),
