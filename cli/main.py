@@ -1,32 +1,96 @@
-"""The `nts` command: a click group; each sub-command lives in its own cli/ module."""
+"""The `nts` command: a click group whose sub-commands load on demand.
+
+Each sub-command lives in its own cli/ module and is imported only when it runs (or its own
+``--help`` is asked for), so ``nts --help`` never loads pandas, numba, torch or backtrader.
+The one-line summaries ``nts --help`` lists are kept here; a test checks that every entry
+names a real click command. A command whose module cannot be imported is an error naming
+it, never a silently missing command.
+"""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import click
 
-from cli.common import NtsGroup
-
-# (module, attribute) of every sub-command; a module that is not there yet is skipped so
-# that work in progress on one command never breaks the others.
-_COMMANDS = [
-    ("cli.data_cmd", "data_group"),
-    ("cli.download_cmd", "download"),
-    ("cli.labels_cmd", "labels"),
-    ("cli.train_cmd", "train"),
-    ("cli.train_cmd", "explain"),
-    ("cli.backtest_cmd", "backtest"),
-    ("cli.sweep_cmd", "sweep"),
-    ("cli.paper_cmd", "paper"),
-    ("cli.paper_cmd", "live"),
-    ("cli.serve_cmd", "serve"),
-    ("cli.exchange_cmd", "exchange_group"),
-    ("cli.status_cmd", "status"),
-    ("cli.status_cmd", "resume"),
-]
+from cli.group import NtsGroup
 
 
-@click.group(cls=NtsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass(frozen=True)
+class CommandEntry:
+    """Where a sub-command lives and what ``nts --help`` says about it."""
+
+    module: str
+    attr: str
+    summary: str
+
+
+COMMANDS: dict[str, CommandEntry] = {
+    "data": CommandEntry("cli.data_cmd", "data_group", "Inspect and repair candle files."),
+    "download": CommandEntry("cli.download_cmd", "download",
+                             "Download closed candles from an exchange into a CSV (resumable)."),
+    "labels": CommandEntry("cli.labels_cmd", "labels", "Label candles with the triple barrier and print statistics."),
+    "train": CommandEntry("cli.train_cmd", "train", "Train, calibrate and compare the TCN; write a model bundle."),
+    "explain": CommandEntry("cli.train_cmd", "explain", "Permutation importance of a bundle's features and lags."),
+    "backtest": CommandEntry("cli.backtest_cmd", "backtest",
+                             "Backtest a strategy with a model bundle on candles; write the report."),
+    "sweep": CommandEntry("cli.sweep_cmd", "sweep",
+                          "Sweep barriers, deadbands, centre, order type and costs; say whether the best row is luck."),
+    "paper": CommandEntry("cli.paper_cmd", "paper", "Paper-trade a model on an exchange's live candles."),
+    "live": CommandEntry("cli.paper_cmd", "live", "Trade a model LIVE on an exchange (journaled, reconciled)."),
+    "exchange": CommandEntry("cli.exchange_cmd", "exchange_group",
+                             "Local Binance-compatible exchanges on 127.0.0.1 for rehearsal and tests."),
+    "status": CommandEntry("cli.status_cmd", "status", "Print a session journal's summary."),
+    "resume": CommandEntry("cli.status_cmd", "resume", "Clear a session's halt (kill switch, breaker, error)."),
+}
+
+
+class LazyGroup(NtsGroup):
+    """:class:`cli.group.NtsGroup` that imports a sub-command's module only when needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            module = importlib.import_module(entry.module)
+            command = getattr(module, entry.attr)
+        except (ImportError, AttributeError) as exc:
+            raise click.ClickException(f"command {cmd_name!r} cannot be loaded from {entry.module}: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(command, click.Command):
+            raise click.ClickException(f"command {cmd_name!r}: {entry.module}.{entry.attr} is not a click command")
+        self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            entry = COMMANDS.get(name)
+            text = entry.summary if entry else self.commands[name].get_short_help_str(limit)
+            rows.append((name, _clip(text, limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary to fit ``limit`` characters, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 3, 1)].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + "..."
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="neural-trading-system")
 def cli() -> None:
     """nts: TCN triple-barrier probabilities, calibrated, traded in backtrader strategies.
@@ -35,17 +99,6 @@ def cli() -> None:
     Commands take --config FILE and --set key.path=value (explain reads its settings
     from the bundle).
     """
-
-
-for _module, _attr in _COMMANDS:
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
-    if hasattr(_mod, _attr):
-        cli.add_command(getattr(_mod, _attr))
 
 
 def main() -> None:
