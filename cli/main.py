@@ -21,6 +21,7 @@ _COMMANDS = [
     ("cli.paper_cmd", "live"),
     ("cli.serve_cmd", "serve"),
     ("cli.exchange_cmd", "exchange_group"),
+    ("cli.bundle_cmd", "bundle_group"),
     ("cli.status_cmd", "status"),
     ("cli.status_cmd", "resume"),
 ]
