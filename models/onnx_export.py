@@ -6,10 +6,10 @@ exports it with torch's dynamo exporter (``torch.onnx.export(dynamo=True)``, ops
 output ``logit (B,)``.
 
 Why the dynamo exporter and not the legacy TorchScript one: the legacy graph keeps every
-causal pad as a ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast/Pad chain (146 nodes for
-the default network); the dynamo exporter's optimiser folds each pad into its Conv's
-asymmetric ``pads`` (32 nodes: Transpose, 10 Conv, ReLU/Add, ReduceMean, 2 Gemm, Squeeze),
-and the legacy exporter is deprecated in torch 2.9+. Both gave the same logits (within
+causal pad as a ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast/Pad chain (well over a
+hundred nodes for the default network); the dynamo exporter's optimiser folds each pad into
+its Conv's asymmetric ``pads`` (32 nodes: Transpose, 10 Conv, ReLU/Add, ReduceMean, 2 Gemm,
+Squeeze), and the legacy exporter is deprecated in torch 2.9+. Both gave the same logits (within
 3e-8 of torch) and byte-identical files on repeated exports of the same weights, so the
 file's sha256 is a stable identity of the weights it came from.
 
