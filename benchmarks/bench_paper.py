@@ -142,7 +142,7 @@ def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, floa
 
 
 def _journal_bars(state: Path) -> int:
-    from brokers.journal import Journal, JournalError
+    from sessions.journal import Journal, JournalError
 
     if not state.exists():
         return 0
@@ -154,7 +154,7 @@ def _journal_bars(state: Path) -> int:
 
 
 def _wait_started(proc, state: Path, deadline: float) -> None:
-    from brokers.journal import Journal, JournalError
+    from sessions.journal import Journal, JournalError
 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -189,7 +189,7 @@ def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int)
     import signal
     import subprocess
 
-    from brokers.replay import ReplayExchange
+    from venues.replay import ReplayExchange
 
     root = Path(__file__).resolve().parents[1]
     frame = synthetic_ohlcv(warm + 10 + 20 * (rounds + 1), seed=3, start="2024-06-01")
