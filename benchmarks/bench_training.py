@@ -23,9 +23,9 @@ import torch
 
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
-from models.dataset import Normaliser, gather_windows, prepare
+from models.dataset import Normaliser, prepare
 from models.splits import walk_forward_split
-from models.tcn import build_tcn
+from models.tcn import build_tcn, gather_windows
 from models.train import fit_network, make_optimizer, resolve_pos_weight, set_seeds
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"

@@ -40,6 +40,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "live": CommandEntry("cli.paper_cmd", "live", "Trade a model LIVE on an exchange (journaled, reconciled)."),
     "exchange": CommandEntry("cli.exchange_cmd", "exchange_group",
                              "Local Binance-compatible exchanges on 127.0.0.1 for rehearsal and tests."),
+    "bundle": CommandEntry("cli.bundle_cmd", "bundle_group", "Model bundle tools (export the ONNX graph of an older bundle)."),
     "status": CommandEntry("cli.status_cmd", "status", "Print a session journal's summary."),
     "resume": CommandEntry("cli.status_cmd", "resume", "Clear a session's halt (kill switch, breaker, error)."),
 }

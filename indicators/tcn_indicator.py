@@ -4,10 +4,9 @@
   in batches through :meth:`models.bundle.ModelBundle.predict_logit` (features, windows and
   the network run vectorised; no per-bar Python loop over the network), then calibrated --
   or read from the probability cache (param ``cache``, :mod:`models.prob_cache`).
-* event mode (``next()``, paper/live): each closed bar goes through
-  :class:`models.features.StreamingFeatures`; a ring buffer keeps the last ``window``
-  feature rows of the current contiguous stretch and
-  :meth:`~models.bundle.ModelBundle.score_features` scores them.
+* event mode (``next()``, paper/live): each closed bar goes through the bundle's one
+  incremental scorer, :class:`models.streaming.BarScorer` (streaming features, the last
+  ``window`` feature rows of the current stretch, ONNX Runtime, calibrator).
 
 Both modes give the same numbers (to float32 network precision); the test suite checks it
 on real candles -- that equality is the lookahead test. The minimum period is
@@ -16,7 +15,6 @@ until a full window of the new stretch exists.
 """
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,6 @@ from core.errors import BundleError
 from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
 from models.bundle import load_bundle
-from models.features import StreamingFeatures
 from models.prob_cache import cached_scores
 
 
@@ -48,8 +45,7 @@ class TCNProbability(_BatchOnce):
     def __init__(self) -> None:
         self.bundle = as_bundle(self.p.bundle)
         self.addminperiod(self.bundle.min_bars)
-        self._stream = StreamingFeatures(self.bundle.feature_cfg, self.bundle.timeframe)
-        self._rows: deque[np.ndarray] = deque(maxlen=self.bundle.window)
+        self._stream = self.bundle.stream()
         self.cache_hit: bool | None = None  # runonce pass: True when P came from the cache
 
     def _plotlabel(self) -> list[str]:
@@ -67,15 +63,8 @@ class TCNProbability(_BatchOnce):
 
     def _stream_bar(self) -> None:
         d = self.data
-        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
-                                  d.close[0], d.volume[0])
-        if self._stream.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
-            self._rows.clear()
-        self._rows.append(row)
-        if len(self._rows) == self.bundle.window:
-            logit, prob = self.bundle.score_features(np.stack(self._rows))
-        else:
-            logit = prob = float("nan")
+        logit, prob = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
+                                          d.close[0], d.volume[0])
         self.lines.logit[0] = logit
         self.lines.prob[0] = prob
 

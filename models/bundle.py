@@ -1,45 +1,41 @@
-"""The model bundle: the only way to score bars with a trained TCN.
+"""The model bundle: the only way to score bars with a trained TCN. No torch here.
 
 A bundle is a directory written by ``nts train``::
 
-    final_model.pt   state_dict only (``torch.load(weights_only=True)``)
+    model.onnx       the network as an ONNX graph (exported from the final weights at the end
+                     of training, checked against torch): what every engine scores with
+    final_model.pt   the same weights as a torch state_dict (training, explain, re-export)
     bundle.json      format version, features (names + definitions hash + config), window,
                      model spec, normalisation stats, calibrator, label config, spans, data
                      sha256, config, seed, package versions, metrics, learning curves,
-                     sha256 of final_model.pt
+                     sha256 of final_model.pt and of model.onnx
     reliability.png, learning_curves.png, report.html
 
-Scoring has one code path: raw features -> :class:`~models.dataset.Normaliser` ->
-windows -> :meth:`ModelBundle._forward` (eval mode, ``torch.inference_mode``) -> calibrator.
-``predict_proba`` (batch, ``SCORE_BATCH`` windows per forward) and ``score_features`` /
-``score_window`` (one window) go through it, so they agree to float rounding.
+Scoring has one code path: raw features -> :class:`~models.dataset.Normaliser` -> windows ->
+:class:`models.scorer.OnnxScorer` (ONNX Runtime) -> calibrator. ``predict_proba`` (batch, fixed
+chunks on ``bundle.threads`` worker threads) and ``score_features`` / ``score_window`` (one
+window; ``score_window`` keeps a :class:`models.streaming.BarScorer` and feeds it only the bars
+it has not seen) go through it, so they agree to float32 rounding, and the logits are the same
+for any thread count.
 
-Threads: ``torch.set_num_threads`` is process-global. Scoring sets it only for the
-duration of a call and restores the previous value afterwards: batch scoring runs
-``bundle.threads`` worker threads (``training.threads`` of the config the bundle was trained
-with, at most the CPU count), each scoring whole batches with one intra-op thread;
-single-window scoring uses 1 thread (faster for one small window, no pool wake-up).
-Training code is never affected.
+A bundle written before ONNX (no ``onnx_sha256`` in bundle.json) is refused with one line that
+names the fix: ``nts bundle export PATH`` exports its weights once into the bundle (that
+command imports torch; loading and scoring never do).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import ValidationError
 
 from core.config import FeatureConfig, LabelConfig, ModelConfig
-from core.errors import BundleError, ConfigError, DataError
-from core.files import write_text_atomic
-from core.ohlcv import segment_ids
+from core.errors import BundleError, ConfigError, DataError, NtsError
+from core.ohlcv import COLUMNS, checked_bars, segment_ids
 from core.timeframes import timeframe_seconds
 from models.calibration import Calibrator
 from models.dataset import (
@@ -50,14 +46,13 @@ from models.dataset import (
     window_view,
 )
 from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
-from models.tcn import build_tcn
+from models.scorer import CHUNK, ONNX_FILE, OnnxScorer, model_signature
+from models.streaming import BarScorer
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "final_model.pt"
 META_FILE = "bundle.json"
-# 128 windows keep each layer's activations (128 x 64 ch x 64 steps x 4 B = 2 MiB) in cache:
-# measured ~33k windows/s on 2 cores vs ~16k/s at 1,024 (the conv kernels are memory-bound there).
-SCORE_BATCH = 128
+SCORE_BATCH = CHUNK  # the fixed chunk of batch scoring (name kept for callers)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -69,17 +64,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` intra-op threads, then restore the previous setting."""
-    prev = torch.get_num_threads()
-    if n != prev:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != prev:
-            torch.set_num_threads(prev)
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _ts(value) -> pd.Timestamp:
@@ -87,9 +74,12 @@ def _ts(value) -> pd.Timestamp:
 
 
 class ModelBundle:
-    """A loaded bundle: network in eval mode, normaliser, calibrator and metadata."""
+    """A loaded bundle: the ONNX scorer, normaliser, calibrator and metadata.
 
-    def __init__(self, meta: dict, state_dict: dict, path: Path | None = None) -> None:
+    ``onnx`` is the serialised graph (bytes) of the network; ``threads`` (settable) is the
+    number of worker threads of batch scoring and does not change any number."""
+
+    def __init__(self, meta: dict, onnx: bytes, path: Path | None = None) -> None:
         self.meta = meta
         self.path = path
         self.feature_names = tuple(meta["feature_names"])
@@ -99,23 +89,46 @@ class ModelBundle:
         self.label_cfg = LabelConfig(**meta["label_config"])
         self.normaliser = Normaliser.from_dict(meta["normaliser"])
         self.calibrator = Calibrator.from_dict(meta["calibrator"])
-        self.threads = int(meta.get("threads", 1))
         # min_bars: the least history that gives a probability at all (features finite over one
         # window); history_bars: the history after which P no longer depends on where the
         # history starts (every engine feeds this much warm-up: one warm-up everywhere).
         self.min_bars = warmup_bars(self.feature_cfg) + self.window - 1
         self.history_bars = max(self.min_bars, memory_bars(self.feature_cfg) + self.window)
+        self.scorer_id = sha256_bytes(onnx)
+        where = f"{path / ONNX_FILE}" if path else ONNX_FILE
+        self.scorer = OnnxScorer(onnx, threads=int(meta.get("threads", 1)), where=where)
+        self._check_graph(where)
+        self._window_lock = threading.Lock()
+        self._window_stream: BarScorer | None = None
+        self._window_seen: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _check_graph(self, where: str) -> None:
+        """The graph must be the network bundle.json describes (its recorded signature), take this
+        bundle's (window, features) windows and give one logit each."""
+        expected = model_signature(ModelConfig.model_validate(self.meta["model"]), self.window,
+                                   len(self.feature_names))
+        if self.scorer.signature != expected:
+            raise BundleError(f"{where}: the model in bundle.json does not fit the graph (it was exported from "
+                              f"another network spec, window or feature count)")
         try:
-            # both inside the try: a model spec the network code refuses and weights that do
-            # not fit it are the same problem for the caller (a bundle that cannot be used)
-            self.net = build_tcn(meta["model"], n_features=len(FEATURE_NAMES))
-            self.net.load_state_dict(state_dict, strict=True)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            where = path or "bundle"
+            out = self.scorer.logits(np.zeros((2, self.window, len(self.feature_names)), dtype=np.float32))
+        except NtsError:
+            raise
+        except Exception as exc:
             first = (str(exc).splitlines() or [""])[0][:160]
-            raise BundleError(f"{where}: the model in bundle.json cannot be built or the weights do not fit it "
-                              f"({exc.__class__.__name__}: {first})") from None
-        self.net.eval()
+            raise BundleError(f"{where}: the graph does not score ({self.window}, {len(self.feature_names)}) "
+                              f"windows ({exc.__class__.__name__}: {first})") from None
+        if out.shape != (2,):
+            raise BundleError(f"{where}: the graph gives {out.shape} logits for 2 windows")
+
+    @property
+    def threads(self) -> int:
+        """Worker threads of batch scoring (settable; the logits are the same for any count)."""
+        return self.scorer.threads
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self.scorer.threads = n
 
     # --------------------------------------------------------------- metadata
     @property
@@ -136,11 +149,9 @@ class ModelBundle:
         """Calibrated probabilities for raw network logits."""
         return self.calibrator(np.asarray(logits, dtype=np.float64))
 
-    def _forward(self, windows: np.ndarray) -> np.ndarray:
-        """Logits (float64) for normalised float32 windows ``(B, window, F)``: the one network path."""
-        with torch.inference_mode():
-            out = self.net(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
-        return out.double().numpy()
+    def logits_for_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Logits (float64) of normalised ``(B, window, F)`` windows: the one network path."""
+        return self.scorer.logits(windows)
 
     def _features(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         check_frame(frame, "bundle input")
@@ -148,29 +159,15 @@ class ModelBundle:
         valid = valid_window_mask(feats, segment_ids(frame.index, self.timeframe), self.window)
         return feats, valid
 
-    def logits_for_features(self, feats: np.ndarray, ends: np.ndarray, batch: int = SCORE_BATCH) -> np.ndarray:
+    def logits_for_features(self, feats: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Logits of the windows ending at positions ``ends`` of a raw feature matrix (batched)."""
-        norm = self.normaliser.transform(feats)
-        view = window_view(norm, self.window)
+        view = window_view(self.normaliser.transform(feats), self.window)
+        ends = np.asarray(ends, dtype=np.int64)
         out = np.empty(len(ends), dtype=np.float64)
-        starts = range(0, len(ends), batch)
-
-        def score(i: int) -> None:
-            chunk = ends[i:i + batch]
-            out[i:i + len(chunk)] = self._forward(view[chunk - self.window + 1])
-
-        workers = min(self.threads, os.cpu_count() or 1, max(1, len(starts)))
-        # One intra-op thread per batch and one batch per worker thread (torch releases the GIL
-        # inside its kernels): measured more robust than intra-op threading on a busy machine,
-        # where OpenMP's spinning threads collapse when a core is taken. The batch boundaries
-        # do not depend on the worker count, so the logits are the same for any count.
-        with torch_threads(1):
-            if workers <= 1:
-                for i in starts:
-                    score(i)
-            else:
-                with ThreadPoolExecutor(workers, thread_name_prefix="nts-score") as pool:
-                    list(pool.map(score, starts))
+        # gather one slab of chunks at a time: never a copy of every window at once
+        slab = CHUNK * 64
+        for i in range(0, len(ends), slab):
+            out[i:i + slab] = self.scorer.logits(view[ends[i:i + slab] - self.window + 1])
         return out
 
     def predict_logit(self, frame: pd.DataFrame) -> pd.Series:
@@ -196,35 +193,59 @@ class ModelBundle:
                             f"got {arr.shape}")
         if not np.isfinite(arr).all():
             return float("nan"), float("nan")
-        with torch_threads(1):
-            logit = float(self._forward(self.normaliser.transform(arr)[None])[0])
+        logit = self.scorer.logit_one(self.normaliser.transform(arr))
         return logit, float(self.calibrate(np.array([logit]))[0])
 
+    def stream(self) -> BarScorer:
+        """A new incremental scorer of one bar stream (paper, live, the server)."""
+        return BarScorer(self)
+
     def score_window(self, bars: pd.DataFrame) -> float:
-        """Calibrated P of the LAST bar of ``bars`` (trailing candles; features computed here on
-        the last :attr:`history_bars` of them). NaN when there is not enough history or the
-        last window crosses a gap."""
-        check_frame(bars, "score_window bars")
+        """Calibrated P of the LAST bar of ``bars`` (trailing candles). NaN when there is not
+        enough history or the last window crosses a gap.
+
+        Incremental: the bundle keeps one :class:`BarScorer`. When ``bars`` holds more than
+        :attr:`history_bars` bars and all but its last bar end with the :attr:`history_bars`
+        bars the stream consumed last time (the server scoring each new bar), only the new bar
+        is fed. Otherwise the stream is primed from the last :attr:`history_bars` bars (older
+        bars cannot move P; see ``history_bars``). Both give the same P to ~1e-12."""
+        missing = [c for c in COLUMNS if not isinstance(bars, pd.DataFrame) or c not in bars.columns]
+        if missing or not isinstance(bars.index, pd.DatetimeIndex):
+            check_frame(bars, "score_window bars")  # raises the one-line DataError
+        h = self.history_bars
+        tail = bars.iloc[-(h + 1):]
+        ts = tail.index.as_unit("ns").asi8 if tail.index.tz is not None else \
+            tail.index.tz_localize("UTC").as_unit("ns").asi8
+        vals = tail[list(COLUMNS)].to_numpy(dtype=np.float64)
+        with self._window_lock:
+            seen = self._window_seen
+            stream = self._window_stream
+            if (stream is not None and seen is not None and len(tail) == h + 1
+                    and np.array_equal(ts[:-1], seen[0]) and np.array_equal(vals[:-1], seen[1])):
+                o, hi, lo, c, v = vals[-1].tolist()
+                prob = stream.update(tail.index[-1], o, hi, lo, c, v)[1]
+            else:
+                checked_bars(bars, COLUMNS, "score_window bars")
+                stream = self._window_stream = BarScorer(self)
+                self._window_seen = None  # until the prime succeeded
+                prob = stream.prime(tail.iloc[-h:])[1]
+            self._window_seen = (ts[-h:], vals[-h:])
         if len(bars) < self.min_bars:
             return float("nan")
-        tail = bars.iloc[-self.history_bars:]  # older bars cannot move P (see history_bars)
-        feats = feature_matrix(tail, self.feature_cfg, self.timeframe)
-        seg = segment_ids(tail.index, self.timeframe)
-        if seg[-1] != seg[-self.window]:
-            return float("nan")
-        return self.score_features(feats[-self.window:])[1]
+        return float(prob)
 
 
 # ------------------------------------------------------------------- save / load
 
-def write_bundle_files(directory: Path, meta: dict, state_dict: dict) -> dict:
-    """Write final_model.pt and bundle.json (with the weights' sha256) into ``directory``."""
+def bundle_files(directory: Path, meta: dict, weights: bytes, onnx: bytes) -> dict:
+    """Write final_model.pt, model.onnx and bundle.json (with both sha256) into ``directory``."""
     directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, weights)
+    (directory / WEIGHTS_FILE).write_bytes(weights)
+    (directory / ONNX_FILE).write_bytes(onnx)
     meta = dict(meta)
-    meta["weights_sha256"] = sha256_file(weights)
-    write_text_atomic(directory / META_FILE, json.dumps(meta, indent=2, allow_nan=True))
+    meta["weights_sha256"] = sha256_bytes(weights)
+    meta["onnx_sha256"] = sha256_bytes(onnx)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True))
     return meta
 
 
@@ -341,7 +362,8 @@ def validate_meta(meta, meta_path: Path) -> None:
     config classes, so the same ranges as a config file) and the feature definitions hash; the
     timeframe; window == model.window == config.model.window; threads; normaliser mean/std (one
     finite value per feature, std > 0); calibrator kind and its parameters; spans (ordered
-    timestamp pairs, training and test present); the weights' sha256 field.
+    timestamp pairs, training and test present); the weights' and the ONNX graph's sha256 fields
+    (the latter absent in bundles from before ONNX).
     """
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: not a JSON object")
@@ -376,27 +398,39 @@ def validate_meta(meta, meta_path: Path) -> None:
         raise BundleError(f"{meta_path}: window {window} differs from the model config's "
                           f"{model_window if window != model_window else mcfg.window}")
     threads = meta.get("threads", 1)
-    # the same range as training.threads: a huge count makes OpenMP abort the process (no
-    # exception to turn into one line), so it must never reach torch.set_num_threads
+    # the same range as training.threads and the scorer's worker pool
     if not _is_int(threads) or not 1 <= threads <= 256:
         raise _bad(meta_path, "threads", f"expected an integer from 1 to 256, got {threads!r:.40}")
     _check_normaliser(meta, meta_path, len(FEATURE_NAMES))
     _check_calibrator(meta, meta_path)
     _check_spans(meta, meta_path)
-    sha = meta.get("weights_sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise _bad(meta_path, "weights_sha256", "expected a 64-character hex digest")
+    for field, required in (("weights_sha256", True), ("onnx_sha256", False)):
+        sha = meta.get(field)
+        if sha is None and not required:
+            continue  # a bundle from before ONNX: exported on load (see load_bundle)
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise _bad(meta_path, field, "expected a 64-character hex digest")
 
 
-def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBundle:
-    """Load a bundle directory (or its ``final_model.pt``) after checking it fits this code.
+def _read_onnx(meta: dict, directory: Path, weights: Path) -> bytes:
+    """model.onnx checked against bundle.json's sha256."""
+    if meta.get("onnx_sha256") is None:
+        raise BundleError(f"{directory}: a bundle from before ONNX (bundle.json records no model.onnx): run "
+                          f"'nts bundle export {directory}' once to add it")
+    path = directory / ONNX_FILE
+    if not path.is_file():
+        raise BundleError(f"{directory}: {ONNX_FILE} is missing (bundle.json records its sha256)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    if sha256_bytes(data) != meta["onnx_sha256"]:
+        raise BundleError(f"{path}: sha256 differs from bundle.json (tampered or truncated graph)")
+    return data
 
-    Refuses with one-line BundleError naming the file (and the field): missing files, bundle.json
-    that is not valid JSON or has a missing/invalid field (see :func:`validate_meta`), another
-    format version, another feature set (names or definitions hash), a window that differs from
-    the model spec or from ``expected_window``, weights whose sha256 differs from the one recorded
-    (tampered or truncated) or that do not load into the network bundle.json describes.
-    """
+
+def resolve_bundle_dir(path: str | Path) -> tuple[Path, Path]:
+    """(bundle directory, weights file) of a bundle directory or its ``final_model.pt``."""
     p = Path(path)
     if p.is_dir() and p.suffix == ".pt":
         raise BundleError(f"{p}: is a folder, expected the weights file {WEIGHTS_FILE} (or give the bundle folder)")
@@ -406,8 +440,12 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
         directory = p.parent
     else:
         raise BundleError(f"{p}: not a bundle directory or {WEIGHTS_FILE}")
+    return directory, (p if p.suffix == ".pt" else directory / WEIGHTS_FILE)
+
+
+def read_meta(directory: Path, weights: Path, expected_window: int | None = None) -> dict:
+    """bundle.json validated (:func:`validate_meta`), with the weights file's sha256 checked."""
     meta_path = directory / META_FILE
-    weights = p if p.suffix == ".pt" else directory / WEIGHTS_FILE
     if not meta_path.exists():
         raise BundleError(f"{directory}: no {META_FILE} (not a model bundle, or an unfinished one)")
     if not weights.exists():
@@ -429,14 +467,26 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
         raise BundleError(f"{weights}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
     if digest != meta["weights_sha256"]:
         raise BundleError(f"{weights}: sha256 differs from bundle.json (tampered or truncated weights)")
+    return meta
+
+
+def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBundle:
+    """Load a bundle directory (or its ``final_model.pt``) after checking it fits this code.
+
+    Refuses with one-line BundleError naming the file (and the field): missing files, bundle.json
+    that is not valid JSON or has a missing/invalid field (see :func:`validate_meta`), another
+    format version, another feature set (names or definitions hash), a window that differs from
+    the model spec or from ``expected_window``, weights or an ONNX graph whose sha256 differs from
+    the one recorded (tampered or truncated), a graph ONNX Runtime cannot load or that does not
+    score the bundle's windows, a bundle from before ONNX (no ``onnx_sha256``: run
+    ``nts bundle export``).
+    """
+    directory, weights = resolve_bundle_dir(path)
+    meta = read_meta(directory, weights, expected_window)
+    meta_path = directory / META_FILE
+    onnx = _read_onnx(meta, directory, weights)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise BundleError(f"{weights}: cannot load weights ({exc.__class__.__name__})") from None
-    if not isinstance(state, dict):
-        raise BundleError(f"{weights}: not a state_dict")
-    try:
-        return ModelBundle(meta, state, path=directory)
+        return ModelBundle(meta, onnx, path=directory)
     except BundleError:
         raise
     except Exception as exc:  # anything validate_meta did not foresee still ends as one line

@@ -7,8 +7,10 @@ One implementation serves training, evaluation and scoring:
   one contiguous stretch (``core.ohlcv.segment_ids``) and has every feature finite.
 * :class:`Normaliser` holds per-feature mean/std fitted on the training span only.
 * :func:`window_view` is a zero-copy strided view ``(N - window + 1, window, F)`` over the
-  normalised matrix; :func:`gather_windows` copies only the rows of one batch. No array of
-  ``N x window`` copies is ever built.
+  normalised matrix; training copies only the rows of one batch
+  (:func:`models.tcn.gather_windows`). No array of ``N x window`` copies is ever built.
+
+No torch here: scoring (``models.bundle``) imports this module on the trading path.
 
 A sample is a bar t with a valid window and a finite triple-barrier label (target = label of
 bar t). Rows with NaN features or no label are dropped explicitly by :func:`sample_positions`.
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from core.errors import DataError
 from core.ohlcv import COLUMNS, checked_bars, segment_ids
@@ -90,12 +91,6 @@ class Normaliser:
 def window_view(norm: np.ndarray, window: int) -> np.ndarray:
     """Read-only strided view ``(N - window + 1, window, F)``; row i is the window ending at bar i + window - 1."""
     return np.lib.stride_tricks.sliding_window_view(norm, window, axis=0).transpose(0, 2, 1)
-
-
-def gather_windows(norm: torch.Tensor, ends: torch.Tensor, window: int) -> torch.Tensor:
-    """Copy the windows ending at bars ``ends`` from a normalised ``(N, F)`` tensor: ``(B, window, F)``."""
-    offsets = torch.arange(-window + 1, 1, dtype=ends.dtype, device=ends.device)
-    return norm[ends.unsqueeze(1) + offsets]
 
 
 @dataclass

@@ -6,7 +6,8 @@ breaks its link to the label while keeping its distribution and its time structu
 For each lag block (bars t-0..t-7, t-8..t-15, t-16..t-31, t-32..t-63 with the default
 window) all 12 features of those bars are swapped between samples. Importance = drop
 of AUC and rise of log loss (calibrated P) vs the unpermuted windows, mean and std over
-``repeats`` permutations. Scoring goes through the bundle's own network path.
+``repeats`` permutations. Scoring goes through the bundle's own scorer (ONNX Runtime), the
+numbers every engine trades with.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from core.errors import DataError
 from core.files import OutputKind, output_dir
 from core.ohlcv import segment_ids
-from models.bundle import SCORE_BATCH, ModelBundle, torch_threads
+from models.bundle import ModelBundle
 from models.dataset import (
     check_frame,
     feature_matrix,
@@ -43,11 +44,7 @@ def lag_blocks(window: int) -> list[tuple[int, int]]:
 
 
 def _score(bundle: ModelBundle, windows: np.ndarray) -> np.ndarray:
-    out = np.empty(len(windows))
-    with torch_threads(bundle.threads):
-        for i in range(0, len(windows), SCORE_BATCH):
-            out[i:i + SCORE_BATCH] = bundle._forward(windows[i:i + SCORE_BATCH])
-    return bundle.calibrate(out)
+    return bundle.calibrate(bundle.logits_for_windows(windows))
 
 
 def explain_samples(bundle: ModelBundle, frame: pd.DataFrame, span: str = "test") -> tuple[np.ndarray, np.ndarray]:

@@ -245,6 +245,49 @@ class StreamingFeatures:
         self._n_r2 = 0
         self._gain = self._loss = 0.0
 
+    def prime(self, frame: pd.DataFrame) -> None:
+        """Set the state :meth:`update` would have after the bars of ``frame``, without making a
+        feature row per bar (a restart or a cold server call: ~1 us a bar instead of ~40 us).
+
+        Only the last contiguous stretch of ``frame`` matters (a gap resets the state); the
+        recursions run in the same order with the same arithmetic as :meth:`update`, so a primed
+        stream continues bit for bit like one fed every bar. DataError for a frame
+        :func:`core.ohlcv.checked_bars` refuses (the same rules as :meth:`update`)."""
+        idx, data = checked_bars(frame, COLUMNS, "StreamingFeatures.prime")
+        self.reset()
+        if len(idx) == 0:
+            return
+        seg = segment_ids(idx, self.timeframe)
+        first = int(np.searchsorted(seg, seg[-1]))  # segment ids never decrease
+        closes = data[first:, 3].tolist()
+        c = self.cfg
+        af, asl, ar = self._alpha_fast, self._alpha_slow, self._alpha_rsi
+        ew_fast = ew_slow = gain_avg = loss_avg = 0.0
+        prev = closes[0]
+        returns: deque[float] = deque(maxlen=c.realized_vol_window)
+        for k in range(1, len(closes)):
+            close = closes[k]
+            r = math.log(close / prev)
+            returns.append(r)
+            r2 = r * r
+            if k == 1:
+                ew_fast = ew_slow = r2
+            else:
+                ew_fast = (1.0 - af) * ew_fast + af * r2
+                ew_slow = (1.0 - asl) * ew_slow + asl * r2
+            diff = close - prev
+            gain, loss = (diff if diff > 0 else 0.0), (-diff if diff < 0 else 0.0)
+            gain_avg = (1.0 - ar) * gain_avg + ar * gain
+            loss_avg = (1.0 - ar) * loss_avg + ar * loss
+            prev = close
+        self._i = len(closes)
+        self._closes.extend(closes[-self._close_len:])
+        self._returns = returns
+        self._volumes.extend(data[first:, 4][-c.volume_z_window:].tolist())
+        self._ew_fast, self._ew_slow, self._n_r2 = ew_fast, ew_slow, len(closes) - 1
+        self._gain, self._loss = gain_avg, loss_avg
+        self._last_ns = int(idx.asi8[-1])
+
     @property
     def bars_in_stretch(self) -> int:
         """Bars seen since the last reset or gap."""

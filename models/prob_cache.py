@@ -3,8 +3,10 @@ sweep of the same bundle and data skips the network.
 
 Key (all of it must match; anything else is a miss):
 
-* the bundle's scoring identity: sha256 of the weights file plus the parts of bundle.json that
-  shape a probability (feature names and config, window, timeframe, normaliser, calibrator);
+* the bundle's scoring identity: sha256 of the weights file and of the ONNX graph that scores
+  them (the scorer: a P cached by another engine or graph is never mixed in) plus the parts of
+  bundle.json that shape a probability (feature names and config, window, timeframe,
+  normaliser, calibrator);
 * the bars: sha256 over the bar open times and the float64 open/high/low/close/volume columns
   of exactly the frame scored (so a span and its warm-up are part of it: a different start
   is different data);
@@ -32,7 +34,7 @@ from core.files import atomic_path
 
 log = logging.getLogger("nts.cache")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the scorer (ONNX graph sha256) is part of the key; torch-scored entries miss
 DEFAULT_DIR = "cache"
 
 
@@ -46,6 +48,7 @@ def bundle_identity(bundle: Any) -> str:
     meta = bundle.meta
     payload = {
         "weights": meta.get("weights_sha256"),
+        "scorer": getattr(bundle, "scorer_id", None),
         "features": [list(bundle.feature_names), meta.get("feature_config"), meta.get("feature_definitions_hash")],
         "window": bundle.window, "timeframe": bundle.timeframe,
         "normaliser": meta.get("normaliser"), "calibrator": meta.get("calibrator"),

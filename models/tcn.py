@@ -16,7 +16,8 @@ Receptive field: ``1 + sum_b 2 * (k - 1) * d_b`` = 61 bars for k=3, d=1,2,4,8.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -125,3 +126,23 @@ def expected_parameters(n_features: int, channels: Sequence[int], kernel_size: i
 def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
     """Bars one output step can see: 1 + sum over blocks of 2 convs * (k - 1) * d."""
     return 1 + sum(2 * (kernel_size - 1) * d for d in dilations)
+
+
+def gather_windows(norm: torch.Tensor, ends: torch.Tensor, window: int) -> torch.Tensor:
+    """Copy the windows ending at bars ``ends`` from a normalised ``(N, F)`` tensor: ``(B, window, F)``."""
+    offsets = torch.arange(-window + 1, 1, dtype=ends.dtype, device=ends.device)
+    return norm[ends.unsqueeze(1) + offsets]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` intra-op threads, then restore the previous setting (training only:
+    ``torch.set_num_threads`` is process-global)."""
+    prev = torch.get_num_threads()
+    if n != prev:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != prev:
+            torch.set_num_threads(prev)

@@ -16,8 +16,12 @@ Pipeline of :func:`train_bundle`:
    The test span stays untouched by training, normalisation, early stopping and calibration;
    the honest out-of-sample figures are the "test" metrics;
 6. logistic-regression baseline on the same spans;
-7. metrics (AUC, log loss, Brier, ECE) on validation and test, raw and calibrated, TCN and
-   baseline; reliability diagram, learning curves, report.html;
+7. the best weights exported to ONNX (``models.onnx_export``, checked against torch); the
+   validation/test logits -- hence the calibrator and every reported TCN metric -- come from
+   that graph through ONNX Runtime, the scorer every engine trades with;
+   metrics (AUC, log loss, Brier, ECE) on validation and test, raw and calibrated, TCN and
+   baseline; reliability diagram, learning curves, report.html; model.onnx beside
+   final_model.pt, both sha256 in bundle.json;
 8. everything written into a temp directory beside the output, renamed into place last
    (:func:`core.files.output_dir`), so an interrupted run never leaves a complete-looking
    bundle, and an existing folder is replaced only when it is an nts bundle (checked before
@@ -52,26 +56,21 @@ from core.errors import DataError
 from core.files import OutputKind, check_output_dir, output_dir
 from core.redact import redact_obj
 from models.baseline import LogisticBaseline
-from models.bundle import (
-    FORMAT_VERSION,
-    ModelBundle,
-    sha256_file,
-    torch_threads,
-    write_bundle_files,
-)
+from models.bundle import FORMAT_VERSION, ModelBundle, bundle_files, sha256_file
 from models.calibration import Calibrator, sigmoid
-from models.dataset import Normaliser, PreparedData, gather_windows, prepare
+from models.dataset import Normaliser, PreparedData, prepare
 from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
 from models.metrics import all_metrics, auc, learning_curves_png, reliability_diagram
 from models.report import write_report
 from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
-from models.tcn import build_tcn, count_parameters, receptive_field
+from models.onnx_export import EXPORTER, export_onnx, serialise_weights
+from models.tcn import build_tcn, count_parameters, gather_windows, receptive_field, torch_threads
 
 log = logging.getLogger("nts.train")
 EVAL_BATCH = 1024
 # What a bundle folder holds (one from before markers is recognised by these names).
-OUTPUT_KIND = OutputKind("bundle", files=("bundle.json", "final_model.pt", "reliability.png", "learning_curves.png",
-                                          "report.html"), signature='"format_version"')
+OUTPUT_KIND = OutputKind("bundle", files=("bundle.json", "final_model.pt", "model.onnx", "reliability.png",
+                                          "learning_curves.png", "report.html"), signature='"format_version"')
 # Smallest validation / test span worth a calibrator: Platt fits two parameters and the
 # reliability figures use 10 bins; with fewer samples (or fewer of either class) the fitted
 # probabilities and the reported ECE are noise.
@@ -229,8 +228,12 @@ def _versions() -> dict:
         nts_version = version("neural-trading-system")
     except Exception:  # not installed as a distribution
         nts_version = "unknown"
+    import onnx
+    import onnxruntime
+
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "pandas": pd.__version__, "scikit-learn": sklearn.__version__, "nts": nts_version}
+            "pandas": pd.__version__, "scikit-learn": sklearn.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "nts": nts_version}
 
 
 def _metric_block(y: np.ndarray, tcn_logits: np.ndarray, tcn_cal: Calibrator, base_logits: np.ndarray,
@@ -260,6 +263,7 @@ class FoldOutcome:
     baseline_calibrator: Calibrator
     metrics: dict
     curves: dict
+    onnx: bytes = b""
 
 
 def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, progress: bool,
@@ -278,12 +282,13 @@ def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, pro
     net = build_tcn(cfg.model, n_features=data.features.shape[1])
     fit = fit_network(net, norm, data.labels, split, window, tcfg, epochs, pos_weight, tcfg.seed, progress)
 
-    # Final logits through the bundle's own scoring path (one code path for train and serve).
+    # The graph every engine will trade with, exported from the best weights (and checked
+    # against torch); the reported metrics come from it through the bundle's own scoring path.
+    onnx = export_onnx(cfg.model, fit.state_dict, window, data.features.shape[1])
     scorer = ModelBundle({**meta_stub, "normaliser": normaliser.to_dict(),
-                          "calibrator": {"kind": "platt", "params": {"a": 1.0, "b": 0.0}}}, fit.state_dict)
-    with torch_threads(tcfg.threads):
-        val_logits = scorer.logits_for_features(data.features, split.val)
-        test_logits = scorer.logits_for_features(data.features, split.test)
+                          "calibrator": {"kind": "platt", "params": {"a": 1.0, "b": 0.0}}}, onnx)
+    val_logits = scorer.logits_for_features(data.features, split.val)
+    test_logits = scorer.logits_for_features(data.features, split.test)
     y_val, y_test = data.labels[split.val], data.labels[split.test]
     calibrator = Calibrator.fit(val_logits, y_val, tcfg.calibration)
     baseline = LogisticBaseline.fit(data.features, data.labels, split.train, normaliser, seed=tcfg.seed)
@@ -294,7 +299,7 @@ def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, pro
                "test": _metric_block(y_test, test_logits, calibrator, b_test, b_cal)}
     curves = {"TCN raw": (y_test, sigmoid(test_logits)), "TCN calibrated": (y_test, calibrator(test_logits)),
               "baseline calibrated": (y_test, b_cal(b_test))}
-    return FoldOutcome(split, normaliser, fit, pos_weight, calibrator, baseline, b_cal, metrics, curves)
+    return FoldOutcome(split, normaliser, fit, pos_weight, calibrator, baseline, b_cal, metrics, curves, onnx)
 
 
 @dataclass
@@ -409,6 +414,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
                  "sha256": sha256_file(data_path) if data_path else None,
                  "rows": int(len(frame)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
         "seed": tcfg.seed,
+        # the metrics above were computed by this scorer on the graph in model.onnx
+        "scorer": {"engine": "onnxruntime", "exporter": EXPORTER},
         "epochs_max": epochs,
         "max_samples": max_samples,
         "versions": _versions(),
@@ -425,7 +432,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         reliability_diagram(final.curves, tmp / "reliability.png")
         learning_curves_png(final.fit.history, tmp / "learning_curves.png")
         meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        meta = write_bundle_files(tmp, redact_obj(meta), final.fit.state_dict)
+        meta = bundle_files(tmp, redact_obj(meta), serialise_weights(final.fit.state_dict), final.onnx)
         write_report(tmp, meta)
     log.info("bundle written to %s", output)
     return TrainResult(path=output, meta=meta)

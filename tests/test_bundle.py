@@ -1,6 +1,7 @@
 """The model bundle: loading, refusals, and one scoring path (batch == streaming)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -44,6 +45,8 @@ def test_loads_from_directory_or_weights_path(tiny_bundle, bundle):
     state = torch.load(tiny_bundle / "final_model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert sum(v.numel() for v in state.values()) == bundle.meta["parameters"] == 58401
+    assert bundle.scorer_id == bundle.meta["onnx_sha256"] == hashlib.sha256(
+        (tiny_bundle / "model.onnx").read_bytes()).hexdigest()
 
 
 def test_spans_are_ordered(bundle):
@@ -155,11 +158,12 @@ def test_refuses_missing_pieces(copy_bundle, tmp_path):
 
 
 def test_bundle_contents(tiny_bundle, bundle):
-    for name in ("final_model.pt", "bundle.json", "reliability.png", "learning_curves.png", "report.html"):
+    for name in ("final_model.pt", "model.onnx", "bundle.json", "reliability.png", "learning_curves.png",
+                 "report.html"):
         assert (tiny_bundle / name).stat().st_size > 0, name
     m = bundle.meta
     for key in ("normaliser", "calibrator", "label_config", "spans", "config", "seed", "versions", "metrics",
-                "history", "feature_hash", "weights_sha256"):
+                "history", "feature_hash", "weights_sha256", "onnx_sha256"):
         assert key in m, key
     assert len(m["normaliser"]["mean"]) == 12
     assert m["calibrator"]["kind"] == "platt"
@@ -169,13 +173,80 @@ def test_bundle_contents(tiny_bundle, bundle):
                 assert set(m["metrics"][span][model][kind]) >= {"auc", "log_loss", "brier", "ece"}
     html = (tiny_bundle / "report.html").read_text()
     assert "reliability.png" in html and "baseline" in html
+    assert m["scorer"]["engine"] == "onnxruntime" and "onnxruntime" in m["versions"]
 
 
-def test_scoring_restores_the_thread_setting(bundle, bars):
+def test_scoring_never_imports_or_touches_torch(bundle, bars):
     before = torch.get_num_threads()
+    bundle.threads = 2
     bundle.score_window(bars.iloc[:400])
     bundle.predict_proba(bars.iloc[:400])
     assert torch.get_num_threads() == before
+    bundle.threads = 1
+
+
+def test_score_window_is_incremental_and_equals_a_cold_call(bundle, bars):
+    """Consecutive calls (the server scoring each new bar) feed only the new bar to the kept
+    stream; their P equals a cold call on the same bars and the batch path."""
+    p = bundle.predict_proba(bars).to_numpy()
+    h = bundle.history_bars
+    start = 701 + h + 5  # a full history_bars tail inside the second stretch
+    got = [bundle.score_window(bars.iloc[:t + 1]) for t in range(start, start + 40)]
+    assert bundle._window_seen is not None and len(bundle._window_seen[0]) == h
+    for k, t in enumerate(range(start, start + 40)):
+        assert abs(got[k] - p[t]) < 1e-6, t
+    # a cold call on the same bars (another bundle instance: no kept stream) gives the same P
+    cold = load_bundle(bundle.path)
+    for t in (start, start + 39):
+        assert abs(cold.score_window(bars.iloc[:t + 1]) - got[t - start]) < 1e-12
+    # non-consecutive calls (a jump back, a changed earlier bar) are scored cold, not from the stream
+    assert abs(bundle.score_window(bars.iloc[:start - 300]) - p[start - 301]) < 1e-6
+    edited = bars.iloc[:start + 41].copy()
+    edited.iloc[-10, edited.columns.get_loc("volume")] *= 3.0
+    expected = cold.predict_proba(edited).to_numpy()[-1]
+    bundle.score_window(bars.iloc[:start + 40])
+    assert abs(bundle.score_window(edited) - expected) < 1e-6
+    assert abs(expected - p[start + 40]) > 1e-9  # the edit does move P: the check above means something
+
+
+def test_tampered_graph_and_pre_onnx_bundle_are_refused(copy_bundle):
+    graph = copy_bundle / "model.onnx"
+    raw = bytearray(graph.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    graph.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="model.onnx: sha256 differs"):
+        load_bundle(copy_bundle)
+    graph.unlink()
+    with pytest.raises(BundleError, match="model.onnx is missing"):
+        load_bundle(copy_bundle)
+    meta = json.loads((copy_bundle / "bundle.json").read_text())
+    del meta["onnx_sha256"]
+    (copy_bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="nts bundle export") as exc:
+        load_bundle(copy_bundle)
+    assert "\n" not in str(exc.value)
+
+
+def test_bundle_export_gives_an_old_bundle_its_graph(copy_bundle, tiny_bundle, bars):
+    """``nts bundle export`` on a bundle from before ONNX: the same graph as training exported
+    (byte for byte: the export is deterministic), recorded in bundle.json, and a second run is a no-op."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    meta = json.loads((copy_bundle / "bundle.json").read_text())
+    del meta["onnx_sha256"], meta["scorer"]
+    (copy_bundle / "bundle.json").write_text(json.dumps(meta))
+    (copy_bundle / "model.onnx").unlink()
+    res = CliRunner().invoke(cli, ["bundle", "export", str(copy_bundle)])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output
+    assert (copy_bundle / "model.onnx").read_bytes() == (tiny_bundle / "model.onnx").read_bytes()
+    b = load_bundle(copy_bundle)
+    np.testing.assert_array_equal(b.predict_logit(bars.iloc[:500]).to_numpy(),
+                                  load_bundle(tiny_bundle).predict_logit(bars.iloc[:500]).to_numpy())
+    res = CliRunner().invoke(cli, ["bundle", "export", str(copy_bundle)])
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
 
 
 # ------------------------------------------------- damaged bundle.json: one line naming file + field
@@ -209,6 +280,8 @@ def test_scoring_restores_the_thread_setting(bundle, bars):
     ({"config__model": None}, "config.model.window"),
     ({"threads": 0}, "threads"),
     ({"weights_sha256": None}, "weights_sha256"),
+    ({"onnx_sha256": "abc"}, "onnx_sha256"),
+    ({"onnx_sha256": 5}, "onnx_sha256"),
     ({"feature_names": "all"}, "feature_names"),
 ])
 def test_damaged_bundle_json_is_one_line_naming_the_field(copy_bundle, changes, field):
@@ -231,7 +304,7 @@ def test_bundle_json_that_is_not_a_json_object(copy_bundle, content):
 def test_valid_spec_that_the_weights_do_not_fit(copy_bundle):
     # a model section that validates but describes another network: state_dict does not load
     _edit_meta(copy_bundle, model__channels=[16, 16, 16, 16])
-    with pytest.raises(BundleError, match="weights do not fit") as exc:
+    with pytest.raises(BundleError, match="model in bundle.json does not fit the graph") as exc:
         load_bundle(copy_bundle)
     assert "\n" not in str(exc.value)
 
@@ -265,7 +338,8 @@ def test_any_junk_in_a_loaded_field_is_a_bundle_error_or_loads(copy_bundle):
     one-line BundleError, never another exception."""
     original = json.loads((copy_bundle / "bundle.json").read_text())
     used = ("format_version", "feature_names", "feature_hash", "feature_config", "timeframe", "window",
-            "model", "label_config", "threads", "normaliser", "calibrator", "spans", "weights_sha256")
+            "model", "label_config", "threads", "normaliser", "calibrator", "spans", "weights_sha256",
+            "onnx_sha256")
     junk = [None, "x", -1, 1e308, [], {}]
     paths = [p for key in used for p, _ in _leaves(original[key], (key,))]
     paths += [("config",), ("config", "model"), ("config", "model", "window")]

@@ -91,6 +91,35 @@ def test_batch_equals_streaming_real(real_candles):
     assert np.isfinite(batch[warmup_bars() - 1:]).mean() > 0.99
 
 
+def _prime_then_stream(frame: pd.DataFrame, k: int) -> np.ndarray:
+    sf = StreamingFeatures()
+    sf.prime(frame.iloc[:k])
+    rest = frame.iloc[k:]
+    return np.array([sf.update(ts, *vals) for ts, vals in zip(rest.index, rest[COLS].to_numpy())]).reshape(-1, 12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 21, 97, 700, 701, 702, 705, 1500, 2499])
+def test_primed_stream_continues_bit_for_bit(k):
+    """prime(bars[:k]) then update() per bar == update() on every bar (gaps at 700 and 1800)."""
+    frame = synthetic_ohlcv(2500, seed=11, gaps={700: 1, 1800: 30})
+    full = stream_all(frame)
+    np.testing.assert_array_equal(_prime_then_stream(frame, k), full[k:])
+
+
+def test_primed_stream_on_real_candles(real_candles):
+    """Primed from 1,391 warm-up bars (or from the whole history before them), the stream
+    continues exactly like the batch features of the whole span (to 1e-9, the batch tolerance)."""
+    n = len(real_candles)
+    frame = real_candles.iloc[n - 3000:]
+    batch = compute_features(real_candles).to_numpy()[n - 1609:]
+    for start in (n - 3000, 0):
+        sf = StreamingFeatures()
+        sf.prime(real_candles.iloc[start:n - 1609])
+        rest = frame.iloc[-1609:]
+        got = np.array([sf.update(ts, *v) for ts, v in zip(rest.index, rest[COLS].to_numpy())])
+        assert_same(got, batch, rtol=1e-9, atol=1e-9)
+
+
 # --------------------------------------------------------- independent straightforward references
 
 def _reference(frame: pd.DataFrame) -> np.ndarray:

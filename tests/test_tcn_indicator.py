@@ -76,6 +76,22 @@ def test_batch_equals_streaming_on_real_candles(bundle, real_candles):
     assert np.isfinite(pb[after + bundle.min_bars - 1])
 
 
+def test_one_incremental_path_for_paper_and_server(bundle, real_candles):
+    """The indicator's next() (paper/live) and score_window (the server) are the same BarScorer:
+    on real candles the live-mode lines equal a BarScorer fed the bars directly (bit for bit) and
+    consecutive score_window calls (primed from history_bars, then one bar a call) to 1e-9."""
+    frame = real_candles.iloc[-(bundle.history_bars + 400):]
+    stream = _run(frame, False, bundle=bundle)
+    lines = _line(stream.tcn.prob)
+    direct = bundle.stream()
+    got = np.array([direct.update(ts, *row)[1] for ts, row in zip(frame.index, frame.to_numpy())])
+    np.testing.assert_array_equal(got, lines)
+    server = load_bundle(bundle.path)
+    calls = [server.score_window(frame.iloc[:t + 1]) for t in range(len(frame) - 300, len(frame))]
+    np.testing.assert_allclose(calls, lines[-300:], rtol=0, atol=1e-9)
+    assert np.isfinite(calls).all()
+
+
 def test_batch_equals_streaming_on_generated_candles(bundle):
     frame = synthetic_ohlcv(1200, seed=123, gaps={600: 4}, start="2024-06-01")
     pb = _assert_modes_equal(bundle, frame)

@@ -15,7 +15,8 @@ from core.ohlcv import segment_ids, write_ohlcv_csv
 from core.synthetic import synthetic_ohlcv
 from models import train as train_mod
 from models.calibration import Calibrator, sigmoid
-from models.dataset import Normaliser, gather_windows, prepare, valid_window_mask, window_view
+from models.dataset import Normaliser, prepare, valid_window_mask, window_view
+from models.tcn import gather_windows
 from models.metrics import brier, ece, log_loss, reliability_bins
 from models.splits import walk_forward_split
 from models.train import fit_network, resolve_pos_weight, train_bundle, weighted_bce

@@ -1,0 +1,73 @@
+"""One stream of closed bars -> (logit, P) per bar: the one incremental scoring path.
+
+:class:`BarScorer` joins :class:`models.features.StreamingFeatures` (O(1)-ish update per bar,
+no history recomputed), a ring buffer of the last ``window`` feature rows of the current
+contiguous stretch, and the bundle's scorer (:meth:`models.bundle.ModelBundle.score_features`:
+normaliser -> ONNX Runtime -> calibrator). It serves every streaming engine:
+
+* backtrader's ``next()`` (paper and live sessions) through
+  :class:`indicators.tcn_indicator.TCNProbability`;
+* the server's single-window scoring through :meth:`models.bundle.ModelBundle.score_window`,
+  which keeps one BarScorer and feeds it only the bars it has not seen;
+* restarts: :meth:`BarScorer.prime` sets the state from warm-up bars without a feature row
+  (or a network call) per bar.
+
+Its probabilities equal the batch path's (``predict_proba``) to float32 network rounding,
+and its features equal ``compute_features`` to 1e-9 (tests on real candles).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.ohlcv import COLUMNS, checked_bars
+from models.features import StreamingFeatures
+
+_NAN2 = (math.nan, math.nan)
+
+
+class BarScorer:
+    """Incremental (logit, P) of one bar stream for a loaded bundle (see module docs)."""
+
+    def __init__(self, bundle: Any) -> None:
+        self.bundle = bundle
+        self.window = int(bundle.window)
+        self.features = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
+        self.rows: deque[np.ndarray] = deque(maxlen=self.window)
+
+    def reset(self) -> None:
+        """Forget every bar."""
+        self.features.reset()
+        self.rows.clear()
+
+    def update(self, ts: Any, open: float, high: float, low: float, close: float, volume: float,
+               score: bool = True) -> tuple[float, float]:
+        """Feed one closed bar (``ts`` = its open time); its (logit, P), NaN until the current
+        stretch holds a full window of finite features (or when ``score`` is False)."""
+        row = self.features.update(ts, open, high, low, close, volume)
+        if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
+            self.rows.clear()
+        self.rows.append(row)
+        if not score or len(self.rows) < self.window:
+            return _NAN2
+        return self.bundle.score_features(np.stack(self.rows))
+
+    def prime(self, frame: pd.DataFrame) -> tuple[float, float]:
+        """Reset, then take the state after the bars of ``frame``: the recursive feature state
+        from all but the last ``window`` bars (:meth:`StreamingFeatures.prime`, no rows), the
+        last ``window`` bars through :meth:`update` (their feature rows), and only the last bar
+        scored. Returns that bar's (logit, P)."""
+        idx, data = checked_bars(frame, COLUMNS, "BarScorer.prime")
+        self.rows.clear()
+        k = max(0, len(idx) - self.window)
+        self.features.prime(frame.iloc[:k])
+        out = _NAN2
+        last = len(idx) - 1
+        for i in range(k, len(idx)):
+            o, h, lo, c, v = data[i].tolist()
+            out = self.update(idx[i], o, h, lo, c, v, score=i == last)
+        return out
