@@ -62,6 +62,7 @@ class Decision:
     flatten: bool = False
     stop: bool = False
     max_weight: float = 1.0
+    reason_code: int = 0   # the reason as a REASONS code (the decision step's vocabulary)
 
     @property
     def allow(self) -> bool:
@@ -367,7 +368,8 @@ class RiskManager:
         text = REASONS[reason]
         if reason == R_LEVERAGE:
             text = f"leverage {abs(position_value) / equity:.3f} > {c.max_leverage}"
-        return Decision(ACTIONS[action], text, flatten=bool(flatten), stop=bool(stop), max_weight=float(max_weight))
+        return Decision(ACTIONS[action], text, flatten=bool(flatten), stop=bool(stop), max_weight=float(max_weight),
+                        reason_code=int(reason))
 
     def trips_frame(self) -> pd.DataFrame:
         """Trips as a table (columns time, breaker, reason, values)."""
