@@ -99,13 +99,15 @@ if UserProvidedCacheLocator is not None:
         _impl_class = _HashedCacheImpl
 
 
-def kernel(fn: Callable | None = None, *, parallel: bool = False) -> Any:
+def kernel(fn: Callable | None = None, *, parallel: bool = False, inline: bool = False) -> Any:
     """``numba.njit(nogil=True)`` compiled lazily (first call) and cached in :data:`CACHE_DIR`.
 
-    Use bare (``@kernel``) or with ``parallel=True`` for a ``prange`` driver."""
+    Use bare (``@kernel``), with ``parallel=True`` for a ``prange`` driver, or with
+    ``inline=True`` for a small helper of the per-bar loop (inlined into its callers' IR, so
+    the records it takes are not copied on every call)."""
 
     def wrap(f: Callable) -> Any:
-        disp = numba.njit(nogil=True, parallel=parallel, cache=False)(f)
+        disp = numba.njit(nogil=True, parallel=parallel, cache=False, inline="always" if inline else "never")(f)
         if CACHE_DIR is not None and UserProvidedCacheLocator is not None:
             try:
                 disp._cache = _HashedFunctionCache(disp.py_func)

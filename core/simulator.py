@@ -74,9 +74,11 @@ from core.decision import (  # noqa: F401  (KINDS and K_* re-exported: the fills
 from core.jit import kernel
 from core.policy import POLICY_VECTOR, Policy
 from core.risk import (
+    ALLOW,
     DAY_NS,
     EPOCH_ORDINAL,
     RISK_STATE,
+    REDUCE,
     RISK_VECTOR,
     Trip,
     new_risk_state,
@@ -281,7 +283,7 @@ def _pos_update(size, price, dsize, dprice):
     return size, dprice, size, -oldsize
 
 
-@kernel
+@kernel(inline=True)
 def _value(cash, size, pprice, close):
     """backtrader ``BackBroker._get_value`` for one stock-like position (leverage 1, shortcash)."""
     dvalue = size * close
@@ -709,7 +711,7 @@ def _deliver(b, i, t_ns):
     qn[Q_NOTE] = 0
 
 
-@kernel
+@kernel(inline=True)
 def _alive(oi, x):
     return x >= 0 and oi[x, OI_STATUS] <= PARTIAL
 
@@ -784,44 +786,59 @@ def apply_actions(b, a, at):
         si[SI_SUBMIT_BAR] = at[0]
 
 
-@kernel
-def _gate(b, i, bars, span, rsk, out, nt):
-    """The risk manager's check on bar ``i`` (:func:`core.risk.risk_step`): returns the
-    :class:`Gate` and whether a breaker tripped (trip row ``nt`` written when it fits)."""
-    risk_state, trips = out.risk_state, out.trips
-    close_i = bars.close[i]
-    pos = b.bk[B_POS]
-    equity = b.bk[B_VALUE]
-    kill_now = span.kill_bar >= 0 and i >= span.kill_bar
-    day = float(bars.t_ns[i] // DAY_NS + EPOCH_ORDINAL)
-    cap = weight_cap(rsk[R_MAX_POSITION], rsk[R_MAX_LEVERAGE])
-    action, reason, flatten, stop, max_weight, mask, drawdown, day_loss = risk_step(
-        risk_state, day, equity, pos * close_i, bars.rvol[i], kill_now, rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS],
-        rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE], cap)
-    if mask != 0 and nt < trips.shape[0]:
-        row = trips[nt]
-        row[0] = i
-        row[1] = mask
-        row[2] = equity
-        row[3] = pos * close_i
-        row[4] = bars.rvol[i]
-        row[5] = drawdown
-        row[6] = day_loss
-        row[7] = risk_state[0]
-        row[8] = risk_state[2]
-    return Gate(action, reason, flatten, stop, max_weight), mask != 0
+@kernel(inline=True)
+def _quiet_bar(oi, of, qd, qn, h_, l_):
+    """True when the broker phase of this bar can change nothing but the value: no order
+    submitted, waiting for activation or to be notified, and every pending order active and
+    out of this bar's range (a buy limit / sell stop below the low, a sell limit / buy stop
+    above the high; a market order always fills). Most bars of a run are quiet: flat with
+    nothing working, or a position whose exits the bar does not reach. Takes the book's
+    arrays, not the record: it runs on every bar."""
+    if qn[Q_SUB] != 0 or qn[Q_ACT] != 0 or qn[Q_NOTE] != 0:
+        return False
+    for k in range(qn[Q_PEND]):
+        x = qd[Q_PEND, k]
+        otype = oi[x, OI_TYPE]
+        if otype == MARKET or oi[x, OI_ACTIVE] == 0:
+            return False
+        price = of[x, OF_PRICE]
+        below = (otype == LIMIT) == (oi[x, OI_BUY] == 1)  # buy limit or sell stop: touched from above
+        if (below and l_ <= price) or (not below and h_ >= price):
+            return False
+    return True
+
+
+@kernel(inline=True)
+def _nothing_to_decide(si, pos, g, held_short, allowed_now, idle):
+    """True when the decision step would return no action and count nothing on this bar (or
+    only actions that change nothing): the common case, checked on scalars
+    (:func:`core.decision.decide` otherwise). ``held_short``: the entry bar is known and the
+    position is younger than ``max_hold``; ``allowed_now``: inside the entry window and the
+    entry_allowed hook true; ``idle``: no order pending or submitted (nothing to cancel)."""
+    if g.flatten:
+        return pos == 0 and idle and not g.stop  # a breaker's flatten with nothing to flatten
+    if pos != 0:
+        if g.action == REDUCE:
+            return False
+        return si[SI_ENTRY_BAR] < 0 or si[SI_CLOSING] >= 0 or held_short
+    if si[SI_ENTRY] >= 0:
+        return False
+    return g.action != ALLOW or not allowed_now
 
 
 @kernel
-def _step(b, i, bars, sig, span, prm, rsk, out, nt):
-    """ModelStrategy.next on bar ``i``: gate, decision step, actions. Returns (the run stops
-    here, a breaker tripped)."""
-    stats = out.stats
+def _record_trip(trips, nt, values):
+    """Trip row ``nt`` (when it fits) from ``values`` (:data:`TRIP_FIELDS` order)."""
+    if nt < trips.shape[0]:
+        for k in range(len(values)):
+            trips[nt, k] = values[k]
+
+
+@kernel
+def _decide_and_apply(b, g, i, bars, sig, span, prm, stats):
+    """The decision step on bar ``i`` and its actions on the book; True when the run stops here."""
     p = sig.prob[i]
-    if p == p:
-        stats[S_SAW_P] = 1.0
     close_i = bars.close[i]
-    g, tripped = _gate(b, i, bars, span, rsk, out, nt)
     st = symbol_state(b, i, bars.t_ns, close_i, np.int64(prm[P_BAR_NS]))
     a = decide(g, st, BarSignal(p, sig.signal[i], sig.weight[i], sig.allowed[i], i <= span.end), rules_of(prm))
     if a.mask & A_DECIDED:
@@ -829,9 +846,8 @@ def _step(b, i, bars, sig, span, prm, rsk, out, nt):
     apply_actions(b, a, (i, close_i))
     if a.mask & A_STOP:
         stats[S_STOPPED] = 1.0
-        if st.position == 0 and b.qn[Q_PEND] == 0:
-            return True, tripped
-    return False, tripped
+        return st.position == 0 and b.qn[Q_PEND] == 0
+    return False
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -848,36 +864,68 @@ def simulate_kernel(bars, sig, span, prm, rsk, out):
     (:data:`STAT_FIELDS`), ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh
     one from :func:`core.risk.new_risk_state`).
     """
-    n = bars.close.shape[0]
+    # Every array the per-bar loop reads is taken out of its record once, here: reading it
+    # through a record on every bar costs reference counting per access.
+    t_ns, open_, high, low, close, rvol = bars
+    prob, signal, weight, allowed = sig
+    fills, equity, trips, stats, risk_state = out
+    n = close.shape[0]
     b = new_book(span.cash)
-    stats, fills, equity = out.stats, out.fills, out.equity
+    oi, of, qd, qn, bk, si = b.oi, b.of, b.qd, b.qn, b.bk, b.si
     for k in range(stats.shape[0]):
         stats[k] = 0.0
     stats[S_PMAX] = np.nan
+    start, end, kill_bar = span.start, span.end, span.kill_bar
+    cap = weight_cap(rsk[R_MAX_POSITION], rsk[R_MAX_LEVERAGE])
+    max_dd, daily, max_vol, max_lev = rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS], rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE]
+    bar_ns = np.int64(prm[P_BAR_NS])
+    max_hold = np.int64(prm[P_MAX_HOLD])
     nf = 0
     nt = 0
     n_bars = n
     for i in range(n):
-        ohlc = (bars.open[i], bars.high[i], bars.low[i], bars.close[i])
-        nf = _broker_next(b, i, ohlc, span.coc, prm, fills, nf)
-        if b.qn[Q_NOTE] > 0:
-            _deliver(b, i, bars.t_ns)
+        c_ = close[i]
+        if _quiet_bar(oi, of, qd, qn, high[i], low[i]):
+            bk[B_VALUE] = _value(bk[B_CASH], bk[B_POS], bk[B_PPRICE], c_)
+        else:
+            nf = _broker_next(b, i, (open_[i], high[i], low[i], c_), span.coc, prm, fills, nf)
+            if qn[Q_NOTE] > 0:
+                _deliver(b, i, t_ns)
         stop_run = False
-        if i >= span.start:
-            stop_run, tripped = _step(b, i, bars, sig, span, prm, rsk, out, nt)
-            if tripped:
+        if i >= start:
+            # the risk gate (ModelStrategy.next's risk.check)
+            p = prob[i]
+            if p == p:
+                stats[S_SAW_P] = 1.0
+            pos = bk[B_POS]
+            value = bk[B_VALUE]
+            day = float(t_ns[i] // DAY_NS + EPOCH_ORDINAL)
+            action, reason, flatten, stop, max_weight, mask, drawdown, day_loss = risk_step(
+                risk_state, day, value, pos * c_, rvol[i], kill_bar >= 0 and i >= kill_bar, max_dd, daily, max_vol,
+                max_lev, cap)
+            if mask != 0:
+                _record_trip(trips, nt, (float(i), float(mask), value, pos * c_, rvol[i], drawdown, day_loss,
+                                         risk_state[0], risk_state[2]))
                 nt += 1
-        equity[i, 0] = b.bk[B_VALUE]
-        equity[i, 1] = b.bk[B_CASH]
-        equity[i, 2] = b.bk[B_POS]
+            g = Gate(action, reason, flatten, stop, max_weight)
+            held_short = si[SI_ENTRY_BAR] >= 0 and (t_ns[i] - si[SI_ENTRY_T] + bar_ns // 2) // bar_ns < max_hold
+            if _nothing_to_decide(si, pos, g, held_short, i <= end and allowed[i], qn[Q_PEND] == 0 and qn[Q_SUB] == 0):
+                pass
+            elif pos == 0 and si[SI_ENTRY] < 0 and not flatten and weight[i] == 0.0:
+                count_decision(stats, p, signal[i], 0.0)  # an entry decision for no position: counted only
+            else:
+                stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats)
+        equity[i, 0] = bk[B_VALUE]
+        equity[i, 1] = bk[B_CASH]
+        equity[i, 2] = bk[B_POS]
         if stop_run:
             n_bars = i + 1
             break
     if nf > fills.shape[0]:
         stats[S_FILL_OVF] = 1.0
-    if nt > out.trips.shape[0]:
+    if nt > trips.shape[0]:
         stats[S_TRIP_OVF] = 1.0
-    return min(nf, fills.shape[0]), n_bars, min(nt, out.trips.shape[0])
+    return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
 
 
 # ----------------------------------------------------------------------------- Python side
@@ -938,7 +986,7 @@ def _bar_index(index: pd.DatetimeIndex, when: Any, side: str, default: int) -> i
 
 
 def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: Any, fvol: Any, rvol: Any,
-             cash: float, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
+             cash: float, *, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
              kill_switch_file: str | None = None, signals: Signals | None = None) -> SimResult:
     """Run :func:`simulate_kernel` on ``frame`` (canonical OHLCV, UTC index) and return the
     tables ``run_backtest`` reports.

@@ -125,13 +125,18 @@ class KernelInputs:
 
 # ----------------------------------------------------------------------------- the row driver
 @kernel
-def _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edges, raw, moments, fold_out):
-    """Reduce one row's run (equity buffer, fills) to its metrics, block moments and fold figures.
+def _row_stats(run, first, last, edges, out):
+    """Reduce one row's run (``run`` = (equity buffer, fills, fill count)) over the span's bars
+    ``first .. last`` to its metrics, block moments and fold figures (``edges`` = (return
+    edges, fold edges); ``out`` = (raw, moments, fold figures), written in place).
 
     Equity returns: ``v[t] / v[t-1] - 1`` over the span's bars ``first .. last`` (as
     strategies.metrics). Trades: fills grouped as core.trades.round_trips groups them (a trade
     closes when the position returns to 0, a sign flip closes one and opens the next).
     """
+    equity, fills, nf = run
+    return_edges, fold_edges = edges
+    raw, moments, fold_out = out
     for k in range(raw.shape[0]):
         raw[k] = 0.0
     moments[:, :] = 0.0
@@ -276,7 +281,6 @@ def _run_slice(ctx, rows, out, lo, hi):
     bars, prob, hooks, span, first, risk, edges = ctx
     raw, moments, folds = out
     signal, weight, allowed = hooks
-    return_edges, fold_edges = edges
     rsk, risk_state0 = risk
     n = bars.close.shape[0]
     buf = Outputs(np.zeros((2 * n + 16, N_FILL_COLS)),  # core.simulator.allocate_buffers' sizing
@@ -287,8 +291,7 @@ def _run_slice(ctx, rows, out, lo, hi):
         g = int(rows[r, ROW_GROUP])
         sig = Signals(prob, signal[g], weight[g], allowed[g])
         nf, nb, nt = simulate_kernel(bars, sig, span, rows[r], rsk, buf)
-        _row_stats(buf.equity, nb, buf.fills, nf, bars.close, first, span.end, return_edges, fold_edges, raw[r],
-                   moments[r], folds[r])
+        _row_stats((buf.equity, buf.fills, nf), first, span.end, edges, (raw[r], moments[r], folds[r]))
         raw[r, R_OVF] = buf.stats[S_FILL_OVF]
         raw[r, R_TRIPS] = nt
         raw[r, R_DECISIONS] = buf.stats[S_DECISIONS]
