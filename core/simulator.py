@@ -22,7 +22,7 @@ Shape for a sweep: the kernel takes small named records of arrays (:class:`Bars`
 :class:`Signals`, :class:`Span`, :class:`Outputs`), a policy row from
 :meth:`core.policy.Policy.to_array` and a risk row from :func:`core.risk.risk_vector`, writes
 into caller-allocated buffers, allocates only a small fixed order book, holds no Python
-objects and releases the GIL; a ``numba.prange`` loop over parameter rows calls it with
+objects and releases the GIL; a loop over parameter rows (threads, or ``numba.prange``) calls it with
 per-row buffers (:func:`allocate_buffers`).
 
 Deliberate differences from ``nts backtest`` (each has a test):

@@ -13,16 +13,21 @@ Pipeline of :func:`run_sweep`:
 2. :func:`policy_rows` -- one policy row (:data:`core.policy.POLICY_VECTOR`) per combination,
    derived by :meth:`core.policy.Policy.replace` (a ``breakeven`` centre follows each row's
    barriers and taker fee by the policy's own rule).
-3. :func:`run_rows` -- a ``numba.prange`` driver over the rows. Every row runs
-   :func:`core.simulator.simulate_kernel` (the strategy itself: signal, sizing, deadband, order
-   type, brackets with the tie rule, time exit, limit time-in-force, risk breakers, fills and
-   fees -- nothing of it is re-implemented here) into buffers owned by its thread (equity
+3. :func:`hook_groups` -- the strategy class's vectorised hooks (default
+   :class:`strategies.tcn.TCNStrategy`'s) evaluated once per group of rows that agree on the
+   policy fields the hooks read (:data:`HOOK_POLICY_FIELDS`), so a subclass such as
+   :class:`strategies.examples.NightOnly` is swept with its own hooks.
+4. :func:`run_rows` -- a threaded driver over the rows (one compiled, GIL-free slice of rows
+   per numba thread). Every row runs :func:`core.simulator.simulate_kernel` (the strategy
+   itself: the one decision step of :mod:`core.decision`, brackets with the tie rule, time
+   exit, limit time-in-force, risk breakers, fills and fees -- nothing of it is
+   re-implemented here) into buffers owned by its thread (equity
    ``n_bars x 3``, fills, trips: allocated once per thread slice, reused row after row), and
    reduces them on the spot to per-row metrics, per-block return moments for
    :mod:`sweeps.overfit` and per-fold figures for the walk-forward. Nothing of size
    bars x rows is ever held; rows go in chunks (``chunk``) so a progress bar can move and Dask
    (:mod:`sweeps.distributed`) can ship them as tasks.
-4. Statistics across the grid (:func:`sweeps.overfit.overfitting_report`) and the
+5. Statistics across the grid (:func:`sweeps.overfit.overfitting_report`) and the
    walk-forward table (:func:`walk_forward`).
 
 Metric conventions are :mod:`strategies.metrics`' (per-bar simple returns of the equity from

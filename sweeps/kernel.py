@@ -1,4 +1,4 @@
-"""The sweep's hot path: the ``numba.prange`` row driver around the reference simulator.
+"""The sweep's hot path: the threaded row driver around the reference simulator.
 
 Kept apart from :mod:`sweeps.engine` on purpose: it imports only numpy, numba and ``core``
 (no backtrader, no torch), so a Dask worker that runs row chunks (:mod:`sweeps.distributed`)
