@@ -14,7 +14,7 @@ confidence -> limit?        :func:`use_limit`                       :func:`use_l
 ref price -> barriers       :func:`barrier_prices`                  :func:`barrier_prices_array`
 ==========================  ======================================  ==========================================
 
-The scalar forms are numba ``@njit`` functions: backtrader's :class:`strategies.base.ModelStrategy`
+The scalar forms are numba functions (:func:`core.jit.kernel`: compiled on first use, cached): backtrader's :class:`strategies.base.ModelStrategy`
 calls them from Python, the reference simulator (:mod:`core.simulator`) calls the very same
 compiled code inside its kernel, and the vectorised forms are compiled loops over them, so
 no engine re-implements a rule. Definitions:
@@ -41,12 +41,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numba
 import numpy as np
 
 from core.config import Config, LabelConfig
 from core.costs import Costs
 from core.errors import ConfigError
+from core.jit import kernel
 from core.timeframes import bars_per_year, timeframe_seconds
 
 BARRIER_SOURCES = ("bundle", "config")
@@ -76,7 +76,7 @@ def breakeven_probability(profit: float, stop: float, fee_rate: float = 0.0) -> 
 
 # ----------------------------------------------------------------------------- scalar rules (njit)
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def signal_from_probability(p: float, center: float) -> float:
     """Map a probability to s in [-1, 1] with s = 0 at ``center``:
     ``(p - c) / (1 - c)`` above the centre, ``(p - c) / c`` below (c = 0.5 gives 2p - 1).
@@ -90,14 +90,14 @@ def signal_from_probability(p: float, center: float) -> float:
     return max(-1.0, min(1.0, s))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def annualised_vol(ewma_vol: float, ann_factor: float) -> float:
     """Per-bar EWMA volatility (``ewma_vol_fast``) as an annualised fraction:
     ``ewma_vol * ann_factor`` with ``ann_factor = sqrt(bars per year)``."""
     return ewma_vol * ann_factor
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def weight_from_signal(s: float, forecast_vol: float, target_vol: float, deadband: float,
                        max_position: float, allow_short: bool) -> float:
     """Vol-scaled weight: r = (target_vol / forecast_vol) * s; |r| < deadband -> 0;
@@ -115,13 +115,13 @@ def weight_from_signal(s: float, forecast_vol: float, target_vol: float, deadban
     return w
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def use_limit(confidence: float, limit_confidence: float) -> bool:
     """Limit order at the signal close when ``confidence >= limit_confidence``, market otherwise."""
     return confidence >= limit_confidence
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def barrier_prices(ref: float, long: bool, profit: float, stop: float) -> tuple[float, float]:
     """(take_profit, stop) prices around the reference price ``ref``."""
     if long:
@@ -131,7 +131,7 @@ def barrier_prices(ref: float, long: bool, profit: float, stop: float) -> tuple[
 
 # ----------------------------------------------------------------------------- vectorised rules
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def signals_from_probabilities(p: np.ndarray, center: float) -> np.ndarray:
     """:func:`signal_from_probability` over an array."""
     out = np.empty(p.shape[0])
@@ -140,7 +140,7 @@ def signals_from_probabilities(p: np.ndarray, center: float) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def annualised_vols(ewma_vol: np.ndarray, ann_factor: float) -> np.ndarray:
     """:func:`annualised_vol` over an array."""
     out = np.empty(ewma_vol.shape[0])
@@ -149,7 +149,7 @@ def annualised_vols(ewma_vol: np.ndarray, ann_factor: float) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def weights_from_signals(s: np.ndarray, forecast_vol: np.ndarray, target_vol: float, deadband: float,
                          max_position: float, allow_short: bool) -> np.ndarray:
     """:func:`weight_from_signal` over arrays of signals and forecasts (same length)."""
@@ -159,7 +159,7 @@ def weights_from_signals(s: np.ndarray, forecast_vol: np.ndarray, target_vol: fl
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def use_limits(confidence: np.ndarray, limit_confidence: float) -> np.ndarray:
     """:func:`use_limit` over an array (bool array)."""
     out = np.empty(confidence.shape[0], dtype=np.bool_)
@@ -168,7 +168,7 @@ def use_limits(confidence: np.ndarray, limit_confidence: float) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def barrier_prices_array(ref: np.ndarray, long: np.ndarray, profit: float,
                          stop: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`barrier_prices` over arrays of reference prices and sides (bool, True = long)."""

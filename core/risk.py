@@ -37,11 +37,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numba
 import numpy as np
 import pandas as pd
 
 from core.config import RiskConfig
+from core.jit import kernel
 from core.ohlcv import segment_ids
 from core.timeframes import bars_per_day
 
@@ -62,6 +62,7 @@ class Decision:
     flatten: bool = False
     stop: bool = False
     max_weight: float = 1.0
+    reason_code: int = 0   # the reason as a REASONS code (the decision step's vocabulary)
 
     @property
     def allow(self) -> bool:
@@ -99,7 +100,7 @@ def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timefram
     return _window_std(r, int(window)) * math.sqrt(bars_per_day(timeframe))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _window_std(r: np.ndarray, window: int) -> np.ndarray:
     """Sample std (ddof=1) of each trailing ``window`` of ``r``; NaN where the window holds a
     NaN or is incomplete. Every window is computed on its own (two passes, no running sums),
@@ -164,19 +165,19 @@ def risk_vector(cfg: RiskConfig) -> np.ndarray:
     return np.array([float(getattr(cfg, k)) for k in RISK_VECTOR])
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def weight_cap(max_position: float, max_leverage: float) -> float:
     """Largest allowed ``|weight|`` of a new position: min(max_position, max_leverage)."""
     return min(max_position, max_leverage)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def cap_weight(weight: float, cap: float) -> float:
     """Clip a target weight to +-``cap``."""
     return max(-cap, min(cap, weight))
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(inline=True)
 def risk_step(state: np.ndarray, day: float, equity: float, position_value: float, realised_vol: float,
               kill_now: bool, max_drawdown: float, daily_loss: float, max_volatility: float,
               max_leverage: float, cap: float) -> tuple[int, int, bool, bool, float, int, float, float]:
@@ -367,7 +368,8 @@ class RiskManager:
         text = REASONS[reason]
         if reason == R_LEVERAGE:
             text = f"leverage {abs(position_value) / equity:.3f} > {c.max_leverage}"
-        return Decision(ACTIONS[action], text, flatten=bool(flatten), stop=bool(stop), max_weight=float(max_weight))
+        return Decision(ACTIONS[action], text, flatten=bool(flatten), stop=bool(stop), max_weight=float(max_weight),
+                        reason_code=int(reason))
 
     def trips_frame(self) -> pd.DataFrame:
         """Trips as a table (columns time, breaker, reason, values)."""

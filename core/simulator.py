@@ -1,31 +1,34 @@
 """Reference event simulator of the whole strategy: one compiled pass over the bars.
 
-:func:`simulate_kernel` is :class:`strategies.base.ModelStrategy` on backtrader's broker
-(:class:`strategies.bt_broker.BacktestBroker`) rewritten over arrays in numba: the same bar
-loop (broker phase, then the strategy's decision on the bar's close), the same order book
-semantics (submission queue with backtrader's cash check, pending queue tried once per bar
-in order, bracket children, OCO groups, cancels, notifications one bar later), the same fill
-arithmetic (``_try_exec_market/_limit/_stop``, ``_slip_up/_slip_down`` with slip_open,
-slip_match and slip_limit as :func:`strategies.bt_broker.make_broker` sets them, cash and
-commission updates, ``Position.update``, the value formula) and the fill rules of
-:mod:`core.costs`. The trading rules are *not* re-implemented: the kernel calls the njit
-functions of :mod:`core.policy` and :func:`core.risk.risk_step` that the backtrader strategy
-calls, so the only code that exists twice is the fill mechanics, and
-``tests/test_simulator_parity.py`` guards exactly that seam (trade for trade).
+:func:`simulate_kernel` runs :class:`strategies.base.ModelStrategy` on backtrader's broker
+(:class:`strategies.bt_broker.BacktestBroker`) over arrays in numba: the same bar loop (broker
+phase, then the strategy's decision on the bar's close), the same order book semantics
+(submission queue with backtrader's cash check, pending queue tried once per bar in order,
+bracket children, OCO groups, cancels, notifications one bar later), the same fill arithmetic
+(``_try_exec_market/_limit/_stop``, ``_slip_up/_slip_down`` with slip_open, slip_match and
+slip_limit as :func:`strategies.bt_broker.make_broker` sets them, cash and commission updates,
+``Position.update``, the value formula) and the fill rules of :mod:`core.costs`.
 
-Shape for a sweep: the kernel takes plain arrays and scalars (a policy row from
-:meth:`core.policy.Policy.to_array`, a risk row from :func:`core.risk.risk_vector`), writes
-into caller-allocated output buffers and allocates only a small fixed order book, holds no
-Python objects and releases the GIL; a ``numba.prange`` loop over parameter rows can call it
-with per-row buffers (:func:`allocate_buffers`).
+The strategy is *not* re-implemented: each bar the kernel asks the risk gate
+(:func:`core.risk.risk_step`) and the one decision step (:func:`core.decision.decide`) that
+``ModelStrategy.next`` calls, and applies the actions to its book (:func:`apply_actions`), so
+the only code that exists twice is the fill mechanics, and ``tests/test_simulator_parity.py``
+guards exactly that seam (trade for trade). The hooks' values (P, signal, weight, entry
+allowed) come in per bar (:class:`Signals`), evaluated once over the bars by
+:func:`strategies.hooks.evaluate_hooks`, so a subclass's vectorised hooks run here as they
+run in ``nts backtest``.
+
+Shape for a sweep: the kernel takes small named records of arrays (:class:`Bars`,
+:class:`Signals`, :class:`Span`, :class:`Outputs`), a policy row from
+:meth:`core.policy.Policy.to_array` and a risk row from :func:`core.risk.risk_vector`, writes
+into caller-allocated buffers, allocates only a small fixed order book, holds no Python
+objects and releases the GIL; a loop over parameter rows (threads, or ``numba.prange``) calls it with
+per-row buffers (:func:`allocate_buffers`).
 
 Deliberate differences from ``nts backtest`` (each has a test):
 
 * **Kill switch**: backtrader's strategy polls a file each bar; the kernel takes
   ``kill_bar``, the first bar index at which the switch is on (-1: never).
-* **Hooks**: the kernel runs ModelStrategy's default hooks. A subclass that overrides
-  ``signal()``/``target_weight()``/... (e.g. ``NightOnly``) is simulated only through its
-  inputs (``prob``, ``fvol``), not its code.
 * **Order refs**: the ``ref`` column numbers the kernel's own orders 1, 2, ...; backtrader's
   refs are a process-wide counter.
 
@@ -39,32 +42,45 @@ cheat-on-close market fills --, ``maker``).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 import pandas as pd
 
 from core.config import RiskConfig
-from core.policy import (
-    POLICY_VECTOR,
-    Policy,
-    barrier_prices,
-    signal_from_probability,
-    use_limit,
-    weight_from_signal,
+from core.decision import (  # noqa: F401  (KINDS and K_* re-exported: the fills' kind codes)
+    A_CANCEL_ENTRY,
+    A_CLOSE,
+    A_DECIDED,
+    A_ENTER,
+    A_FLATTEN,
+    A_REDUCE,
+    A_STOP,
+    KINDS,
+    K_ENTRY,
+    K_KILL,
+    K_RISK,
+    K_STOP,
+    K_TAKE_PROFIT,
+    K_TIME,
+    BarSignal,
+    Gate,
+    SymbolState,
+    count_decision,
+    decide,
+    rules_of,
 )
+from core.jit import kernel
+from core.policy import POLICY_VECTOR, Policy
 from core.risk import (
     ALLOW,
     DAY_NS,
     EPOCH_ORDINAL,
-    REDUCE,
     RISK_STATE,
+    REDUCE,
     RISK_VECTOR,
     Trip,
-    cap_weight,
     new_risk_state,
     risk_step,
     risk_vector,
@@ -77,9 +93,6 @@ from core.trades import FILL_COLUMNS, round_trips
 # Order types: backtrader's Order.ExecTypes numbering.
 MARKET, LIMIT, STOP = 0, 2, 3
 ORDER_TYPES = {MARKET: "Market", LIMIT: "Limit", STOP: "Stop"}
-# Order kinds (the strategy's ``kind`` tag).
-KINDS: tuple[str, ...] = ("entry", "take_profit", "stop", "time", "risk", "kill")
-K_ENTRY, K_TAKE_PROFIT, K_STOP, K_TIME, K_RISK, K_KILL = range(len(KINDS))
 # Order status: backtrader's Order.Status numbering (alive = status <= PARTIAL).
 CREATED, SUBMITTED, ACCEPTED, PARTIAL, COMPLETED, CANCELED, EXPIRED, MARGIN, REJECTED = range(9)
 
@@ -124,24 +137,75 @@ SI_ENTRY, SI_EXIT0, SI_EXIT1, SI_NEXITS, SI_CLOSING, SI_CUT, SI_SUBMIT_BAR, SI_E
 N_SI = 10
 
 
-# ----------------------------------------------------------------------------- compile signatures
-# The internal helpers are compiled for one explicit signature each: called with literal
-# constants (kinds, queue ids, flags) they would otherwise be specialised per literal value,
-# multiplying the compile time. Arrays are C-contiguous (the kernel allocates them).
-# Caching: numba's on-disk cache checks only the source file of the cached function, not of
-# the functions it calls, so the functions that call the policy and risk rules of other
-# modules (_order_for, _decide, simulate_kernel) are compiled per process (cache=False): a
-# changed rule in core.policy/core.risk can never run from a stale cached kernel.
-_TYPES = {"I2": "int64[:, ::1]", "F2": "float64[:, ::1]", "I1": "int64[::1]", "F1": "float64[::1]",
-          "i8": "int64", "f8": "float64", "b1": "boolean"}
+# ----------------------------------------------------------------------------- records
+class Bars(NamedTuple):
+    """The bars of one run (C-contiguous float64 arrays, ``t_ns`` int64 open times in ns UTC)."""
+
+    t_ns: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    rvol: np.ndarray     # realised daily volatility (the risk manager's input)
 
 
-def _sig(text: str) -> str:
-    return re.sub(r"\b(I2|F2|I1|F1|i8|f8|b1)\b", lambda m: _TYPES[m.group(1)], text)
+class Signals(NamedTuple):
+    """The strategy hooks' values per bar (:class:`strategies.hooks.HookArrays` as arrays)."""
+
+    prob: np.ndarray     # float64: calibrated P (NaN: none)
+    signal: np.ndarray   # float64: s
+    weight: np.ndarray   # float64: target weight before the risk cap
+    allowed: np.ndarray  # bool: entry_allowed
+
+
+class Span(NamedTuple):
+    """Where the run decides: ``start`` first bar of decisions and risk checks, ``end`` last bar
+    that may open a position, ``kill_bar`` first bar with the kill switch on (-1 never)."""
+
+    start: int
+    end: int
+    kill_bar: int
+    cash: float
+    coc: bool            # cheat-on-close
+
+
+class Outputs(NamedTuple):
+    """Caller-allocated output buffers (:func:`allocate_buffers`)."""
+
+    fills: np.ndarray       # [rows, FILL_FIELDS]
+    equity: np.ndarray      # [bars, EQUITY_FIELDS]
+    trips: np.ndarray       # [rows, TRIP_FIELDS]
+    stats: np.ndarray       # [STAT_FIELDS]
+    risk_state: np.ndarray  # core.risk.RISK_STATE (fresh from new_risk_state())
+
+
+class Book(NamedTuple):
+    """backtrader's broker and order book over small arrays, plus the strategy's order refs."""
+
+    oi: np.ndarray   # int64 [MAX_ORDERS, N_OI]
+    of: np.ndarray   # float64 [MAX_ORDERS, N_OF]
+    qd: np.ndarray   # int64 [4, QCAP] queues
+    qn: np.ndarray   # int64 [4] queue lengths
+    nst: np.ndarray  # int64 [QCAP] status of each queued notification
+    bk: np.ndarray   # float64 [4] cash, position, position price, value
+    si: np.ndarray   # int64 [N_SI] the strategy's orders (entry, exits, closing, cut) and entry bar/time
+
+
+@kernel
+def new_book(cash: float) -> Book:
+    """An empty book with ``cash``."""
+    bk = np.zeros(4)
+    bk[B_CASH] = cash
+    bk[B_VALUE] = cash
+    si = np.zeros(N_SI, dtype=np.int64)
+    _reset_trade(si)
+    return Book(np.zeros((MAX_ORDERS, N_OI), dtype=np.int64), np.zeros((MAX_ORDERS, N_OF)),
+                np.zeros((4, QCAP), dtype=np.int64), np.zeros(4, dtype=np.int64), np.zeros(QCAP, dtype=np.int64),
+                bk, si)
 
 
 # ----------------------------------------------------------------------------- queues
-@numba.njit(_sig("void(I2, I1, i8, i8)"), cache=True, nogil=True)
+@kernel
 def _q_append(qd, qn, q, x):
     if qn[q] >= QCAP:
         raise RuntimeError("simulator queue full")
@@ -149,7 +213,7 @@ def _q_append(qd, qn, q, x):
     qn[q] += 1
 
 
-@numba.njit(_sig("i8(I2, I1, i8, i8)"), cache=True, nogil=True)
+@kernel
 def _q_index(qd, qn, q, x):
     for k in range(qn[q]):
         if qd[q, k] == x:
@@ -157,14 +221,14 @@ def _q_index(qd, qn, q, x):
     return -1
 
 
-@numba.njit(_sig("void(I2, I1, i8, i8)"), cache=True, nogil=True)
+@kernel
 def _q_delete(qd, qn, q, k):
     for j in range(k, qn[q] - 1):
         qd[q, j] = qd[q, j + 1]
     qn[q] -= 1
 
 
-@numba.njit(_sig("b1(I2, I1, i8, i8)"), cache=True, nogil=True)
+@kernel
 def _q_remove(qd, qn, q, x):
     """deque.remove: True when ``x`` was in queue ``q``."""
     k = _q_index(qd, qn, q, x)
@@ -174,7 +238,7 @@ def _q_remove(qd, qn, q, x):
     return True
 
 
-@numba.njit(_sig("i8(I2, I1, i8)"), cache=True, nogil=True)
+@kernel
 def _q_popleft(qd, qn, q):
     if qn[q] == 0:
         raise RuntimeError("simulator queue empty")
@@ -184,20 +248,20 @@ def _q_popleft(qd, qn, q):
 
 
 # ----------------------------------------------------------------------------- notifications
-@numba.njit(_sig("void(I2, I2, I1, I1, i8)"), cache=True, nogil=True)
-def _notify(oi, qd, qn, nst, x):
+@kernel
+def _notify(b, x):
     """Queue a status notification for the strategy (delivered before its next decision).
     Submitted/Accepted notifications are dropped: ModelStrategy ignores them."""
-    status = oi[x, OI_STATUS]
+    status = b.oi[x, OI_STATUS]
     if status == SUBMITTED or status == ACCEPTED:
         return
-    nst[qn[Q_NOTE]] = status
-    _q_append(qd, qn, Q_NOTE, x)
-    oi[x, OI_NOTES] += 1
+    b.nst[b.qn[Q_NOTE]] = status
+    _q_append(b.qd, b.qn, Q_NOTE, x)
+    b.oi[x, OI_NOTES] += 1
 
 
 # ----------------------------------------------------------------------------- backtrader arithmetic
-@numba.njit(_sig("UniTuple(f8, 4)(f8, f8, f8, f8)"), cache=True, nogil=True)
+@kernel
 def _pos_update(size, price, dsize, dprice):
     """backtrader ``Position.update``: (new size, new price, opened, closed)."""
     oldsize = size
@@ -219,7 +283,7 @@ def _pos_update(size, price, dsize, dprice):
     return size, dprice, size, -oldsize
 
 
-@numba.njit(_sig("f8(f8, f8, f8, f8)"), cache=True, nogil=True)
+@kernel(inline=True)
 def _value(cash, size, pprice, close):
     """backtrader ``BackBroker._get_value`` for one stock-like position (leverage 1, shortcash)."""
     dvalue = size * close
@@ -234,7 +298,7 @@ def _value(cash, size, pprice, close):
     return cash + pos_value
 
 
-@numba.njit(_sig("f8(f8, f8, f8)"), cache=True, nogil=True)
+@kernel
 def _slip_up(pmax, price, slip):
     """``_slip_up`` with slip_perc = ``slip``, slip_match on, slip_out off (0: no slippage)."""
     if slip == 0.0:
@@ -245,7 +309,7 @@ def _slip_up(pmax, price, slip):
     return pmax
 
 
-@numba.njit(_sig("f8(f8, f8, f8)"), cache=True, nogil=True)
+@kernel
 def _slip_down(pmin, price, slip):
     if slip == 0.0:
         return price
@@ -255,17 +319,18 @@ def _slip_down(pmin, price, slip):
     return pmin
 
 
-@numba.njit(_sig("f8(I2, i8, F1)"), cache=True, nogil=True)
+@kernel
 def _fee_rate(oi, x, prm):
     """Maker fee for limit orders, taker for every other type (core.costs)."""
     return prm[P_MAKER] if oi[x, OI_TYPE] == LIMIT else prm[P_TAKER]
 
 
 # ----------------------------------------------------------------------------- order book operations
-@numba.njit(_sig("void(I2, I2, I1, I1, i8)"), cache=True, nogil=True)
-def _ococheck(oi, qd, qn, nst, x):
+@kernel
+def _ococheck(b, x):
     """``BackBroker._ococheck``: dissolve ``x``'s OCO group, cancelling its other pending members
     (backtrader walks the pending queue from the back)."""
+    oi, qd, qn = b.oi, b.qd, b.qn
     leader = oi[x, OI_OCO]
     if oi[leader, OI_OCOL] == 0:
         return
@@ -275,48 +340,50 @@ def _ococheck(oi, qd, qn, nst, x):
         if o >= 0 and oi[o, OI_OCO] == leader:  # o < 0: the pass's sentinel
             _q_delete(qd, qn, Q_PEND, k)
             oi[o, OI_STATUS] = CANCELED
-            _notify(oi, qd, qn, nst, o)
+            _notify(b, o)
 
 
-@numba.njit(_sig("b1(I2, I2, I1, I1, i8)"), cache=True, nogil=True)
-def _cancel_one(oi, qd, qn, nst, x):
+@kernel
+def _cancel_one(b, x):
     """``BacktestBroker.cancel(order, bracket=True)``: reaches the submission queue too."""
-    if not _q_remove(qd, qn, Q_SUB, x):
-        if not _q_remove(qd, qn, Q_PEND, x):
+    if not _q_remove(b.qd, b.qn, Q_SUB, x):
+        if not _q_remove(b.qd, b.qn, Q_PEND, x):
             return False
-    oi[x, OI_STATUS] = CANCELED
-    _notify(oi, qd, qn, nst, x)
-    _ococheck(oi, qd, qn, nst, x)
+    b.oi[x, OI_STATUS] = CANCELED
+    _notify(b, x)
+    _ococheck(b, x)
     return True
 
 
-@numba.njit(_sig("void(I2, I2, I1, I1, i8)"), cache=True, nogil=True)
-def _drop_children(oi, qd, qn, nst, x):
+@kernel
+def _drop_children(b, x):
     """``_bracketize(order, cancel=True)`` (or a child's execution): cancel what is left of
     the bracket group and forget it."""
+    oi = b.oi
     pref = oi[x, OI_PARENT] if oi[x, OI_PARENT] >= 0 else x
     if oi[pref, OI_PC_ALIVE] == 0:
         return
     while oi[pref, OI_PC_HEAD] < oi[pref, OI_PC_N]:
         y = oi[pref, OI_PC0 + oi[pref, OI_PC_HEAD]]
         oi[pref, OI_PC_HEAD] += 1
-        _cancel_one(oi, qd, qn, nst, y)
+        _cancel_one(b, y)
     oi[pref, OI_PC_ALIVE] = 0
 
 
-@numba.njit(_sig("b1(I2, I2, I1, I1, i8)"), cache=True, nogil=True)
-def _cancel(oi, qd, qn, nst, x):
+@kernel
+def _cancel(b, x):
     """Strategy.cancel -> ``BacktestBroker.cancel(order)``: the order and its bracket."""
-    if _cancel_one(oi, qd, qn, nst, x):
-        _drop_children(oi, qd, qn, nst, x)
+    if _cancel_one(b, x):
+        _drop_children(b, x)
         return True
     return False
 
 
-@numba.njit(_sig("b1(I2, F2, I2, I1, i8, f8)"), cache=True, nogil=True)
-def _parent_done(oi, of, qd, qn, x, bar_open):
+@kernel
+def _parent_done(b, x, bar_open):
     """``BacktestBroker._bracketize`` for an executed order: activate its bracket children on
     this bar -- except the take profit of a limit entry filled mid-bar (next bar)."""
+    oi, of = b.oi, b.of
     pref = oi[x, OI_PARENT] if oi[x, OI_PARENT] >= 0 else x
     if pref != x:
         return False  # a child: the caller drops the group
@@ -328,21 +395,22 @@ def _parent_done(oi, of, qd, qn, x, bar_open):
         for k in range(oi[x, OI_PC_HEAD], oi[x, OI_PC_N]):
             child = oi[x, OI_PC0 + k]
             if mid_bar and oi[child, OI_TYPE] == LIMIT:
-                _q_append(qd, qn, Q_ACT, child)
+                _q_append(b.qd, b.qn, Q_ACT, child)
             else:
                 oi[child, OI_ACTIVE] = 1
     return True
 
 
-@numba.njit(_sig("i8(I2, I2, I1, I1)"), cache=True, nogil=True)
-def _alloc(oi, qd, qn, si):
+@kernel
+def _alloc(b):
     """A free book slot: dead, no undelivered notification, not waiting for activation, not
     referenced by the strategy, and no live order pointing at it (as parent or OCO leader)."""
+    oi, si = b.oi, b.si
     for s in range(MAX_ORDERS):
         if oi[s, OI_USED] == 0:
             return s
     for s in range(MAX_ORDERS):
-        if oi[s, OI_STATUS] <= PARTIAL or oi[s, OI_NOTES] > 0 or _q_index(qd, qn, Q_ACT, s) >= 0:
+        if oi[s, OI_STATUS] <= PARTIAL or oi[s, OI_NOTES] > 0 or _q_index(b.qd, b.qn, Q_ACT, s) >= 0:
             continue
         if s == si[SI_ENTRY] or s == si[SI_CLOSING] or s == si[SI_CUT]:
             continue
@@ -359,11 +427,13 @@ def _alloc(oi, qd, qn, si):
     raise RuntimeError("simulator order book full")
 
 
-@numba.njit(_sig("i8(I2, F2, I2, I1, I1, i8, i8, b1, f8, f8, f8, i8, i8, i8, b1)"), cache=True, nogil=True)
-def _new_order(oi, of, qd, qn, si, kind, otype, buy, size, price, close_i, bar, parent, oco, transmit):
-    """Strategy.buy/sell -> ``BackBroker.buy/sell``: create, OCO-ize, queue in the bracket
-    group and, with ``transmit``, submit the whole group (submission queue, in order)."""
-    x = _alloc(oi, qd, qn, si)
+@kernel
+def _new_order(b, kind, otype, buy, size, price, at, parent, oco, transmit):
+    """Strategy.buy/sell -> ``BackBroker.buy/sell``: create at ``at`` = (bar, close), OCO-ize,
+    queue in the bracket group and, with ``transmit``, submit the whole group (in order)."""
+    oi, of = b.oi, b.of
+    bar, close_i = at
+    x = _alloc(b)
     oi[x, :] = 0
     of[x, :] = 0.0
     oi[x, OI_USED] = 1
@@ -373,8 +443,8 @@ def _new_order(oi, of, qd, qn, si, kind, otype, buy, size, price, close_i, bar, 
     oi[x, OI_PARENT] = parent
     oi[x, OI_ACTIVE] = 1 if parent < 0 else 0
     oi[x, OI_KIND] = kind
-    si[SI_REF] += 1
-    oi[x, OI_REF] = si[SI_REF]
+    b.si[SI_REF] += 1
+    oi[x, OI_REF] = b.si[SI_REF]
     oi[x, OI_CBAR] = bar
     signed = size if buy else -size
     of[x, OF_SIZE] = signed
@@ -395,17 +465,17 @@ def _new_order(oi, of, qd, qn, si, kind, otype, buy, size, price, close_i, bar, 
         for k in range(oi[pref, OI_PC_HEAD], oi[pref, OI_PC_N]):
             o = oi[pref, OI_PC0 + k]
             oi[o, OI_STATUS] = SUBMITTED
-            _q_append(qd, qn, Q_SUB, o)
+            _q_append(b.qd, b.qn, Q_SUB, o)
     return x
 
 
-@numba.njit(_sig("UniTuple(f8, 3)(I2, F2, i8, f8, f8, f8, F1)"), cache=True, nogil=True)
-def _pseudo_execute(oi, of, x, cash, psize, pprice, prm):
+@kernel
+def _pseudo_execute(b, x, cash, psize, pprice, prm):
     """``BackBroker._execute`` with ``ago=None``: the submission cash check at the order's
     created price on a clone of the position; returns (cash, size, price) after it."""
-    size = of[x, OF_REM]
-    price = of[x, OF_PRICE]
-    rate = _fee_rate(oi, x, prm)
+    size = b.of[x, OF_REM]
+    price = b.of[x, OF_PRICE]
+    rate = _fee_rate(b.oi, x, prm)
     psize, pprice, opened, closed = _pos_update(psize, pprice, size, price)
     if closed != 0:
         closedvalue = -closed * price
@@ -424,9 +494,29 @@ def _pseudo_execute(oi, of, x, cash, psize, pprice, prm):
     return cash, psize, pprice
 
 
-@numba.njit(_sig("i8(I2, F2, I2, I1, I1, F1, i8, f8, i8, i8, F1, F2, i8)"), cache=True, nogil=True)
-def _execute(oi, of, qd, qn, nst, bk, x, price, time_bar, bar, prm, fills, nf):
-    """``BackBroker._execute`` for a real fill at ``price``; returns the new fill count."""
+@kernel
+def _record_fill(b, x, when, fills, nf):
+    """Write order ``x``'s completed fill as row ``nf`` (when it fits); ``when`` = (time bar, exec bar)."""
+    oi, of = b.oi, b.of
+    if nf < fills.shape[0]:
+        fills[nf, F_TIME_BAR] = when[0]
+        fills[nf, F_EXEC_BAR] = when[1]
+        fills[nf, F_SIDE] = 1.0 if oi[x, OI_BUY] == 1 else -1.0
+        fills[nf, F_SIZE] = of[x, OF_EXSIZE]
+        fills[nf, F_PRICE] = of[x, OF_EXPRICE]
+        fills[nf, F_FEE] = of[x, OF_EXCOMM]
+        fills[nf, F_KIND] = oi[x, OI_KIND]
+        fills[nf, F_MAKER] = 1.0 if oi[x, OI_TYPE] == LIMIT else 0.0
+        fills[nf, F_TYPE] = oi[x, OI_TYPE]
+        fills[nf, F_REF] = oi[x, OI_REF]
+    return nf + 1
+
+
+@kernel
+def _execute(b, x, price, when, prm, fills, nf):
+    """``BackBroker._execute`` for a real fill at ``price``; ``when`` = (time bar, exec bar).
+    Returns the new fill count."""
+    oi, of, bk = b.oi, b.of, b.bk
     size = of[x, OF_REM]
     rate = _fee_rate(oi, x, prm)
     pprice_orig = bk[B_PPRICE]
@@ -472,34 +562,25 @@ def _execute(oi, of, qd, qn, nst, bk, x, price, time_bar, bar, prm, fills, nf):
             oi[x, OI_STATUS] = PARTIAL
         else:
             oi[x, OI_STATUS] = COMPLETED
-            if nf < fills.shape[0]:
-                fills[nf, F_TIME_BAR] = time_bar
-                fills[nf, F_EXEC_BAR] = bar
-                fills[nf, F_SIDE] = 1.0 if oi[x, OI_BUY] == 1 else -1.0
-                fills[nf, F_SIZE] = of[x, OF_EXSIZE]
-                fills[nf, F_PRICE] = of[x, OF_EXPRICE]
-                fills[nf, F_FEE] = of[x, OF_EXCOMM]
-                fills[nf, F_KIND] = oi[x, OI_KIND]
-                fills[nf, F_MAKER] = 1.0 if oi[x, OI_TYPE] == LIMIT else 0.0
-                fills[nf, F_TYPE] = oi[x, OI_TYPE]
-                fills[nf, F_REF] = oi[x, OI_REF]
-            nf += 1
-        _notify(oi, qd, qn, nst, x)
-        _ococheck(oi, qd, qn, nst, x)
+            nf = _record_fill(b, x, when, fills, nf)
+        _notify(b, x)
+        _ococheck(b, x)
     if popened != 0 and opened == 0:
         oi[x, OI_STATUS] = MARGIN
-        _notify(oi, qd, qn, nst, x)
-        _ococheck(oi, qd, qn, nst, x)
-        _drop_children(oi, qd, qn, nst, x)
+        _notify(b, x)
+        _ococheck(b, x)
+        _drop_children(b, x)
     return nf
 
 
-@numba.njit(_sig("i8(I2, F2, I2, I1, I1, F1, i8, i8, f8, f8, f8, b1, F1, F2, i8)"), cache=True, nogil=True)
-def _try_exec(oi, of, qd, qn, nst, bk, x, i, o_, h_, l_, coc, prm, fills, nf):
-    """``BackBroker._try_exec`` for market, limit and stop orders on bar ``i``."""
+@kernel
+def _fill_price(b, x, i, ohl, coc, slip):
+    """``BackBroker._try_exec``'s price for order ``x`` on bar ``i`` with ``ohl`` = (open, high,
+    low): (price or NaN when not touched, time bar of the fill)."""
+    oi, of = b.oi, b.of
+    o_, h_, l_ = ohl
     otype = oi[x, OI_TYPE]
     buy = oi[x, OI_BUY] == 1
-    slip = prm[P_SLIP]
     plimit = of[x, OF_PRICE]  # created price: the limit or the stop trigger
     time_bar = i
     price = np.nan
@@ -508,7 +589,7 @@ def _try_exec(oi, of, qd, qn, nst, bk, x, i, o_, h_, l_, coc, prm, fills, nf):
             exprice = of[x, OF_PCLOSE]
             time_bar = oi[x, OI_CBAR]
         elif i <= oi[x, OI_CBAR]:
-            return nf  # can only execute after the creation bar
+            return np.nan, i  # can only execute after the creation bar
         else:
             exprice = o_
         price = _slip_up(h_, exprice, slip) if buy else _slip_down(l_, exprice, slip)
@@ -532,18 +613,14 @@ def _try_exec(oi, of, qd, qn, nst, bk, x, i, o_, h_, l_, coc, prm, fills, nf):
         price = _slip_down(l_, o_, slip)
     elif l_ <= plimit:
         price = _slip_down(l_, plimit, slip)
-    if price != price:
-        return nf  # not touched on this bar
-    return _execute(oi, of, qd, qn, nst, bk, x, price, time_bar, i, prm, fills, nf)
+    return price, time_bar
 
 
-@numba.njit(_sig("i8(I2, F2, I2, I1, I1, F1, i8, f8, f8, f8, f8, b1, F1, F2, i8)"), cache=True, nogil=True)
-def _broker_next(oi, of, qd, qn, nst, bk, i, o_, h_, l_, c_, coc, prm, fills, nf):
-    """``BackBroker.next`` on bar ``i``: activations, the submission check, one pass over the
-    pending queue, the end-of-bar value. Returns the new fill count."""
-    while qn[Q_ACT] > 0:
-        oi[_q_popleft(qd, qn, Q_ACT), OI_ACTIVE] = 1
-    # check_submitted: pseudo-execute in order against a running cash and position clone
+@kernel
+def _check_submitted(b, prm):
+    """``BackBroker.check_submitted``: pseudo-execute the submitted orders in order against a
+    running cash and position clone; accepted ones join the pending queue."""
+    oi, qd, qn, bk = b.oi, b.qd, b.qn, b.bk
     cash = bk[B_CASH]
     psize = bk[B_POS]
     pprice = bk[B_PPRICE]
@@ -552,17 +629,29 @@ def _broker_next(oi, of, qd, qn, nst, bk, i, o_, h_, l_, c_, coc, prm, fills, nf
         parent = oi[x, OI_PARENT]
         if parent >= 0 and oi[parent, OI_PC_ALIVE] == 0:
             oi[x, OI_STATUS] = REJECTED  # _take_children: parent gone
-            _notify(oi, qd, qn, nst, x)
+            _notify(b, x)
             continue
-        cash, psize, pprice = _pseudo_execute(oi, of, x, cash, psize, pprice, prm)
+        cash, psize, pprice = _pseudo_execute(b, x, cash, psize, pprice, prm)
         if cash >= 0.0:
             oi[x, OI_STATUS] = ACCEPTED
             _q_append(qd, qn, Q_PEND, x)
             continue
         oi[x, OI_STATUS] = MARGIN
-        _notify(oi, qd, qn, nst, x)
-        _ococheck(oi, qd, qn, nst, x)
-        _drop_children(oi, qd, qn, nst, x)
+        _notify(b, x)
+        _ococheck(b, x)
+        _drop_children(b, x)
+
+
+@kernel
+def _broker_next(b, i, ohlc, coc, prm, fills, nf):
+    """``BackBroker.next`` on bar ``i`` (``ohlc`` its prices): activations, the submission
+    check, one pass over the pending queue, the end-of-bar value. Returns the new fill count."""
+    oi, qd, qn, bk = b.oi, b.qd, b.qn, b.bk
+    o_, h_, l_, c_ = ohlc
+    while qn[Q_ACT] > 0:
+        oi[_q_popleft(qd, qn, Q_ACT), OI_ACTIVE] = 1
+    if qn[Q_SUB] > 0:
+        _check_submitted(b, prm)
     # the pending queue, once, in order (orders re-queued now wait for the next bar)
     _q_append(qd, qn, Q_PEND, -1)
     while True:
@@ -572,18 +661,20 @@ def _broker_next(oi, of, qd, qn, nst, bk, i, o_, h_, l_, c_, coc, prm, fills, nf
         if oi[x, OI_ACTIVE] == 0:
             _q_append(qd, qn, Q_PEND, x)
             continue
-        nf = _try_exec(oi, of, qd, qn, nst, bk, x, i, o_, h_, l_, coc, prm, fills, nf)
+        price, time_bar = _fill_price(b, x, i, (o_, h_, l_), coc, prm[P_SLIP])
+        if price == price:
+            nf = _execute(b, x, price, (time_bar, i), prm, fills, nf)
         if oi[x, OI_STATUS] <= PARTIAL:
             _q_append(qd, qn, Q_PEND, x)
         elif oi[x, OI_STATUS] == COMPLETED:
-            if not _parent_done(oi, of, qd, qn, x, o_):
-                _drop_children(oi, qd, qn, nst, x)
+            if not _parent_done(b, x, o_):
+                _drop_children(b, x)
     bk[B_VALUE] = _value(bk[B_CASH], bk[B_POS], bk[B_PPRICE], c_)
     return nf
 
 
 # ----------------------------------------------------------------------------- strategy side
-@numba.njit(_sig("void(I1)"), cache=True, nogil=True)
+@kernel
 def _reset_trade(si):
     si[SI_ENTRY] = -1
     si[SI_NEXITS] = 0
@@ -594,12 +685,13 @@ def _reset_trade(si):
     si[SI_CUT] = -1
 
 
-@numba.njit(_sig("void(I2, I2, I1, I1, F1, I1, i8, I1)"), cache=True, nogil=True)
-def _deliver(oi, qd, qn, nst, bk, si, i, t_ns):
+@kernel
+def _deliver(b, i, t_ns):
     """ModelStrategy.notify_order over the notifications queued since its last decision."""
+    oi, qd, qn, si = b.oi, b.qd, b.qn, b.si
     for k in range(qn[Q_NOTE]):
         x = qd[Q_NOTE, k]
-        status = nst[k]
+        status = b.nst[k]
         oi[x, OI_NOTES] -= 1
         if si[SI_ENTRY] >= 0 and x == si[SI_ENTRY]:
             if status == COMPLETED:
@@ -612,162 +704,217 @@ def _deliver(oi, qd, qn, nst, bk, si, i, t_ns):
             continue
         if si[SI_CUT] >= 0 and x == si[SI_CUT] and status > PARTIAL:
             si[SI_CUT] = -1
-        if status == COMPLETED and bk[B_POS] == 0:
+        if status == COMPLETED and b.bk[B_POS] == 0:
             _reset_trade(si)
-        elif si[SI_CLOSING] >= 0 and x == si[SI_CLOSING] and status != COMPLETED and bk[B_POS] != 0:
+        elif si[SI_CLOSING] >= 0 and x == si[SI_CLOSING] and status != COMPLETED and b.bk[B_POS] != 0:
             si[SI_CLOSING] = -1
     qn[Q_NOTE] = 0
 
 
-@numba.njit(_sig("b1(I2, i8)"), cache=True, nogil=True)
+@kernel(inline=True)
 def _alive(oi, x):
     return x >= 0 and oi[x, OI_STATUS] <= PARTIAL
 
 
-@numba.njit(_sig("void(I2, F2, I2, I1, I1, F1, I1, i8, f8, i8)"), cache=True, nogil=True)
-def _flatten(oi, of, qd, qn, nst, bk, si, kind, close_i, bar):
-    """ModelStrategy.flatten: cancel every working order, close the position at market."""
-    for x in (si[SI_ENTRY], si[SI_CUT], si[SI_EXIT0] if si[SI_NEXITS] > 0 else -1,
-              si[SI_EXIT1] if si[SI_NEXITS] > 1 else -1):
-        if _alive(oi, x):
-            _cancel(oi, qd, qn, nst, x)
-    pos = bk[B_POS]
-    if pos != 0 and not _alive(oi, si[SI_CLOSING]):
-        si[SI_CLOSING] = _new_order(oi, of, qd, qn, si, kind, MARKET, pos < 0, abs(pos), 0.0, close_i, bar,
-                                    -1, -1, True)
-
-
-@numba.njit(_sig("void(I2, F2, I2, I1, I1, F1, I1, f8, f8, i8, b1)"), cache=True, nogil=True)
-def _reduce_to(oi, of, qd, qn, nst, bk, si, max_weight, close_i, bar, tie_profit):
-    """ModelStrategy.reduce_to: cut the position to ``max_weight`` of equity, re-placing its
-    barrier exits as an OCO pair of the new size."""
-    pos = bk[B_POS]
-    target = math.copysign(max_weight * bk[B_VALUE] / close_i, pos)
-    excess = pos - target
-    if abs(excess) <= 1e-12 or abs(target) >= abs(pos):
-        return
-    have_tp = False
-    have_sl = False
-    tp = 0.0
-    sl = 0.0
+@kernel
+def symbol_state(b, i, t_ns, close_i, bar_ns):
+    """The decision step's :class:`core.decision.SymbolState` of the book on bar ``i``."""
+    oi, of, si = b.oi, b.of, b.si
+    tp = math.nan
+    sl = math.nan
     for k in range(si[SI_NEXITS]):
         x = si[SI_EXIT0 + k]
         if oi[x, OI_KIND] == K_TAKE_PROFIT:
-            have_tp = True
             tp = of[x, OF_PRICE]
         elif oi[x, OI_KIND] == K_STOP:
-            have_sl = True
             sl = of[x, OF_PRICE]
-    for k in range(si[SI_NEXITS]):
-        x = si[SI_EXIT0 + k]
-        if _alive(oi, x):
-            _cancel(oi, qd, qn, nst, x)
-    if _alive(oi, si[SI_CUT]):
-        _cancel(oi, qd, qn, nst, si[SI_CUT])
-    si[SI_CUT] = _new_order(oi, of, qd, qn, si, K_RISK, MARKET, excess < 0, abs(excess), 0.0, close_i, bar,
-                            -1, -1, True)
+    held = -1
+    if si[SI_ENTRY_BAR] >= 0:
+        held = (t_ns[i] - si[SI_ENTRY_T] + bar_ns // 2) // bar_ns
+    return SymbolState(b.bk[B_POS], b.bk[B_VALUE], close_i, held, si[SI_ENTRY] >= 0, _alive(oi, si[SI_ENTRY]),
+                       i - si[SI_SUBMIT_BAR], si[SI_CLOSING] >= 0, _alive(oi, si[SI_CLOSING]), tp, sl)
+
+
+@kernel
+def _submit_exits(b, a, at, parent):
+    """The take profit and stop of ``a`` in its tie order: bracket children of ``parent`` (a new
+    entry), or with ``parent`` < 0 a stand-alone OCO pair (re-placed after a cut)."""
+    si = b.si
+    size = a.size if parent >= 0 else a.keep
     n = 0
     for j in range(2):
-        kind = (K_TAKE_PROFIT if j == 0 else K_STOP) if tie_profit else (K_STOP if j == 0 else K_TAKE_PROFIT)
-        if kind == K_TAKE_PROFIT and not have_tp:
-            continue
-        if kind == K_STOP and not have_sl:
-            continue
-        otype = STOP if kind == K_STOP else LIMIT
-        price = sl if kind == K_STOP else tp
-        oco = si[SI_EXIT0] if n > 0 else -1
-        si[SI_EXIT0 + n] = _new_order(oi, of, qd, qn, si, kind, otype, pos < 0, abs(target), price, close_i, bar,
-                                      -1, oco, True)
+        tp_now = (j == 0) == a.tp_first
+        price = a.take_profit if tp_now else a.stop
+        if price != price:
+            continue  # no such exit
+        oco = si[SI_EXIT0] if n > 0 and parent < 0 else -1
+        last = j == 1 or parent < 0
+        si[SI_EXIT0 + n] = _new_order(b, K_TAKE_PROFIT if tp_now else K_STOP, LIMIT if tp_now else STOP, not a.long,
+                                      size, price, at, parent, oco, last)
         n += 1
     si[SI_NEXITS] = n
 
 
-@numba.njit(_sig("void(I2, F2, I2, I1, I1, f8, f8, f8, f8, i8, F1)"), cache=False, nogil=True)
-def _order_for(oi, of, qd, qn, si, w, confidence, equity, close_i, bar, prm):
-    """ModelStrategy.order_for: the entry (limit at the close or market) with its stop and
-    take-profit children, submitted as one bracket (the first child wins a tie bar)."""
-    ref = close_i
-    size = abs(w) * equity / ref
-    if size <= 0:
-        return
-    long = w > 0
-    tp, sl = barrier_prices(ref, long, prm[P_PROFIT], prm[P_STOP])
-    limit = use_limit(confidence, prm[P_LIMIT_CONF])
-    entry = _new_order(oi, of, qd, qn, si, K_ENTRY, LIMIT if limit else MARKET, long, size, ref, close_i, bar,
-                       -1, -1, False)
-    tie_profit = prm[P_TIE_PROFIT] != 0.0
-    first_kind = K_TAKE_PROFIT if tie_profit else K_STOP
-    second_kind = K_STOP if tie_profit else K_TAKE_PROFIT
-    c1 = _new_order(oi, of, qd, qn, si, first_kind, STOP if first_kind == K_STOP else LIMIT, not long, size,
-                    sl if first_kind == K_STOP else tp, close_i, bar, entry, -1, False)
-    c2 = _new_order(oi, of, qd, qn, si, second_kind, STOP if second_kind == K_STOP else LIMIT, not long, size,
-                    sl if second_kind == K_STOP else tp, close_i, bar, entry, -1, True)
-    si[SI_ENTRY] = entry
-    si[SI_EXIT0] = c1
-    si[SI_EXIT1] = c2
-    si[SI_NEXITS] = 2
-    si[SI_SUBMIT_BAR] = bar
+@kernel
+def apply_actions(b, a, at):
+    """Apply the decision step's actions to the book on ``at`` = (bar, close), in the order of
+    :mod:`core.decision` (cut, flatten/close, cancel entry, enter), as ModelStrategy does."""
+    si, oi = b.si, b.oi
+    if a.mask & A_REDUCE:
+        for k in range(si[SI_NEXITS]):
+            if _alive(oi, si[SI_EXIT0 + k]):
+                _cancel(b, si[SI_EXIT0 + k])
+        if _alive(oi, si[SI_CUT]):
+            _cancel(b, si[SI_CUT])  # a newer cut replaces one still in flight
+        si[SI_CUT] = _new_order(b, K_RISK, MARKET, a.cut > 0, abs(a.cut), 0.0, at, -1, -1, True)
+        _submit_exits(b, a, at, -1)
+    if a.mask & A_FLATTEN:
+        for x in (si[SI_ENTRY], si[SI_CUT], si[SI_EXIT0] if si[SI_NEXITS] > 0 else -1,
+                  si[SI_EXIT1] if si[SI_NEXITS] > 1 else -1):
+            if _alive(oi, x):
+                _cancel(b, x)
+        if a.mask & A_CLOSE:
+            pos = b.bk[B_POS]
+            si[SI_CLOSING] = _new_order(b, a.kind, MARKET, pos < 0, abs(pos), 0.0, at, -1, -1, True)
+    if a.mask & A_CANCEL_ENTRY:
+        _cancel(b, si[SI_ENTRY])
+    if a.mask & A_ENTER:
+        entry = _new_order(b, K_ENTRY, LIMIT if a.limit else MARKET, a.long, a.size, a.price, at, -1, -1, False)
+        si[SI_ENTRY] = entry
+        si[SI_EXIT0] = -1
+        _submit_exits(b, a, at, entry)
+        si[SI_SUBMIT_BAR] = at[0]
+
+
+@kernel(inline=True)
+def _quiet_bar(oi, of, qd, qn, h_, l_):
+    """True when the broker phase of this bar can change nothing but the value: no order
+    submitted, waiting for activation or to be notified, and every pending order active and
+    out of this bar's range (a buy limit / sell stop below the low, a sell limit / buy stop
+    above the high; a market order always fills). Most bars of a run are quiet: flat with
+    nothing working, or a position whose exits the bar does not reach. Takes the book's
+    arrays, not the record: it runs on every bar."""
+    if qn[Q_SUB] != 0 or qn[Q_ACT] != 0 or qn[Q_NOTE] != 0:
+        return False
+    for k in range(qn[Q_PEND]):
+        x = qd[Q_PEND, k]
+        otype = oi[x, OI_TYPE]
+        if otype == MARKET or oi[x, OI_ACTIVE] == 0:
+            return False
+        price = of[x, OF_PRICE]
+        below = (otype == LIMIT) == (oi[x, OI_BUY] == 1)  # buy limit or sell stop: touched from above
+        if (below and l_ <= price) or (not below and h_ >= price):
+            return False
+    return True
+
+
+@kernel(inline=True)
+def _nothing_to_decide(si, pos, g, held_short, allowed_now, idle):
+    """True when the decision step would return no action and count nothing on this bar (or
+    only actions that change nothing): the common case, checked on scalars
+    (:func:`core.decision.decide` otherwise). ``held_short``: the entry bar is known and the
+    position is younger than ``max_hold``; ``allowed_now``: inside the entry window and the
+    entry_allowed hook true; ``idle``: no order pending or submitted (nothing to cancel)."""
+    if g.flatten:
+        return pos == 0 and idle and not g.stop  # a breaker's flatten with nothing to flatten
+    if pos != 0:
+        if g.action == REDUCE:
+            return False
+        return si[SI_ENTRY_BAR] < 0 or si[SI_CLOSING] >= 0 or held_short
+    if si[SI_ENTRY] >= 0:
+        return False
+    return g.action != ALLOW or not allowed_now
+
+
+@kernel
+def _record_trip(trips, nt, values):
+    """Trip row ``nt`` (when it fits) from ``values`` (:data:`TRIP_FIELDS` order)."""
+    if nt < trips.shape[0]:
+        for k in range(len(values)):
+            trips[nt, k] = values[k]
+
+
+@kernel
+def _decide_and_apply(b, g, i, bars, sig, span, prm, stats):
+    """The decision step on bar ``i`` and its actions on the book; True when the run stops here."""
+    p = sig.prob[i]
+    close_i = bars.close[i]
+    st = symbol_state(b, i, bars.t_ns, close_i, np.int64(prm[P_BAR_NS]))
+    a = decide(g, st, BarSignal(p, sig.signal[i], sig.weight[i], sig.allowed[i], i <= span.end), rules_of(prm))
+    if a.mask & A_DECIDED:
+        count_decision(stats, p, sig.signal[i], a.weight)
+    apply_actions(b, a, (i, close_i))
+    if a.mask & A_STOP:
+        stats[S_STOPPED] = 1.0
+        return st.position == 0 and b.qn[Q_PEND] == 0
+    return False
 
 
 # ----------------------------------------------------------------------------- the kernel
-@numba.njit(cache=False, nogil=True)
-def simulate_kernel(t_ns, open_, high, low, close, prob, fvol, rvol, start, end, kill_bar, cash, coc, prm, rsk,
-                    fills, equity, trips, stats, risk_state):
+@kernel
+def simulate_kernel(bars, sig, span, prm, rsk, out):
     """One strategy run over the bars (see the module docstring); returns
     ``(n_fills, n_bars, n_trips)``.
 
-    Inputs: ``t_ns`` bar open times (int64 ns, UTC), ``open_/high/low/close``, ``prob`` (P per
-    bar, NaN = none), ``fvol`` (annualised vol forecast), ``rvol`` (realised daily vol),
-    ``start``/``end`` (first bar index of decisions and risk checks; last bar index that may
-    open a position), ``kill_bar`` (first bar with the kill switch on, -1 never), ``cash``,
-    ``coc`` (cheat-on-close), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`).
-    Outputs written in place: ``fills`` (rows of :data:`FILL_FIELDS`; more fills than rows are
-    counted, flagged in ``stats`` and not stored), ``equity`` (per bar: equity, cash,
-    position after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats``
+    ``bars`` (:class:`Bars`), ``sig`` (:class:`Signals`: the hooks' P, s, w, allowed per bar),
+    ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`).
+    Outputs written in place (:class:`Outputs`): ``fills`` (rows of :data:`FILL_FIELDS`; more
+    fills than rows are counted, flagged in ``stats`` and not stored), ``equity`` (per bar:
+    equity, cash, position after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats``
     (:data:`STAT_FIELDS`), ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh
     one from :func:`core.risk.new_risk_state`).
     """
+    # Every array the per-bar loop reads is taken out of its record once, here: reading it
+    # through a record on every bar costs reference counting per access.
+    t_ns, open_, high, low, close, rvol = bars
+    prob, signal, weight, allowed = sig
+    fills, equity, trips, stats, risk_state = out
     n = close.shape[0]
-    oi = np.zeros((MAX_ORDERS, N_OI), dtype=np.int64)
-    of = np.zeros((MAX_ORDERS, N_OF))
-    qd = np.zeros((4, QCAP), dtype=np.int64)
-    qn = np.zeros(4, dtype=np.int64)
-    nst = np.zeros(QCAP, dtype=np.int64)
-    bk = np.zeros(4)
-    bk[B_CASH] = cash
-    bk[B_VALUE] = cash
-    si = np.zeros(N_SI, dtype=np.int64)
-    _reset_trade(si)
-    si[SI_REF] = 0
+    b = new_book(span.cash)
+    oi, of, qd, qn, bk, si = b.oi, b.of, b.qd, b.qn, b.bk, b.si
     for k in range(stats.shape[0]):
         stats[k] = 0.0
     stats[S_PMAX] = np.nan
-
-    center = prm[P_CENTER]
-    target_vol = prm[P_TARGET_VOL]
-    deadband = prm[P_DEADBAND]
-    max_position = prm[P_MAX_POSITION]
-    allow_short = prm[P_ALLOW_SHORT] != 0.0
-    tif = int(prm[P_TIF])
-    max_hold = int(prm[P_MAX_HOLD])
-    tie_profit = prm[P_TIE_PROFIT] != 0.0
-    bar_ns = np.int64(prm[P_BAR_NS])
+    start, end, kill_bar = span.start, span.end, span.kill_bar
     cap = weight_cap(rsk[R_MAX_POSITION], rsk[R_MAX_LEVERAGE])
-
+    max_dd, daily, max_vol, max_lev = rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS], rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE]
+    bar_ns = np.int64(prm[P_BAR_NS])
+    max_hold = np.int64(prm[P_MAX_HOLD])
     nf = 0
     nt = 0
     n_bars = n
     for i in range(n):
-        nf = _broker_next(oi, of, qd, qn, nst, bk, i, open_[i], high[i], low[i], close[i], coc, prm, fills, nf)
-        _deliver(oi, qd, qn, nst, bk, si, i, t_ns)
+        c_ = close[i]
+        if _quiet_bar(oi, of, qd, qn, high[i], low[i]):
+            bk[B_VALUE] = _value(bk[B_CASH], bk[B_POS], bk[B_PPRICE], c_)
+        else:
+            nf = _broker_next(b, i, (open_[i], high[i], low[i], c_), span.coc, prm, fills, nf)
+            if qn[Q_NOTE] > 0:
+                _deliver(b, i, t_ns)
         stop_run = False
         if i >= start:
-            stop_run, tripped = _decide(oi, of, qd, qn, nst, bk, si, i, t_ns, close[i], prob[i], fvol[i], rvol[i],
-                                        end, kill_bar, prm, rsk, risk_state, center, target_vol, deadband,
-                                        max_position, allow_short, tif, max_hold, tie_profit, bar_ns, cap, trips, nt,
-                                        stats)
-            if tripped:
+            # the risk gate (ModelStrategy.next's risk.check)
+            p = prob[i]
+            if p == p:
+                stats[S_SAW_P] = 1.0
+            pos = bk[B_POS]
+            value = bk[B_VALUE]
+            day = float(t_ns[i] // DAY_NS + EPOCH_ORDINAL)
+            action, reason, flatten, stop, max_weight, mask, drawdown, day_loss = risk_step(
+                risk_state, day, value, pos * c_, rvol[i], kill_bar >= 0 and i >= kill_bar, max_dd, daily, max_vol,
+                max_lev, cap)
+            if mask != 0:
+                _record_trip(trips, nt, (float(i), float(mask), value, pos * c_, rvol[i], drawdown, day_loss,
+                                         risk_state[0], risk_state[2]))
                 nt += 1
+            g = Gate(action, reason, flatten, stop, max_weight)
+            held_short = si[SI_ENTRY_BAR] >= 0 and (t_ns[i] - si[SI_ENTRY_T] + bar_ns // 2) // bar_ns < max_hold
+            if _nothing_to_decide(si, pos, g, held_short, i <= end and allowed[i], qn[Q_PEND] == 0 and qn[Q_SUB] == 0):
+                pass
+            elif pos == 0 and si[SI_ENTRY] < 0 and not flatten and weight[i] == 0.0:
+                count_decision(stats, p, signal[i], 0.0)  # an entry decision for no position: counted only
+            else:
+                stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats)
         equity[i, 0] = bk[B_VALUE]
         equity[i, 1] = bk[B_CASH]
         equity[i, 2] = bk[B_POS]
@@ -781,80 +928,36 @@ def simulate_kernel(t_ns, open_, high, low, close, prob, fvol, rvol, start, end,
     return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
 
 
-@numba.njit(_sig("Tuple((b1, b1))(I2, F2, I2, I1, I1, F1, I1, i8, I1, f8, f8, f8, f8, i8, i8, F1, F1, F1, f8, f8, f8, f8, b1, i8, i8, b1, i8, f8, F2, i8, F1)"), cache=False, nogil=True)
-def _decide(oi, of, qd, qn, nst, bk, si, i, t_ns, close_i, p, fvol_i, rvol_i, end, kill_bar, prm, rsk, risk_state,
-            center, target_vol, deadband, max_position, allow_short, tif, max_hold, tie_profit, bar_ns, cap,
-            trips, nt, stats):
-    """ModelStrategy.next on bar ``i`` (from ``trade_start`` on); returns (the run stops here,
-    a breaker tripped: trip row ``nt`` written when it fits)."""
-    if p == p:
-        stats[S_SAW_P] = 1.0
-    pos = bk[B_POS]
-    equity = bk[B_VALUE]
-    kill_now = kill_bar >= 0 and i >= kill_bar
-    day = float(t_ns[i] // DAY_NS + EPOCH_ORDINAL)
-    action, _reason, flatten, stop, max_weight, mask, drawdown, day_loss = risk_step(
-        risk_state, day, equity, pos * close_i, rvol_i, kill_now, rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS],
-        rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE], cap)
-    if mask != 0:
-        if nt < trips.shape[0]:
-            trips[nt, 0] = i
-            trips[nt, 1] = mask
-            trips[nt, 2] = equity
-            trips[nt, 3] = pos * close_i
-            trips[nt, 4] = rvol_i
-            trips[nt, 5] = drawdown
-            trips[nt, 6] = day_loss
-            trips[nt, 7] = risk_state[0]
-            trips[nt, 8] = risk_state[2]
-    tripped = mask != 0
-    if flatten:
-        _flatten(oi, of, qd, qn, nst, bk, si, K_KILL if stop else K_RISK, close_i, i)
-        if stop:
-            stats[S_STOPPED] = 1.0
-            if pos == 0 and qn[Q_PEND] == 0:
-                return True, tripped
-        return False, tripped
-    if action == REDUCE and pos != 0:
-        _reduce_to(oi, of, qd, qn, nst, bk, si, max_weight, close_i, i, tie_profit)
-    if pos != 0:
-        if si[SI_ENTRY_BAR] >= 0 and si[SI_CLOSING] < 0:
-            held = (t_ns[i] - si[SI_ENTRY_T] + bar_ns // 2) // bar_ns
-            if held >= max_hold:
-                _flatten(oi, of, qd, qn, nst, bk, si, K_TIME, close_i, i)
-        return False, tripped
-    if si[SI_ENTRY] >= 0:  # a limit entry still working
-        if _alive(oi, si[SI_ENTRY]) and i - si[SI_SUBMIT_BAR] >= tif:
-            _cancel(oi, qd, qn, nst, si[SI_ENTRY])
-        return False, tripped
-    if action != ALLOW or i > end:
-        return False, tripped
-    s = signal_from_probability(p, center)
-    w = cap_weight(weight_from_signal(s, fvol_i, target_vol, deadband, max_position, allow_short), cap)
-    stats[S_DECISIONS] += 1.0
-    if p == p:
-        stats[S_SCORED] += 1.0
-        if not stats[S_PMAX] >= p:
-            stats[S_PMAX] = p
-    if s > 0:
-        stats[S_POSITIVE] += 1.0
-    if w != 0.0:
-        stats[S_PAST_DB] += 1.0
-        _order_for(oi, of, qd, qn, si, w, abs(s), equity, close_i, i, prm)
-    return False, tripped
-
-
 # ----------------------------------------------------------------------------- Python side
-def allocate_buffers(n_bars: int, fills: int | None = None, trips: int = 256) -> dict[str, np.ndarray]:
+def allocate_buffers(n_bars: int, fills: int | None = None, trips: int = 256) -> Outputs:
     """Output buffers for one kernel run over ``n_bars`` bars (a sweep allocates one set per
     row). ``fills`` defaults to ``2 * n_bars + 16``: every trade needs at least two bars."""
-    return {
-        "fills": np.zeros((fills if fills is not None else 2 * n_bars + 16, len(FILL_FIELDS))),
-        "equity": np.full((n_bars, len(EQUITY_FIELDS)), np.nan),
-        "trips": np.zeros((trips, len(TRIP_FIELDS))),
-        "stats": np.zeros(len(STAT_FIELDS)),
-        "risk_state": new_risk_state(),
-    }
+    return Outputs(fills=np.zeros((fills if fills is not None else 2 * n_bars + 16, len(FILL_FIELDS))),
+                   equity=np.full((n_bars, len(EQUITY_FIELDS)), np.nan), trips=np.zeros((trips, len(TRIP_FIELDS))),
+                   stats=np.zeros(len(STAT_FIELDS)), risk_state=new_risk_state())
+
+
+def default_signals(policy: Policy, prob: Any, fvol: Any) -> Signals:
+    """The default hooks' values (:class:`strategies.hooks.VectorHooks`): the policy's signal
+    and weight of every bar, every bar allowed."""
+    p = np.ascontiguousarray(np.asarray(prob, dtype="float64"))
+    s = policy.signals(p)
+    return Signals(p, s, policy.target_weights(s, np.asarray(fvol, dtype="float64")), np.ones(len(p), dtype=np.bool_))
+
+
+def as_signals(prob: Any, signal: Any, weight: Any, allowed: Any) -> Signals:
+    """:class:`Signals` of per-bar arrays (e.g. the fields of a :class:`strategies.hooks.HookArrays`)."""
+    return Signals(*(np.ascontiguousarray(np.asarray(x, dtype="float64")) for x in (prob, signal, weight)),
+                   np.ascontiguousarray(np.asarray(allowed, dtype=np.bool_)))
+
+
+def bars_of(frame: pd.DataFrame, rvol: Any) -> Bars:
+    """:class:`Bars` of a canonical OHLCV frame (UTC index) and its realised daily volatility."""
+    idx = pd.DatetimeIndex(frame.index)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    arr = [np.ascontiguousarray(frame[c].to_numpy(dtype="float64")) for c in ("open", "high", "low", "close")]
+    return Bars(np.ascontiguousarray(idx.as_unit("ns").asi8), *arr,
+                np.ascontiguousarray(np.asarray(rvol, dtype="float64")))
 
 
 @dataclass
@@ -883,38 +986,36 @@ def _bar_index(index: pd.DatetimeIndex, when: Any, side: str, default: int) -> i
 
 
 def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: Any, fvol: Any, rvol: Any,
-             cash: float, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
-             kill_switch_file: str | None = None) -> SimResult:
+             cash: float, *, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
+             kill_switch_file: str | None = None, signals: Signals | None = None) -> SimResult:
     """Run :func:`simulate_kernel` on ``frame`` (canonical OHLCV, UTC index) and return the
     tables ``run_backtest`` reports.
 
     ``prob``/``fvol``/``rvol``: per-bar P, annualised vol forecast and realised daily vol
-    (arrays aligned with ``frame``; feed exactly what the strategy sees). ``start``/``end``:
-    bar indices or timestamps -- decisions from the first bar at or after ``start`` (give
-    the first bar on which the strategy's ``next()`` runs: after its indicators' warm-up),
-    entries up to the last bar at or before ``end``. ``kill_bar``: first bar index with the
-    kill switch on; ``kill_switch_file`` only names it in the trip's reason.
+    (arrays aligned with ``frame``; feed exactly what the strategy sees). ``signals``: the
+    strategy hooks' values per bar (:func:`as_signals` of :func:`strategies.hooks.evaluate_hooks`);
+    default: the default hooks on ``prob`` and ``fvol``. ``start``/``end``: bar indices or
+    timestamps -- decisions from the first bar at or after ``start`` (give the first bar on
+    which the strategy's ``next()`` runs: after its indicators' warm-up), entries up to the
+    last bar at or before ``end``. ``kill_bar``: first bar index with the kill switch on;
+    ``kill_switch_file`` only names it in the trip's reason.
     """
-    idx = pd.DatetimeIndex(frame.index)
-    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    bars = bars_of(frame, rvol)
+    idx = pd.DatetimeIndex(bars.t_ns, tz="UTC")
     n = len(frame)
-    arr = {c: np.ascontiguousarray(frame[c].to_numpy(dtype="float64")) for c in ("open", "high", "low", "close")}
-    series = [np.ascontiguousarray(np.asarray(x, dtype="float64")) for x in (prob, fvol, rvol)]
-    for name, x in zip(("prob", "fvol", "rvol"), series):
+    sig = signals if signals is not None else default_signals(policy, prob, fvol)
+    for name, x in (("rvol", bars.rvol), *zip(Signals._fields, sig)):
         if x.shape != (n,):
             raise ValueError(f"simulate: {name} has shape {x.shape}, the frame {n} bars")
     i0 = max(0, _bar_index(idx, start, "left", 0))
     i1 = _bar_index(idx, end, "right", n - 1)
     buf = allocate_buffers(n)
-    t_ns = idx.as_unit("ns").asi8
-    nf, n_bars, nt = simulate_kernel(t_ns, arr["open"], arr["high"], arr["low"], arr["close"], *series, i0, i1,
-                                     -1 if kill_bar is None else int(kill_bar), float(cash), bool(coc),
-                                     policy.to_array(), risk_vector(risk_cfg), buf["fills"], buf["equity"],
-                                     buf["trips"], buf["stats"], buf["risk_state"])
-    stats = buf["stats"]
+    span = Span(i0, i1, -1 if kill_bar is None else int(kill_bar), float(cash), bool(coc))
+    nf, n_bars, nt = simulate_kernel(bars, sig, span, policy.to_array(), risk_vector(risk_cfg), buf)
+    stats = buf.stats
     if stats[S_FILL_OVF] or stats[S_TRIP_OVF]:
         raise RuntimeError("simulate: output buffers overflowed")  # allocate_buffers sizes them for n bars
-    f = buf["fills"][:nf]
+    f = buf.fills[:nf]
     times = idx[f[:, F_TIME_BAR].astype(int)] if nf else pd.DatetimeIndex([], tz="UTC")
     fills = pd.DataFrame({
         "time": times, "side": np.where(f[:, F_SIDE] > 0, "buy", "sell"), "size": f[:, F_SIZE],
@@ -923,12 +1024,12 @@ def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: An
         "ref": f[:, F_REF].astype(int), "bar": f[:, F_TIME_BAR].astype(int), "exec_bar": f[:, F_EXEC_BAR].astype(int),
         "maker": f[:, F_MAKER] != 0,
     }, columns=[*FILL_COLUMNS, "bar", "exec_bar", "maker"])
-    eq = buf["equity"][:n_bars]
+    eq = buf.equity[:n_bars]
     equity = pd.DataFrame({"equity": eq[:, 0], "cash": eq[:, 1], "position": eq[:, 2],
-                           "close": arr["close"][:n_bars]}, index=idx[:n_bars].rename("timestamp"))
-    trades = round_trips(fills[list(FILL_COLUMNS)], idx[:n_bars], last_close=float(arr["close"][n_bars - 1]))
+                           "close": bars.close[:n_bars]}, index=idx[:n_bars].rename("timestamp"))
+    trades = round_trips(fills[list(FILL_COLUMNS)], idx[:n_bars], last_close=float(bars.close[n_bars - 1]))
     trip_rows: list[Trip] = []
-    for row in buf["trips"][:nt]:
+    for row in buf.trips[:nt]:
         state = new_risk_state()
         state[0], state[2] = row[7], row[8]
         when = idx[int(row[0])].tz_convert(None).to_pydatetime().isoformat()
@@ -938,4 +1039,4 @@ def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: An
                     "positive_signal": int(stats[S_POSITIVE]), "past_deadband": int(stats[S_PAST_DB])}
     return SimResult(fills=fills, trades=trades, equity=equity, risk_trips=[t.to_dict() for t in trip_rows],
                      signal_stats=signal_stats, stopped_by_kill_switch=bool(stats[S_STOPPED]), bars=int(n_bars),
-                     risk_state=dict(zip(RISK_STATE, buf["risk_state"].tolist())))
+                     risk_state=dict(zip(RISK_STATE, buf.risk_state.tolist())))

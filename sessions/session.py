@@ -377,10 +377,7 @@ class SessionRecorder(bt.Analyzer):
         """(P, signal, weight) of this bar through the strategy's own hooks (NaN if they fail)."""
         strat = self.strategy
         try:
-            p = float(strat.probability())
-            s = float(strat.signal(p))
-            w = float(strat.risk.cap_weight(strat.target_weight(s)))
-            return p, s, w
+            return strat.bar_signal()
         except Exception:  # a user hook that cannot be evaluated outside next(): report, not crash
             return math.nan, math.nan, math.nan
 

@@ -1,30 +1,27 @@
-"""ModelStrategy: probability -> signal -> target weight -> risk -> orders with barrier exits.
+"""ModelStrategy: probability -> hooks -> one decision step -> backtrader orders with barrier exits.
 
-The pipeline is a handful of small methods; a new strategy overrides one of them::
+A new strategy overrides one of the vectorised hooks of :class:`strategies.hooks.VectorHooks`
+(each takes the bars as a DataFrame and returns one value per bar)::
 
-    probability()            P(profit barrier first) of the current bar, from an indicator line
-    signal(p)                s in [-1, 1], 0 at the policy's ``center`` (no edge)
-    target_weight(s)         vol scaling, deadband, clip, max_position, long-only on spot
-    order_for(w, confidence) entry order (limit at the close or market) + barrier exits
-    barrier_prices(ref, side)  take-profit and stop prices of a new position
+    signal(p, bars)               s in [-1, 1], 0 at the policy's ``center`` (no edge)
+    entry_allowed(bars)           True where a new position may be opened (default: every bar)
+    target_weight(s, fvol, bars)  vol scaling, deadband, clip, max_position, long-only on spot
 
-The default hooks call the scalar rules of the strategy's :class:`core.policy.Policy` (param
-``policy``, built once by :meth:`Policy.from_config`), the same compiled functions the
-reference simulator (:mod:`core.simulator`) and the sweeps use; a subclass overriding one
-hook (e.g. :class:`strategies.examples.NightOnly`) keeps everything else.
+and, for the inputs, ``make_probability()`` (the line of P per bar) and ``make_vol_forecast()``.
+The hooks are evaluated by :func:`strategies.hooks.evaluate_hooks` over the fed bars: once
+per backtest (the feed is preloaded, the indicators computed), over the history so far on
+every bar in paper and live sessions (bars arrive one by one; the value of the last bar is
+used). The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy`
+(param ``policy``, built once by :meth:`Policy.from_config`).
 
-Exits are the triple barriers of the labels: a bracket of take profit (limit) and stop
-(stop order) around the entry, plus a time exit ``max_hold`` bars (of clock time, so a data
-gap does not stretch it) after the entry bar. The
-entry bar is the bar whose close is the reference price: the signal bar for market orders
-(filled at that close with cheat-on-close, else at the next open) and the bar before the
-fill for a limit order. When one bar touches both barriers the stop wins (``tie='stop'``,
-as in :mod:`models.labels`); ``tie='profit'`` submits the take profit first instead. The
-fill rules themselves are stated once in :mod:`core.costs`.
-
-Risk: every bar (from ``trade_start`` on) :class:`core.risk.RiskManager` sees the
-equity, the position value and the realised daily volatility; ``flatten`` closes
-everything, ``stop`` (kill switch) also ends the run, ``halt`` blocks new entries.
+Each bar (from ``trade_start`` on) the risk manager (:class:`core.risk.RiskManager`) gates
+the account and the one decision step :func:`core.decision.decide` -- the compiled function
+the reference simulator and the sweep run too -- turns the gate, the position and the
+hooks' values into actions (flatten, cut, time exit, cancel, enter); this class only turns
+them into backtrader orders (:meth:`ModelStrategy.apply_actions`). The rules themselves
+(risk flatten, leverage cut, time exit after ``max_hold`` bars of clock time, limit entry
+time-in-force, entry with triple-barrier bracket and the tie rule) are stated in
+:mod:`core.decision`; the fill rules in :mod:`core.costs`.
 
 Restart: :meth:`ModelStrategy.state_dict` (JSON-able, taken after a bar's decision) and
 :meth:`ModelStrategy.load_state` (or param ``state``) resume a strategy on a fresh engine:
@@ -43,31 +40,50 @@ import pandas as pd
 
 from core.config import Config, RiskConfig
 from core.costs import Costs
-from core.policy import (  # noqa: F401  (traded_labels, BARRIER_SOURCES and the rules re-exported for callers)
+from core.decision import (
+    A_CANCEL_ENTRY,
+    A_CLOSE,
+    A_DECIDED,
+    A_ENTER,
+    A_FLATTEN,
+    A_REDUCE,
+    A_STOP,
+    KINDS,
+    Actions,
+    BarSignal,
+    Gate,
+    SymbolState,
+    count_decision,
+    decide,
+    leverage_cut,
+    new_signal_stats,
+    rules_of,
+    signal_stats_dict,
+)
+from core.policy import (  # noqa: F401  (traded_labels, BARRIER_SOURCES re-exported for callers)
     BARRIER_SOURCES,
     Policy,
-    signal_from_probability,
     traded_labels,
-    weight_from_signal,
 )
-from core.risk import RiskManager
+from core.risk import ACTIONS, REDUCE, R_LEVERAGE, RiskManager
 from core.timeframes import (
     bt_num_to_ns,
     bt_num_to_timestamp,
     timeframe_seconds,
     timestamp_to_bt_num,
 )
-from indicators.bt_features import RealisedVol, VolForecast
+from indicators.bt_features import RealisedVol, VolForecast, feed_frame
+from strategies.hooks import HookArrays, VectorHooks, evaluate_hooks
 
 STATE_VERSION = 1
 _EXECTYPES = {"Market": bt.Order.Market, "Limit": bt.Order.Limit, "Stop": bt.Order.Stop}
 
 
-class ModelStrategy(bt.Strategy):
+class ModelStrategy(VectorHooks, bt.Strategy):
     """Base of every model-driven strategy (see the module docstring for the pipeline).
 
     Subclasses provide the probability line in :meth:`make_probability`; everything else
-    has a working default.
+    has a working default (the hooks of :class:`strategies.hooks.VectorHooks`).
     """
 
     params = (
@@ -105,8 +121,10 @@ class ModelStrategy(bt.Strategy):
         self.stopped_by_kill_switch = False
         # Why a run trades as much as it does: counted on the flat bars where an entry was
         # allowed (reported with the results; "0 trades" alone does not say why).
-        self.signal_stats = {"decisions": 0, "scored": 0, "p_max": math.nan, "positive_signal": 0,
-                             "past_deadband": 0}
+        self._stats = new_signal_stats()
+        self._rules = rules_of(self.policy.to_array())
+        self._hooks: HookArrays | None = None     # the hooks' values over the fed bars
+        self._hooks_n = -1                        # ... evaluated over this many bars
         self._restore: dict[str, Any] | None = None
         if self.p.state is not None:
             self.load_state(self.p.state)
@@ -145,41 +163,34 @@ class ModelStrategy(bt.Strategy):
         """Annualised volatility forecast of the current bar."""
         return float(self.vol_forecast[0])
 
-    def signal(self, p: float) -> float:
-        """s in [-1, 1], 0 at the centre (:meth:`core.policy.Policy.signal`)."""
-        return self.policy.signal(p)
+    @property
+    def signal_stats(self) -> dict[str, Any]:
+        """Signal statistics (:data:`core.decision.SIGNAL_STATS`) of the decisions so far."""
+        return signal_stats_dict(self._stats)
 
-    def target_weight(self, s: float) -> float:
-        """Weight of equity to hold (:meth:`core.policy.Policy.target_weight`)."""
-        return self.policy.target_weight(s, self.forecast_vol())
+    @signal_stats.setter
+    def signal_stats(self, stats: dict[str, Any]) -> None:
+        self._stats = new_signal_stats()
+        for k, name in enumerate(("decisions", "scored", "p_max", "positive_signal", "past_deadband")):
+            self._stats[k] = float(stats[name])
 
-    def barrier_prices(self, ref: float, long: bool) -> tuple[float, float]:
-        """(take_profit, stop) prices around the reference price ``ref``."""
-        return self.policy.barrier_prices(ref, long)
+    def hook_values(self) -> HookArrays:
+        """The hooks' values over the bars fed so far (:func:`strategies.hooks.evaluate_hooks`
+        over the feed, P from the probability line, the forecast from the vol-forecast line).
+        A preloaded backtest feed is evaluated once; a live feed grows by one bar per call,
+        and is evaluated again over its whole history (the last bar's values are used)."""
+        n = self.data.buflen()
+        if self._hooks is None or self._hooks_n != n:
+            bars = feed_frame(self.data)
+            self._hooks = evaluate_hooks(self, bars, _line_values(self.prob, n), _line_values(self.vol_forecast, n))
+            self._hooks_n = n
+        return self._hooks
 
-    def use_limit(self, confidence: float) -> bool:
-        """Limit order at the close when ``confidence >= limit_confidence``, market otherwise."""
-        return self.policy.use_limit(confidence)
-
-    def order_for(self, w: float, confidence: float) -> list[bt.Order]:
-        """Submit the entry for weight ``w`` with its take-profit and stop children.
-
-        Entry reference price = this bar's close; limit entries rest at that price for
-        ``limit_tif_bars`` bars. Returns [entry, first child, second child].
-        """
-        ref = float(self.data.close[0])
-        equity = self.broker.getvalue()
-        size = abs(w) * equity / ref
-        if size <= 0:
-            return []
-        long = w > 0
-        tp, sl = self.barrier_prices(ref, long)
-        limit = self.use_limit(confidence)
-        orders = self._submit_bracket(long, size, bt.Order.Limit if limit else bt.Order.Market,
-                                      ref if limit else None, {"stop": sl, "take_profit": tp})
-        self._entry_submit_bar = self._bar
-        self._ref_price = ref
-        return orders
+    def bar_signal(self) -> tuple[float, float, float]:
+        """(P, signal, weight capped by the risk manager) of the current bar, from the hooks."""
+        h = self.hook_values()
+        i = len(self.data) - 1
+        return float(h.prob[i]), float(h.signal[i]), float(self.risk.cap_weight(h.weight[i]))
 
     def _exit_kinds(self) -> list[str]:
         """Exit kinds in submission order: backtrader tries pending orders in that order, so
@@ -222,66 +233,84 @@ class ModelStrategy(bt.Strategy):
             p = self.probability()
             self.saw_probability = p == p  # not NaN
         pos = self.position.size
-        close = self.data.close[0]
-        decision = self.risk.check(self.data.datetime.datetime(0), self.broker.getvalue(), pos * close,
-                                   float(self.realised_vol[0]))
-        if decision.flatten:
-            self.flatten("kill" if decision.stop else "risk")
-            if decision.stop:
-                # Stop once the flattening order has filled (it fills on a later bar).
-                self.stopped_by_kill_switch = True
-                if not pos and not self.broker.get_orders_open():
-                    self.env.runstop()
-            return
-        if decision.action == "reduce" and pos:
-            self.reduce_to(decision.max_weight)
-        if pos:
-            if self._entry_bar is not None and self._closing is None and self.bars_held() >= self.policy.max_hold:
-                self.flatten("time")
-            return
-        if self._entry is not None:  # a limit entry still working
-            if self._entry.alive() and self._bar - self._entry_submit_bar >= self.policy.limit_tif_bars:
-                self.cancel(self._entry)  # cancels its children too
-            return
-        if not decision.allow or (self._end_num is not None and now_num > self._end_num):
-            return
-        p = self.probability()
-        s = self.signal(p)
-        w = self.risk.cap_weight(self.target_weight(s))
-        self._count_decision(p, s, w)
-        if w != 0.0:
-            self.order_for(w, abs(s))
+        d = self.risk.check(self.data.datetime.datetime(0), self.broker.getvalue(), pos * self.data.close[0],
+                            float(self.realised_vol[0]))
+        gate = Gate(ACTIONS.index(d.action), d.reason_code, d.flatten, d.stop, d.max_weight)
+        h = self.hook_values()
+        i = len(self.data) - 1
+        in_window = self._end_num is None or now_num <= self._end_num
+        sig = BarSignal(float(h.prob[i]), float(h.signal[i]), float(h.weight[i]), bool(h.allowed[i]), in_window)
+        actions = decide(gate, self.symbol_state(), sig, self._rules)
+        if actions.mask & A_DECIDED:
+            count_decision(self._stats, sig.p, sig.s, actions.weight)
+        self.apply_actions(actions)
+        if actions.mask & A_STOP:
+            # Stop once the flattening order has filled (it fills on a later bar).
+            self.stopped_by_kill_switch = True
+            if not pos and not self.broker.get_orders_open():
+                self.env.runstop()
+
+    def symbol_state(self) -> SymbolState:
+        """The decision step's view of the position and the working orders."""
+        prices = {o.info.get("kind"): float(o.created.price) for o in self._exits}
+        return SymbolState(float(self.position.size), float(self.broker.getvalue()), float(self.data.close[0]),
+                           self.bars_held() if self._entry_bar is not None else -1, self._entry is not None,
+                           _alive(self._entry), self._bar - self._entry_submit_bar, self._closing is not None,
+                           _alive(self._closing), prices.get("take_profit", math.nan), prices.get("stop", math.nan))
+
+    def apply_actions(self, a: Actions) -> None:
+        """Turn the decision step's actions into backtrader orders (order of :mod:`core.decision`)."""
+        if a.mask & A_REDUCE:
+            self._place_cut(a)
+        if a.mask & A_FLATTEN:
+            self._cancel_working()
+            if a.mask & A_CLOSE:
+                self._close(KINDS[a.kind])
+        if a.mask & A_CANCEL_ENTRY:
+            self.cancel(self._entry)  # cancels its children too
+        if a.mask & A_ENTER:
+            tp_sl = {"stop": a.stop, "take_profit": a.take_profit}
+            self._submit_bracket(a.long, a.size, bt.Order.Limit if a.limit else bt.Order.Market,
+                                 a.price if a.limit else None, tp_sl)
+            self._entry_submit_bar = self._bar
+            self._ref_price = a.price
 
     # ------------------------------------------------------------ exits
     def flatten(self, kind: str) -> None:
         """Cancel every working order (a pending risk cut included, so the close is never
         larger than the position) and close the position with a market order tagged ``kind``."""
+        self._cancel_working()
+        if self.position.size and not _alive(self._closing):
+            self._close(kind)
+
+    def _cancel_working(self) -> None:
         for order in [self._entry, self._cut, *self._exits]:
-            if order is not None and order.alive():
+            if _alive(order):
                 self.cancel(order)
-        if self.position.size and (self._closing is None or not self._closing.alive()):
-            self._closing = self.close()
-            if self._closing is not None:
-                self._closing.addinfo(kind=kind)
+
+    def _close(self, kind: str) -> None:
+        self._closing = self.close()
+        if self._closing is not None:
+            self._closing.addinfo(kind=kind)
 
     def reduce_to(self, max_weight: float) -> None:
-        """Cut the position to ``max_weight`` of equity, re-placing its barrier exits."""
-        pos = self.position.size
-        close = self.data.close[0]
-        target = math.copysign(max_weight * self.broker.getvalue() / close, pos)
-        excess = pos - target
-        if abs(excess) <= 1e-12 or abs(target) >= abs(pos):
-            return
-        prices = {o.info.get("kind"): o.created.price for o in self._exits}
+        """Cut the position to ``max_weight`` of equity, re-placing its barrier exits
+        (:func:`core.decision.leverage_cut`)."""
+        a = leverage_cut(Gate(REDUCE, R_LEVERAGE, False, False, float(max_weight)), self.symbol_state(), self._rules)
+        if a.mask & A_REDUCE:
+            self._place_cut(a)
+
+    def _place_cut(self, a: Actions) -> None:
         for order in self._exits:
             if order.alive():
                 self.cancel(order)
-        if self._cut is not None and self._cut.alive():
+        if _alive(self._cut):
             self.cancel(self._cut)  # a newer cut replaces one still in flight
-        cut = self.sell(size=excess) if excess > 0 else self.buy(size=-excess)
+        cut = self.buy(size=a.cut) if a.cut > 0 else self.sell(size=-a.cut)
         cut.addinfo(kind="risk")
         self._cut = cut
-        self._exits = self._submit_exits(pos > 0, abs(target), prices)
+        prices = {k: v for k, v in (("take_profit", a.take_profit), ("stop", a.stop)) if v == v}
+        self._exits = self._submit_exits(a.long, a.keep, prices)
 
     def _submit_exits(self, long: bool, size: float, prices: dict[str, float]) -> list[bt.Order]:
         """Stand-alone barrier exits of a position as one OCO group (one fill cancels the other)."""
@@ -317,15 +346,6 @@ class ModelStrategy(bt.Strategy):
         elif (self._closing is not None and order.ref == self._closing.ref and order.status != order.Completed
               and self.position.size):
             self._closing = None  # a failed exit is retried on the next bar
-
-    def _count_decision(self, p: float, s: float, w: float) -> None:
-        st = self.signal_stats
-        st["decisions"] += 1
-        if p == p:  # not NaN
-            st["scored"] += 1
-            st["p_max"] = p if not st["p_max"] >= p else st["p_max"]
-        st["positive_signal"] += s > 0
-        st["past_deadband"] += w != 0.0
 
     def bars_held(self) -> int:
         """Bars of clock time since the entry bar. Counted in time, not in bars seen, so a
@@ -480,6 +500,19 @@ class ModelStrategy(bt.Strategy):
         order = (self.buy if spec["side"] == "buy" else self.sell)(size=spec["size"])
         order.addinfo(kind=spec["kind"])
         return order
+
+
+def _alive(order: bt.Order | None) -> bool:
+    return order is not None and bool(order.alive())
+
+
+def _line_values(line: Any, n: int) -> np.ndarray:
+    """The first ``n`` values of a backtrader line (or single-line indicator) as float64 (NaN
+    past what it holds yet)."""
+    arr = np.frombuffer(line.array, dtype="float64") if len(line.array) else np.zeros(0)
+    out = np.full(n, np.nan)
+    out[:min(n, len(arr))] = arr[:n]
+    return out
 
 
 def _iso(num: float) -> str:

@@ -5,11 +5,14 @@ Run one with ``nts backtest --strategy night_only ...`` or, for your own module,
 """
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 from strategies.tcn import TCNStrategy
 
 
 class NightOnly(TCNStrategy):
-    """Trade the TCN signal only between 00:00 and 06:00 UTC (bar open time)."""
+    """Open positions only between 00:00 and 06:00 UTC (bar open time)."""
 
-    def signal(self, p: float) -> float:
-        return super().signal(p) if self.data.datetime.datetime(0).hour < 6 else 0.0
+    def entry_allowed(self, bars: pd.DataFrame) -> np.ndarray:
+        return bars.index.hour < 6

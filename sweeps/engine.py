@@ -13,16 +13,21 @@ Pipeline of :func:`run_sweep`:
 2. :func:`policy_rows` -- one policy row (:data:`core.policy.POLICY_VECTOR`) per combination,
    derived by :meth:`core.policy.Policy.replace` (a ``breakeven`` centre follows each row's
    barriers and taker fee by the policy's own rule).
-3. :func:`run_rows` -- a ``numba.prange`` driver over the rows. Every row runs
-   :func:`core.simulator.simulate_kernel` (the strategy itself: signal, sizing, deadband, order
-   type, brackets with the tie rule, time exit, limit time-in-force, risk breakers, fills and
-   fees -- nothing of it is re-implemented here) into buffers owned by its thread (equity
+3. :func:`hook_groups` -- the strategy class's vectorised hooks (default
+   :class:`strategies.tcn.TCNStrategy`'s) evaluated once per group of rows that agree on the
+   policy fields the hooks read (:data:`HOOK_POLICY_FIELDS`), so a subclass such as
+   :class:`strategies.examples.NightOnly` is swept with its own hooks.
+4. :func:`run_rows` -- a threaded driver over the rows (one compiled, GIL-free slice of rows
+   per numba thread). Every row runs :func:`core.simulator.simulate_kernel` (the strategy
+   itself: the one decision step of :mod:`core.decision`, brackets with the tie rule, time
+   exit, limit time-in-force, risk breakers, fills and fees -- nothing of it is
+   re-implemented here) into buffers owned by its thread (equity
    ``n_bars x 3``, fills, trips: allocated once per thread slice, reused row after row), and
    reduces them on the spot to per-row metrics, per-block return moments for
    :mod:`sweeps.overfit` and per-fold figures for the walk-forward. Nothing of size
    bars x rows is ever held; rows go in chunks (``chunk``) so a progress bar can move and Dask
    (:mod:`sweeps.distributed`) can ship them as tasks.
-4. Statistics across the grid (:func:`sweeps.overfit.overfitting_report`) and the
+5. Statistics across the grid (:func:`sweeps.overfit.overfitting_report`) and the
    walk-forward table (:func:`walk_forward`).
 
 Metric conventions are :mod:`strategies.metrics`' (per-bar simple returns of the equity from
@@ -61,13 +66,15 @@ from core.config import Config, LabelConfig, RiskConfig
 from core.errors import ConfigError, DataError
 from core.policy import POLICY_VECTOR, Policy, breakeven_probability
 from core.risk import realised_daily_vol, risk_vector
-from core.simulator import KINDS, SimResult, simulate
+from core.simulator import KINDS, SimResult, as_signals, simulate
 from core.timeframes import bars_per_year
 from models.features import compute_features
 from models.labels import label_arrays
 from models.prob_cache import cached_scores, frame_sha256
 from strategies.backtest import resolve_span, warmup_bars_for
+from strategies.hooks import evaluate_hooks, hook_instance
 from strategies.metrics import buy_and_hold, equity_metrics
+from strategies.tcn import TCNStrategy
 from sweeps.grid import AXES, Grid
 from sweeps.kernel import (
     FD_END,
@@ -116,6 +123,11 @@ EXIT_RULE_NOTE = (
     "(the win rate its barriers need after fees) beside its results."
 )
 DEFAULT_CHUNK = 64
+# Policy fields the default hooks read (VectorHooks: signal and target_weight). Rows that agree
+# on them share the hooks' values; a strategy whose hooks read other policy fields names them
+# in a class attribute ``hook_policy_fields``.
+HOOK_POLICY_FIELDS: tuple[str, ...] = ("center", "target_vol", "deadband", "max_position", "allow_short",
+                                       "ann_factor")
 
 Mapper = Callable[["KernelInputs", np.ndarray, Callable[[int], None] | None], tuple[np.ndarray, ...]]
 
@@ -266,6 +278,33 @@ def policy_rows(base: Policy, combos: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def hook_groups(data: SweepData, base: Policy, combos: pd.DataFrame, params: np.ndarray,
+                strategy_cls: type = TCNStrategy, strategy_params: dict[str, Any] | None = None
+                ) -> tuple[KernelInputs, np.ndarray]:
+    """The strategy hooks' values per hook group and each row's group.
+
+    Rows are grouped by the resolved policy fields the hooks read (``strategy_cls.hook_policy_fields``,
+    default :data:`HOOK_POLICY_FIELDS`); each group's hooks run once
+    (:func:`strategies.hooks.evaluate_hooks` on :func:`strategies.hooks.hook_instance` of the
+    group's first row policy) over the fed bars. Returns the inputs carrying
+    ``signal/weight/allowed[groups, bars]`` and the group index of every row."""
+    fields = tuple(getattr(strategy_cls, "hook_policy_fields", HOOK_POLICY_FIELDS))
+    cols = [POLICY_VECTOR.index(f) for f in fields if f in POLICY_VECTOR]
+    extra = [f for f in fields if f not in POLICY_VECTOR]  # not swept: the same in every row
+    keys = params[:, cols] if cols else np.zeros((len(params), 1))
+    _, first_rows, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    k = data.inputs
+    out = []
+    for row in first_rows:
+        policy = row_policy(base, combos.iloc[int(row)].to_dict())
+        if extra and any(getattr(policy, f) != getattr(base, f) for f in extra):
+            raise AssertionError(f"hook field(s) {extra} differ between rows")
+        out.append(evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol))
+    inputs = k.with_hooks(np.stack([h.signal for h in out]), np.stack([h.weight for h in out]),
+                          np.stack([h.allowed for h in out]))
+    return inputs, group.reshape(-1).astype(np.float64)
+
+
 def run_rows(inputs: KernelInputs, params: np.ndarray, chunk: int = DEFAULT_CHUNK,
              progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run every row in chunks in this process (all cores through numba's threads)."""
@@ -342,7 +381,11 @@ class SweepResult:
     names: list[str]
     buy_and_hold: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
-    engine: str = "numba prange (single process)"
+    engine: str = "numba threads (single process)"
+    strategy_cls: type = TCNStrategy                  # whose hooks the rows ran
+    kernel_inputs: KernelInputs | None = None         # data.inputs with the hook groups' values
+    kernel_rows: np.ndarray | None = None             # params + hook group (what the mapper ran)
+    strategy_params: dict[str, Any] | None = None     # its params (beyond the policy)
 
     @property
     def top(self) -> pd.DataFrame:
@@ -386,14 +429,17 @@ class SweepResult:
     def simulate_row(self, row: int) -> SimResult:
         """Re-run one row with :func:`core.simulator.simulate` for its fills, trades and equity
         (the tables ``run_backtest`` reports; the report's vectorbt portfolios are built from them)."""
-        return simulate_row(self.data, self.row_policy(row))
+        return simulate_row(self.data, self.row_policy(row), self.strategy_cls, self.strategy_params)
 
 
-def simulate_row(data: SweepData, policy: Policy) -> SimResult:
-    """One full simulation on the sweep's inputs (same bars, P, vol and span as every row)."""
+def simulate_row(data: SweepData, policy: Policy, strategy_cls: type = TCNStrategy,
+                 strategy_params: dict[str, Any] | None = None) -> SimResult:
+    """One full simulation on the sweep's inputs (same bars, P, vol and span as every row) with
+    ``strategy_cls``'s hooks."""
     k = data.inputs
+    h = evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol)
     return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash, start=k.start, end=k.last,
-                    coc=k.coc)
+                    coc=k.coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed))
 
 
 def metrics_table(raw: np.ndarray, data: SweepData, moments: np.ndarray | None = None) -> pd.DataFrame:
@@ -487,11 +533,15 @@ def walk_forward(moments: np.ndarray, folds: np.ndarray, data: SweepData, names:
 
 
 def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: Mapper | None = None,
-              progress: Callable[[int], None] | None = None, engine: str | None = None) -> SweepResult:
+              progress: Callable[[int], None] | None = None, engine: str | None = None,
+              strategy_cls: type = TCNStrategy, strategy_params: dict[str, Any] | None = None) -> SweepResult:
     """Run every combination of ``grid`` on ``data`` and compute the statistics across it.
 
-    ``mapper(inputs, params, progress) -> (raw, moments, folds)`` runs the rows (default: in
-    this process, :func:`run_rows`; :func:`sweeps.distributed.dask_mapper` on a cluster).
+    ``mapper(inputs, rows, progress) -> (raw, moments, folds)`` runs the kernel rows (policy
+    row + hook group; default: in this process, :func:`run_rows`;
+    :func:`sweeps.distributed.dask_mapper` on a cluster). ``strategy_cls``'s vectorised hooks
+    (and ``strategy_params``) give each row's signal, weight and entry permission
+    (:func:`hook_groups`).
     """
     t0 = time.perf_counter()
     if data.inputs.return_edges.shape[0] - 1 != grid.blocks:
@@ -502,11 +552,13 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
                           f"has {grid.folds}")
     combos = grid.combinations()
     params = policy_rows(data.policy, combos)
+    inputs, group = hook_groups(data, data.policy, combos, params, strategy_cls, strategy_params)
+    rows = np.ascontiguousarray(np.column_stack([params, group]))
     t_rows = time.perf_counter()
     if mapper is None:
-        raw, moments, folds = run_rows(data.inputs, params, chunk, progress)
+        raw, moments, folds = run_rows(inputs, rows, chunk, progress)
     else:
-        raw, moments, folds = mapper(data.inputs, params, progress)
+        raw, moments, folds = mapper(inputs, rows, progress)
     t_sim = time.perf_counter()
     if raw[:, R_OVF].any():
         raise RuntimeError("sweep: a row's fill buffer overflowed")  # sized 2 x bars + 16, as core.simulator's
@@ -535,4 +587,5 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
                "simulate": round(t_sim - t_rows, 3), "statistics": round(t_end - t_sim, 3)}
     return SweepResult(grid=grid, data=data, table=table, params=params, raw=raw, moments=moments, folds=folds,
                        overfit=report, walk_forward=wf, names=names, buy_and_hold=bh, seconds=seconds,
-                       engine=engine or "numba prange (single process)")
+                       engine=engine or "numba threads (single process)", strategy_cls=strategy_cls,
+                       strategy_params=strategy_params, kernel_inputs=inputs, kernel_rows=rows)

@@ -1,27 +1,31 @@
-"""The sweep's hot path: the ``numba.prange`` row driver around the reference simulator.
+"""The sweep's hot path: the threaded row driver around the reference simulator.
 
 Kept apart from :mod:`sweeps.engine` on purpose: it imports only numpy, numba and ``core``
 (no backtrader, no torch), so a Dask worker that runs row chunks (:mod:`sweeps.distributed`)
 starts fast and unpickles :class:`KernelInputs` without loading the model stack.
 
-Every row runs :func:`core.simulator.simulate_kernel` -- the strategy itself -- into buffers
-owned by its thread and is reduced on the spot (:func:`_row_stats`) to the metrics, block
-moments and fold figures of :data:`RAW_FIELDS` / :data:`FOLD_FIELDS`. Compiled with
-``cache=False`` on purpose: numba's cache checks only the source file of the cached function
-itself, not the functions it inlines, so a cached driver would silently keep an old copy of
-:mod:`core.simulator` after that file changes (and ``NUMBA_CACHE_DIR`` may be read-only). The
-simulator's own functions are cached in their module.
+Every row runs :func:`core.simulator.simulate_kernel` -- the strategy itself, through the one
+decision step of :mod:`core.decision` -- into buffers owned by its thread and is reduced on
+the spot (:func:`_row_stats`) to the metrics, block moments and fold figures of
+:data:`RAW_FIELDS` / :data:`FOLD_FIELDS`. The strategy hooks' values come per *hook group*:
+rows that differ only in fields the hooks do not read share one ``signal/weight/allowed``
+row (:class:`KernelInputs`); the kernel rows carry their group in column :data:`ROW_GROUP`.
+Compiled lazily and cached by :mod:`core.jit` (keyed on the source of every kernel module).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from core.errors import ConfigError
+from core.jit import kernel
+from core.policy import POLICY_VECTOR
 from core.risk import new_risk_state
 from core.simulator import (
     EQUITY_FIELDS,
@@ -38,6 +42,10 @@ from core.simulator import (
     S_PAST_DB,
     S_STOPPED,
     TRIP_FIELDS,
+    Bars,
+    Outputs,
+    Signals,
+    Span,
     simulate_kernel,
 )
 
@@ -47,6 +55,8 @@ N_EQUITY_COLS = len(EQUITY_FIELDS)
 N_TRIP_COLS = len(TRIP_FIELDS)
 N_STATS = len(STAT_FIELDS)
 MAX_TRIPS = 256
+# Kernel rows: the policy row (POLICY_VECTOR) then the row's hook group.
+ROW_GROUP = len(POLICY_VECTOR)
 
 # ----------------------------------------------------------------------------- output layout
 # Per-row raw slots the kernel writes (float64); RAW_KIND0 + kind code counts closed trades by
@@ -69,7 +79,9 @@ N_FOLD = len(FOLD_FIELDS)
 @dataclass(frozen=True)
 class KernelInputs:
     """Everything the row driver reads, as plain arrays and numbers (picklable: Dask ships it
-    to its workers once). Bar indices refer to the fed bars (warm-up + span)."""
+    to its workers once). Bar indices refer to the fed bars (warm-up + span). ``signal``,
+    ``weight`` and ``allowed`` hold one row per hook group (``[groups, bars]``; set by
+    :func:`with_hooks` once the grid is known)."""
 
     t_ns: np.ndarray
     open: np.ndarray
@@ -87,23 +99,44 @@ class KernelInputs:
     risk: np.ndarray    # core.risk.risk_vector
     return_edges: np.ndarray  # CSCV block edges over the span's per-bar returns
     fold_edges: np.ndarray    # fold edges over the same returns (whole blocks)
+    signal: np.ndarray | None = None   # [groups, bars] float64
+    weight: np.ndarray | None = None   # [groups, bars] float64
+    allowed: np.ndarray | None = None  # [groups, bars] bool
 
-    def args(self) -> tuple:
-        """Positional arguments of :func:`_run_rows_nb` before the per-chunk ones."""
-        return (self.t_ns, self.open, self.high, self.low, self.close, self.prob, self.fvol, self.rvol, self.first,
-                self.start, self.last, self.cash, self.coc, self.risk, self.return_edges, self.fold_edges,
-                new_risk_state())
+    def with_hooks(self, signal: np.ndarray, weight: np.ndarray, allowed: np.ndarray) -> "KernelInputs":
+        """A copy carrying the hook groups' values (``[groups, bars]`` each)."""
+        n = self.close.shape[0]
+        arrs = [np.ascontiguousarray(np.atleast_2d(x), dtype=d) for x, d in
+                ((signal, np.float64), (weight, np.float64), (allowed, np.bool_))]
+        if any(a.shape[1] != n or a.shape[0] != arrs[0].shape[0] for a in arrs):
+            raise ValueError(f"hook arrays {[a.shape for a in arrs]} do not match {n} bars")
+        return dataclasses.replace(self, signal=arrs[0], weight=arrs[1], allowed=arrs[2])
+
+    def records(self) -> tuple:
+        """The driver's leading arguments: (bars, prob, (signal, weight, allowed), span, first,
+        (risk row, fresh risk state), (return edges, fold edges))."""
+        if self.signal is None:
+            raise ValueError("KernelInputs without hook values: call with_hooks() first")
+        bars = Bars(self.t_ns, self.open, self.high, self.low, self.close, self.rvol)
+        span = Span(self.start, self.last, -1, self.cash, self.coc)
+        return (bars, self.prob, (self.signal, self.weight, self.allowed), span, self.first,
+                (self.risk, new_risk_state()), (self.return_edges, self.fold_edges))
 
 
 # ----------------------------------------------------------------------------- the row driver
-@numba.njit(cache=False, nogil=True)
-def _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edges, raw, moments, fold_out):
-    """Reduce one row's run (equity buffer, fills) to its metrics, block moments and fold figures.
+@kernel
+def _row_stats(run, first, last, edges, out):
+    """Reduce one row's run (``run`` = (equity buffer, fills, fill count)) over the span's bars
+    ``first .. last`` to its metrics, block moments and fold figures (``edges`` = (return
+    edges, fold edges); ``out`` = (raw, moments, fold figures), written in place).
 
     Equity returns: ``v[t] / v[t-1] - 1`` over the span's bars ``first .. last`` (as
     strategies.metrics). Trades: fills grouped as core.trades.round_trips groups them (a trade
     closes when the position returns to 0, a sign flip closes one and opens the next).
     """
+    equity, fills, nf = run
+    return_edges, fold_edges = edges
+    raw, moments, fold_out = out
     for k in range(raw.shape[0]):
         raw[k] = 0.0
     moments[:, :] = 0.0
@@ -242,54 +275,69 @@ def _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edg
     raw[R_FILLS] = nf
 
 
-@numba.njit(cache=False, nogil=True, parallel=True)
-def _run_rows_nb(t_ns, open_, high, low, close, prob, fvol, rvol, first, start, last, cash, coc, rsk, return_edges,
-                 fold_edges, risk_state0, params, raw, moments, folds):
-    """Run :func:`core.simulator.simulate_kernel` for every row of ``params`` and reduce each run
-    in place (``raw[n, N_RAW]``, ``moments[n, S, 5]``, ``folds[n, F, N_FOLD]``).
+@kernel
+def _run_slice(ctx, rows, out, lo, hi):
+    """Rows ``lo .. hi - 1`` on one thread with buffers allocated once for the slice."""
+    bars, prob, hooks, span, first, risk, edges = ctx
+    raw, moments, folds = out
+    signal, weight, allowed = hooks
+    rsk, risk_state0 = risk
+    n = bars.close.shape[0]
+    buf = Outputs(np.zeros((2 * n + 16, N_FILL_COLS)),  # core.simulator.allocate_buffers' sizing
+                  np.empty((n, N_EQUITY_COLS)), np.zeros((MAX_TRIPS, N_TRIP_COLS)), np.zeros(N_STATS),
+                  np.empty(risk_state0.shape[0]))
+    for r in range(lo, hi):
+        buf.risk_state[:] = risk_state0
+        g = int(rows[r, ROW_GROUP])
+        sig = Signals(prob, signal[g], weight[g], allowed[g])
+        nf, nb, nt = simulate_kernel(bars, sig, span, rows[r], rsk, buf)
+        _row_stats((buf.equity, buf.fills, nf), first, span.end, edges, (raw[r], moments[r], folds[r]))
+        raw[r, R_OVF] = buf.stats[S_FILL_OVF]
+        raw[r, R_TRIPS] = nt
+        raw[r, R_DECISIONS] = buf.stats[S_DECISIONS]
+        raw[r, R_PASTDB] = buf.stats[S_PAST_DB]
+        raw[r, R_STOPPED] = buf.stats[S_STOPPED]
 
-    The rows are split into one contiguous slice per thread; each slice allocates its buffers
-    once (equity ``n_bars x 3``, fills, trips) and reuses them for its rows, so memory is
-    threads x bars, never rows x bars. Each row's result depends on that row alone, so any
-    thread count or chunking gives bit-identical results."""
-    n_rows = params.shape[0]
-    n = close.shape[0]
-    n_slices = min(n_rows, numba.get_num_threads())
-    for sl in numba.prange(n_slices):
-        lo = sl * n_rows // n_slices
-        hi = (sl + 1) * n_rows // n_slices
-        fills = np.zeros((2 * n + 16, N_FILL_COLS))  # core.simulator.allocate_buffers' sizing
-        equity = np.empty((n, N_EQUITY_COLS))
-        trips = np.zeros((MAX_TRIPS, N_TRIP_COLS))
-        stats = np.zeros(N_STATS)
-        risk_state = np.empty(risk_state0.shape[0])
-        for r in range(lo, hi):
-            risk_state[:] = risk_state0
-            nf, nb, nt = simulate_kernel(t_ns, open_, high, low, close, prob, fvol, rvol, start, last, -1, cash, coc,
-                                         params[r], rsk, fills, equity, trips, stats, risk_state)
-            _row_stats(equity, nb, fills, nf, close, first, last, return_edges, fold_edges, raw[r], moments[r],
-                       folds[r])
-            raw[r, R_OVF] = stats[S_FILL_OVF]
-            raw[r, R_TRIPS] = nt
-            raw[r, R_DECISIONS] = stats[S_DECISIONS]
-            raw[r, R_PASTDB] = stats[S_PAST_DB]
-            raw[r, R_STOPPED] = stats[S_STOPPED]
+
+def _run_rows(ctx: tuple, rows: np.ndarray, out: tuple, threads: int) -> None:
+    """Run :func:`core.simulator.simulate_kernel` for every kernel row of ``rows`` (policy row +
+    hook group) on the inputs ``ctx`` (:meth:`KernelInputs.records`) and reduce each run in
+    place into ``out`` = (``raw[n, N_RAW]``, ``moments[n, S, 5]``, ``folds[n, F, N_FOLD]``).
+
+    The rows are split into one contiguous slice per thread (the compiled slice releases the
+    GIL); each slice allocates its buffers once (equity ``n_bars x 3``, fills, trips) and
+    reuses them for its rows, so memory is threads x bars, never rows x bars. Each row's
+    result depends on that row alone, so any thread count or chunking gives bit-identical
+    results."""
+    n_rows = rows.shape[0]
+    n_slices = max(1, min(n_rows, threads))
+    bounds = [(k * n_rows // n_slices, (k + 1) * n_rows // n_slices) for k in range(n_slices)]
+    if n_slices == 1:
+        _run_slice(ctx, rows, out, 0, n_rows)
+        return
+    with ThreadPoolExecutor(max_workers=n_slices) as pool:
+        for job in [pool.submit(_run_slice, ctx, rows, out, lo, hi) for lo, hi in bounds]:
+            job.result()
 
 
 def run_chunk(inputs: KernelInputs, params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run one chunk of policy rows: ``(raw[n, N_RAW], moments[n, S, 5], folds[n, F, N_FOLD])``.
+    """Run one chunk of kernel rows (policy row + hook group, see :data:`ROW_GROUP`):
+    ``(raw[n, N_RAW], moments[n, S, 5], folds[n, F, N_FOLD])``.
 
     The unit of work of every mapper (the serial loop here, Dask tasks in
     :mod:`sweeps.distributed`)."""
     p = np.ascontiguousarray(params, dtype=np.float64)
     n = p.shape[0]
+    groups = inputs.signal.shape[0] if inputs.signal is not None else 0
+    if n and (p.shape[1] != ROW_GROUP + 1 or not np.isin(p[:, ROW_GROUP], np.arange(groups)).all()):
+        raise ValueError(f"kernel rows need {ROW_GROUP} policy columns and a hook group in [0, {groups})")
     s = inputs.return_edges.shape[0] - 1
     f = inputs.fold_edges.shape[0] - 1
     raw = np.zeros((n, N_RAW))
     moments = np.zeros((n, s, 5))
     folds = np.zeros((n, f, N_FOLD))
     if n:
-        _run_rows_nb(*inputs.args(), p, raw, moments, folds)
+        _run_rows(inputs.records(), p, (raw, moments, folds), numba.get_num_threads())
     return raw, moments, folds
 
 

@@ -104,8 +104,8 @@ def test_strategy_by_name_and_module_path(tiny_bundle, bars_file, tmp_path, monk
         from strategies.tcn import TCNStrategy
 
         class NoTrades(TCNStrategy):
-            def signal(self, p):
-                return 0.0
+            def signal(self, p, bars):
+                return 0.0 * p
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     res = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", tmp_path / "u",

@@ -239,7 +239,7 @@ def test_an_unforeseen_exception_is_one_line_and_its_traceback_goes_to_the_log(t
     monkeypatch.setenv("NTS_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "buggy.py").write_text("from strategies.tcn import TCNStrategy\n\n"
-                                       "class Buggy(TCNStrategy):\n    def signal(self, p):\n"
+                                       "class Buggy(TCNStrategy):\n    def signal(self, p, bars):\n"
                                        "        raise ZeroDivisionError('user bug in signal')\n")
     line = one_error_line(invoke("backtest", "--model", tiny_bundle, "--data", bars_file, "--output", "r",
                                  "--strategy", "buggy.py:Buggy", "--quiet"))
@@ -440,7 +440,7 @@ def test_a_validation_or_test_span_too_small_for_a_calibrator_is_refused_with_th
 def test_strategy_as_file_py_class_and_as_module_in_the_current_folder(tiny_bundle, bars_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = ("from strategies.tcn import TCNStrategy\n\n"
-            "class Quiet(TCNStrategy):\n    def signal(self, p):\n        return 0.0\n")
+            "class Quiet(TCNStrategy):\n    def signal(self, p, bars):\n        return 0.0 * p\n")
     (tmp_path / "mystrat.py").write_text(code)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "other.py").write_text(code)

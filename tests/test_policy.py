@@ -227,15 +227,21 @@ def test_strategy_hooks_call_the_policy(tmp_path):
         def next(self):
             super().next()
             if len(self) == 300:
-                seen["s"] = self.signal(0.8)
-                seen["w"] = self.target_weight(0.6)
-                seen["bar"] = self.barrier_prices(100.0, True)
+                bars = synthetic_ohlcv(3, seed=2)
+                seen["s"] = self.signal(np.array([0.8]), bars.iloc[:1])
+                seen["w"] = self.target_weight(np.array([0.6]), np.array([0.75]), bars.iloc[:1])
+                seen["allowed"] = self.entry_allowed(bars)
+                seen["bar"] = self.policy.barrier_prices(100.0, True)
                 seen["policy"] = self.policy
+                seen["now"] = self.bar_signal()
 
     run_backtest(None, with_lines(synthetic_ohlcv(400, seed=1), 0.5, 0.75), load_config(), strategy=Probe,
                  progress=False, strategy_kwargs={"risk": loose_risk(tmp_path), "center": 0.6, "profit": 0.01})
     pol = seen["policy"]
     assert (pol.center, pol.profit) == (0.6, 0.01)  # strategy_kwargs replaced policy fields
-    assert seen["s"] == pytest.approx(0.5)
-    assert seen["w"] == pytest.approx(pol.target_weight(0.6, 0.75))
+    assert seen["s"] == pytest.approx([0.5])
+    assert seen["w"] == pytest.approx([pol.target_weight(0.6, 0.75)])
+    assert seen["allowed"].tolist() == [True, True, True]
+    p_now, s_now, w_now = seen["now"]  # this bar's values through the hooks: P 0.5 below the centre 0.6
+    assert (p_now, s_now) == (0.5, pytest.approx(pol.signal(0.5))) and s_now < 0 and w_now == 0.0
     assert seen["bar"] == pytest.approx((101.0, 99.6))

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from core.config import LabelConfig, RiskConfig, load_config
-from core.simulator import SimResult, simulate
+from core.simulator import SimResult, as_signals, simulate
 from core.synthetic import synthetic_ohlcv
 from indicators.bt_features import feed_frame
 from models.labels import triple_barrier_events
 from strategies.backtest import run_backtest
+from strategies.hooks import evaluate_hooks
 from strategies.tcn import TCNStrategy
 
 from bt_helpers import LOOSE_RISK, LineStrategy, with_lines
@@ -54,9 +55,13 @@ def _pair(frame: pd.DataFrame, cfg, risk: RiskConfig, strategy: type = LineStrat
     n = len(fed)
     start = max(int(fed.index.searchsorted(res.start)), strat._minperiod - 1)  # first next() that decides
     end = int(fed.index.searchsorted(res.end, side="right")) - 1
-    sim = simulate(strat.policy, risk, fed, _line(strat.prob, n), _line(strat.vol_forecast, n),
-                   _line(strat.realised_vol, n), cfg.execution.cash, start=start, end=end, coc=coc,
-                   kill_bar=kill_bar, kill_switch_file=strat.risk.kill_switch_file)
+    prob, fvol = _line(strat.prob, n), _line(strat.vol_forecast, n)
+    # the strategy's own hooks over the fed bars: what every engine's decision step reads
+    h = evaluate_hooks(strat, fed, prob, fvol)
+    hooks = as_signals(h.prob, h.signal, h.weight, h.allowed)
+    sim = simulate(strat.policy, risk, fed, prob, fvol, _line(strat.realised_vol, n), cfg.execution.cash,
+                   start=start, end=end, coc=coc, kill_bar=kill_bar, kill_switch_file=strat.risk.kill_switch_file,
+                   signals=hooks)
     return res, sim, fed, strat
 
 
@@ -211,30 +216,28 @@ def test_kill_switch_is_a_bar_index_in_the_kernel(tmp_path, real_span):
 
 
 class _NightOnlyLine(LineStrategy):
-    """NightOnly's hook on the stand-in probability line."""
+    """NightOnly's vectorised hook (strategies.examples) on the stand-in probability line."""
 
-    def signal(self, p: float) -> float:
-        return super().signal(p) if self.data.datetime.datetime(0).hour < 6 else 0.0
+    def entry_allowed(self, bars):
+        return bars.index.hour < 6
 
 
-def test_overridden_hooks_reach_the_kernel_only_through_its_inputs(tmp_path):
-    # The kernel runs the default hooks: NightOnly's rule must be expressed in P (P = centre
-    # gives s = 0 outside the hours); then the trades agree. Fed the raw P, they do not.
+def test_vectorised_hook_subclass_trades_the_same_in_both_engines(tmp_path):
+    # NightOnly's entry_allowed hook reaches the kernel as its per-bar values: the same trades
+    # as nts backtest, and none opened outside the hours (the default hooks trade around the clock).
     frame = synthetic_ohlcv(2000, seed=3, vol=0.003)
     cfg = load_config()
     prob = np.random.default_rng(6).uniform(0.5, 1.0, len(frame))
-    res, raw, fed, strat = _pair(with_lines(frame, prob, 0.5), cfg, _loose(tmp_path), strategy=_NightOnlyLine,
+    res, sim, fed, strat = _pair(with_lines(frame, prob, 0.5), cfg, _loose(tmp_path), strategy=_NightOnlyLine,
                                  coc=True, limit_confidence=2.0)  # market at the signal close: entry = signal bar
     assert (pd.DatetimeIndex(res.trades["entry_time"]).hour < 6).all() and len(res.trades) > 10
-    assert len(raw.trades) > len(res.trades)  # the raw P trades around the clock
-    night = np.where(fed.index.hour < 6, _line(strat.prob, len(fed)), strat.policy.center)
+    _assert_parity("synthetic NightOnly hook", res, sim)
+    n = len(fed)
     start = max(int(fed.index.searchsorted(res.start)), strat._minperiod - 1)
-    sim = simulate(strat.policy, _loose(tmp_path), fed, night, _line(strat.vol_forecast, len(fed)),
-                   _line(strat.realised_vol, len(fed)), cfg.execution.cash, start=start, end=res.end, coc=True)
-    cols = ["entry_bar", "exit_bar", "exit_kind", "entry_price", "exit_price", "size"]
-    pd.testing.assert_frame_equal(res.trades[cols].reset_index(drop=True), sim.trades[cols].reset_index(drop=True),
-                                  rtol=REL)
-    assert sim.equity["equity"].iloc[-1] == pytest.approx(res.equity["equity"].iloc[-1], rel=REL)
+    around_the_clock = simulate(strat.policy, _loose(tmp_path), fed, _line(strat.prob, n),
+                                _line(strat.vol_forecast, n), _line(strat.realised_vol, n), cfg.execution.cash,
+                                start=start, end=res.end, coc=True)
+    assert len(around_the_clock.trades) > len(res.trades)
 
 
 def test_kernel_numbers_its_own_orders(tmp_path):
@@ -266,45 +269,43 @@ def test_limit_marketable_at_the_open_is_slipped_capped_at_the_limit(tmp_path, b
 
 
 def test_kernel_runs_per_row_inside_a_prange_loop():
-    # The shape a sweep needs: plain arrays in, per-row preallocated buffers out, callable from
-    # a parallel njit loop over parameter rows -- with the same numbers as one call per row.
+    # The shape a sweep needs: named records of arrays in, per-row preallocated buffers out,
+    # callable from a parallel njit loop over parameter rows -- with the same numbers as one
+    # call per row.
     import numba
 
     from core.policy import Policy
-    from core.risk import new_risk_state, risk_vector
-    from core.simulator import (
-        FILL_FIELDS,
-        STAT_FIELDS,
-        TRIP_FIELDS,
-        allocate_buffers,
-        simulate_kernel,
-    )
+    from core.risk import risk_vector
+    from core.simulator import Bars, Outputs, Signals, Span, allocate_buffers, bars_of, default_signals, simulate_kernel
 
     @numba.njit(parallel=True)
-    def rows(t, o, h, l, c, p, fv, rv, prm, rsk, fills, eq, trips, stats, rstate, out):
+    def rows(t, o, h, lo, c, rv, p, s, w, a, prm, rsk, fills, eq, trips, stats, rstate, out):
+        # a parfor captures arrays and scalars only: the records are built inside the loop
         for k in numba.prange(prm.shape[0]):
-            nf, nb, _ = simulate_kernel(t, o, h, l, c, p, fv, rv, 100, c.shape[0] - 1, -1, 10000.0, False, prm[k],
-                                         rsk, fills[k], eq[k], trips[k], stats[k], rstate[k])
+            nf, nb, _ = simulate_kernel(Bars(t, o, h, lo, c, rv), Signals(p, s, w, a), Span(100, c.shape[0] - 1, -1,
+                                        10000.0, False), prm[k], rsk,
+                                        Outputs(fills[k], eq[k], trips[k], stats[k], rstate[k]))
             out[k, 0] = eq[k, nb - 1, 0]
             out[k, 1] = nf
 
     frame = synthetic_ohlcv(1000, seed=1, vol=0.003)
-    t = frame.index.asi8.copy()
-    o, h, l, c = (np.ascontiguousarray(frame[x].to_numpy()) for x in ("open", "high", "low", "close"))
-    p = np.random.default_rng(0).uniform(0.3, 1, len(c))
-    fv, rv = np.full(len(c), 0.5), np.full(len(c), 0.01)
-    policies = [Policy.default().replace(deadband=d, limit_confidence=lc) for d in (0.0, 0.3) for lc in (0.5, 2.0)]
+    n = len(frame)
+    bars = bars_of(frame, np.full(n, 0.01))
+    p = np.random.default_rng(0).uniform(0.3, 1, n)
+    # rows vary fields the hooks do not read (the sweep groups rows by those they do)
+    policies = [Policy.default().replace(max_hold=h, limit_confidence=lc) for h in (4, 8) for lc in (0.5, 2.0)]
+    sig = default_signals(policies[0], p, np.full(n, 0.5))
     prm = np.stack([pol.to_array() for pol in policies])
     rsk = risk_vector(RiskConfig(**LOOSE_RISK))
-    k, n = len(policies), len(c)
-    fills, eq = np.zeros((k, 2 * n + 16, len(FILL_FIELDS))), np.zeros((k, n, 3))
-    trips, stats = np.zeros((k, 16, len(TRIP_FIELDS))), np.zeros((k, len(STAT_FIELDS)))
-    rstate, out = np.stack([new_risk_state() for _ in range(k)]), np.zeros((k, 2))
-    rows(t, o, h, l, c, p, fv, rv, prm, rsk, fills, eq, trips, stats, rstate, out)
+    span = Span(100, n - 1, -1, 10000.0, False)
+    k = len(policies)
+    bufs = [allocate_buffers(n, trips=16) for _ in range(k)]
+    fills, eq, trips, stats, rstate = (np.stack([getattr(b, f) for b in bufs]) for f in Outputs._fields)
+    out = np.zeros((k, 2))
+    rows(*bars, *sig, prm, rsk, fills, eq, trips, stats, rstate, out)
     for row in range(k):
-        b = allocate_buffers(n)
-        nf, nb, _ = simulate_kernel(t, o, h, l, c, p, fv, rv, 100, n - 1, -1, 10000.0, False, prm[row], rsk,
-                                    b["fills"], b["equity"], b["trips"], b["stats"], b["risk_state"])
-        assert out[row, 1] == nf > 10 and out[row, 0] == b["equity"][nb - 1, 0]
-        np.testing.assert_array_equal(fills[row, :nf], b["fills"][:nf])
+        b = allocate_buffers(n, trips=16)
+        nf, nb, _ = simulate_kernel(bars, sig, span, prm[row], rsk, b)
+        assert out[row, 1] == nf > 10 and out[row, 0] == b.equity[nb - 1, 0]
+        np.testing.assert_array_equal(fills[row, :nf], b.fills[:nf])
     assert len(set(out[:, 0])) == k  # the rows really differ

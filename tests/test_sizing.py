@@ -11,7 +11,8 @@ from core.costs import Costs
 from core.synthetic import synthetic_ohlcv
 from models.labels import breakeven_probability
 from strategies.backtest import run_backtest
-from strategies.base import signal_from_probability, strategy_params, weight_from_signal
+from core.policy import signal_from_probability, weight_from_signal
+from strategies.base import strategy_params
 
 from bt_helpers import LineStrategy, loose_risk, with_lines
 

@@ -283,8 +283,8 @@ def test_registry_refuses_abstract_and_foreign_classes(bad):
 class NoProbability(ModelStrategy):
     """A subclass that forgot make_probability."""
 
-    def signal(self, p: float) -> float:
-        return 0.0
+    def signal(self, p, bars):
+        return 0.0 * p
 
 
 def test_leverage_above_limit_is_reduced_without_flipping(tmp_path):

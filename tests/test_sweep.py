@@ -145,6 +145,27 @@ def test_tie_rule_profit_matches_backtrader(bundle, frame, grid_file, tmp_path):
     assert not np.array_equal(stop_first.raw[row], result.raw[row])
 
 
+def test_vectorised_hook_strategy_sweep_row_matches_backtrader(bundle, frame, grid_file, tmp_path):
+    # NightOnly's entry_allowed hook through the sweep: rows grouped by the hooks' policy fields
+    # (deadband here) give the trades of `nts backtest --strategy night_only`.
+    from strategies.examples import NightOnly
+
+    cfg = load_config(None, BASE_SET)
+    data = prepare_span(bundle, frame, cfg, cache_dir=tmp_path, blocks=8, folds=2)
+    grid = load_grid(grid_file, ["deadband=0,0.05"], axis_defaults(data))
+    result = run_sweep(data, grid, strategy_cls=NightOnly)
+    assert result.kernel_inputs.signal.shape[0] == 2  # one hook group per deadband
+    t = result.table
+    row = int(t.index[(t["profit"] == 0.008) & (t["stop"] == 0.004) & (t["max_hold"] == 8)
+                      & (t["limit_confidence"] == 1.0) & (t["deadband"] == 0.05)][0])
+    bt = run_backtest(bundle, frame, _row_cfg(result, row, [*BASE_SET, "strategy.deadband=0.05"], "stop"),
+                      strategy=NightOnly, progress=False, barriers="config", prob_cache=tmp_path)
+    assert (pd.DatetimeIndex(bt.trades["entry_time"]).hour < 6).all()
+    assert _compare(result, row, bt) > 5
+    around_the_clock = run_sweep(data, grid)
+    assert around_the_clock.table.at[row, "trades"] > t.at[row, "trades"]
+
+
 # --------------------------------------------------------------------------- metrics and moments
 def test_block_moments_and_folds_follow_the_rows_equity(swept):
     cfg, data, result, _ = swept
@@ -197,11 +218,11 @@ def test_breakeven_centre_follows_each_rows_barriers(swept):
 
 def test_results_do_not_depend_on_chunks_or_threads(swept):
     _, data, result, _ = swept
-    one = run_rows(data.inputs, result.params, chunk=1)
+    one = run_rows(result.kernel_inputs, result.kernel_rows, chunk=1)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        serial = run_rows(data.inputs, result.params, chunk=7)
+        serial = run_rows(result.kernel_inputs, result.kernel_rows, chunk=7)
     finally:
         numba.set_num_threads(before)
     for a, b, c in zip((result.raw, result.moments, result.folds), one, serial):
@@ -235,7 +256,7 @@ def test_dask_local_cluster_equals_single_process(swept, cli_report, tiny_bundle
     _, data, result, _ = swept
     with dask_client(workers=2) as client:
         assert len(client.scheduler_info()["workers"]) == 2
-        raw, moments, folds = dask_mapper(client, chunk=5)(data.inputs, result.params, None)
+        raw, moments, folds = dask_mapper(client, chunk=5)(result.kernel_inputs, result.kernel_rows, None)
         # the CLI on the same cluster through --scheduler: the same results.csv as the single process
         out = tmp_path / "dask"
         res = _run_cli(tiny_bundle, bars_file, grid_file, out, "--scheduler", client.scheduler.address, "--chunk", "3")
