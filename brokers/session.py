@@ -105,7 +105,7 @@ from core.errors import DataError, NtsError
 from core.redact import register_secret_env
 from core.risk import Decision, RiskManager
 from core.timeframes import timeframe_seconds
-from indicators.tcn_indicator import as_bundle
+from models.loading import as_bundle
 from strategies.backtest import warmup_bars_for
 from strategies.base import apply_overrides, strategy_params
 from strategies.bt_broker import make_broker

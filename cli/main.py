@@ -17,6 +17,7 @@ _COMMANDS = [
     ("cli.train_cmd", "explain"),
     ("cli.backtest_cmd", "backtest"),
     ("cli.sweep_cmd", "sweep"),
+    ("cli.strategy_cmd", "strategy_group"),
     ("cli.paper_cmd", "paper"),
     ("cli.paper_cmd", "live"),
     ("cli.serve_cmd", "serve"),
