@@ -123,8 +123,8 @@ def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, floa
     """(start-up seconds, bars/s, bars) of a PaperSession on the replay exchange."""
     from brokers.ccxt_store import CCXTStore
     from brokers.exchange import make_exchange
-    from brokers.replay import ReplayExchange
-    from brokers.session import PaperSession
+    from venues.replay import ReplayExchange
+    from sessions.session import PaperSession
 
     frame = synthetic_ohlcv(warm + n + 20, seed=3, start="2024-06-01")
     start = frame.index[warm + 5] + pd.Timedelta("1min")

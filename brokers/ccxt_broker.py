@@ -13,7 +13,7 @@ the broker see OCO pairs whole (ModelStrategy creates a stop and a take profit o
 other) and keeps program order (a flatten's cancels reach the exchange before its sell).
 Cancels are sent at once.
 
-**Client order ids** are :func:`brokers.journal.deterministic_client_id` of (session, bar,
+**Client order ids** are :func:`brokers.orders.deterministic_client_id` of (session, bar,
 order role, attempt): the bar is the order's decision bar, for barrier exits the bar of their
 entry. Every order is **journaled (and committed) before it is sent** and sent through
 :meth:`brokers.ccxt_store.CCXTStore.submit` (sent once; a lost answer is looked up by client
@@ -83,8 +83,8 @@ import pandas as pd
 
 from brokers.ccxt_store import CCXTStore, ExchangeRefused
 from brokers.exchange import RetriesExhausted
-from brokers.journal import TERMINAL_STATUSES, Journal, deterministic_client_id
-from brokers.reconcile import (
+from brokers.orders import TERMINAL_STATUSES, OrderJournal, deterministic_client_id
+from brokers.account import (
     BALANCE_TOL,
     ExchangeOrder,
     Ledger,
@@ -163,14 +163,14 @@ class CCXTBroker(bt.BrokerBase):
     """The live broker (see the module docstring).
 
     ``store``: the session's :class:`~brokers.ccxt_store.CCXTStore` (with keys); ``journal``:
-    the open session journal; ``start``: what :func:`brokers.reconcile.reconcile` found
+    the open session journal; ``start``: what :func:`sessions.reconcile.reconcile` found
     (ledger, the exchange's view of the journal's orders, fills after the ledger);
     ``checkpoint_recorded``: when the ledger's checkpoint was written (journaled intents
     after it may be adopted by id). ``on_event(kind, message, data)`` and ``on_halt(reason)``
     are the session's (journal event + status line; journal halt).
     """
 
-    def __init__(self, store: CCXTStore, symbol: str, journal: Journal, start: LiveStart, *, tf_ms: int,
+    def __init__(self, store: CCXTStore, symbol: str, journal: OrderJournal, start: LiveStart, *, tf_ms: int,
                  checkpoint_recorded: int | None = None,
                  on_event: Callable[[str, str, dict], None] | None = None,
                  on_halt: Callable[[str], None] | None = None) -> None:

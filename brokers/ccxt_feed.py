@@ -60,18 +60,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from brokers.ccxt_store import CCXTStore
 from brokers.exchange import RetriesExhausted
 from core.errors import DataError
 from core.timeframes import ns_to_bt_num, timeframe_seconds
 
-if TYPE_CHECKING:  # the store imports this module
-    from brokers.ccxt_store import CCXTStore
 
 log = logging.getLogger("nts.feed")
 
@@ -234,7 +233,7 @@ class BarSource:
     receives ``feed_stale`` / ``feed_recovered`` / ``feed_error`` / ``feed_revision``.
     """
 
-    def __init__(self, store: "CCXTStore", symbol: str, timeframe: str, policy: PollPolicy | None = None,
+    def __init__(self, store: CCXTStore, symbol: str, timeframe: str, policy: PollPolicy | None = None,
                  stop: threading.Event | None = None, sleep: Callable[[float], None] | None = None,
                  max_bars: int | None = None, on_event: EventSink | None = None,
                  clock: ExchangeClock | None = None) -> None:
@@ -475,3 +474,10 @@ class CCXTFeed(bt.feed.DataBase):
         lines.openinterest[0] = 0.0
         self.current = bar
         return True
+
+
+def _feed_on(store: CCXTStore, symbol: str, timeframe: str, **kwargs: Any) -> CCXTFeed:
+    return CCXTFeed.from_source(BarSource(store, symbol, timeframe, **kwargs))
+
+
+CCXTStore.data_factory = staticmethod(_feed_on)

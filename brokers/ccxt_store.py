@@ -27,7 +27,6 @@ from typing import Any, Callable, TypeVar
 
 import ccxt
 
-from brokers.ccxt_feed import BarSource, CCXTFeed
 from brokers.exchange import RetriesExhausted, make_exchange, with_retries
 from core.errors import ConfigError, NtsError
 from core.redact import redact
@@ -218,7 +217,14 @@ class CCXTStore:
             self.sleep(min(60.0, self.backoff_s * (2 ** (attempts - 1))))
 
     # ------------------------------------------------------------------ backtrader store API
+    #: feed factory ``(store, symbol, timeframe, **kwargs) -> feed``, registered by
+    #: :mod:`brokers.ccxt_feed` when it loads (backtrader's ``DataCls`` convention: the feed
+    #: depends on the store, never the other way round)
+    data_factory: Callable[..., Any] | None = None
+
     def getdata(self, symbol: str, timeframe: str, **kwargs: Any):
         """A :class:`brokers.ccxt_feed.CCXTFeed` on this store (backtrader's store convention);
         ``kwargs`` go to :class:`brokers.ccxt_feed.BarSource`."""
-        return CCXTFeed.from_source(BarSource(self, symbol, timeframe, **kwargs))
+        if CCXTStore.data_factory is None:
+            raise NtsError("no feed registered with CCXTStore: import brokers.ccxt_feed first")
+        return CCXTStore.data_factory(self, symbol, timeframe, **kwargs)

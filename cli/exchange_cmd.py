@@ -39,7 +39,7 @@ def replay(data_path: str, port: int, speed: float, start: str | None, symbol: s
     account's credentials come from environment variables; with neither set, only public
     data (time, markets, candles, tickers) is served.
     """
-    from brokers.replay import ReplayExchange, credentials_from_env
+    from venues.replay import ReplayExchange, credentials_from_env
 
     log = setup_logging("exchange")
     key, secret = credentials_from_env(api_key_env or cfg.broker.api_key_env, secret_env or cfg.broker.secret_env)

@@ -1,5 +1,5 @@
 """`nts paper` and `nts live`: run a session (live feed + the backtest's simulated broker, or
-the exchange broker) with a journal. Parsing only; brokers/session.py does the work."""
+the exchange broker) with a journal. Parsing only; sessions/session.py does the work."""
 from __future__ import annotations
 
 import sys
@@ -55,7 +55,7 @@ def paper(model_path: str, exchange_id: str | None, symbol: str | None, exchange
     (drawdown breaker, kill switch) survives restarts until: nts resume --state FILE; the
     daily-loss breaker lifts at the next UTC day, as in the backtest.
     """
-    from brokers.session import PaperSession
+    from sessions.session import PaperSession
 
     setup_logging("paper")
     session = PaperSession(cfg, model_path, state, strategy=strategy_name, exchange_id=exchange_id,
@@ -93,7 +93,7 @@ def live(model_path: str, exchange_id: str | None, symbol: str | None, exchange_
                           "(nothing was sent)")
     if max_capital is not None and not max_capital > 0:
         raise ConfigError(f"--max-capital must be a positive amount, got {max_capital:g}")
-    from brokers.session import LiveSession
+    from sessions.session import LiveSession
 
     setup_logging("live")
     kwargs: dict[str, Any] = dict(strategy=strategy_name, exchange_id=exchange_id, url=exchange_url, symbol=symbol,

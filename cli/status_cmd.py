@@ -1,5 +1,5 @@
 """`nts status` and `nts resume`: read a session journal, clear a halt. Parsing only; the
-journal (brokers/journal.py) does the work."""
+journal (sessions/journal.py) does the work."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -8,7 +8,7 @@ import socket
 
 import click
 
-from brokers.journal import Journal, summary_json, summary_lines
+from sessions.journal import Journal, summary_json, summary_lines
 
 
 def _operator() -> str:

@@ -10,7 +10,7 @@ echo "== nts --help"
 nts --help
 
 echo "== download from a loopback Binance (real ccxt client, 127.0.0.1), then resume"
-python -m brokers.loopback_demo --output data/raw/demo_btc_usdt_15m.csv
+python -m venues.loopback_demo --output data/raw/demo_btc_usdt_15m.csv
 nts data check data/raw/demo_btc_usdt_15m.csv
 
 if [ -f "$SHARED" ]; then

@@ -10,7 +10,7 @@ import pytest
 
 from brokers.ccxt_store import CCXTStore, ExchangeRefused
 from brokers.exchange import RetriesExhausted
-from brokers.replay import ReplayExchange
+from venues.replay import ReplayExchange
 from core.synthetic import synthetic_ohlcv
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from brokers.download import ExchangeRequestError, download_ohlcv
 from brokers.exchange import RetriesExhausted, make_exchange
-from brokers.loopback import LoopbackExchange
+from venues.loopback import LoopbackExchange
 from core.errors import ConfigError, DataError
 from core.ohlcv import load_ohlcv, write_ohlcv_csv
 from core.synthetic import synthetic_ohlcv

@@ -1,4 +1,4 @@
-"""Session journal (brokers/journal.py) and `nts status` / `nts resume`: schema and reopen,
+"""Session journal (sessions/journal.py) and `nts status` / `nts resume`: schema and reopen,
 refusal of damaged/foreign files without touching them, idempotent intents and fills, bar
 order, exact JSON round-trips, halts across restarts, a reader beside a writing process,
 SIGKILL in a write loop, the secret guard, and the per-bar write cost."""
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brokers.journal import (
+from sessions.journal import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     Journal,
@@ -414,7 +414,7 @@ def test_secret_guard(journal, where):
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from brokers.journal import Journal, SessionIdentity, deterministic_client_id
+    from sessions.journal import Journal, SessionIdentity, deterministic_client_id
     path, ready, limit, pause = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     T0, STEP = {T0}, {STEP}
     ident = SessionIdentity(*{ident!r})

@@ -1,4 +1,4 @@
-"""Live sessions (brokers/ccxt_broker.py, brokers/reconcile.py, LiveSession, `nts live`) through
+"""Live sessions (brokers/ccxt_broker.py, sessions/reconcile.py, LiveSession, `nts live`) through
 the REAL ccxt.binance client against the replay exchange on 127.0.0.1, with keys and signed
 requests, on a manual clock (the feed's wait steps the replay one bar) unless said otherwise.
 
@@ -52,10 +52,10 @@ from click.testing import CliRunner
 
 from brokers.ccxt_store import CCXTStore
 from brokers.exchange import make_exchange
-from brokers.journal import Journal, JournalError
-from brokers.reconcile import Ledger, reconcile
-from brokers.replay import ReplayExchange
-from brokers.session import LiveSession, PaperSession, SessionError
+from sessions.journal import Journal, JournalError
+from sessions.reconcile import Ledger, reconcile
+from venues.replay import ReplayExchange
+from sessions.session import LiveSession, PaperSession, SessionError
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
@@ -561,7 +561,7 @@ def test_crash_points_and_restarts_equal_an_uninterrupted_run(tmp_path, fast_bun
         with Journal.open_readonly(state) as j:
             sid = j.session.session_id
             assert j.last_bar() == t1 - TF_MS and any(i.bar_time == t1 for i in j.intents())
-        from brokers.journal import deterministic_client_id
+        from sessions.journal import deterministic_client_id
         lost = deterministic_client_id(sid, t2, "entry")
 
         def ack_then_die(self, client_id, *a, **k):

@@ -10,7 +10,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from brokers.loopback import LoopbackExchange, Response
+from venues.loopback import LoopbackExchange, Response
 from core.synthetic import synthetic_ohlcv
 
 TF_MS = 900_000

@@ -1,4 +1,4 @@
-"""Paper sessions (brokers/session.py, brokers/ccxt_feed.py, brokers/ccxt_store.py, `nts paper`)
+"""Paper sessions (sessions/session.py, brokers/ccxt_feed.py, brokers/ccxt_store.py, `nts paper`)
 through the REAL ccxt.binance client against the replay exchange on 127.0.0.1.
 
 Clocks are stepped by hand (the feed's wait is replaced by "advance the replay one bar"), so
@@ -32,9 +32,9 @@ from click.testing import CliRunner
 from brokers.ccxt_feed import BarSource, CCXTFeed, ExchangeClock, closed_prefix, parse_rows, Bar
 from brokers.ccxt_store import CCXTStore
 from brokers.exchange import make_exchange
-from brokers.journal import Journal, JournalError
-from brokers.replay import ReplayExchange
-from brokers.session import KIND_ROLES, PaperSession
+from sessions.journal import Journal, JournalError
+from venues.replay import ReplayExchange
+from sessions.session import KIND_ROLES, PaperSession
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv

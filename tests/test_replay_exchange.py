@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from brokers.exchange import make_exchange, with_retries
-from brokers.replay import ReplayError, ReplayExchange, credentials_from_env
+from venues.replay import ReplayError, ReplayExchange, credentials_from_env
 from core.errors import ConfigError
 from core.ohlcv import write_ohlcv_csv
 

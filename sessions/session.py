@@ -59,7 +59,7 @@ volatility breaker (no new entries while it is high) is journaled as a trip only
 
 **Live sessions** (:class:`LiveSession`, ``nts live``) are the same machinery with
 :class:`brokers.ccxt_broker.CCXTBroker` in place of the simulated broker: before cerebro
-starts, :func:`brokers.reconcile.reconcile` compares the journal with the exchange (only GET
+starts, :func:`sessions.reconcile.reconcile` compares the journal with the exchange (only GET
 requests) and the session refuses to start, printing the report, when anything is
 unexplainable; the broker journals its own intents (committed before each send), acks and
 fills (by exchange trade id); each bar the orders the strategy decided are sent right after
@@ -90,8 +90,8 @@ import pandas as pd
 from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
 from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
 from brokers.ccxt_store import CCXTStore
-from brokers.reconcile import Ledger, LiveStart, reconcile
-from brokers.journal import (
+from sessions.reconcile import Ledger, LiveStart, reconcile
+from sessions.journal import (
     EVENT_BREAKER_TRIP,
     Checkpoint,
     Journal,

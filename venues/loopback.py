@@ -9,7 +9,7 @@ Served here: ``GET /api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo``,
 :meth:`LoopbackExchange.add_route` adds endpoints without touching the transport, and
 ``signed=True`` puts Binance's request authentication in front of a handler (API key
 header, ``timestamp``/``recvWindow``, HMAC-SHA256 ``signature``; see :meth:`_authenticate`).
-:mod:`brokers.replay` builds the trading endpoints on top. Candle prices go out as Python
+:mod:`venues.replay` builds the trading endpoints on top. Candle prices go out as Python
 ``repr`` strings (shortest exact round-trip) rather than Binance's fixed 8 decimals, so a
 download can be compared with the served frame for exact equality.
 
@@ -120,7 +120,7 @@ class RequestRecord:
 @dataclass(frozen=True)
 class MarketFilters:
     """Binance symbol filters served in exchangeInfo (ccxt derives precision and limits
-    from them) and enforced by the trading endpoints of :mod:`brokers.replay`.
+    from them) and enforced by the trading endpoints of :mod:`venues.replay`.
 
     Defaults are BTCUSDT's: tick 0.01, step 0.00001, min notional 5 USDT.
     """

@@ -53,6 +53,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from brokers.orders import (  # noqa: F401  (re-exported: the journal's callers import them from here)
+    ROLE_CODES,
+    TERMINAL_STATUSES,
+    JournalError,
+    deterministic_client_id,
+    to_ms,
+)
 from core.errors import NtsError
 
 try:  # POSIX advisory lock; released by the kernel when the process dies, even by kill -9
@@ -71,11 +78,6 @@ MODES = ("paper", "live")
 SIDES = ("buy", "sell")
 # ccxt order statuses plus our own "intent" (journaled, no exchange answer yet).
 STATUSES = ("intent", "open", "closed", "canceled", "expired", "rejected")
-TERMINAL_STATUSES = frozenset({"closed", "canceled", "expired", "rejected"})
-# Order roles and their one-letter code in client order ids (see deterministic_client_id).
-ROLE_CODES: dict[str, str] = {
-    "entry": "e", "exit": "x", "take_profit": "t", "stop_loss": "s", "flatten": "f", "rebalance": "r",
-}
 # Event kinds the summary counts; any lowercase identifier is accepted.
 EVENT_BREAKER_TRIP = "breaker_trip"
 
@@ -175,10 +177,6 @@ CREATE TABLE halts (
     cleared_ts INTEGER
 );
 """
-
-
-class JournalError(NtsError):
-    """The journal refused a file or a write (damaged file, other session, conflicting record)."""
 
 
 # ---------------------------------------------------------------------------------- records
@@ -301,59 +299,8 @@ def iso_ms(ms: int | None) -> str | None:
     return text + (f".{ms % 1000:03d}Z" if ms % 1000 else "Z")
 
 
-def to_ms(value: Any, name: str = "time") -> int:
-    """UTC epoch milliseconds from an int (taken as ms), a datetime (naive = UTC) or a pandas
-    Timestamp. Floats and bools are refused: seconds-vs-milliseconds must not be guessed."""
-    if isinstance(value, (bool, np.bool_)):
-        raise JournalError(f"{name}: expected epoch milliseconds or a datetime, got a bool")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, _dt.datetime):  # pandas.Timestamp is a datetime subclass
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        # integer arithmetic: float timestamps() can be off by one ms
-        delta = value - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    if isinstance(value, np.datetime64):
-        return int(value.astype("datetime64[ms]").astype(np.int64))
-    raise JournalError(f"{name}: expected epoch milliseconds (int) or a datetime, got {type(value).__name__} {value!r}")
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    if n == 0:
-        return "0"
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(digits[r])
-    return "".join(reversed(out))
-
-
-def deterministic_client_id(session_id: str, bar_time: Any, role: str, attempt: int = 0) -> str:
-    """Client order id for the order of ``role`` decided on ``bar_time``, ``attempt`` n.
-
-    Format: ``nts-<first 8 of session id>-<bar open in epoch minutes, base 36>-<role code><attempt
-    base 36>``, e.g. ``nts-3f9a1c2e-rz1xq0-e0`` (at most 23 characters; Binance accepts up to 36 of
-    ``[.A-Z:/a-z0-9_-]``). The same inputs always give the same id, so a session that restarts
-    on the same bar asks the exchange "do you have this id?" instead of sending a second order.
-    ``attempt`` counts re-sends after an order was definitively rejected or canceled.
-    Role codes: :data:`ROLE_CODES`. Bars are whole minutes (every ccxt timeframe is).
-    """
-    if not re.fullmatch(r"[0-9a-f]{8,}", str(session_id)):
-        raise JournalError(f"session id {session_id!r}: expected at least 8 lowercase hex digits")
-    if role not in ROLE_CODES:
-        raise JournalError(f"role {role!r}: expected one of {', '.join(ROLE_CODES)}")
-    if not isinstance(attempt, (int, np.integer)) or isinstance(attempt, bool) or not 0 <= attempt < 36 ** 2:
-        raise JournalError(f"attempt {attempt!r}: expected an int in 0..{36 ** 2 - 1}")
-    ms = to_ms(bar_time, "bar_time")
-    if ms < 0 or ms % 60_000:
-        raise JournalError(f"bar_time {ms}: client ids need a bar open at a whole UTC minute")
-    return f"nts-{session_id[:8]}-{_base36(ms // 60_000)}-{ROLE_CODES[role]}{_base36(int(attempt))}"
 
 
 def _check_secrets(obj: Any, where: str, path: str = "") -> None:

@@ -89,7 +89,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from brokers.loopback import (
+from venues.loopback import (
     ApiError,
     Fault,
     LoopbackExchange,

@@ -1,6 +1,6 @@
 """Demo: download candles from a loopback Binance with the real ccxt client, then resume.
 
-    python -m brokers.loopback_demo --output data/raw/demo_btc_usdt_15m.csv
+    python -m venues.loopback_demo --output data/raw/demo_btc_usdt_15m.csv
 
 Serves generated candles (``core.synthetic.synthetic_ohlcv``, deterministic) on
 127.0.0.1, runs ``nts download`` against it (a subprocess with ``--exchange-url``, exactly
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from brokers.loopback import LoopbackExchange
+from venues.loopback import LoopbackExchange
 from core.ohlcv import load_ohlcv
 from core.synthetic import synthetic_ohlcv
 
