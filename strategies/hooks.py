@@ -209,7 +209,8 @@ def engine_only_overrides(strategy_cls: type, base: type) -> list[str]:
         if klass.__module__.split(".")[0] in _OWN_PACKAGES:
             break
         for name, value in vars(klass).items():
-            if (not name.startswith("_") and name not in HOOK_ARGS and callable(value)
+            # functions only: backtrader's metaclass puts params/lines classes into every subclass
+            if (not name.startswith("_") and name not in HOOK_ARGS and inspect.isfunction(value)
                     and callable(getattr(base, name, None)) and name not in found):
                 found.append(name)
     return found

@@ -97,9 +97,11 @@ def sweepable(strategy_cls: type) -> type:
 
 
 def hook_options(spec: RunSpec) -> dict[str, Any]:
-    """``run_sweep``'s strategy argument: the class whose vectorised hooks the rows run. The
-    plain TCN strategy's hooks are the policy's own, which the kernel runs without one."""
-    return {} if spec.strategy_cls is TCNStrategy else {"strategy_cls": spec.strategy_cls}
+    """``run_sweep``'s strategy arguments: the class whose vectorised hooks the rows run and
+    its params. The plain TCN strategy's hooks are the policy's own, run_sweep's default."""
+    if spec.strategy_cls is TCNStrategy and not spec.strategy_kwargs:
+        return {}
+    return {"strategy_cls": spec.strategy_cls, "strategy_params": dict(spec.strategy_kwargs) or None}
 
 
 def run_sweep_job(req: SweepRequest, cfg: Config) -> SweepJob:

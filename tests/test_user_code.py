@@ -197,3 +197,25 @@ def test_cli_user_failures_are_one_line_and_write_nothing(kind, command, tiny_bu
 
     assert re.search(words, lines[0]), lines[0]
     assert not out.exists()
+
+
+def test_the_sweep_refuses_a_strategy_that_overrides_more_than_hooks(tmp_path):
+    from sweeps.job import sweepable
+
+    path = tmp_path / "custom.py"
+    path.write_text(textwrap.dedent('''
+        from strategies.tcn import TCNStrategy
+
+        class Hooks(TCNStrategy):
+            params = (("n", 3),)
+
+            def entry_allowed(self, bars):
+                return bars.index.hour < 6
+
+        class Custom(Hooks):
+            def next(self):
+                super().next()
+    '''))
+    assert sweepable(resolve_strategy(f"{path}:Hooks")) is not None
+    with pytest.raises(ConfigError, match=r"^strategy Custom overrides next\(\): the sweep runs only the vectorised"):
+        sweepable(resolve_strategy(f"{path}:Custom"))
