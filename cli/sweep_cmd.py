@@ -66,7 +66,7 @@ def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_over
     res = job.result
     d = res.data
     log.info("sweep %s on %s: %d rows -> %s", model_path, data_path, res.grid.size, output)
-    click.echo(f"span {d.span[0]} .. {d.span[1]} ({d.inputs.last - d.inputs.first + 1:,} bars)  "
+    click.echo(f"strategy {job.strategy}  span {d.span[0]} .. {d.span[1]} ({d.inputs.last - d.inputs.first + 1:,} bars)  "
                f"{res.grid.size:,} rows in {job.seconds['sweep']:.1f} s ({res.engine})  probabilities: {d.prob_source}")
     click.echo(format_top(res))
     if res.flat_rows and len(res.top_trading):

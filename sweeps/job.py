@@ -41,6 +41,7 @@ class SweepJob:
     portfolios: PortfolioSet
     files: dict[str, Path]
     seconds: dict[str, float] = field(default_factory=dict)
+    strategy: str = ""     # module:Class whose hooks the rows ran
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def run_sweep_job(req: SweepRequest, cfg: Config) -> SweepJob:
                          inputs=[*req.inputs, req.data], overwrite=req.overwrite, seconds=seconds,
                          command=req.command)
     seconds["total_with_report"] = round(time.perf_counter() - t0, 3)
-    return SweepJob(result=result, portfolios=portfolios, files=files, seconds=seconds)
+    return SweepJob(result=result, portfolios=portfolios, files=files, seconds=seconds, strategy=spec.strategy_name)
 
 
 def _mapper(stack: ExitStack, req: SweepRequest) -> tuple[Any, str | None]:

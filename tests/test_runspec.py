@@ -99,3 +99,27 @@ def test_builtin_examples_trade_the_same_in_backtest_and_sweep(strategy, cfg, bu
     # the example's rule really bites: it trades less than the plain strategy on the same span
     plain = run_backtest(_spec(cfg, bundle, frame, prob_cache=tmp_path), progress=False)
     assert len(a) < len(plain.trades)
+
+
+def test_nts_sweep_runs_a_builtin_strategy(tiny_bundle, frame, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from core.ohlcv import write_ohlcv_csv
+
+    data = tmp_path / "bars.csv"
+    write_ohlcv_csv(frame, data)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  deadband: [0.0]\n  limit_confidence: [0.05, 1.0]\nblocks: 4\nfolds: 1\ntop: 2\n")
+    trades = {}
+    for name in ("tcn", "night_only"):
+        out = tmp_path / name
+        res = CliRunner().invoke(cli, ["sweep", "--model", str(tiny_bundle), "--data", str(data), "--output", str(out),
+                                       "--strategy", name, "--grid", str(grid), "--quiet", *[x for s in SETS for x in ("--set", s)]])
+        assert res.exit_code == 0, res.output
+        import pandas as pd
+
+        trades[name] = pd.read_csv(out / "results.csv")["trades"].to_numpy()
+    assert "strategy strategies.examples:NightOnly" in res.output
+    assert len(trades["tcn"]) == 2 and (trades["tcn"] > 0).all()
+    assert (trades["night_only"] < trades["tcn"]).all() and (trades["night_only"] > 0).all()
