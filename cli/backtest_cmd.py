@@ -20,8 +20,9 @@ from cli.common import bundle_inputs, config_options, overwrite_option, setup_lo
               help="End, UTC, exclusive; a date alone includes that whole day (2024-10-31 -> up to 23:45 for 15m). "
                    "Default: end of the data.")
 @click.option("--strategy", "strategy_name", default="tcn", show_default=True,
-              help="Strategy name (tcn, night_only), module:ClassName (module importable or in the current "
-                   "folder) or path/to/file.py:ClassName of a ModelStrategy subclass.")
+              help="Strategy name (tcn, night_only, calm_only, trend_follow), module:ClassName (module importable "
+                   "or in the current folder) or path/to/file.py:ClassName of a ModelStrategy subclass "
+                   "(check it first: nts strategy check).")
 @click.option("--allow-in-sample", is_flag=True,
               help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
 @click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
