@@ -137,3 +137,13 @@ def test_cli_unknown_strategy_is_one_line(data_file):
     res = _check("no_such_thing", "--data", data_file)
     assert res.exit_code == 2 and res.output.startswith("error: unknown strategy 'no_such_thing'")
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_builtins_pass_and_the_peek_is_caught_on_real_candles(real_candles):
+    cfg = load_config(None)
+    bars = real_candles.iloc[-3000:]
+    for name in sorted(BUILTIN):
+        report = check_strategy(name, bars, cfg, bars=3000, prefixes=60)
+        assert report.ok, (name, [p.line() for p in report.peeks[:3]])
+    peeking = check_strategy(_peeking("PeekNextClose"), bars, cfg, bars=3000, prefixes=60)
+    assert peeking.hooks() == ["entry_allowed"] and len(peeking.peeks) > 10
