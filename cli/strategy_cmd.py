@@ -48,5 +48,7 @@ def check(cfg, strategy: str, data_path: str, model_path: str | None, bars: int,
         click.echo(f"lookahead: {peek.line()}")
     if len(report.peeks) > SHOWN:
         click.echo(f"... and {len(report.peeks) - SHOWN:,} more")
-    raise LookaheadError(f"strategy {report.strategy} peeks at later bars: {', '.join(report.hooks())}() changed "
-                         f"on {len(report.peeks):,} (hook, bar) values when later bars were appended")
+    count = f"{'at least ' if report.capped else ''}{len(report.peeks):,}"
+    hooks = ", ".join(f"{h}()" for h in report.hooks())
+    raise LookaheadError(f"strategy {report.strategy} peeks at later bars: {hooks} changed on {count} (hook, bar) "
+                         "values when later bars were appended")

@@ -63,6 +63,7 @@ class LookaheadReport:
     bars: int
     prefixes: int
     peeks: tuple[Peek, ...]
+    capped: bool = False                  # more peeks existed than were kept (max_peeks)
     first: pd.Timestamp | None = None     # first and last bar checked
     last: pd.Timestamp | None = None
     probabilities: str = ""               # where P came from ("the model ..." or "synthetic ...")
@@ -114,6 +115,7 @@ def check_lookahead(hooks: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.n
     fvol = np.ascontiguousarray(fvol, dtype="float64")
     full = _hook_values(hooks, bars, prob, fvol, None)
     seen: dict[tuple[str, int], Peek] = {}
+    capped = False
     ends = prefix_ends(len(bars), prefixes, min_bars)
     for k in ends:
         k = int(k)
@@ -121,11 +123,16 @@ def check_lookahead(hooks: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.n
         for name, values in part.items():
             for i in np.flatnonzero(_changed(values, full[name][:k])):
                 key = (name, int(i))
-                if key not in seen and len(seen) < max_peeks:
-                    seen[key] = Peek(hook=name, bar=int(i), time=bars.index[int(i)], on_prefix=float(values[i]),
-                                     on_full=float(full[name][i]), prefix_end=k - 1)
+                if key in seen:
+                    continue
+                if len(seen) >= max_peeks:
+                    capped = True
+                    continue
+                seen[key] = Peek(hook=name, bar=int(i), time=bars.index[int(i)], on_prefix=float(values[i]),
+                                 on_full=float(full[name][i]), prefix_end=k - 1)
     peeks = tuple(sorted(seen.values(), key=lambda p: (p.bar, p.hook)))
     return LookaheadReport(strategy=type(hooks).__qualname__, bars=len(bars), prefixes=len(ends), peeks=peeks,
+                           capped=capped,
                            first=bars.index[0] if len(bars) else None, last=bars.index[-1] if len(bars) else None)
 
 
