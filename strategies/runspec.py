@@ -17,6 +17,7 @@ training span is refused (:class:`InSampleError`) unless ``allow_in_sample``.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,12 +159,19 @@ class RunSpec:
         policy_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in POLICY_FIELDS or k == "policy"}
         policy = apply_overrides({"policy": Policy.from_config(cfg, bundle, barriers).with_costs(costs)},
                                  policy_kw)["policy"]
-        warm = warmup_bars_for(bundle, cfg)
-        fed = None if data is None else _fed_span(data, bundle, cfg, warm, span[0], span[1], allow_in_sample)
-        return cls(cfg=cfg, bundle=bundle, strategy_cls=strategy_cls, strategy_kwargs=MappingProxyType(kwargs),
+        spec = cls(cfg=cfg, bundle=bundle, strategy_cls=strategy_cls, strategy_kwargs=MappingProxyType(kwargs),
                    policy=policy, costs=costs, labels=labels, barrier_source=source,
-                   timeframe=bundle.timeframe if bundle is not None else cfg.data.timeframe, warmup=warm,
-                   coc=bool(coc), prob_cache=None if prob_cache is None else Path(prob_cache), span=fed)
+                   timeframe=bundle.timeframe if bundle is not None else cfg.data.timeframe,
+                   warmup=warmup_bars_for(bundle, cfg), coc=bool(coc),
+                   prob_cache=None if prob_cache is None else Path(prob_cache))
+        return spec if data is None else spec.with_bars(data, span, allow_in_sample)
+
+    def with_bars(self, data: pd.DataFrame, span: tuple[Any, Any] = (None, None),
+                  allow_in_sample: bool = False) -> "RunSpec":
+        """This spec on the bars of ``data`` over ``span`` = (start, end) (the span rules of the
+        module docstring): a copy with :attr:`span` set; everything else stays as resolved."""
+        fed = _fed_span(data, self.bundle, self.cfg, self.warmup, span[0], span[1], allow_in_sample)
+        return dataclasses.replace(self, span=fed)
 
     @property
     def strategy_name(self) -> str:

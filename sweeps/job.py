@@ -21,7 +21,6 @@ from core.errors import ConfigError
 from core.files import check_output_dir
 from core.ohlcv import load_ohlcv
 from core.policy import Policy
-from models.loading import as_bundle
 from strategies.base import ModelStrategy
 from strategies.hooks import engine_only_overrides, user_code
 from strategies.registry import resolve_strategy
@@ -69,20 +68,20 @@ class SweepRequest:
     command: str | None = None             # the command line, recorded in the manifest
 
 
-def load_sweep_grid(cfg: Config, bundle: Any, grid_path: str | Path | None = None, overrides: Sequence[str] = (),
-                    folds: int | None = None, barriers: str = "bundle") -> Grid:
-    """The grid, with the axes it leaves out taken from the policy ``nts backtest`` would trade
-    (the bundle's barriers, the config's strategy and costs); ``folds`` overrides the file's."""
-    policy = Policy.from_config(cfg, bundle, barriers)
+def load_sweep_grid(cfg: Config, policy: Policy, grid_path: str | Path | None = None, overrides: Sequence[str] = (),
+                    folds: int | None = None) -> Grid:
+    """The grid, with the axes it leaves out taken from ``policy``, the one ``nts backtest``
+    would trade (the bundle's barriers, the config's strategy and costs; the centre as
+    written in the config); ``folds`` overrides the file's."""
     extra = [f"folds={int(folds)}"] if folds is not None else []
     return load_grid(grid_path, [*overrides, *extra], axis_defaults(policy, center=cfg.strategy.center))
 
 
-def sweep_run_spec(req: SweepRequest, cfg: Config, bundle: Any, frame: pd.DataFrame) -> RunSpec:
-    """The run specification of the sweep (``nts backtest``'s: span, warm-up, costs, policy,
-    strategy), built once."""
-    return RunSpec.build(cfg, model=bundle, data=frame, strategy=req.strategy, span=req.span,
-                         allow_in_sample=req.allow_in_sample, barriers=req.barriers, prob_cache=req.cache_dir)
+def sweep_run_spec(req: SweepRequest, cfg: Config) -> RunSpec:
+    """The run specification of the sweep (``nts backtest``'s: strategy, bundle, costs, policy,
+    warm-up), built once, before the candles are read; :meth:`RunSpec.with_bars` adds the span."""
+    return RunSpec.build(cfg, model=str(req.model), strategy=sweepable(resolve_strategy(req.strategy)),
+                         barriers=req.barriers, prob_cache=req.cache_dir)
 
 
 def sweepable(strategy_cls: type) -> type:
@@ -108,15 +107,14 @@ def hook_options(spec: RunSpec) -> dict[str, Any]:
 def run_sweep_job(req: SweepRequest, cfg: Config) -> SweepJob:
     """Load, validate, score once, sweep, check against vectorbt and write the report folder.
 
-    Cheapest refusals first: the strategy and the bundle, the grid, the output folder, the
-    candles, the span. ``req.workers``/``req.scheduler`` run the row chunks on Dask
+    Cheapest refusals first: the strategy, the bundle and the policy (one RunSpec), the grid,
+    the output folder, the candles, the span. ``req.workers``/``req.scheduler`` run the row chunks on Dask
     (:mod:`sweeps.distributed`, imported only then)."""
     t0 = time.perf_counter()
-    sweepable(resolve_strategy(req.strategy))
-    bundle = as_bundle(str(req.model))
-    grid = load_sweep_grid(cfg, bundle, req.grid_path, req.grid_overrides, req.folds, req.barriers)
+    spec = sweep_run_spec(req, cfg)
+    grid = load_sweep_grid(cfg, spec.policy, req.grid_path, req.grid_overrides, req.folds)
     check_output_dir(req.output, OUTPUT_KIND, inputs=[*req.inputs, req.data], overwrite=req.overwrite)
-    spec = sweep_run_spec(req, cfg, bundle, load_ohlcv(req.data, timeframe=bundle.timeframe))
+    spec = spec.with_bars(load_ohlcv(req.data, timeframe=spec.timeframe), req.span, req.allow_in_sample)
     with ExitStack() as stack:
         mapper, engine = _mapper(stack, req)
         data = prepare_span(spec, blocks=grid.blocks, folds=grid.folds)
