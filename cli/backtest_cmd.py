@@ -20,8 +20,9 @@ from cli.common import bundle_inputs, config_options, overwrite_option, setup_lo
               help="End, UTC, exclusive; a date alone includes that whole day (2024-10-31 -> up to 23:45 for 15m). "
                    "Default: end of the data.")
 @click.option("--strategy", "strategy_name", default="tcn", show_default=True,
-              help="Strategy name (tcn, night_only), module:ClassName (module importable or in the current "
-                   "folder) or path/to/file.py:ClassName of a ModelStrategy subclass.")
+              help="Strategy name (tcn, night_only, calm_only, trend_follow), module:ClassName (module importable "
+                   "or in the current folder) or path/to/file.py:ClassName of a ModelStrategy subclass "
+                   "(check it first: nts strategy check).")
 @click.option("--allow-in-sample", is_flag=True,
               help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
 @click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
@@ -39,20 +40,21 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     """Backtest a strategy with a trained model bundle on candles and write the report."""
     from core.files import check_output_dir
     from core.ohlcv import load_ohlcv
-    from indicators.tcn_indicator import as_bundle
+    from models.loading import as_bundle
     from models.prob_cache import default_cache_dir
     from strategies.backtest import OUTPUT_KIND, format_table, run_backtest
-    from strategies.registry import strategy_source
+    from strategies.registry import resolve_strategy, strategy_source
+    from strategies.runspec import RunSpec
 
     log = setup_logging("backtest")
     inputs = [data_path, *bundle_inputs(model_path), strategy_source(strategy_name)]
     check_output_dir(output, OUTPUT_KIND, inputs=inputs, overwrite=overwrite)
+    strategy = resolve_strategy(strategy_name)  # a broken strategy file is refused before the bundle loads
     bundle = as_bundle(model_path)
-    frame = load_ohlcv(data_path, timeframe=bundle.timeframe)
-    result = run_backtest(bundle, frame, cfg, strategy=strategy_name, start=start, end=end,
-                          allow_in_sample=allow_in_sample, output=output, coc=coc, progress=not quiet,
-                          barriers=barriers, prob_cache=None if no_cache else default_cache_dir(),
-                          overwrite=overwrite)
+    spec = RunSpec.build(cfg, model=bundle, data=load_ohlcv(data_path, timeframe=bundle.timeframe),
+                         strategy=strategy, span=(start, end), allow_in_sample=allow_in_sample, barriers=barriers,
+                         coc=coc, prob_cache=None if no_cache else default_cache_dir())
+    result = run_backtest(spec, output=output, progress=not quiet, overwrite=overwrite)
     run = result.metrics["run"]
     log.info("backtest %s on %s %s..%s -> %s", model_path, data_path, run["start"], run["end"], output)
     click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"

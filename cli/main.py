@@ -41,6 +41,7 @@ COMMANDS: dict[str, CommandEntry] = {
     "exchange": CommandEntry("cli.exchange_cmd", "exchange_group",
                              "Local Binance-compatible exchanges on 127.0.0.1 for rehearsal and tests."),
     "bundle": CommandEntry("cli.bundle_cmd", "bundle_group", "Model bundle tools (export the ONNX graph of an older bundle)."),
+    "strategy": CommandEntry("cli.strategy_cmd", "strategy_group", "Check a strategy's hooks for lookahead (nts strategy check)."),
     "status": CommandEntry("cli.status_cmd", "status", "Print a session journal's summary."),
     "resume": CommandEntry("cli.status_cmd", "resume", "Clear a session's halt (kill switch, breaker, error)."),
 }

@@ -21,6 +21,9 @@ from cli.common import bundle_inputs, config_options, overwrite_option, setup_lo
 @click.option("--start", default=None,
               help="First bar open time, UTC (as nts backtest). Default: right after the training span.")
 @click.option("--end", default=None, help="End, UTC, exclusive; a date alone includes that whole day (as nts backtest).")
+@click.option("--strategy", "strategy_name", default="tcn", show_default=True,
+              help="Strategy whose vectorised hooks every row runs: a name (tcn, night_only, calm_only, "
+                   "trend_follow), module:ClassName or path/to/file.py:ClassName (as nts backtest).")
 @click.option("--folds", type=click.IntRange(1, 20), default=None,
               help="Walk-forward folds (must divide the grid's blocks): fold k's best row is scored on fold k+1. "
                    "Default: the grid file's folds.")
@@ -39,27 +42,31 @@ from cli.common import bundle_inputs, config_options, overwrite_option, setup_lo
 @overwrite_option
 @config_options
 def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_overrides: tuple[str, ...], output: str,
-          start: str | None, end: str | None, folds: int | None, workers: int | None, scheduler: str | None,
-          chunk: int, allow_in_sample: bool, barriers: str, quiet: bool, no_cache: bool, overwrite: bool) -> None:
+          start: str | None, end: str | None, strategy_name: str, folds: int | None, workers: int | None,
+          scheduler: str | None, chunk: int, allow_in_sample: bool, barriers: str, quiet: bool, no_cache: bool,
+          overwrite: bool) -> None:
     """Sweep barriers, deadbands, centre, order type and costs over a grid, scored once by the
     bundle, and write a report that says whether the best row is luck (DSR, PBO)."""
     # function-local: keeps numba/vectorbt/torch out of `nts --help`
     from core.errors import ConfigError
     from models.prob_cache import default_cache_dir
-    from sweeps.job import format_top, run_sweep_job
+    from strategies.registry import strategy_source
+    from sweeps.job import SweepRequest, format_top, run_sweep_job
 
     if workers is not None and scheduler is not None:
         raise ConfigError("give --workers N or --scheduler tcp://HOST:PORT, not both")
     log = setup_logging("sweep")
-    job = run_sweep_job(model_path, data_path, cfg, output=output, grid_path=grid_path, grid_overrides=grid_overrides,
-                        start=start, end=end, folds=folds, workers=workers, scheduler=scheduler, chunk=chunk,
-                        allow_in_sample=allow_in_sample, barriers=barriers,
-                        cache_dir=None if no_cache else default_cache_dir(), progress=not quiet, overwrite=overwrite,
-                        inputs=bundle_inputs(model_path), command=click.get_current_context().command_path)
+    inputs = [*bundle_inputs(model_path), *filter(None, [strategy_source(strategy_name)])]
+    req = SweepRequest(model=model_path, data=data_path, output=output, strategy=strategy_name, grid_path=grid_path,
+                       grid_overrides=grid_overrides, span=(start, end), folds=folds, workers=workers,
+                       scheduler=scheduler, chunk=chunk, allow_in_sample=allow_in_sample, barriers=barriers,
+                       cache_dir=None if no_cache else default_cache_dir(), progress=not quiet, overwrite=overwrite,
+                       inputs=inputs, command=click.get_current_context().command_path)
+    job = run_sweep_job(req, cfg)
     res = job.result
     d = res.data
     log.info("sweep %s on %s: %d rows -> %s", model_path, data_path, res.grid.size, output)
-    click.echo(f"span {d.span[0]} .. {d.span[1]} ({d.inputs.last - d.inputs.first + 1:,} bars)  "
+    click.echo(f"strategy {job.strategy}  span {d.span[0]} .. {d.span[1]} ({d.inputs.last - d.inputs.first + 1:,} bars)  "
                f"{res.grid.size:,} rows in {job.seconds['sweep']:.1f} s ({res.engine})  probabilities: {d.prob_source}")
     click.echo(format_top(res))
     if res.flat_rows and len(res.top_trading):

@@ -19,20 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import BundleError
 from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
-from models.bundle import load_bundle
+from models.loading import as_bundle  # noqa: F401  (re-exported: the loader's old import path)
 from models.prob_cache import cached_scores
-
-
-def as_bundle(bundle):
-    """A loaded bundle from a bundle object, a directory or a ``final_model.pt`` path."""
-    if isinstance(bundle, (str, Path)):
-        return load_bundle(bundle)
-    if bundle is None:
-        raise BundleError("TCNProbability needs a model bundle (param 'bundle')")
-    return bundle
 
 
 class TCNProbability(_BatchOnce):

@@ -5,16 +5,16 @@ and a journal that makes them restartable.
 
 * :class:`brokers.ccxt_feed.CCXTFeed` -- closed candles by the exchange's clock, warm-up
   history first (see that module for how it waits, backfills and reports gaps);
-* :func:`strategies.bt_broker.make_broker` with ``Costs.from_config(cfg)`` -- the SAME
+* :func:`strategies.bt_broker.make_broker` with the run specification's costs -- the SAME
   simulated broker and fill rules as ``nts backtest``, so paper trades equal backtest
   trades on the same bars by construction (a test holds it);
-* the strategy class resolved by :func:`strategies.registry.resolve_strategy` (``tcn``,
-  ``module:Class``, ``file.py:Class``) with :func:`strategies.base.strategy_params`, as in
-  ``run_backtest``; the class is not wrapped or changed;
+* the strategy of the :class:`strategies.runspec.RunSpec` (``tcn``, ``module:Class``,
+  ``file.py:Class``; bundle, policy, costs and params resolved once, as for ``run_backtest``);
+  the class is not wrapped or changed; a failure in its code is one user-error line;
 * :class:`SessionRecorder` (a backtrader analyzer) and :class:`SessionRisk` (the strategy's
   risk manager with the journal's halt as one more breaker).
 
-**Warm-up** (the one warm-up, :func:`strategies.backtest.warmup_bars_for`): the last N
+**Warm-up** (the one warm-up, ``RunSpec.warmup``: :func:`strategies.runspec.warmup_bars_for`): the last N
 closed bars are fed before the first traded bar with ``trade_start`` just after them, so
 the strategy sees them exactly as ``run_backtest`` sees the bars before its span: no
 orders, no risk checks, only indicator history.
@@ -100,16 +100,13 @@ from sessions.journal import (
     deterministic_client_id,
 )
 from core.config import Config, RiskConfig, config_to_dict
-from core.costs import Costs
 from core.errors import DataError, NtsError
-from core.redact import register_secret_env
+from core.redact import redact, register_secret_env
 from core.risk import Decision, RiskManager
 from core.timeframes import timeframe_seconds
-from indicators.tcn_indicator import as_bundle
-from strategies.backtest import warmup_bars_for
-from strategies.base import apply_overrides, strategy_params
 from strategies.bt_broker import make_broker
-from strategies.registry import resolve_strategy
+from strategies.hooks import user_code
+from strategies.runspec import RunSpec
 
 log = logging.getLogger("nts.paper")
 
@@ -475,6 +472,7 @@ class PaperSession:
         self.strategy_state: dict[str, Any] | None = None   # the checkpoint's strategy state_dict()
         self.start_line = ""
         self.result: PaperResult | None = None
+        self.spec: RunSpec | None = None                    # built by run(): bundle, strategy, costs, policy
         self.on_bar: Callable[[Bar, int], None] | None = None  # hook for tests and dashboards
 
     # ------------------------------------------------------------------ plumbing
@@ -507,7 +505,7 @@ class PaperSession:
 
     def _broker(self, feed: CCXTFeed) -> bt.BrokerBase:
         """The backtest's simulated broker and costs (one fill specification)."""
-        return make_broker(Costs.from_config(self.cfg), cash=self.cfg.execution.cash, coc=self.coc)
+        return make_broker(self.spec.costs, cash=self.cfg.execution.cash, coc=self.coc)
 
     def _after_run(self, strat: Any) -> None:
         """After cerebro returned: nothing to clean up for paper."""
@@ -523,9 +521,12 @@ class PaperSession:
 
             previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            bundle = as_bundle(self.model)
-            cls = resolve_strategy(self.strategy)
-            timeframe = bundle.timeframe
+            # the one run specification (bundle, strategy, costs, policy, warm-up), no bars: the
+            # history comes from the exchange once the journal is open
+            self.spec = spec = RunSpec.build(self.cfg, model=self.model, strategy=self.strategy,
+                                             barriers=self.barriers, coc=self.coc,
+                                             strategy_kwargs=self.strategy_kwargs)
+            bundle, cls, timeframe = spec.bundle, spec.strategy_cls, spec.timeframe
             self.tf_ms = timeframe_seconds(timeframe) * 1000
             identity = SessionIdentity(
                 mode=self.mode, exchange=self.exchange_id, symbol=self.symbol, timeframe=timeframe,
@@ -536,11 +537,13 @@ class PaperSession:
             journal = Journal.open(self.state, identity, allow_model_change=self.allow_model_change)
             self.journal = journal
             try:
-                return self._run(bundle, cls, timeframe)
+                return self._run(spec)
             except BaseException as exc:
                 try:
                     first = str(exc).splitlines()[0][:300] if str(exc) else ""
-                    journal.record_event("error", f"session stopped by an error: {exc.__class__.__name__}: {first}")
+                    # user code's text (an exception message) may hold a secret: redacted like every log line
+                    journal.record_event("error", redact(f"session stopped by an error: {exc.__class__.__name__}: "
+                                                         f"{first}"))
                 except Exception:  # the journal itself may be what failed
                     pass
                 raise
@@ -550,37 +553,60 @@ class PaperSession:
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
 
-    def _run(self, bundle: Any, cls: type, timeframe: str) -> PaperResult:
+    def _run(self, spec: RunSpec) -> PaperResult:
         journal = self.journal
-        cfg = self.cfg
         self.checkpoint = cp = journal.last_checkpoint()
-        resumed = cp is not None
-        if cp is not None:
-            self.strategy_state = (cp.strategy_state or {}).get("strategy")
-        if resumed and self.strategy_state is None:
-            open_orders = journal.intents(open_only=True)
+        self._check_resumable(cp, spec.strategy_cls)
+        self.result = PaperResult(state=self.state, session_id=journal.session.session_id, resumed=cp is not None,
+                                  resumed_from=None if cp is None else cp.bar_time)
+        store = self.store or CCXTStore.from_config(self.cfg, exchange_id=self.exchange_id, url=self.url,
+                                                    sleep=self._stop_aware_sleep)
+        self.store = store
+        store.check_market(self.symbol, spec.timeframe)
+        self._prepare(cp, spec.strategy_cls)
+        source = BarSource(store, self.symbol, spec.timeframe, policy=self.poll, stop=self.stop_event,
+                           sleep=self.sleep, max_bars=self.max_bars, on_event=self._on_event)
+        history = self._history(source, cp, spec)
+        if history is None:
+            self.result.stopped_by = "signal"
+            return self.result
+        source.prime(history)
+        self.history_end_ms = history[-1].ms
+        self.result.warmup_bars = len(history)
+        self._announce(cp, history, spec.timeframe)
+        trade_start = pd.Timestamp(history[-1].ms + self.tf_ms, unit="ms", tz="UTC")
+        cerebro = self._cerebro(spec, source, cp, trade_start)
+        t0 = time.perf_counter()
+        with user_code(spec.strategy_cls, f"running the {self.mode} session"):
+            strat = cerebro.run()[0]
+        elapsed = time.perf_counter() - t0
+        self._after_run(strat)
+        return self._finish(strat, source, store, elapsed)
+
+    def _check_resumable(self, cp: Checkpoint | None, cls: type) -> None:
+        """Take the checkpoint's strategy state; refuse to resume a position or working orders
+        without one."""
+        if cp is None:
+            return
+        self.strategy_state = (cp.strategy_state or {}).get("strategy")
+        if self.strategy_state is None:
+            open_orders = self.journal.intents(open_only=True)
             if cp.position or open_orders:
                 raise SessionError(
                     f"{self.state}: cannot resume: the journal holds no strategy state ({cls.__name__} has no "
                     f"state_dict()/load_state()) and the "
                     f"last checkpoint ({iso(cp.bar_time)}) holds a position ({cp.position:g}) or "
                     f"{len(open_orders)} working orders")
-        self.result = PaperResult(state=self.state, session_id=journal.session.session_id, resumed=resumed,
-                                  resumed_from=None if cp is None else cp.bar_time)
-        store = self.store or CCXTStore.from_config(cfg, exchange_id=self.exchange_id, url=self.url,
-                                                    sleep=self._stop_aware_sleep)
-        self.store = store
-        store.check_market(self.symbol, timeframe)
-        self._prepare(cp, cls)
-        source = BarSource(store, self.symbol, timeframe, policy=self.poll, stop=self.stop_event,
-                           sleep=self.sleep, max_bars=self.max_bars, on_event=self._on_event)
-        warm = warmup_bars_for(bundle, cfg)
+
+    def _history(self, source: BarSource, cp: Checkpoint | None, spec: RunSpec) -> list | None:
+        """The warm-up bars (``spec.warmup``, up to the checkpoint's bar when resuming), checked
+        against the checkpoint; None when a stop came while they downloaded."""
+        warm = spec.warmup
         history = source.history(warm, end_ms=None if cp is None else cp.bar_time)
         if self.stop_event.is_set():
-            self.result.stopped_by = "signal"
-            return self.result
+            return None
         if not history:
-            raise DataError(f"{self.exchange_id} {self.symbol} {timeframe}: the exchange serves no closed bars")
+            raise DataError(f"{self.exchange_id} {self.symbol} {spec.timeframe}: the exchange serves no closed bars")
         if cp is not None:
             last = history[-1]
             if last.ms != cp.bar_time:
@@ -592,10 +618,11 @@ class PaperSession:
         if len(history) < warm:
             log.warning("only %d warm-up bars available (the model's warm-up is %d): probabilities may differ "
                         "from a backtest's at first", len(history), warm)
-        source.prime(history)
-        self.history_end_ms = history[-1].ms
-        self.result.warmup_bars = len(history)
-        trade_start = pd.Timestamp(history[-1].ms + self.tf_ms, unit="ms", tz="UTC")
+        return history
+
+    def _announce(self, cp: Checkpoint | None, history: list, timeframe: str) -> None:
+        """The start line (journaled; the CLI prints it), with the halt and daily-loss notes."""
+        journal = self.journal
         sid = journal.session.session_id
         if cp is None:
             self.start_line = (f"new {self.mode} session {sid} on {self.exchange_id} {self.symbol} {timeframe} "
@@ -618,32 +645,30 @@ class PaperSession:
         if daily:
             self.start_line += "\n" + daily
 
+    def _cerebro(self, spec: RunSpec, source: BarSource, cp: Checkpoint | None,
+                 trade_start: pd.Timestamp) -> bt.Cerebro:
+        """The session's cerebro: the exchange feed, the mode's broker, the strategy with the
+        spec's params (the session's journaled risk manager; every bar scored as it closes)."""
+        journal = self.journal
         cerebro = bt.Cerebro(stdstats=False, runonce=False, preload=False, quicknotify=False)
         feed = CCXTFeed.from_source(source)
         cerebro.adddata(feed)
         cerebro.setbroker(self._broker(feed))
-        costs = Costs.from_config(cfg)
-        params = strategy_params(cfg, bundle=bundle, barriers=self.barriers, costs=costs, trade_start=trade_start,
-                                 trade_end=None, timeframe=timeframe)
-        risk = SessionRisk(cfg.risk, journal)
+        risk = SessionRisk(self.cfg.risk, journal)
         risk.on_resumed = lambda msg: (journal.record_event("resumed", msg), self.emit(msg))
         if cp is not None:
             risk.session_halted = bool(((cp.strategy_state or {}).get("session") or {}).get("halted", False))
-        params["risk"] = risk
-        keys = cls.params._getkeys()
-        if "bundle" in keys:
-            params["bundle"] = bundle
-        if "prob_cache" in keys:
-            params["prob_cache"] = None  # the streaming path scores each bar; no batch cache
-        params = apply_overrides(params, self.strategy_kwargs)
+        # the streaming path scores each bar: no batch probability cache
+        params = spec.strategy_params(trade_start=trade_start, trade_end=None, risk=risk, prob_cache=False)
         if self.strategy_state is not None:
             params["state"] = self.strategy_state  # applied by the strategy on the checkpoint's bar
-        cerebro.addstrategy(cls, **params)
+        cerebro.addstrategy(spec.strategy_cls, **params)
         cerebro.addanalyzer(SessionRecorder, session=self)
-        t0 = time.perf_counter()
-        strat = cerebro.run()[0]
-        elapsed = time.perf_counter() - t0
-        self._after_run(strat)
+        return cerebro
+
+    def _finish(self, strat: Any, source: BarSource, store: CCXTStore, elapsed: float) -> PaperResult:
+        """Why the run stopped, the last equity and the counters; the stop line (journaled, emitted)."""
+        journal = self.journal
         res = self.result
         if self.max_bars is not None and source.stats.live >= self.max_bars:
             res.stopped_by = "max_bars"

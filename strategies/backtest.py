@@ -20,6 +20,8 @@ import html
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,23 +31,20 @@ import numpy as np
 import pandas as pd
 
 from core.config import Config, config_to_dict
-from core.costs import Costs
-from core.dates import parse_span
-from core.errors import DataError, NtsError
+from core.errors import DataError
 from core.files import OutputKind, output_dir
 from core.redact import redact, redact_obj
 from core.timeframes import ns_to_bt_num, timeframe_seconds
-from indicators.tcn_indicator import as_bundle
-from models.features import memory_bars
 from strategies.analyzers import EquityCurve, FillLog, round_trips
-from strategies.base import apply_overrides, strategy_params, traded_labels
 from strategies.bt_broker import apply_costs
+from strategies.hooks import user_code
 from strategies.metrics import summarize
-from strategies.registry import resolve_strategy
-
-
-class InSampleError(NtsError):
-    """The requested backtest span overlaps the bars the model was trained on."""
+from strategies.runspec import (  # noqa: F401  (InSampleError, resolve_span, warmup_bars_for re-exported)
+    InSampleError,
+    RunSpec,
+    resolve_span,
+    warmup_bars_for,
+)
 
 
 class FrameFeed(bt.feed.DataBase):
@@ -131,163 +130,120 @@ class BacktestResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def resolve_span(frame: pd.DataFrame, bundle, start: Any = None, end: Any = None,
-                 allow_in_sample: bool = False) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The first and last bar of ``frame`` whose open time is in ``[start, end)`` (the one date
-    rule of :mod:`core.dates`: ``end="2024-10-31"`` includes that day's last bar; a full
-    timestamp ends the span at that instant); see the module docstring for the defaults."""
-    if len(frame) == 0:
-        raise DataError("backtest data is empty")
-    idx = frame.index
-    t_start, t_end = parse_span(start, end)
-    train = getattr(bundle, "training_span", None) if bundle is not None else None
-    if t_start is None:
-        t_start = idx[0]
-        if train is not None and not allow_in_sample:
-            t_start = max(t_start, train[1] + pd.Timedelta(seconds=1))
-    first = idx.searchsorted(t_start, side="left")
-    last = len(idx) - 1 if t_end is None else idx.searchsorted(t_end, side="left") - 1  # end is exclusive
-    if t_end is None:
-        t_end = idx[-1]
-    if (first >= len(idx) or last < first) and start is None and end is not None and train is not None \
-            and not allow_in_sample and t_end <= train[1]:
-        where = "inside" if t_end >= train[0] else "before"
-        raise InSampleError(f"--end {t_end} falls {where} the bundle's training span ({train[0]} .. {train[1]}): "
-                            "no out-of-sample bars up to it (give a later --end, or --allow-in-sample)")
-    if (first >= len(idx) or last < first) and start is None and train is not None and not allow_in_sample:
-        raise InSampleError(f"the data ends ({idx[-1]}) before the bundle's training span does ({train[1]}): "
-                            "no out-of-sample bars to backtest (give newer data, or --allow-in-sample)")
-    if first >= len(idx) or last < first:
-        raise DataError(f"no bars in the backtest span {t_start} .. {t_end} (data covers {idx[0]} .. {idx[-1]})")
-    s, e = idx[first], idx[last]
-    if train is not None and not allow_in_sample and s <= train[1] and e >= train[0]:
-        raise InSampleError(f"backtest span {s} .. {e} overlaps the bundle's training span {train[0]} .. {train[1]}; "
-                            "refusing to report in-sample results (use --allow-in-sample to run it anyway)")
-    return s, e
+def run_backtest(spec: RunSpec | Any, frame: pd.DataFrame | None = None, cfg: Config | None = None, *,
+                 output: str | Path | None = None, progress: bool = True, bt_plot: bool | None = None,
+                 overwrite: bool = False, **build: Any) -> BacktestResult:
+    """Backtest the run ``spec`` (a :class:`~strategies.runspec.RunSpec` built with bars).
 
-
-def warmup_bars_for(bundle: Any, cfg: Config) -> int:
-    """Bars of history every engine feeds before the first traded bar (the one warm-up):
-    the bundle's :attr:`~models.bundle.ModelBundle.history_bars` (after which P no longer
-    depends on where the history starts), at least the risk manager's volatility window and
-    the volatility forecast's memory (without a bundle: the config's features)."""
-    features = bundle.feature_cfg if bundle is not None else cfg.features
-    return max(bundle.history_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
-               memory_bars(features))
-
-
-def run_backtest(bundle_or_path: Any, frame: pd.DataFrame, cfg: Config, strategy: Any = "tcn",
-                 start: Any = None, end: Any = None, allow_in_sample: bool = False,
-                 output: str | Path | None = None, coc: bool = False, costs: Costs | None = None,
-                 progress: bool = True, strategy_kwargs: dict | None = None,
-                 bt_plot: bool | None = None, barriers: str = "bundle", overwrite: bool = False,
-                 prob_cache: str | Path | None = None) -> BacktestResult:
-    """Backtest ``strategy`` (name, ``module:Class`` or class) with the model bundle on ``frame``.
-
-    ``frame`` is a canonical OHLCV frame (``core.ohlcv``); ``cfg`` supplies strategy, label
-    barriers, risk and execution settings; ``costs`` defaults to ``Costs.from_config(cfg)``.
-    ``coc`` fills market orders at the signal bar's close (cheat-on-close; off = next open).
-    Returns a :class:`BacktestResult`; with ``output`` also writes the report files.
-    ``bt_plot``: also save backtrader's own chart (``backtrader.png``; needs ``output``);
-    default: only for spans up to ``BT_PLOT_MAX_BARS`` bars (its markers are unreadable beyond).
-    ``barriers``: ``"bundle"`` (default) trades the bundle's label barriers and refuses a
-    ``cfg.labels`` that differs; ``"config"`` trades ``cfg.labels`` (see
-    :func:`strategies.base.traded_labels`); metrics.json records which were traded.
-    ``prob_cache``: folder of the probability cache (:mod:`models.prob_cache`; the CLI passes
-    :func:`~models.prob_cache.default_cache_dir`); None scores every run afresh.
-    ``overwrite``: also replace an ``output`` folder without the nts marker that holds only
-    backtest files (:func:`write_outputs`).
-    Refused with DataError, before anything is written: fewer than ``bundle.min_bars + 1``
-    bars up to the span end, or no bar of the span with a probability.
+    Also callable as ``run_backtest(bundle_or_path, frame, cfg, strategy=..., start=...,
+    end=..., ...)``: the keywords of :func:`spec_from_args` then build the spec here.
+    Returns a :class:`BacktestResult`; with ``output`` also writes the report files
+    (:func:`write_outputs`; ``overwrite``: also replace an ``output`` folder without the nts
+    marker that holds only backtest files). ``bt_plot``: also save backtrader's own chart
+    (``backtrader.png``; needs ``output``); default: only for spans up to ``BT_PLOT_MAX_BARS``
+    bars (its markers are unreadable beyond). Refused with DataError when no bar of the span
+    has a probability; a failure inside the user's strategy code is one UserCodeError line.
     """
-    cls = resolve_strategy(strategy)
-    takes_bundle = "bundle" in cls.params._getkeys()
-    bundle = as_bundle(bundle_or_path) if (takes_bundle or bundle_or_path is not None) else None
-    timeframe = bundle.timeframe if bundle is not None else cfg.data.timeframe
-    labels, barrier_source = traded_labels(cfg, bundle, barriers)  # refuses mismatched labels first
-    s, e = resolve_span(frame, bundle, start, end, allow_in_sample)
-    in_sample = False
-    if bundle is not None:
-        a, b = bundle.training_span
-        in_sample = bool(s <= b and e >= a)
-
-    warm = warmup_bars_for(bundle, cfg)
-    i0 = max(0, int(frame.index.searchsorted(s)) - warm)
-    i1 = int(frame.index.searchsorted(e, side="right"))
-    data = frame.iloc[i0:i1]
-    if bundle is not None and len(data) < bundle.min_bars + 1:
-        raise DataError(f"only {len(data)} bars up to the span end {e} (warm-up + span); the model needs at least "
-                        f"{bundle.min_bars + 1} (bundle min_bars {bundle.min_bars} + 1): give more history or a later end")
-
-    costs = costs if costs is not None else Costs.from_config(cfg)
-    if bt_plot is None:
-        bt_plot = len(data) <= BT_PLOT_MAX_BARS
-    bt_plot = bool(bt_plot and output is not None)
-    # backtrader's observers (cash/value, trades, buy/sell marks) only when its chart is wanted
-    cerebro = bt.Cerebro(stdstats=bt_plot, runonce=True, preload=True, optdatas=True)
-    extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
-    cerebro.adddata(frame_feed(data, extra=extra, timeframe=timeframe))
-    apply_costs(cerebro, costs, cash=cfg.execution.cash, coc=coc)
-    params = strategy_params(cfg, bundle=bundle, barriers=barriers, costs=costs, trade_start=s, trade_end=e,
-                             timeframe=timeframe)
-    if takes_bundle:
-        params["bundle"] = bundle
-    if "prob_cache" in cls.params._getkeys():
-        params["prob_cache"] = None if prob_cache is None else Path(prob_cache)
-    params = apply_overrides(params, strategy_kwargs)  # policy fields (profit=..., center=...) go into the policy
-    cerebro.addstrategy(cls, **params)
-    cerebro.addanalyzer(EquityCurve, _name="equity")
-    cerebro.addanalyzer(FillLog, _name="fills")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(data), desc="backtest", unit="bar", leave=False, mininterval=0.5)
-        cerebro.addanalyzer(_Progress, bar=bar)
+    if not isinstance(spec, RunSpec):
+        spec = spec_from_args(spec, frame, cfg, **build)
+    span = spec.require_span()
+    bt_plot = bool((len(span.frame) <= BT_PLOT_MAX_BARS if bt_plot is None else bt_plot) and output is not None)
+    cerebro = build_cerebro(spec, bt_plot)
     t0 = time.perf_counter()
-    try:
+    with _progress(cerebro, len(span.frame), progress), user_code(spec.strategy_cls, "running the backtest"):
         strat = cerebro.run()[0]
-    finally:
-        if bar is not None:
-            bar.close()
     elapsed = time.perf_counter() - t0
     if not strat.saw_probability:
-        raise DataError(f"no bar of the span {s} .. {e} has a model probability ({len(data)} bars fed incl. warm-up; "
-                        "too little history after the data's start or a gap?): nothing to backtest")
+        raise DataError(f"no bar of the span {span.start} .. {span.end} has a model probability ({len(span.frame)} "
+                        "bars fed incl. warm-up; too little history after the data's start or a gap?): nothing to "
+                        "backtest")
+    result = collect_result(spec, strat, elapsed)
+    if output is not None:
+        if not bt_plot:
+            result.metrics["run"]["backtrader_plot"] = (f"off ({len(span.frame):,} bars fed incl. warm-up; drawn by "
+                                                        f"default up to {BT_PLOT_MAX_BARS:,})")
+        figure = _backtrader_figure(cerebro, result.metrics) if bt_plot else None
+        result.output = Path(output)
+        result.files = write_outputs(result, Path(output), spec.cfg, bt_figure=figure, overwrite=overwrite)
+    return result
 
+
+def spec_from_args(model: Any, frame: pd.DataFrame, cfg: Config, *, strategy: Any = "tcn", start: Any = None,
+                   end: Any = None, **build: Any) -> RunSpec:
+    """The :class:`RunSpec` of the older call ``run_backtest(model, frame, cfg, ...)``:
+    ``start``/``end`` are the span, every other keyword goes to :meth:`RunSpec.build`
+    (``allow_in_sample``, ``barriers``, ``costs``, ``coc``, ``prob_cache``, ``strategy_kwargs``)."""
+    return RunSpec.build(cfg, model=model, data=frame, strategy=strategy, span=(start, end), **build)
+
+
+def build_cerebro(spec: RunSpec, plot: bool = False) -> bt.Cerebro:
+    """The backtest's cerebro for ``spec``: the fed bars, the costs, the strategy with its
+    params (trading window = the span) and the analyzers the report reads. backtrader's own
+    observers (cash/value, trades, buy/sell marks) only when its chart (``plot``) is wanted."""
+    span = spec.require_span()
+    data = span.frame
+    cerebro = bt.Cerebro(stdstats=plot, runonce=True, preload=True, optdatas=True)
+    extra = tuple(c for c in data.columns if c not in ("open", "high", "low", "close", "volume"))
+    cerebro.adddata(frame_feed(data, extra=extra, timeframe=spec.timeframe))
+    apply_costs(cerebro, spec.costs, cash=spec.cfg.execution.cash, coc=spec.coc)
+    cerebro.addstrategy(spec.strategy_cls, **spec.strategy_params(trade_start=span.start, trade_end=span.end))
+    cerebro.addanalyzer(EquityCurve, _name="equity")
+    cerebro.addanalyzer(FillLog, _name="fills")
+    return cerebro
+
+
+@contextmanager
+def _progress(cerebro: bt.Cerebro, total: int, show: bool) -> Iterator[None]:
+    """A tqdm bar (stderr) over the strategy's bar loop while cerebro runs, when ``show``."""
+    if not show:
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="backtest", unit="bar", leave=False, mininterval=0.5)
+    cerebro.addanalyzer(_Progress, bar=bar)
+    try:
+        yield
+    finally:
+        bar.close()
+
+
+def collect_result(spec: RunSpec, strat: Any, elapsed: float) -> BacktestResult:
+    """The :class:`BacktestResult` of a finished run: equity, fills, trades and metrics of the span."""
+    span = spec.require_span()
+    data = span.frame
     eq_all: pd.DataFrame = strat.analyzers.equity.get_analysis()
     fills: pd.DataFrame = strat.analyzers.fills.get_analysis()
-    equity = eq_all.loc[eq_all.index >= s]
+    equity = eq_all.loc[eq_all.index >= span.start]
     trades = round_trips(fills, data.index, last_close=float(data["close"].iloc[-1]))
     trips = [t.to_dict() for t in strat.risk.trips]
     metrics = summarize(equity["equity"], equity["position"], fills, trades,
-                        data["close"].loc[equity.index], cfg.execution.cash, timeframe)
-    metrics["run"] = {
-        "strategy": f"{cls.__module__}:{cls.__qualname__}",
-        "model": str(getattr(bundle, "path", "") or "") if bundle is not None else None,
-        "start": str(s), "end": str(e), "bars": int(len(equity)), "warmup_bars": int(len(data) - len(equity)),
-        "timeframe": timeframe, "in_sample": in_sample,
+                        data["close"].loc[equity.index], spec.cfg.execution.cash, spec.timeframe)
+    metrics["run"] = run_record(spec, strat, bars=len(equity), elapsed=elapsed)
+    metrics["risk_trips"] = trips
+    return BacktestResult(metrics=metrics, equity=equity, trades=trades, fills=fills, risk_trips=trips,
+                          start=span.start, end=span.end, strategy=spec.strategy_name)
+
+
+def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str, Any]:
+    """``metrics["run"]``: what was run (strategy, model, span, costs, barriers) and how it went."""
+    span = spec.require_span()
+    bundle, labels, costs = spec.bundle, spec.labels, spec.costs
+    return {
+        "strategy": spec.strategy_name, "model": spec.model_path,
+        "start": str(span.start), "end": str(span.end), "bars": int(bars),
+        "warmup_bars": int(len(span.frame) - bars), "timeframe": spec.timeframe, "in_sample": span.in_sample,
         "training_span": [str(x) for x in bundle.training_span] if bundle is not None else None,
         "costs": {"taker_fee": costs.taker_fee, "maker_fee": costs.maker_fee, "slippage_bps": costs.slippage_bps},
-        "cheat_on_close": bool(coc), "cash": cfg.execution.cash,
-        "barriers": {"source": barrier_source, "profit": labels.profit, "stop": labels.stop,
-                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(params["policy"].max_hold)},
+        "cheat_on_close": spec.coc, "cash": spec.cfg.execution.cash,
+        "barriers": {"source": spec.barrier_source, "profit": labels.profit, "stop": labels.stop,
+                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(spec.policy.max_hold)},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
         "seconds": round(elapsed, 3),
     }
-    metrics["risk_trips"] = trips
-    result = BacktestResult(metrics=metrics, equity=equity, trades=trades, fills=fills, risk_trips=trips,
-                            start=s, end=e, strategy=metrics["run"]["strategy"])
-    if output is not None:
-        if not bt_plot:
-            metrics["run"]["backtrader_plot"] = f"off ({len(data):,} bars fed incl. warm-up; drawn by default up to {BT_PLOT_MAX_BARS:,})"
-        figure = _backtrader_figure(cerebro, metrics) if bt_plot else None
-        result.output = Path(output)
-        result.files = write_outputs(result, Path(output), cfg, bt_figure=figure, overwrite=overwrite)
-    return result
 
 
 BT_PLOT_MAX_BARS = 5000

@@ -18,11 +18,14 @@ from types import ModuleType
 
 from core.errors import ConfigError
 from strategies.base import ModelStrategy
+from strategies.hooks import describe_failure, hook_signature_problems
 
 # Short names of the strategies shipped with nts: name -> "module:Class".
 BUILTIN: dict[str, str] = {
     "tcn": "strategies.tcn:TCNStrategy",
     "night_only": "strategies.examples:NightOnly",
+    "calm_only": "strategies.examples:CalmOnly",
+    "trend_follow": "strategies.examples:TrendFollow",
 }
 
 
@@ -51,11 +54,8 @@ def strategy_source(name: str | type) -> Path | None:
 
 
 def _failed(name: str, what: str, exc: BaseException) -> ConfigError:
-    if isinstance(exc, SyntaxError):
-        detail = f"SyntaxError: {exc.msg} at line {exc.lineno}"
-    else:
-        detail = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-    return ConfigError(f"strategy {name!r}: {what} failed ({detail})")
+    # sys.exit() while the module runs is a failure too: it must not end nts as a success
+    return ConfigError(f"strategy {name!r}: {what} failed ({describe_failure(exc)})")
 
 
 def _load_file(path: Path, name: str) -> ModuleType:
@@ -73,7 +73,7 @@ def _load_file(path: Path, name: str) -> ModuleType:
     sys.modules[mod_name] = module  # classes defined in it must find their module (pickling, repr)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - user code: any failure is one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: any failure is one line
         del sys.modules[mod_name]
         raise _failed(name, f"loading {path}", exc) from None
     return module
@@ -90,14 +90,14 @@ def _import(module_name: str, name: str) -> ModuleType:
         local = Path(cwd, f"{top}.py").is_file() or Path(cwd, top, "__init__.py").is_file()
         if exc.name not in {module_name, top} or not local or cwd in sys.path:
             raise ConfigError(f"strategy {name!r}: cannot import module {module_name!r} ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - a module that fails while it runs
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a module that fails while it runs
         raise _failed(name, f"importing {module_name!r}", exc) from None
     sys.path.insert(0, cwd)  # the current folder, for this import only
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"strategy {name!r}: cannot import module {module_name!r} ({exc})") from None
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
         raise _failed(name, f"importing {module_name!r}", exc) from None
     finally:
         sys.path.remove(cwd)
@@ -107,8 +107,9 @@ def resolve_strategy(name: str | type):
     """Return the ModelStrategy subclass for ``name``: a builtin short name (``tcn``,
     ``night_only``), ``package.module:ClassName``, ``path/to/file.py:ClassName``, or the class
     itself. Raises ConfigError with one line when it cannot be found or loaded, is not a
-    ModelStrategy subclass, or does not override ``make_probability`` (e.g. the abstract
-    base itself)."""
+    ModelStrategy subclass, does not override ``make_probability`` (e.g. the abstract
+    base itself) or overrides a hook with parameters the engines cannot pass
+    (:func:`strategies.hooks.hook_signature_problems`)."""
     if isinstance(name, type):
         cls = name
         spec = f"{cls.__module__}:{cls.__qualname__}"
@@ -125,4 +126,7 @@ def resolve_strategy(name: str | type):
         # the base hook raises NotImplementedError deep inside backtrader: refuse up front
         raise ConfigError(f"strategy {spec!r} does not implement make_probability() "
                           "(subclass TCNStrategy, or provide the probability line)")
+    problems = hook_signature_problems(cls)
+    if problems:
+        raise ConfigError(f"strategy {spec!r}: {problems[0]}")
     return cls

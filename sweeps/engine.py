@@ -2,9 +2,9 @@
 
 Pipeline of :func:`run_sweep`:
 
-1. :func:`prepare_span` -- once per data span: the span rules of ``nts backtest``
-   (:func:`strategies.backtest.resolve_span`, so a span overlapping the bundle's training
-   span is refused the same way), the one warm-up (:func:`strategies.backtest.warmup_bars_for`),
+1. :func:`prepare_span` -- once per data span, from the run's
+   :class:`~strategies.runspec.RunSpec` (the span rules and the one warm-up of ``nts
+   backtest``, so a span overlapping the bundle's training span is refused the same way),
    the calibrated P from the probability cache (:func:`models.prob_cache.cached_scores`), the
    annualised volatility forecast (:meth:`core.policy.Policy.forecast_vols` of ``ewma_vol_fast``)
    and the realised daily volatility of the risk manager (:func:`core.risk.realised_daily_vol`):
@@ -71,8 +71,8 @@ from core.timeframes import bars_per_year
 from models.features import compute_features
 from models.labels import label_arrays
 from models.prob_cache import cached_scores, frame_sha256
-from strategies.backtest import resolve_span, warmup_bars_for
 from strategies.hooks import evaluate_hooks, hook_instance
+from strategies.runspec import RunSpec, Span
 from strategies.metrics import buy_and_hold, equity_metrics
 from strategies.tcn import TCNStrategy
 from sweeps.grid import AXES, Grid
@@ -161,68 +161,81 @@ class SweepData:
         return self.frame["close"].iloc[self.inputs.first:self.inputs.last + 1]
 
 
-def prepare_span(bundle: Any, frame: pd.DataFrame, cfg: Config, start: Any = None, end: Any = None,
-                 allow_in_sample: bool = False, barriers: str = "bundle", cache_dir: str | Path | None = None,
-                 blocks: int = 16, folds: int = 1, coc: bool = False) -> SweepData:
-    """Score ``frame`` once for a sweep over ``[start, end]`` (``nts backtest``'s span rules).
+def prepare_span(spec: RunSpec | Any, frame: pd.DataFrame | None = None, cfg: Config | None = None, *,
+                 blocks: int = 16, folds: int = 1, **build: Any) -> SweepData:
+    """Score the span of the run ``spec`` (a :class:`~strategies.runspec.RunSpec` built with
+    bars: ``nts backtest``'s span rules, warm-up, policy and costs) once for a sweep.
 
+    Also callable as ``prepare_span(bundle, frame, cfg, start=..., end=..., cache_dir=...,
+    allow_in_sample=..., barriers=..., coc=...)`` (:func:`sweep_spec` builds the spec).
     Refused like ``run_backtest`` (InSampleError, DataError): a span overlapping the bundle's
-    training span (unless ``allow_in_sample``), too little history for the model, a span with
-    no probability, and additionally a span with fewer returns than ``blocks``.
+    training span (unless allowed), too little history for the model, a span with no
+    probability, and additionally a span with fewer returns than ``blocks``.
     """
+    if not isinstance(spec, RunSpec):
+        spec = sweep_spec(spec, frame, cfg, **build)
     t0 = time.perf_counter()
-    policy = Policy.from_config(cfg, bundle, barriers)  # refuses labels that differ from the bundle's
-    s, e = resolve_span(frame, bundle, start, end, allow_in_sample)
-    warm = warmup_bars_for(bundle, cfg)
-    i0 = max(0, int(frame.index.searchsorted(s)) - warm)
-    i1 = int(frame.index.searchsorted(e, side="right"))
-    data = frame.iloc[i0:i1]
-    min_bars = int(getattr(bundle, "min_bars", 0))
-    if len(data) < min_bars + 1:
-        raise DataError(f"only {len(data)} bars up to the span end {e} (warm-up + span); the model needs at least "
-                        f"{min_bars + 1} (bundle min_bars {min_bars} + 1): give more history or a later end")
-    first = int(data.index.searchsorted(s))
-    last = len(data) - 1
+    span, policy, bundle = spec.require_span(), spec.policy, spec.bundle
+    data = span.frame
     # backtrader calls the strategy's next() only once the TCN indicator's window is full
     # (its minperiod is min_bars): earlier bars are prenext, no decision, no risk check.
-    decide_from = max(first, min_bars - 1)
-    _logit, prob, hit = cached_scores(bundle, data, cache_dir)
+    decide_from = max(span.first, int(getattr(bundle, "min_bars", 0)) - 1)
+    _logit, prob, hit = cached_scores(bundle, data, spec.prob_cache)
+    if not np.isfinite(prob[decide_from:]).any():
+        raise DataError(f"no bar of the span {span.start} .. {span.end} has a model probability ({len(data)} bars "
+                        "fed incl. warm-up; too little history after the data's start or a gap?): nothing to sweep")
     feats = compute_features(data, bundle.feature_cfg, timeframe=policy.timeframe)
     fvol = policy.forecast_vols(feats["ewma_vol_fast"].to_numpy())
-    rvol = realised_daily_vol(data["close"].to_numpy(), cfg.risk.vol_window_bars, policy.timeframe, index=data.index)
-    if not np.isfinite(prob[decide_from:]).any():
-        raise DataError(f"no bar of the span {s} .. {e} has a model probability ({len(data)} bars fed incl. warm-up; "
-                        "too little history after the data's start or a gap?): nothing to sweep")
-    n_returns = last - first
-    if n_returns < blocks:
-        raise DataError(f"the span {s} .. {e} has {n_returns} bar returns, fewer than the {blocks} blocks of the "
-                        "overfitting statistics: give a longer span or fewer blocks")
-    edges = block_edges(n_returns, blocks)
-    f = folds if folds >= 1 else 1
-    if blocks % f:
-        raise ConfigError(f"folds: {f} must divide blocks ({blocks}) so each fold is whole blocks")
-    fold_edges = edges[:: blocks // f].copy()
+    rvol = realised_daily_vol(data["close"].to_numpy(), spec.cfg.risk.vol_window_bars, policy.timeframe,
+                              index=data.index)
+    edges, fold_edges = _block_edges(span, blocks, folds)
     arr = {c: np.ascontiguousarray(data[c].to_numpy(dtype=np.float64)) for c in ("open", "high", "low", "close")}
     inputs = KernelInputs(
         t_ns=np.ascontiguousarray(pd.DatetimeIndex(data.index).as_unit("ns").asi8), open=arr["open"],
         high=arr["high"], low=arr["low"], close=arr["close"], prob=np.ascontiguousarray(prob, dtype=np.float64),
         fvol=np.ascontiguousarray(fvol, dtype=np.float64), rvol=np.ascontiguousarray(rvol, dtype=np.float64),
-        first=first, start=decide_from, last=last, cash=float(cfg.execution.cash), coc=bool(coc),
-        risk=risk_vector(cfg.risk), return_edges=np.ascontiguousarray(edges, dtype=np.int64),
+        first=span.first, start=decide_from, last=len(data) - 1, cash=float(spec.cfg.execution.cash),
+        coc=spec.coc, risk=risk_vector(spec.cfg.risk), return_edges=np.ascontiguousarray(edges, dtype=np.int64),
         fold_edges=np.ascontiguousarray(fold_edges, dtype=np.int64))
-    meta = getattr(bundle, "meta", {}) or {}
-    train = getattr(bundle, "training_span", None)
-    info = {"path": str(getattr(bundle, "path", "") or ""), "weights_sha256": meta.get("weights_sha256"),
-            "training_span": [str(x) for x in train] if train is not None else None,
-            "labels": bundle.label_cfg.model_dump() if getattr(bundle, "label_cfg", None) is not None else None,
-            "timeframe": policy.timeframe, "history_bars": int(getattr(bundle, "history_bars", 0)),
-            "min_bars": min_bars}
-    return SweepData(frame=data, inputs=inputs, policy=policy, risk_cfg=cfg.risk, center_setting=cfg.strategy.center,
-                     span=(s, e), timeframe=policy.timeframe,
-                     trained_labels=getattr(bundle, "label_cfg", None), bundle_info=info,
+    return SweepData(frame=data, inputs=inputs, policy=policy, risk_cfg=spec.cfg.risk,
+                     center_setting=spec.cfg.strategy.center, span=(span.start, span.end), timeframe=policy.timeframe,
+                     trained_labels=getattr(bundle, "label_cfg", None), bundle_info=_bundle_info(spec),
                      data_sha256=frame_sha256(data),
                      prob_source="probability cache (network skipped)" if hit else "scored by the network",
                      seconds=time.perf_counter() - t0)
+
+
+def _block_edges(span: Span, blocks: int, folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return-block edges of the overfitting statistics and the walk-forward fold edges."""
+    n_returns = len(span.frame) - 1 - span.first
+    if n_returns < blocks:
+        raise DataError(f"the span {span.start} .. {span.end} has {n_returns} bar returns, fewer than the {blocks} "
+                        "blocks of the overfitting statistics: give a longer span or fewer blocks")
+    edges = block_edges(n_returns, blocks)
+    f = folds if folds >= 1 else 1
+    if blocks % f:
+        raise ConfigError(f"folds: {f} must divide blocks ({blocks}) so each fold is whole blocks")
+    return edges, edges[:: blocks // f].copy()
+
+
+def _bundle_info(spec: RunSpec) -> dict[str, Any]:
+    """What the report records about the bundle."""
+    bundle = spec.bundle
+    meta = getattr(bundle, "meta", {}) or {}
+    train = getattr(bundle, "training_span", None)
+    return {"path": str(getattr(bundle, "path", "") or ""), "weights_sha256": meta.get("weights_sha256"),
+            "training_span": [str(x) for x in train] if train is not None else None,
+            "labels": bundle.label_cfg.model_dump() if getattr(bundle, "label_cfg", None) is not None else None,
+            "timeframe": spec.policy.timeframe, "history_bars": int(getattr(bundle, "history_bars", 0)),
+            "min_bars": int(getattr(bundle, "min_bars", 0))}
+
+
+def sweep_spec(bundle: Any, frame: pd.DataFrame, cfg: Config, *, start: Any = None, end: Any = None,
+               cache_dir: str | Path | None = None, **build: Any) -> RunSpec:
+    """The :class:`RunSpec` of the older call ``prepare_span(bundle, frame, cfg, ...)``;
+    other keywords go to :meth:`RunSpec.build` (``allow_in_sample``, ``barriers``, ``coc``,
+    ``strategy``)."""
+    return RunSpec.build(cfg, model=bundle, data=frame, span=(start, end), prob_cache=cache_dir, **build)
 
 
 def axis_defaults(data_or_policy: SweepData | Policy, center: Any = None) -> dict[str, Any]:

@@ -101,11 +101,12 @@ def test_strategy_by_name_and_module_path(tiny_bundle, bars_file, tmp_path, monk
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "mine.py").write_text(textwrap.dedent('''
+        import numpy as np
         from strategies.tcn import TCNStrategy
 
         class NoTrades(TCNStrategy):
             def signal(self, p, bars):
-                return 0.0 * p
+                return np.zeros(len(bars))
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     res = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", tmp_path / "u",

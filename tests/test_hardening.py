@@ -238,15 +238,28 @@ def test_an_unforeseen_exception_is_one_line_and_its_traceback_goes_to_the_log(t
                                                                                monkeypatch):
     monkeypatch.setenv("NTS_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "buggy.py").write_text("from strategies.tcn import TCNStrategy\n\n"
+    (tmp_path / "buggy.py").write_text("import numpy as np\nfrom strategies.tcn import TCNStrategy\n\n"
                                        "class Buggy(TCNStrategy):\n    def signal(self, p, bars):\n"
                                        "        raise ZeroDivisionError('user bug in signal')\n")
+    # a bug in the user's strategy is the user's error, named as such (not "unexpected")
     line = one_error_line(invoke("backtest", "--model", tiny_bundle, "--data", bars_file, "--output", "r",
                                  "--strategy", "buggy.py:Buggy", "--quiet"))
+    assert line.startswith("error: strategy Buggy: ") and "ZeroDivisionError: user bug in signal" in line, line
+    assert not (tmp_path / "r").exists()
+
+    # a bug nobody foresaw in nts itself: the last resort, traceback in the log
+    import strategies.backtest
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("nts bug in the metrics")
+
+    monkeypatch.setattr(strategies.backtest, "summarize", bug)
+    line = one_error_line(invoke("backtest", "--model", tiny_bundle, "--data", bars_file, "--output", "r",
+                                 "--quiet"))
     log = tmp_path / "logs" / "nts.log"
-    assert line == f"error: unexpected ZeroDivisionError: user bug in signal (traceback in {log})"
+    assert line == f"error: unexpected ZeroDivisionError: nts bug in the metrics (traceback in {log})"
     text = log.read_text()
-    assert "Traceback (most recent call last)" in text and "user bug in signal" in text
+    assert "Traceback (most recent call last)" in text and "nts bug in the metrics" in text
     assert not (tmp_path / "r").exists()
 
     import cli.labels_cmd
@@ -439,8 +452,8 @@ def test_a_validation_or_test_span_too_small_for_a_calibrator_is_refused_with_th
 
 def test_strategy_as_file_py_class_and_as_module_in_the_current_folder(tiny_bundle, bars_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = ("from strategies.tcn import TCNStrategy\n\n"
-            "class Quiet(TCNStrategy):\n    def signal(self, p, bars):\n        return 0.0 * p\n")
+    code = ("import numpy as np\nfrom strategies.tcn import TCNStrategy\n\n"
+            "class Quiet(TCNStrategy):\n    def signal(self, p, bars):\n        return np.zeros(len(bars))\n")
     (tmp_path / "mystrat.py").write_text(code)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "other.py").write_text(code)

@@ -181,6 +181,50 @@ def test_a_user_strategy_trades_the_same_on_paper(tmp_path, fast_bundle):
     assert all(f.ts % 86_400_000 < 7 * 3_600_000 for f in view["fills"][::2])  # entries at night only
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name,bars", [("trend_follow", 300), ("calm_only", 1000)])  # calm_only: a week's window
+def test_the_builtin_examples_trade_the_same_on_paper(tmp_path, fast_bundle, name, bars):
+    """Each builtin example's vectorised hooks, evaluated over the trailing history on paper,
+    trade as the backtest's evaluation over the span does, fill for fill."""
+    cfg = make_cfg(tmp_path)
+    fast = load_bundle(fast_bundle)
+    warm = warmup_bars_for(fast, cfg)
+    frame = synthetic_ohlcv(warm + bars, seed=23, start="2024-03-01")
+    s, e = frame.index[warm + 10], frame.index[warm + bars - 11]
+    bt_res = run_backtest(fast, frame, cfg, strategy=name, start=s, end=e + TF, progress=False, allow_in_sample=True)
+    plain = run_backtest(fast, frame, cfg, start=s, end=e + TF, progress=False, allow_in_sample=True)
+    assert len(bt_res.fills) < len(plain.fills)  # the example's rule bites on this span
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        run_session(fast_bundle, cfg, tmp_path / f"{name}.db", ex, stop_ms=ms(e), strategy=name)
+    assert_same_as_backtest(journal_view(tmp_path / f"{name}.db"), bt_res, s, e, min_fills=2)
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_user_strategy_stops_the_session_with_one_redacted_line(tmp_path, fast_bundle, monkeypatch):
+    """User code's text (an exception message holding a secret) reaches neither the error
+    line nor the journal (what nts status shows) unredacted."""
+    from strategies.hooks import UserCodeError
+
+    secret = "s3cr3t-V4LUE-0123456789"
+    monkeypatch.setenv("NTS_TEST_EXCHANGE_API_KEY", secret)
+    path = tmp_path / "leaky.py"
+    path.write_text("import os\nfrom strategies.tcn import TCNStrategy\n\n\nclass Leaky(TCNStrategy):\n"
+                    "    def __init__(self):\n"
+                    "        raise RuntimeError('cannot log in with ' + os.environ['NTS_TEST_EXCHANGE_API_KEY'])\n")
+    cfg = make_cfg(tmp_path)
+    warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
+    frame = synthetic_ohlcv(warm + 20, seed=5, start="2024-03-01")
+    with ReplayExchange(frame, start=frame.index[warm + 2] + pd.Timedelta("1min")) as ex:
+        with pytest.raises(UserCodeError) as err:
+            run_session(fast_bundle, cfg, tmp_path / "leaky.db", ex, max_bars=3, strategy=f"{path}:Leaky")
+    line = str(err.value)
+    assert line.startswith("strategy Leaky: __init__() failed (RuntimeError: cannot log in with ***)"), line
+    events = journal_view(tmp_path / "leaky.db")["events"]
+    errors = [e["message"] for e in events if e["kind"] == "error"]
+    assert errors and "strategy Leaky" in errors[-1]
+    assert all(secret not in e["message"] for e in events)
+
+
 # --------------------------------------------------------------------------- the feed
 
 class _Recorder(bt.Strategy):

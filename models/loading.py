@@ -1,0 +1,22 @@
+"""The one way engines get a model bundle: :func:`as_bundle` (a loaded bundle or a path).
+
+It lives in ``models`` (not in ``indicators``) because backtest, sweep, paper, live and the
+run specification (:mod:`strategies.runspec`) all load bundles; the indicator is one user.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.errors import BundleError
+from models.bundle import load_bundle
+
+
+def as_bundle(bundle: Any) -> Any:
+    """A loaded bundle from a bundle object, a bundle directory or its ``final_model.pt``
+    (:func:`models.bundle.load_bundle`); None is refused with one line."""
+    if isinstance(bundle, (str, Path)):
+        return load_bundle(bundle)
+    if bundle is None:
+        raise BundleError("a model bundle is needed (give --model, or the strategy's 'bundle' param)")
+    return bundle
