@@ -24,15 +24,16 @@ import numpy as np
 from core.errors import BundleError
 from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
-from models.bundle import load_bundle
+from models.schedule import load_model
 from models.features import StreamingFeatures
 from models.prob_cache import cached_scores
 
 
 def as_bundle(bundle):
-    """A loaded bundle from a bundle object, a directory or a ``final_model.pt`` path."""
+    """A loaded model from a bundle or schedule object, a bundle or schedule directory or a
+    ``final_model.pt`` path (``models.schedule.load_model``)."""
     if isinstance(bundle, (str, Path)):
-        return load_bundle(bundle)
+        return load_model(bundle)
     if bundle is None:
         raise BundleError("TCNProbability needs a model bundle (param 'bundle')")
     return bundle
@@ -65,6 +66,9 @@ class TCNProbability(_BatchOnce):
         logit, prob, self.cache_hit = cached_scores(self.bundle, frame, self.p.cache)
         return {"logit": logit, "prob": prob}
 
+    def _stream_time(self):
+        return bt_num_to_timestamp(self.data.datetime[0])
+
     def _stream_bar(self) -> None:
         d = self.data
         row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
@@ -73,7 +77,9 @@ class TCNProbability(_BatchOnce):
             self._rows.clear()
         self._rows.append(row)
         if len(self._rows) == self.bundle.window:
-            logit, prob = self.bundle.score_features(np.stack(self._rows))
+            # a schedule scores with the bundle valid at this bar's time
+            model = self.bundle.for_time(self._stream_time()) if hasattr(self.bundle, "for_time") else self.bundle
+            logit, prob = model.score_features(np.stack(self._rows)) if model is not None else (np.nan, np.nan)
         else:
             logit = prob = float("nan")
         self.lines.logit[0] = logit
