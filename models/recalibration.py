@@ -15,6 +15,9 @@ scoring, on the most recent bars whose labels are already known at decision time
   first bar of the frame) makes P independent of where the scored frame starts once it holds
   :func:`extra_history` bars more than the bundle needs, and appending bars never changes an
   earlier P (``tests/test_recalibration.py`` checks both).
+* Bars of the network's own training span (``spans.train`` of the bundle) are never used:
+  its logits there are in-sample. (The validation span is used: only the epoch was chosen
+  there.)
 * Fewer than ``min_samples`` known labels with a finite logit, or fewer than 10 of either
   class, in a block's window: that block uses the bundle's static calibrator.
 
@@ -64,12 +67,17 @@ def extra_history(ccfg: CalibrationConfig, horizon: int) -> int:
 
 
 def rolling_params(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
-                   ccfg: CalibrationConfig, timeframe: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per bar ``(a, b)`` of the rolling Platt fit (NaN where the static calibrator applies)."""
+                   ccfg: CalibrationConfig, timeframe: str, fitted_until: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per bar ``(a, b)`` of the rolling Platt fit (NaN where the static calibrator applies).
+    ``fitted_until`` (ns): bars up to this time are never used (the network's own training
+    span, where its logits are in-sample and too confident)."""
     bar = timeframe_seconds(timeframe) * 1_000_000_000
     ts = pd.DatetimeIndex(index).as_unit("ns").asi8
     known_at = ts + horizon * bar           # sorted, as ts is
     usable = np.isfinite(logits) & np.isfinite(labels)
+    if fitted_until is not None:
+        usable &= ts > fitted_until
     block_len = ccfg.refit_bars * bar
     block = ts // block_len
     a = np.full(len(ts), np.nan)
@@ -92,9 +100,10 @@ def rolling_params(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarr
 
 
 def rolling_probabilities(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
-                          ccfg: CalibrationConfig, timeframe: str, fallback: Calibrator) -> np.ndarray:
+                          ccfg: CalibrationConfig, timeframe: str, fallback: Calibrator,
+                          fitted_until: int | None = None) -> np.ndarray:
     """Calibrated P per bar: the rolling Platt fit where one exists, ``fallback`` elsewhere."""
-    a, b = rolling_params(index, logits, labels, horizon, ccfg, timeframe)
+    a, b = rolling_params(index, logits, labels, horizon, ccfg, timeframe, fitted_until)
     static = fallback(logits)
     rolled = sigmoid(np.where(np.isnan(a), 0.0, a) * logits + np.where(np.isnan(b), 0.0, b))
     return np.where(np.isnan(a), static, rolled)
@@ -112,6 +121,9 @@ class RollingCalibrated:
         self.inner = bundle
         self.ccfg = ccfg
         self.history_bars = int(bundle.history_bars) + extra_history(ccfg, bundle.label_cfg.horizon)
+        # the network's training span (labels included): its logits there are in-sample
+        train = (bundle.meta.get("spans") or {}).get("train")
+        self._fitted_until = int(pd.Timestamp(train[1]).as_unit("ns").value) if train else None
         # a different calibrator entry: the probability cache never mixes static and rolling P
         self.meta = {**bundle.meta, "calibrator": {"kind": "rolling-platt", "params": ccfg.model_dump(mode="json"),
                                                    "fallback": bundle.meta.get("calibrator")}}
@@ -128,7 +140,7 @@ class RollingCalibrated:
         logit = self.inner.predict_logit(frame).to_numpy()
         labels = known_labels(frame, self.inner.label_cfg, self.inner.timeframe)
         prob = rolling_probabilities(frame.index, logit, labels, self.inner.label_cfg.horizon, self.ccfg,
-                                     self.inner.timeframe, self.inner.calibrator)
+                                     self.inner.timeframe, self.inner.calibrator, self._fitted_until)
         return logit, prob
 
     def predict_proba(self, frame: pd.DataFrame) -> pd.Series:

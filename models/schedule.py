@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import FeatureConfig, LabelConfig
+from core.config import CalibrationConfig, FeatureConfig, LabelConfig
 from core.errors import BundleError
 from core.files import OutputKind
 from models.bundle import load_bundle
@@ -66,14 +66,16 @@ def read_schedule_json(path: str | Path) -> dict:
 class ModelSchedule:
     """Bundles of a walk-forward schedule, each scoring the bars of its validity span."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, calibration: CalibrationConfig | None = None) -> None:
+        """``calibration`` overrides the mode the schedule was trained with (static vs rolling
+        comparisons); by default the schedule's config decides."""
         self.path = Path(directory)
         self.schedule = read_schedule_json(self.path / SCHEDULE_FILE)
         self.folds = self.schedule["folds"]
         self.names = [f["name"] for f in self.folds]
         self.starts = pd.DatetimeIndex([_ts(f["valid_from"]) for f in self.folds]).as_unit("ns")
         cfg = self.schedule.get("config") or {}
-        self.ccfg = calibration_config_of(self.schedule)
+        self.ccfg = calibration or calibration_config_of(self.schedule)
         self._bundles: dict[int, object] = {}
         first = self.bundle(0)
         self.feature_names = first.feature_names
@@ -90,7 +92,7 @@ class ModelSchedule:
                      "window": self.window, "timeframe": self.timeframe, "folds": self.folds,
                      # the probability cache's identity: every fold's weights, calibrator and span
                      "weights_sha256": hashlib.sha256(blob).hexdigest(), "normaliser": None,
-                     "calibrator": {"kind": "schedule", "mode": self.ccfg.mode}}
+                     "calibrator": {"kind": "schedule", **self.ccfg.model_dump(mode="json")}}
 
     # ----------------------------------------------------------------- bundles
     def bundle(self, k: int):

@@ -82,6 +82,17 @@ def test_only_labels_whose_horizon_ended_are_used():
     assert a3[block_start] != a[block_start]
 
 
+def test_the_networks_training_span_is_never_used():
+    index, z, y = _series(3000, seed=4)
+    cut = int(index.asi8[1500])
+    a, _ = rolling_params(index, z, y, 8, CCFG, "15m", fitted_until=cut)
+    y2 = y.copy()
+    y2[:1501] = 1.0 - y2[:1501]
+    a2, _ = rolling_params(index, z, y2, 8, CCFG, "15m", fitted_until=cut)
+    np.testing.assert_array_equal(a, a2)
+    assert np.isnan(a[:1500 + CCFG.min_samples]).all() and np.isfinite(a[-1000:]).all()
+
+
 def test_rolling_follows_a_drifting_base_rate_and_falls_back_when_few_labels():
     index, z, y = _series(6000, seed=3)
     static = Calibrator.fit(z[:1500], y[:1500], "platt")
@@ -113,7 +124,7 @@ def rolling_bundle(tmp_path_factory):
                              "calibration.refit_bars=24", "calibration.min_samples=100"])
     out = tmp_path_factory.mktemp("rb") / "b"
     train_bundle(frame, cfg, out, progress=False)
-    return out, synthetic_ohlcv(2500, seed=12)
+    return out, synthetic_ohlcv(2500, seed=12, start="2024-03-01")
 
 
 def test_rolling_bundle_is_causal_on_bars(rolling_bundle):
@@ -124,6 +135,9 @@ def test_rolling_bundle_is_causal_on_bars(rolling_bundle):
     part = model.predict_proba(frame.iloc[:1700]).to_numpy()
     np.testing.assert_array_equal(full[:1700], part)
     assert np.isfinite(full[-500:]).all()
+    # rolling fits are in use on most of the frame (not only the static fallback)
+    static = model.inner.predict_proba(frame).to_numpy()
+    assert np.mean(np.abs(full[1000:] - static[1000:]) > 1e-9) > 0.9
     # score_window on the trailing bars gives the batch value of the last bar
     assert model.score_window(frame.iloc[:2000]) == pytest.approx(full[1999], abs=1e-6)
     with pytest.raises(BundleError, match="score_window"):
