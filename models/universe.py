@@ -232,6 +232,18 @@ def train_pooled_bundle(inputs: list[SymbolInput], cfg: Config, output: str | Pa
         cuts = pooled_cuts(pooled, cfg.training.val_fraction, cfg.training.test_fraction)
     split = time_split(pooled, cfg.labels.horizon, cfg.training.embargo, cuts[0], cuts[1], test_end=test_end,
                        train_start=train_start, name=name)
+    max_samples = max_samples if max_samples is not None else cfg.training.max_samples
+    split = cap_train_by_time(split, pooled, max_samples)
     return train_bundle(None, cfg, output, data_path=None, epochs=epochs, max_samples=max_samples,
                         progress=progress, overwrite=overwrite, prepared=pooled.data, split=split,
                         meta_hook=pooled_metrics_hook(pooled, inputs, cfg))
+
+
+def cap_train_by_time(split: Split, pooled: PooledData, max_samples: int | None) -> Split:
+    """Keep the ``max_samples`` most recent training samples by TIME across all symbols (the
+    stack's row order is by symbol, so ``models.splits.cap_train`` would drop whole symbols)."""
+    if max_samples is None or len(split.train) <= max_samples:
+        return split
+    order = np.argsort(pooled.times[split.train], kind="stable")
+    keep = np.sort(split.train[order[-int(max_samples):]])
+    return Split(train=keep, val=split.val, test=split.test, name=split.name)
