@@ -77,6 +77,13 @@ class LabelConfig(_Strict):
     stop: float = Field(0.004, gt=0, lt=1)
     horizon: int = Field(8, ge=1, le=1000)
     tie: Literal["stop", "profit"] = "stop"
+    # fixed: barriers at +profit / -stop of the entry close (the seed); vol: at +vol_profit /
+    # -vol_stop times the bar's volatility forecast over the horizon, sigma_t * sqrt(horizon),
+    # sigma_t = EWMA volatility of 1-bar log returns (span vol_span; models.labels)
+    scale: Literal["fixed", "vol"] = "fixed"
+    vol_profit: float = Field(1.4, gt=0, le=100)
+    vol_stop: float = Field(0.7, gt=0, le=100)
+    vol_span: int = Field(20, ge=2, le=10000)
 
 
 class ModelConfig(_Strict):

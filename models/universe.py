@@ -30,6 +30,7 @@ from core.timeframes import timeframe_seconds
 from models.bundle import sha256_file
 from models.dataset import PreparedData, prepare
 from models.features import warmup_bars
+from models.labels import describe_barriers
 from models.metrics import all_metrics
 from models.splits import Split, purge
 from models.train import OUTPUT_KIND, train_bundle
@@ -215,8 +216,7 @@ def pooled_metrics_hook(pooled: PooledData, inputs: list[SymbolInput], cfg: Conf
 
 def label_scale_text(cfg: Config) -> str:
     """How the barriers were set, for every report that shows label-based figures."""
-    lab = cfg.labels
-    return f"fixed barriers: profit +{lab.profit:g}, stop -{lab.stop:g}, horizon {lab.horizon} bars"
+    return describe_barriers(cfg.labels)
 
 
 def train_pooled_bundle(inputs: list[SymbolInput], cfg: Config, output: str | Path, *,

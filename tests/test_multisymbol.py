@@ -156,3 +156,68 @@ def test_pooled_walk_forward_schedule_scores_each_symbol(inputs, tmp_path):
     sched = ModelSchedule(tmp_path / "wf")
     p = sched.predict_proba(inputs[1].frame)
     assert np.isfinite(p[inputs[1].frame.index >= pd.Timestamp(folds[0]["valid_from"])]).mean() > 0.8
+
+
+# ------------------------------------------------------------------ volatility-scaled barriers
+def test_vol_scaled_barriers_follow_each_bars_forecast():
+    from core.config import LabelConfig
+    from models.features import compute_features
+    from models.labels import label_arrays, vol_barrier_factors
+
+    frame = synthetic_ohlcv(600, seed=9, gaps={300: 4})
+    cfg = LabelConfig(scale="vol", vol_profit=1.5, vol_stop=0.8, horizon=6, vol_span=10)
+    up, dn = vol_barrier_factors(frame, cfg)
+    r = np.log(frame["close"]).diff().to_numpy()
+    # independent EWMA (adjust=False, seeded with the first squared return, NaN for span-1 more)
+    sig = np.full(len(frame), np.nan)
+    alpha = 2.0 / (10 + 1)
+    for lo, hi in ((1, 301), (302, 600)):
+        e = r[lo] ** 2
+        for i in range(lo, hi):
+            e = e if i == lo else alpha * r[i] ** 2 + (1 - alpha) * e
+            if i - lo >= 9:
+                sig[i] = np.sqrt(e)
+    np.testing.assert_allclose(up, 1 + 1.5 * sig * np.sqrt(6), rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(dn, 1 - 0.8 * sig * np.sqrt(6), rtol=1e-9, equal_nan=True)
+    assert np.isfinite(compute_features(frame)["ewma_vol_fast"].to_numpy()[50:300]).all()
+    code, offset, price = label_arrays(frame, cfg)
+    close, high, low = (frame[c].to_numpy() for c in ("close", "high", "low"))
+    assert (code[~np.isfinite(up)] == 0).all()         # no forecast yet -> no label
+    for t in np.flatnonzero(code > 0)[::7]:
+        h = int(offset[t])
+        if code[t] == 1:
+            assert high[t + h] >= close[t] * up[t] and price[t] == close[t] * up[t]
+        if code[t] == 2:
+            assert low[t + h] <= close[t] * dn[t] and price[t] == close[t] * dn[t]
+        for j in range(1, h):
+            assert high[t + j] < close[t] * up[t] and low[t + j] > close[t] * dn[t]
+
+
+def test_vol_scaling_brings_base_rates_of_calm_and_wild_markets_together():
+    from core.config import LabelConfig
+    from models.labels import label_arrays
+
+    frames = [synthetic_ohlcv(5000, seed=21, vol=v) for v in (0.002, 0.004, 0.008)]
+
+    def rate(frame, cfg):
+        code = label_arrays(frame, cfg)[0]
+        return float(np.mean(code[code > 0] == 1))
+
+    fixed = [rate(f, LabelConfig()) for f in frames]
+    vol = [rate(f, LabelConfig(scale="vol")) for f in frames]
+    # fixed percentages ask another question on each market (measured: 0.17 / 0.31 / 0.25);
+    # barriers scaled by the vol forecast ask the same one (0.18 / 0.18 / 0.19)
+    assert max(fixed) - min(fixed) > 0.1
+    assert max(vol) - min(vol) < 0.01
+
+
+def test_vol_scaled_models_are_labelled_and_not_traded(inputs, tmp_path):
+    from core.errors import ConfigError
+    from core.policy import traded_labels
+
+    cfg = small_cfg("labels.scale=vol")
+    result = train_pooled_bundle(inputs[:2], cfg, tmp_path / "v", progress=False)
+    assert result.meta["label_scale"].startswith("volatility-scaled barriers: profit +1.4 x")
+    assert "volatility-scaled" in (tmp_path / "v" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="labels.scale: vol"):
+        traded_labels(cfg, load_bundle(tmp_path / "v"))
