@@ -48,11 +48,16 @@ def train(cfg, data_paths: tuple[str, ...], universe_path: str | None, output: s
         raise ConfigError("give --data FILE (repeatable) or --universe FILE")
     if (workers is not None or scheduler is not None) and not walk_forward:
         raise ConfigError("--workers / --scheduler train walk-forward folds in parallel: add --walk-forward")
+    if cfg.model.ensemble > 1 and (walk_forward or len(entries) > 1 or entries[0][0] is not None):
+        raise ConfigError("model.ensemble > 1 trains a seed ensemble from one --data file; walk-forward schedules and "
+                          "pooled symbols train one network per bundle (set model.ensemble=1)")
     if walk_forward or train_window or step or start:
         if not walk_forward:
             raise ConfigError("--train-window, --step and --start belong to --walk-forward")
         cfg = _with_periods(cfg, train_window, step)
         _train_schedule(cfg, entries, output, start, workers, scheduler, epochs, max_samples, overwrite)
+    elif cfg.model.ensemble > 1:
+        _train_ensemble(cfg, entries[0][1], output, epochs, max_samples, quiet, overwrite)
     elif len(entries) == 1 and entries[0][0] is None:
         _train_one(cfg, entries[0][1], output, epochs, max_samples, quiet, overwrite)
     else:
@@ -90,6 +95,27 @@ def _train_one(cfg, data_path: str, output: str, epochs, max_samples, quiet: boo
                f"{m['training']['best_epoch']}/{len(m['history'])}, {m['wall_seconds']:.0f} s)")
     click.echo(f"test span {m['spans']['test'][0]} .. {m['spans']['test'][1]} ({m['samples']['test']:,} samples):")
     click.echo(metrics_table_markdown(m["metrics"], "test"))
+
+
+def _train_ensemble(cfg, data_path: str, output: str, epochs, max_samples, quiet: bool, overwrite: bool) -> None:
+    from core.files import check_output_dir
+    from core.ohlcv import load_ohlcv
+    from models.ensemble import OUTPUT_KIND
+    from models.ensemble_train import train_ensemble
+
+    check_output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite)
+    frame = load_ohlcv(data_path, timeframe=cfg.data.timeframe)
+    tree = train_ensemble(frame, cfg, output, data_path=data_path, epochs=epochs, max_samples=max_samples,
+                          progress=not quiet, overwrite=overwrite)
+    ens = tree["metrics"]["test"]["ensemble"]["calibrated"]
+    click.echo(f"ensemble: {output}  ({tree['k']} members, {tree['seconds']['total']:.0f} s; members "
+               + ", ".join(f"{s:.0f} s" for s in tree["seconds"]["members"]) + ")")
+    click.echo(f"test, ensemble: AUC {ens['auc']:.4f}  log loss {ens['log_loss']:.4f}  Brier {ens['brier']:.4f}  "
+               f"ECE {ens['ece']:.4f}")
+    for k, m in enumerate(tree["metrics"]["test"]["members"]):
+        c = m["calibrated"]
+        click.echo(f"test, member {k}: AUC {c['auc']:.4f}  log loss {c['log_loss']:.4f}  Brier {c['brier']:.4f}  "
+                   f"ECE {c['ece']:.4f}")
 
 
 def _train_pooled(cfg, entries, output: str, epochs, max_samples, quiet: bool, overwrite: bool) -> None:

@@ -94,6 +94,7 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     head_units: int = Field(32, ge=1, le=4096)
     head_dropout: float = Field(0.3, ge=0, lt=1)
+    ensemble: int = Field(1, ge=1, le=32)  # K seeds, logits averaged before calibration (models.ensemble)
 
     @model_validator(mode="after")
     def _blocks(self) -> "ModelConfig":

@@ -29,6 +29,7 @@ from core.config import CalibrationConfig, FeatureConfig, LabelConfig
 from core.errors import BundleError
 from core.files import OutputKind
 from models.bundle import load_bundle
+from models.ensemble import EnsembleModel, is_ensemble
 from models.recalibration import calibration_config_of, with_calibration
 
 SCHEDULE_FILE = "schedule.json"
@@ -186,8 +187,11 @@ def is_schedule(path: str | Path) -> bool:
 
 
 def load_model(path: str | Path):
-    """A bundle (static or rolling calibration, as it was trained) or a :class:`ModelSchedule`."""
+    """A bundle (static or rolling calibration, as it was trained), a seed ensemble
+    (:class:`models.ensemble.EnsembleModel`) or a :class:`ModelSchedule`."""
     if is_schedule(path):
         return ModelSchedule(path)
+    if is_ensemble(path):
+        return EnsembleModel(path)
     return with_calibration(load_bundle(path))
 

@@ -244,6 +244,8 @@ def build_schedule(inputs: list[SymbolInput], cfg: Config, output: str | Path, *
                    engine: str = "sequential", overwrite: bool = False) -> ScheduleResult:
     """Train (or extend) a walk-forward schedule in ``output`` (module docstring)."""
     t0 = time.perf_counter()
+    if cfg.model.ensemble > 1:
+        raise DataError("walk-forward folds train one network each: set model.ensemble=1")
     paths = [i.path for i in inputs]
     check_output_dir(output, OUTPUT_KIND, inputs=paths, overwrite=overwrite)
     tw, step = cfg.training.train_window, cfg.training.step
