@@ -188,3 +188,15 @@ def test_indicator_streaming_equals_batch_with_a_schedule(schedule_dir, frame):
     # the batch pass starts each fold's features history_bars earlier than the stream does:
     # equal within the features' memory tolerance
     np.testing.assert_allclose(batch, stream, atol=1e-5, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "2"], "add --walk-forward"),
+    (["--train-window", "6M"], "belong to --walk-forward"),
+    (["--walk-forward", "--set", "model.ensemble=2"], "model.ensemble > 1"),
+    (["--walk-forward", "--step", "0M"], "not a length"),
+])
+def test_cli_refuses_inconsistent_walk_forward_options(tmp_path, extra, message):
+    res = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "x.csv"), "--output", str(tmp_path / "o"),
+                                   *extra])
+    assert res.exit_code != 0 and message in res.output and not (tmp_path / "o").exists()
