@@ -17,6 +17,10 @@ Definition (parameters from ``cfg.labels``; defaults in brackets):
   ``label``/``exit_offset``/``exit_price``/``gross_return`` NaN and ``exit_kind`` "".
   That holds even if a barrier is touched before the gap, so that labelled bars never
   depend on missing data.
+* ``scale: vol`` (``labels.scale``) replaces the fixed percentages by per-bar ones:
+  ``U = close[t] * (1 + vol_profit * w_t)``, ``D = close[t] * (1 - vol_stop * w_t)`` with
+  ``w_t = sigma_t * sqrt(horizon)`` and ``sigma_t`` the causal EWMA volatility forecast of bar t
+  (:func:`vol_barrier_factors`); bars in its warm-up get no label. Same kernel, same rules.
 * ``exit_price`` is the barrier price for profit/stop exits (no gap-through fill at the
   open is modelled) and ``close[t+horizon]`` for time exits; ``gross_return`` is
   ``exit_price / close[t] - 1`` before fees.
