@@ -77,6 +77,13 @@ class LabelConfig(_Strict):
     stop: float = Field(0.004, gt=0, lt=1)
     horizon: int = Field(8, ge=1, le=1000)
     tie: Literal["stop", "profit"] = "stop"
+    # fixed: barriers at +profit / -stop of the entry close (the seed); vol: at +vol_profit /
+    # -vol_stop times the bar's volatility forecast over the horizon, sigma_t * sqrt(horizon),
+    # sigma_t = EWMA volatility of 1-bar log returns (span vol_span; models.labels)
+    scale: Literal["fixed", "vol"] = "fixed"
+    vol_profit: float = Field(1.4, gt=0, le=100)
+    vol_stop: float = Field(0.7, gt=0, le=100)
+    vol_span: int = Field(20, ge=2, le=10000)
 
 
 class ModelConfig(_Strict):
@@ -87,6 +94,7 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     head_units: int = Field(32, ge=1, le=4096)
     head_dropout: float = Field(0.3, ge=0, lt=1)
+    ensemble: int = Field(1, ge=1, le=32)  # K seeds, logits averaged before calibration (models.ensemble)
 
     @model_validator(mode="after")
     def _blocks(self) -> "ModelConfig":
@@ -113,6 +121,16 @@ class TrainingConfig(_Strict):
     pos_weight: Union[Literal["auto"], float] = "auto"
     threads: int = Field(2, ge=1, le=256)
     max_samples: int | None = Field(None, ge=100)
+    # walk-forward schedules (nts train --walk-forward): bars of each fold's training window
+    # and of each validity span, as calendar lengths ("12M", "90D", "2W")
+    train_window: str = "12M"
+    step: str = "1M"
+
+    @field_validator("train_window", "step")
+    @classmethod
+    def _period(cls, v: str) -> str:
+        parse_period(v)  # ValueError with the rule on a bad length
+        return v
 
     @field_validator("pos_weight")
     @classmethod
@@ -120,6 +138,18 @@ class TrainingConfig(_Strict):
         if v != "auto" and not (math.isfinite(float(v)) and float(v) > 0):
             raise ValueError("must be 'auto' or a positive finite number")
         return v
+
+
+class CalibrationConfig(_Strict):
+    """How the bundle's calibrator maps logits to P while scoring (models.recalibration)."""
+
+    # static: the Platt/isotonic calibrator fitted on the validation span at training time;
+    # rolling: Platt refitted every ``refit_bars`` on the last ``window_bars`` bars whose labels
+    # are known at decision time (a label at bar t is known only after its horizon ends)
+    mode: Literal["static", "rolling"] = "static"
+    window_bars: int = Field(2880, ge=50, le=1_000_000)
+    refit_bars: int = Field(96, ge=1, le=1_000_000)
+    min_samples: int = Field(500, ge=20, le=1_000_000)
 
 
 class StrategyConfig(_Strict):
@@ -179,6 +209,7 @@ class Config(_Strict):
     labels: LabelConfig = Field(default_factory=LabelConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
@@ -194,6 +225,18 @@ class Config(_Strict):
             raise ValueError("strategy.allow_short: true needs data.market margin or futures "
                              "(data.market is spot: a spot market cannot be sold short)")
         return self
+
+
+_PERIOD = re.compile(r"^([1-9][0-9]{0,3})([DWMY])$")
+
+
+def parse_period(text: str) -> tuple[int, str]:
+    """``"12M"`` -> ``(12, "M")``: a calendar length in days (D), weeks (W), months (M) or
+    years (Y); ValueError naming the rule otherwise."""
+    m = _PERIOD.match(str(text).strip().upper())
+    if not m:
+        raise ValueError(f"{text!r} is not a length such as 12M, 90D, 2W or 1Y")
+    return int(m.group(1)), m.group(2)
 
 
 _UNION_TAGS = {"float", "int", "str", "bool", "none"}

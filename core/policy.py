@@ -202,6 +202,12 @@ def traded_labels(cfg: Config, bundle: Any = None, barriers: str = "bundle") -> 
     if barriers not in BARRIER_SOURCES:
         raise ConfigError(f"barriers must be one of {', '.join(BARRIER_SOURCES)} (got {barriers!r})")
     bundle_labels = getattr(bundle, "label_cfg", None) if bundle is not None else None
+    chosen = cfg.labels if bundle_labels is None or barriers == "config" else bundle_labels
+    if getattr(chosen, "scale", "fixed") != "fixed":
+        # the policy and every simulator trade fixed percentages; a volatility-scaled model's
+        # label event is another question, so it is refused rather than traded wrongly
+        raise ConfigError("volatility-scaled barriers (labels.scale: vol) are not traded yet: the policy's exits "
+                          "are fixed percentages; train with labels.scale: fixed to trade the model")
     if bundle_labels is None or barriers == "config":
         return cfg.labels, "config"
     if bundle_labels.model_dump() != cfg.labels.model_dump():

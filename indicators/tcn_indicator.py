@@ -23,6 +23,7 @@ from core.timeframes import bt_num_to_timestamp
 from indicators.bt_features import _BatchOnce, feed_frame
 from models.loading import as_bundle  # noqa: F401  (re-exported: the loader's old import path)
 from models.prob_cache import cached_scores
+from models.streaming import BarScorer
 
 
 class TCNProbability(_BatchOnce):
@@ -35,7 +36,7 @@ class TCNProbability(_BatchOnce):
     def __init__(self) -> None:
         self.bundle = as_bundle(self.p.bundle)
         self.addminperiod(self.bundle.min_bars)
-        self._stream = self.bundle.stream()
+        self._stream = BarScorer(self.bundle)  # bundle, ensemble or schedule
         self.cache_hit: bool | None = None  # runonce pass: True when P came from the cache
 
     def _plotlabel(self) -> list[str]:

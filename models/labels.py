@@ -17,6 +17,10 @@ Definition (parameters from ``cfg.labels``; defaults in brackets):
   ``label``/``exit_offset``/``exit_price``/``gross_return`` NaN and ``exit_kind`` "".
   That holds even if a barrier is touched before the gap, so that labelled bars never
   depend on missing data.
+* ``scale: vol`` (``labels.scale``) replaces the fixed percentages by per-bar ones:
+  ``U = close[t] * (1 + vol_profit * w_t)``, ``D = close[t] * (1 - vol_stop * w_t)`` with
+  ``w_t = sigma_t * sqrt(horizon)`` and ``sigma_t`` the causal EWMA volatility forecast of bar t
+  (:func:`vol_barrier_factors`); bars in its warm-up get no label. Same kernel, same rules.
 * ``exit_price`` is the barrier price for profit/stop exits (no gap-through fill at the
   open is modelled) and ``close[t+horizon]`` for time exits; ``gross_return`` is
   ``exit_price / close[t] - 1`` before fees.
@@ -29,12 +33,13 @@ import numba
 import numpy as np
 import pandas as pd
 
-from core.config import LabelConfig
+from core.config import FeatureConfig, LabelConfig
 from core.errors import DataError
 from core.files import atomic_path, check_output_file
 from core.ohlcv import checked_bars
 from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
+from models.features import compute_features
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
@@ -83,6 +88,15 @@ def _to_frame(index: pd.Index, code: np.ndarray, offset: np.ndarray, price: np.n
 @numba.njit(cache=True, nogil=True)
 def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.ndarray, span_ns: int,
                   profit: float, stop: float, horizon: int, tie_stop: bool):
+    """Fixed-percentage barriers: :func:`_barrier_kernel` with the same factor on every bar."""
+    n = close.shape[0]
+    return _barrier_kernel(high, low, close, ts, span_ns, np.full(n, 1.0 + profit), np.full(n, 1.0 - stop),
+                           horizon, tie_stop)
+
+
+@numba.njit(cache=True, nogil=True)
+def _barrier_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.ndarray, span_ns: int,
+                    up: np.ndarray, dn: np.ndarray, horizon: int, tie_stop: bool):
     """Compiled labelling: (kind code int8, exit offset int32, exit price) per bar.
 
     Kind codes: 0 unlabelled, 1 profit, 2 stop, 3 time; offset and price are meaningful
@@ -102,8 +116,6 @@ def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.n
         price[t] = np.nan
     if m <= 0:
         return code, offset, price
-    up_factor = 1.0 + profit
-    dn_factor = 1.0 - stop
     never = horizon + 1
     # narrow ints keep the passes below in cache (horizon <= 1000 by config)
     first_p = np.full(m, never, dtype=np.int32)  # first step touching the profit barrier
@@ -113,8 +125,8 @@ def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.n
         lo = low[h:h + m]
         h32 = np.int32(h)
         for t in range(m):
-            first_p[t] = h32 if hi[t] >= close[t] * up_factor else first_p[t]
-            first_s[t] = h32 if lo[t] <= close[t] * dn_factor else first_s[t]
+            first_p[t] = h32 if hi[t] >= close[t] * up[t] else first_p[t]
+            first_s[t] = h32 if lo[t] <= close[t] * dn[t] else first_s[t]
     tie_profit = not tie_stop
     ts_end = ts[horizon:]
     for t in range(m):  # branch-free selection
@@ -124,9 +136,11 @@ def _label_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np.n
         is_p = (p < s) | ((p == s) & (p != never) & tie_profit)
         is_s = (not is_p) & (s != never)
         kind = 1 if is_p else (2 if is_s else 3)
-        code[t] = kind if ts_end[t] - ts[t] == span_ns else 0
+        # a bar without a finite barrier (no volatility forecast yet) gets no label
+        known = (ts_end[t] - ts[t] == span_ns) & np.isfinite(up[t]) & np.isfinite(dn[t])
+        code[t] = kind if known else 0
         offset[t] = p if is_p else (s if is_s else horizon)
-        price[t] = close[t] * up_factor if is_p else (close[t] * dn_factor if is_s else close[t + horizon])
+        price[t] = close[t] * up[t] if is_p else (close[t] * dn[t] if is_s else close[t + horizon])
     return code, offset, price
 
 
@@ -138,8 +152,31 @@ def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
     c = _cfg(cfg)
     high, low, close, ts = _arrays(frame, "triple_barrier_events")
     span_ns = c.horizon * timeframe_seconds(timeframe) * 1_000_000_000
+    if c.scale == "vol":
+        up, dn = vol_barrier_factors(frame, c, timeframe)
+        return _barrier_kernel(high, low, close, ts, span_ns, up, dn, int(c.horizon), c.tie == "stop")
     return _label_kernel(high, low, close, ts, span_ns, float(c.profit), float(c.stop), int(c.horizon),
                          c.tie == "stop")
+
+
+def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``labels.scale: vol``: per bar ``(1 + vol_profit * w_t, 1 - vol_stop * w_t)`` with
+    ``w_t = sigma_t * sqrt(horizon)`` and ``sigma_t`` the causal EWMA volatility of 1-bar log
+    returns (the ``ewma_vol_fast`` feature's definition with span ``vol_span``; NaN in its
+    warm-up, where the bar gets no label)."""
+    fc = FeatureConfig(ewma_vol_fast_span=int(cfg.vol_span))
+    sigma = compute_features(frame, fc, timeframe)["ewma_vol_fast"].to_numpy(dtype=np.float64)
+    width = sigma * np.sqrt(float(cfg.horizon))
+    return 1.0 + cfg.vol_profit * width, 1.0 - cfg.vol_stop * width
+
+
+def describe_barriers(cfg: LabelConfig) -> str:
+    """One line saying how the barriers are set (every report of label-based figures shows it)."""
+    if cfg.scale == "vol":
+        return (f"volatility-scaled barriers: profit +{cfg.vol_profit:g} x, stop -{cfg.vol_stop:g} x "
+                f"sigma_t*sqrt({cfg.horizon}) (EWMA vol span {cfg.vol_span}), horizon {cfg.horizon} bars")
+    return f"fixed barriers: profit +{cfg.profit:g}, stop -{cfg.stop:g}, horizon {cfg.horizon} bars"
 
 
 def triple_barrier_events(frame: pd.DataFrame, cfg: LabelConfig | None = None,

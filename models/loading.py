@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import BundleError
-from models.bundle import load_bundle
+from models.schedule import load_model
 
 
 def as_bundle(bundle: Any) -> Any:
-    """A loaded bundle from a bundle object, a bundle directory or its ``final_model.pt``
-    (:func:`models.bundle.load_bundle`); None is refused with one line."""
+    """A loaded model from a bundle, ensemble or schedule object, or from a bundle, ensemble or
+    walk-forward schedule directory or a ``final_model.pt`` (:func:`models.schedule.load_model`);
+    None is refused with one line."""
     if isinstance(bundle, (str, Path)):
-        return load_bundle(bundle)
+        return load_model(bundle)
     if bundle is None:
         raise BundleError("a model bundle is needed (give --model, or the strategy's 'bundle' param)")
     return bundle

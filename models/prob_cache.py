@@ -119,6 +119,15 @@ def _write(path: Path, key: dict[str, Any], logit: np.ndarray, prob: np.ndarray)
         log.warning("probability cache entry %s not written (%s)", path, exc)
 
 
+def _score(model: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(logit, P) per bar: a schedule or a rolling-calibrated bundle scores per bar time
+    (``score_frame``); a plain bundle is logits then its calibrator."""
+    if hasattr(model, "score_frame"):
+        return model.score_frame(frame)
+    logit = model.predict_logit(frame).to_numpy()
+    return logit, model.calibrate(logit)
+
+
 def cached_scores(bundle: Any, frame: pd.DataFrame, cache_dir: str | Path | None = None
                   ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(logit, prob, hit)`` for every bar of ``frame`` (NaN where no full window exists).
@@ -127,15 +136,16 @@ def cached_scores(bundle: Any, frame: pd.DataFrame, cache_dir: str | Path | None
     returned as it is (``hit`` True) and a missing or invalid one is rebuilt and stored.
     """
     if cache_dir is None:
-        logit = bundle.predict_logit(frame).to_numpy()
-        return logit, bundle.calibrate(logit), False
+        logit, prob = _score(bundle, frame)
+        return logit, prob, False
     cache_dir = Path(cache_dir)
     key = _key(bundle, frame)
     path = _entry_path(cache_dir, key)
     found = _read(path, key)
     if found is not None:
         return found[0], found[1], True
-    logit = np.ascontiguousarray(bundle.predict_logit(frame).to_numpy(), dtype=np.float64)
-    prob = np.ascontiguousarray(bundle.calibrate(logit), dtype=np.float64)
+    logit, prob = _score(bundle, frame)
+    logit = np.ascontiguousarray(logit, dtype=np.float64)
+    prob = np.ascontiguousarray(prob, dtype=np.float64)
     _write(path, key, logit, prob)
     return logit, prob, False

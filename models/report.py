@@ -6,7 +6,9 @@ import html
 import json
 from pathlib import Path
 
+from core.config import LabelConfig
 from core.files import write_text_atomic
+from models.labels import describe_barriers
 
 _ROWS = (("auc", "AUC", "{:.4f}"), ("log_loss", "log loss", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
          ("ece", "ECE (10 bins)", "{:.4f}"), ("mean_p", "mean P", "{:.4f}"), ("base_rate", "base rate", "{:.4f}"),
@@ -81,8 +83,7 @@ def write_report(directory: str | Path, meta: dict) -> Path:
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#f4f4f4}}</style></head><body>
 <h1>Model report</h1>
-<p>Triple-barrier label: profit {meta['label_config']['profit']}, stop {meta['label_config']['stop']},
-horizon {meta['label_config']['horizon']} bars. Raw = sigmoid of the logit (the TCN's raw P is shifted by
+<p>Triple-barrier label: {html.escape(describe_barriers(LabelConfig.model_validate(meta['label_config'])))}. Raw = sigmoid of the logit (the TCN's raw P is shifted by
 its pos_weight); calibrated = {html.escape(meta['calibrator']['kind'])} fitted on the validation span.</p>
 <h2>Metrics</h2>{metrics_table_html(meta['metrics'])}
 <h2>Reliability (test span)</h2><img src="reliability.png" alt="reliability diagram">

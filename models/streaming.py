@@ -54,7 +54,9 @@ class BarScorer:
         self.rows.append(row)
         if not score or len(self.rows) < self.window:
             return _NAN2
-        return self.bundle.score_features(np.stack(self.rows))
+        # a walk-forward schedule scores with the bundle valid at this bar's time
+        model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
+        return _NAN2 if model is None else model.score_features(np.stack(self.rows))
 
     def prime(self, frame: pd.DataFrame) -> tuple[float, float]:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state

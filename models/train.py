@@ -328,12 +328,18 @@ def check_eval_spans(split: Split, labels: np.ndarray) -> None:
 
 def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path: str | Path | None = None,
                  epochs: int | None = None, max_samples: int | None = None, progress: bool = True,
-                 overwrite: bool = False) -> TrainResult:
+                 overwrite: bool = False, prepared: PreparedData | None = None, split: Split | None = None,
+                 meta_hook=None) -> TrainResult:
     """Train, calibrate, evaluate and write a model bundle directory at ``output`` (atomically).
 
     ``output`` is checked before training (core.files.check_output_dir): a folder that is not
     an nts bundle, or that is or contains ``data_path``, is refused; ``overwrite`` also
-    replaces a bundle folder written without the marker."""
+    replaces a bundle folder written without the marker.
+
+    Hooks for walk-forward schedules and several symbols (``models.walkforward``,
+    ``models.universe``): ``prepared`` replaces ``prepare(frame, cfg)`` (pooled symbols),
+    ``split`` replaces the configured split (spans by time), and ``meta_hook(outcome, data)``
+    returns entries merged into bundle.json last (true spans, per-symbol metrics, inputs)."""
     t0 = time.perf_counter()
     check_output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite)
     output = Path(output)
@@ -344,12 +350,14 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     horizon = cfg.labels.horizon
 
     with torch_threads(tcfg.threads):
-        data = prepare(frame, cfg)
+        data = prepared if prepared is not None else prepare(frame, cfg)
         if len(data.samples) < 50:
             raise DataError(f"only {len(data.samples)} labelled samples with a full {window}-bar window; "
                             f"need more candles")
-        log.info("%d bars, %d labelled samples with valid windows", len(frame), len(data.samples))
-        if tcfg.split == "walk_forward":
+        log.info("%d bars, %d labelled samples with valid windows", len(data.index), len(data.samples))
+        if split is not None:
+            splits = [split]
+        elif tcfg.split == "walk_forward":
             splits = [walk_forward_split(data.samples, horizon, tcfg.embargo, tcfg.val_fraction, tcfg.test_fraction)]
         else:
             # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
@@ -412,7 +420,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         "pos_weight": final.pos_weight,
         "data": {"path": str(data_path) if data_path else None,
                  "sha256": sha256_file(data_path) if data_path else None,
-                 "rows": int(len(frame)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
+                 "rows": int(len(idx)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
         "seed": tcfg.seed,
         # the metrics above were computed by this scorer on the graph in model.onnx
         "scorer": {"engine": "onnxruntime", "exporter": EXPORTER},
@@ -427,6 +435,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     }
     if len(outcomes) > 1:
         meta["cv"] = [{"split": o.split.summary(), "test": o.metrics["test"]} for o in outcomes]
+    if meta_hook is not None:
+        meta.update(meta_hook(final, data))
 
     with output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite) as tmp:
         reliability_diagram(final.curves, tmp / "reliability.png")

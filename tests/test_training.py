@@ -241,3 +241,28 @@ def test_single_class_validation_is_refused_clearly():
 
     with pytest.raises(DataError, match="both classes"):
         Calibrator.fit(np.zeros(10), np.zeros(10))
+
+
+# ------------------------------------------------------------------ seed ensembles
+def test_seed_ensemble_averages_member_logits_before_one_calibrator(frame, tmp_path):
+    from models.bundle import load_bundle
+    from models.ensemble import EnsembleModel
+    from models.ensemble_train import train_ensemble
+    from models.schedule import load_model
+
+    cfg = small_cfg("model.ensemble=3", "training.epochs=1")
+    tree = train_ensemble(frame, cfg, tmp_path / "ens", progress=False)
+    assert tree["k"] == 3 and len({m["weights_sha256"] for m in tree["members"]}) == 3
+    assert [m["seed"] for m in tree["members"]] == [42, 43, 44]
+    model = load_model(tmp_path / "ens")
+    assert isinstance(model, EnsembleModel)
+    members = [load_bundle(tmp_path / "ens" / m["path"]) for m in tree["members"]]
+    z = np.mean([m.predict_logit(frame).to_numpy() for m in members], axis=0)
+    np.testing.assert_array_equal(model.predict_logit(frame).to_numpy(), z)
+    p = model.predict_proba(frame).to_numpy()
+    cal = Calibrator.from_dict(tree["calibrator"])
+    np.testing.assert_array_equal(p, cal(z))
+    ok = np.flatnonzero(np.isfinite(z))
+    assert model.score_window(frame.iloc[: ok[-1] + 1]) == pytest.approx(p[ok[-1]], abs=1e-5)
+    assert set(tree["metrics"]["test"]["ensemble"]) == {"calibrated", "raw"}
+    assert len(tree["metrics"]["test"]["members"]) == 3 and len(tree["seconds"]["members"]) == 3

@@ -1,0 +1,171 @@
+"""Causal rolling recalibration (``calibration.mode: rolling``).
+
+The network's logits keep their ranking on later data while the base rate of the label
+drifts, so a calibrator fitted once goes stale. Rolling mode refits Platt scaling while
+scoring, on the most recent bars whose labels are already known at decision time:
+
+* A decision at bar t is taken after bar t closes. The triple-barrier label of bar s needs
+  bars ``s+1 .. s+horizon``; it counts as known at bar t only when ``ts[s] + horizon * bar
+  <= ts[t]`` (its whole horizon has closed; an early barrier touch is NOT used, so the rule
+  does not depend on the outcome).
+* Refits happen on the UTC time grid every ``refit_bars`` bars (block ``ts // (refit_bars *
+  bar)``). Every bar of a block uses the parameters fitted at the block's grid start G on the
+  labels known at G whose horizon ended within the last ``window_bars`` bars of time:
+  ``G - window_bars * bar < ts[s] + horizon * bar <= G``. Anchoring to the grid (not to the
+  first bar of the frame) makes P independent of where the scored frame starts once it holds
+  :func:`extra_history` bars more than the bundle needs, and appending bars never changes an
+  earlier P (``tests/test_recalibration.py`` checks both).
+* Bars of the network's own training span (``spans.train`` of the bundle) are never used:
+  its logits there are in-sample. (The validation span is used: only the epoch was chosen
+  there.)
+* Fewer than ``min_samples`` known labels with a finite logit, or fewer than 10 of either
+  class, in a block's window: that block uses the bundle's static calibrator.
+
+The fit is plain maximum-likelihood Platt scaling (Newton steps on two parameters; a 1e-6
+ridge only keeps a separable window finite), the same model as the static Platt calibrator.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.config import CalibrationConfig, LabelConfig
+from core.errors import BundleError
+from core.timeframes import timeframe_seconds
+from models.calibration import Calibrator, sigmoid
+from models.labels import label_arrays
+
+MIN_PER_CLASS = 10
+_RIDGE = 1e-6
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """Maximum-likelihood ``(a, b)`` of ``P = sigmoid(a z + b)`` by Newton's method."""
+    a, b = 1.0, 0.0
+    x = np.column_stack([z, np.ones_like(z)])
+    for _ in range(iters):
+        p = sigmoid(a * z + b)
+        w = p * (1.0 - p)
+        grad = x.T @ (p - y) + _RIDGE * np.array([a, b])
+        hess = (x * w[:, None]).T @ x + _RIDGE * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(a), float(b)
+
+
+def known_labels(frame: pd.DataFrame, label_cfg: LabelConfig, timeframe: str) -> np.ndarray:
+    """Triple-barrier labels of ``frame`` (1/0, NaN where the horizon is incomplete or gapped)."""
+    code = label_arrays(frame, label_cfg, timeframe)[0]
+    return np.where(code > 0, (code == 1).astype(np.float64), np.nan)
+
+
+def extra_history(ccfg: CalibrationConfig, horizon: int) -> int:
+    """Bars of history rolling calibration needs beyond the bundle's own ``history_bars``."""
+    return int(ccfg.window_bars + horizon + ccfg.refit_bars)
+
+
+def rolling_params(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
+                   ccfg: CalibrationConfig, timeframe: str, fitted_until: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per bar ``(a, b)`` of the rolling Platt fit (NaN where the static calibrator applies).
+    ``fitted_until`` (ns): bars up to this time are never used (the network's own training
+    span, where its logits are in-sample and too confident)."""
+    bar = timeframe_seconds(timeframe) * 1_000_000_000
+    ts = pd.DatetimeIndex(index).as_unit("ns").asi8
+    known_at = ts + horizon * bar           # sorted, as ts is
+    usable = np.isfinite(logits) & np.isfinite(labels)
+    if fitted_until is not None:
+        usable &= ts > fitted_until
+    block_len = ccfg.refit_bars * bar
+    block = ts // block_len
+    a = np.full(len(ts), np.nan)
+    b = np.full(len(ts), np.nan)
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]]) if len(ts) else np.array([], int)
+    ends = np.r_[starts[1:], len(ts)]
+    for lo_bar, hi_bar in zip(starts, ends):
+        grid = int(block[lo_bar]) * block_len
+        lo = np.searchsorted(known_at, grid - ccfg.window_bars * bar, side="right")
+        hi = np.searchsorted(known_at, grid, side="right")
+        sel = np.flatnonzero(usable[lo:hi]) + lo
+        if len(sel) < ccfg.min_samples:
+            continue
+        y = labels[sel]
+        pos = int(y.sum())
+        if min(pos, len(y) - pos) < MIN_PER_CLASS:
+            continue
+        a[lo_bar:hi_bar], b[lo_bar:hi_bar] = fit_platt(logits[sel], y)
+    return a, b
+
+
+def rolling_probabilities(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
+                          ccfg: CalibrationConfig, timeframe: str, fallback: Calibrator,
+                          fitted_until: int | None = None) -> np.ndarray:
+    """Calibrated P per bar: the rolling Platt fit where one exists, ``fallback`` elsewhere."""
+    a, b = rolling_params(index, logits, labels, horizon, ccfg, timeframe, fitted_until)
+    static = fallback(logits)
+    rolled = sigmoid(np.where(np.isnan(a), 0.0, a) * logits + np.where(np.isnan(b), 0.0, b))
+    return np.where(np.isnan(a), static, rolled)
+
+
+class RollingCalibrated:
+    """A bundle whose probabilities come from causal rolling Platt refits (module docstring).
+
+    Same scoring surface as :class:`models.bundle.ModelBundle` for the batch paths
+    (``predict_logit``, ``predict_proba``, ``score_frame``, ``score_window``); everything else
+    is the wrapped bundle's. ``score_features`` (one window, no trailing labels) is refused:
+    rolling calibration needs the trailing bars, so streaming engines call ``score_window``."""
+
+    def __init__(self, bundle, ccfg: CalibrationConfig) -> None:
+        self.inner = bundle
+        self.ccfg = ccfg
+        self.history_bars = int(bundle.history_bars) + extra_history(ccfg, bundle.label_cfg.horizon)
+        # the network's training span (labels included): its logits there are in-sample
+        train = (bundle.meta.get("spans") or {}).get("train")
+        self._fitted_until = int(pd.Timestamp(train[1]).as_unit("ns").value) if train else None
+        # a different calibrator entry: the probability cache never mixes static and rolling P
+        self.meta = {**bundle.meta, "calibrator": {"kind": "rolling-platt", "params": ccfg.model_dump(mode="json"),
+                                                   "fallback": bundle.meta.get("calibrator")}}
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Refused: a rolling P depends on the bar's time and the labels before it."""
+        raise BundleError("rolling calibration depends on each bar's time: use score_frame or predict_proba")
+
+    def score_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(logit, P)`` for every bar of ``frame`` (NaN where no full window exists)."""
+        logit = self.inner.predict_logit(frame).to_numpy()
+        labels = known_labels(frame, self.inner.label_cfg, self.inner.timeframe)
+        prob = rolling_probabilities(frame.index, logit, labels, self.inner.label_cfg.horizon, self.ccfg,
+                                     self.inner.timeframe, self.inner.calibrator, self._fitted_until)
+        return logit, prob
+
+    def predict_proba(self, frame: pd.DataFrame) -> pd.Series:
+        """Rolling-calibrated P per bar."""
+        return pd.Series(self.score_frame(frame)[1], index=frame.index, name="prob")
+
+    def score_window(self, bars: pd.DataFrame) -> float:
+        """Rolling-calibrated P of the last bar of ``bars`` (the last :attr:`history_bars` used)."""
+        tail = bars.iloc[-self.history_bars:]
+        if len(tail) < self.inner.min_bars:
+            return float("nan")
+        return float(self.score_frame(tail)[1][-1])
+
+    def score_features(self, window: np.ndarray, *args, **kwargs):
+        """Refused (see class docstring)."""
+        raise BundleError("rolling calibration needs the trailing bars: score with score_window(bars)")
+
+
+def calibration_config_of(meta: dict) -> CalibrationConfig:
+    """The calibration section a bundle or schedule was trained with (static when absent)."""
+    section = (meta.get("config") or {}).get("calibration") or {}
+    return CalibrationConfig.model_validate(section)
+
+
+def with_calibration(bundle, ccfg: CalibrationConfig | None = None):
+    """The bundle itself for static mode, wrapped in :class:`RollingCalibrated` for rolling."""
+    ccfg = ccfg or calibration_config_of(bundle.meta)
+    return RollingCalibrated(bundle, ccfg) if ccfg.mode == "rolling" else bundle
