@@ -51,13 +51,13 @@ def test_lost_answer_after_the_exchange_accepted_the_order(venue):
 
 def test_429_storm_on_submit_is_looked_up_then_sent_once(venue):
     ex, store, waits = venue
-    ex.inject("status", status=429, retry_after=0, times=3, path="/api/v3/order", method="POST")
+    ex.inject("status", status=429, retry_after=8, times=3, path="/api/v3/order", method="POST")
     order = store.submit(SYM, "market", "buy", 0.01, None, "nts-test-e1")
     assert order["status"] == "closed" and len(ex.orders) == 1
     assert order_posts(ex) == ["fault:429", "fault:429", "fault:429", "200"]
     lookups = [r for r in ex.requests_to("/api/v3/order") if r.method == "GET"]
     assert len(lookups) == 3  # one lookup by client id before each re-send
-    assert waits == [0.5, 1.0, 2.0]
+    assert waits == [8.0, 8.0, 8.0]  # Retry-After honoured on the order path too
 
 
 def test_final_refusal_is_not_retried(venue):
