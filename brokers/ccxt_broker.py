@@ -66,7 +66,22 @@ balance that moved by itself halts the session (``on_halt``).
   skipped, ``stale``): the price it was sized for is gone. Exits decided on such bars are
   sent (closing is never stale), and orders the first process already sent are adopted.
 * *Refusals*: an order the exchange refuses is journaled ``rejected`` and notified Rejected;
-  one that could not be placed after the retries is journaled canceled and Rejected.
+  one that could not be placed after the retries is journaled canceled and Rejected; one whose
+  answer was lost and whose lookups failed is *in doubt*: linked, looked up at every bar,
+  never sent again (after ``DOUBT_POLLS`` bars without a trace it never arrived).
+* *Never an unprotected position without saying so*: exits the exchange refuses (balance
+  after fees, filters) are retried once with the amount held, then the position is closed
+  at market, and if that fails too entries are halted (journal halt) with an ALERT event.
+  A limit entry that fills in parts gets an *interim* exit list for what is held at once
+  (replaced as fills arrive, by the final list when the entry completes; an interim exit
+  that executes ends the entry), and a partly filled entry is canceled at the strategy's
+  ``limit_tif_bars``.
+* *IP ban* (418): the store stops all traffic for the ban's time; entries of that bar are
+  skipped (an entry hit by the ban is not sent after it), an ALERT event is journaled, and
+  the next bar trades again.
+
+Every exchange call goes through the store (:mod:`brokers.ccxt_store`), whose per-exchange
+quirks live in :mod:`brokers.exchanges`; this module only translates backtrader orders.
 """
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def test_a_journal_that_cannot_be_created_leaves_nothing(jpath, monkeypatch):
     assert sorted(os.listdir(jpath.parent)) == []  # no journal, no temporary file, no lock
 
 
-def test_owner_only_files_status_creates_nothing_and_no_stale_lock(jpath):
+def test_owner_only_files_status_creates_nothing_and_no_stale_lock(jpath, tmp_path, monkeypatch):
+    monkeypatch.setenv("NTS_LOG_DIR", str(tmp_path / "logs"))
     with Journal.open(jpath, IDENT) as j:
         _bar(j, 0)
         for p in (jpath, jpath.with_name(jpath.name + "-wal"), jpath.with_name(jpath.name + ".lock")):
@@ -136,6 +137,8 @@ def test_owner_only_files_status_creates_nothing_and_no_stale_lock(jpath):
     res = CliRunner().invoke(cli, ["status", "--state", str(jpath)])
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(jpath.parent)) == ["SESSION.db"], "nts status is read-only for real"
+    log = tmp_path / "logs" / "nts.log"
+    assert log.exists() and stat.S_IMODE(log.stat().st_mode) == 0o600, "the command log is the owner's only"
 
 
 def test_an_extra_outbox_table_is_tolerated(jpath):
