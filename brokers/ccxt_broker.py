@@ -1106,3 +1106,6 @@ class CCXTBroker(bt.BrokerBase):
     def state_dict(self) -> dict[str, Any]:
         """JSON-able ledger for the bar's checkpoint."""
         return self.ledger().to_dict()
+
+
+CCXTStore.broker_factory = staticmethod(CCXTBroker)

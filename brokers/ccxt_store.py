@@ -449,3 +449,14 @@ class CCXTStore:
         if CCXTStore.data_factory is None:
             raise NtsError("no feed registered with CCXTStore: import brokers.ccxt_feed first")
         return CCXTStore.data_factory(self, symbol, timeframe, **kwargs)
+
+    #: broker factory ``(store, symbol, journal, start, **kwargs) -> broker``, registered by
+    #: :mod:`brokers.ccxt_broker` when it loads (the broker depends on the store, never the
+    #: other way round)
+    broker_factory: Callable[..., Any] | None = None
+
+    def getbroker(self, symbol: str, journal: Any, start: Any, **kwargs: Any):
+        """A :class:`brokers.ccxt_broker.CCXTBroker` on this store (backtrader's store convention)."""
+        if CCXTStore.broker_factory is None:
+            raise NtsError("no broker registered with CCXTStore: import brokers.ccxt_broker first")
+        return CCXTStore.broker_factory(self, symbol, journal, start, **kwargs)

@@ -799,9 +799,9 @@ class LiveSession(PaperSession):
             journal.halt(reason, bar.ms if bar is not None else 0)
             self.emit(f"HALT: {reason} (clear with: nts resume --state {self.state})")
 
-        broker = CCXTBroker(self.store, self.symbol, journal, self.live_start, tf_ms=self.tf_ms,
-                            checkpoint_recorded=None if cp is None else cp.recorded_at,
-                            on_event=self._on_event, on_halt=on_halt)
+        broker = self.store.getbroker(self.symbol, journal, self.live_start, tf_ms=self.tf_ms,
+                                      checkpoint_recorded=None if cp is None else cp.recorded_at,
+                                      on_event=self._on_event, on_halt=on_halt)
         broker.data = feed
         self.broker = broker
         halt = journal.halted()
