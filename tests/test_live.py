@@ -617,12 +617,12 @@ def test_an_order_journaled_but_never_sent_is_sent_on_restart(tmp_path, fast_bun
     real_submit = CCXTStore.submit
     entries = []
 
-    def die_before_sending(self, symbol, order_type, side, amount, price, client_id, params=None):
+    def die_before_sending(self, symbol, order_type, side, amount, price, client_id, params=None, **kw):
         if client_id.endswith("-e0"):
             entries.append(client_id)
             if len(entries) == 2:  # the second entry: journaled, never sent
                 raise RuntimeError("simulated crash after the intent, before the send")
-        return real_submit(self, symbol, order_type, side, amount, price, client_id, params)
+        return real_submit(self, symbol, order_type, side, amount, price, client_id, params, **kw)
 
     with venue(frame, s + pd.Timedelta("1min")) as ex:
         monkeypatch.setattr(CCXTStore, "submit", die_before_sending)
