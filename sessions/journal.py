@@ -425,7 +425,7 @@ def _ro_uri(path: Path, immutable: bool = False) -> str:
     return "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
 
 
-def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> bool:
+def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool, records: bool = True) -> bool:
     """Integrity and schema checks on an open connection; True when the file has no tables at
     all (a crash between creating the file and committing the schema) and ``empty_ok``."""
     try:
@@ -467,7 +467,7 @@ def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> b
     if meta.get("clean") == "0" and not Path(str(path) + "-wal").exists():
         raise JournalError(f"{path}: the journal was not closed cleanly and its -wal file is missing (copied without "
                            f"it?): its last writes are in {path.name}-wal; copy that file next to it")
-    problem = _integrity_problem(conn)
+    problem = _integrity_problem(conn) if records else None
     if problem:
         raise JournalError(f"{path}: {problem}; the journal cannot be trusted: restore it from a copy that includes "
                            "its -wal file, or start a new --state file")
@@ -549,7 +549,7 @@ class Journal:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
             try:
                 _configure(conn, path)
-                _verify_schema(conn, path, empty_ok=False)
+                _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
                 journal = cls(path, conn, "session", lock_fd)
                 journal._check_identity(identity, allow_model_change)
                 journal._mark_clean(False)
@@ -578,7 +578,7 @@ class Journal:
                                timeout=10.0)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
-            _verify_schema(conn, path, empty_ok=False)
+            _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
             return cls(path, conn, "reader")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -598,7 +598,7 @@ class Journal:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
         try:
             _configure(conn, path)
-            _verify_schema(conn, path, empty_ok=False)
+            _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
             return cls(path, conn, "admin")
         except BaseException:
             conn.close()
@@ -655,7 +655,7 @@ class Journal:
             self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', ?)", ("1" if clean else "0",))
         if not clean:
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers
             except sqlite3.Error as exc:
                 raise JournalError(f"{self.path}: cannot write the journal ({exc})") from None
 
