@@ -153,8 +153,7 @@ def fetch_trades_from(store: CCXTStore, symbol: str, from_id: int, page: int = 1
     out: list[TradeRec] = []
     nxt = max(0, int(from_id))
     while True:
-        rows = store.read(f"fetch_my_trades {symbol} from {nxt}",
-                          lambda n=nxt: store.exchange.fetch_my_trades(symbol, None, page, {"fromId": n}))
+        rows = store.trades_from(symbol, nxt, page)
         recs = sorted((TradeRec.from_ccxt(r) for r in rows), key=lambda t: t.tid)
         recs = [t for t in recs if t.tid >= nxt]
         out += recs
@@ -165,13 +164,13 @@ def fetch_trades_from(store: CCXTStore, symbol: str, from_id: int, page: int = 1
 
 def newest_trade_id(store: CCXTStore, symbol: str) -> int:
     """Id of the account's newest trade on ``symbol`` (0 when it has none)."""
-    rows = store.read(f"fetch_my_trades {symbol} newest", lambda: store.exchange.fetch_my_trades(symbol, None, 1))
+    rows = store.recent_trades(symbol, 1)
     return max((int(r["id"]) for r in rows), default=0)
 
 
 def balances(store: CCXTStore, base: str, quote: str) -> tuple[float, float]:
     """(base total, quote total) of the account: free + locked."""
-    bal = store.read("fetch_balance", store.exchange.fetch_balance)
+    bal = store.balance()
 
     def total(asset: str) -> float:
         entry = bal.get(asset) or {}
@@ -184,5 +183,5 @@ def balances(store: CCXTStore, base: str, quote: str) -> tuple[float, float]:
 
 
 def last_price(store: CCXTStore, symbol: str) -> float:
-    t = store.read(f"fetch_ticker {symbol}", lambda: store.exchange.fetch_ticker(symbol))
-    return float(t.get("last") or t.get("close") or 0.0)
+    """The last traded price of ``symbol``."""
+    return store.last_price(symbol)

@@ -66,7 +66,22 @@ balance that moved by itself halts the session (``on_halt``).
   skipped, ``stale``): the price it was sized for is gone. Exits decided on such bars are
   sent (closing is never stale), and orders the first process already sent are adopted.
 * *Refusals*: an order the exchange refuses is journaled ``rejected`` and notified Rejected;
-  one that could not be placed after the retries is journaled canceled and Rejected.
+  one that could not be placed after the retries is journaled canceled and Rejected; one whose
+  answer was lost and whose lookups failed is *in doubt*: linked, looked up at every bar,
+  never sent again (after ``DOUBT_POLLS`` bars without a trace it never arrived).
+* *Never an unprotected position without saying so*: exits the exchange refuses (balance
+  after fees, filters) are retried once with the amount held, then the position is closed
+  at market, and if that fails too entries are halted (journal halt) with an ALERT event.
+  A limit entry that fills in parts gets an *interim* exit list for what is held at once
+  (replaced as fills arrive, by the final list when the entry completes; an interim exit
+  that executes ends the entry), and a partly filled entry is canceled at the strategy's
+  ``limit_tif_bars``.
+* *IP ban* (418): the store stops all traffic for the ban's time; entries of that bar are
+  skipped (an entry hit by the ban is not sent after it), an ALERT event is journaled, and
+  the next bar trades again.
+
+Every exchange call goes through the store (:mod:`brokers.ccxt_store`), whose per-exchange
+quirks live in :mod:`brokers.exchanges`; this module only translates backtrader orders.
 """
 from __future__ import annotations
 
@@ -77,11 +92,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import backtrader as bt
-import ccxt
 import numpy as np
 import pandas as pd
 
-from brokers.ccxt_store import CCXTStore, ExchangeRefused
+from brokers.ccxt_store import CCXTStore, ExchangeRefused, OrderInDoubt
 from brokers.exchange import RetriesExhausted
 from brokers.orders import TERMINAL_STATUSES, OrderJournal, deterministic_client_id
 from brokers.account import (
@@ -105,6 +119,8 @@ KIND_ROLES = {"entry": "entry", "stop": "stop_loss", "take_profit": "take_profit
 BT_TYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
             bt.Order.StopLimit: "stop_limit", bt.Order.Close: "market"}
 _EPS = 1e-12
+#: polls (bars) an order in doubt is looked up before it counts as never arrived
+DOUBT_POLLS = 3
 
 
 def bt_ms(num: float) -> int:
@@ -141,6 +157,8 @@ class XOrder:
     order: bt.Order | None = None   # the linked backtrader order
     complete_partial: bool = False  # a partly filled entry the strategy canceled: completes with its fills
     never_sent: bool = False        # journaled, then the process died before the send (see _claim)
+    doubt_polls: int = -1           # >= 0: answer lost and lookups failed; polls that did not find it
+    interim_for: str | None = None  # an exit list protecting the filled part of this working entry
 
 
 @dataclass
@@ -157,6 +175,10 @@ class BrokerStats:
     fills: int = 0           # trades applied
     market_exits: int = 0    # OCO refused because a barrier was already passed: closed at market
     polls: int = 0
+    protection_refused: int = 0  # exit lists the exchange refused
+    protection_closes: int = 0   # positions closed at market because their exits were refused twice
+    unprotected: int = 0         # ... and could not be closed either: entries halted, alert
+    interim_lists: int = 0       # exit lists protecting the filled part of a working entry
 
 
 class CCXTBroker(bt.BrokerBase):
@@ -176,7 +198,6 @@ class CCXTBroker(bt.BrokerBase):
                  on_halt: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.store = store
-        self.ex = store.exchange
         self.symbol = symbol
         self.journal = journal
         self.session_id = journal.session.session_id
@@ -184,7 +205,7 @@ class CCXTBroker(bt.BrokerBase):
         self.on_event = on_event
         self.on_halt = on_halt
         store.load_markets()
-        self.market = self.ex.market(symbol)
+        self.market = store.market(symbol)
         self.base, self.quote = self.market["base"], self.market["quote"]
         limits = self.market.get("limits") or {}
         self.min_amount = float((limits.get("amount") or {}).get("min") or 0.0)
@@ -211,6 +232,7 @@ class CCXTBroker(bt.BrokerBase):
         self._journaled = {f.trade_id for f in journal.fills()}
         self._drift_reported = False
         self._load(start, checkpoint_recorded)
+        store.ban_listeners.append(lambda msg, seconds: self._event("ip_ban", f"ALERT: {msg}", seconds=seconds))
         self.startingcash = self.getcash()  # backtrader's writers read it
 
     # ------------------------------------------------------------------ start-up state
@@ -228,11 +250,12 @@ class CCXTBroker(bt.BrokerBase):
                        status=view.status if view is not None else i.status,
                        filled=view.filled if view is not None else float(i.filled or 0.0),
                        updated=view.updated if view is not None else i.status_ts,
-                       never_sent=(i.cancel_reason or "").startswith("never reached"))
+                       never_sent=(i.cancel_reason or "").startswith("never reached"),
+                       interim_for=(i.extra or {}).get("interim"))
             self._x[x.cid] = x
             if x.eid:
                 self._by_eid[x.eid] = x
-        self._restorable = [c for c in start.ledger.working if c in self._x]
+        self._restorable = [c for c in start.ledger.working if c in self._x and self._x[c].interim_for is None]
         for t in start.trades:
             self._trades[t.tid] = t
             self._pending.append(t.tid)
@@ -352,8 +375,13 @@ class CCXTBroker(bt.BrokerBase):
         if bar.history:
             self._refresh_visible()
             return
+        if self.store.entries_blocked:
+            self.store.entries_blocked = False  # a bar after the ban: entries may go out again
+            self._event("ban_lifted", "IP ban over: trading again")
         self._poll()
+        self._enforce_tif()
         self._apply(bar.ms + self.tf_ms)
+        self._protect_partial()
         self._check_balances()
 
     # ------------------------------------------------------------------ helpers
@@ -374,14 +402,10 @@ class CCXTBroker(bt.BrokerBase):
 
     def _amount(self, x: float) -> str | None:
         """``x`` truncated to the lot step as the exchange's string (None: below one step)."""
-        try:
-            out = self.ex.amount_to_precision(self.symbol, max(0.0, x))
-        except ccxt.InvalidOrder:
-            return None
-        return out if float(out) > 0 else None
+        return self.store.amount_to_precision(self.symbol, max(0.0, x))
 
     def _price(self, x: float) -> str:
-        return self.ex.price_to_precision(self.symbol, x)
+        return self.store.price_to_precision(self.symbol, x)
 
     def _sellable(self, amount: float, price: float | None = None) -> bool:
         price = price if price is not None else (self._close if math.isfinite(self._close) else self.pos_price)
@@ -393,12 +417,11 @@ class CCXTBroker(bt.BrokerBase):
         self._visible.fix(size, self.pos_price if size else 0.0)
 
     def _free_base(self) -> float:
-        bal = self.store.read("fetch_balance", self.ex.fetch_balance)
+        bal = self.store.balance()
         return float((bal.get(self.base) or {}).get("free") or 0.0)
 
     def _last_price(self) -> float:
-        t = self.store.read(f"fetch_ticker {self.symbol}", lambda: self.ex.fetch_ticker(self.symbol))
-        return float(t.get("last") or t.get("close"))
+        return self.store.last_price(self.symbol)
 
     def _link(self, x: XOrder, order: bt.Order) -> None:
         x.order = order
@@ -468,6 +491,8 @@ class CCXTBroker(bt.BrokerBase):
             else:
                 for o in alive:
                     self._send_single(o, restoring)
+        if queue and not restoring:
+            self._protect_partial()  # an entry that filled in part at once is protected at once
 
     @staticmethod
     def _is_exit_pair(orders: list[bt.Order]) -> bool:
@@ -501,6 +526,10 @@ class CCXTBroker(bt.BrokerBase):
             self._link(adopted, order)
             self._after_link(order, adopted)
             return adopted
+        if role == "entry" and not restoring and self.store.entries_blocked:
+            self._skip(order, cid, role, base_bar, abs(float(order.created.size)),
+                       "entries halted: the exchange banned this IP (HTTP 418) during this bar")
+            return None
         now = self.store.fetch_time() if role == "entry" and not restoring else None
         if now is not None and now > base_bar + 2 * self.tf_ms:
             # decided on a bar that closed more than a bar ago (backfilled after a pause or a
@@ -511,6 +540,7 @@ class CCXTBroker(bt.BrokerBase):
         otype = "market" if force_market else BT_TYPES.get(order.exectype, "market")
         want = abs(float(order.executed.remsize or order.created.size))
         if side == "sell":
+            self._drop_interim()  # a sell closes the position: the base they reserve is needed
             want = min(want, self._free_base())
         amount = self._amount(want)
         price = self._price(order.created.price) if otype == "limit" else None
@@ -537,13 +567,16 @@ class CCXTBroker(bt.BrokerBase):
             ctype, params = "market", {"stopLossPrice": float(stop)}
         try:
             resp = self.store.submit(self.symbol, ctype, side, float(amount), None if price is None else float(price),
-                                     cid, params)
+                                     cid, params, entry=role == "entry")
         except ExchangeRefused as exc:
             self._refused(x, order, str(exc))
             return None
         except RetriesExhausted as exc:
             self._not_placed(x, order, str(exc))
             return None
+        except OrderInDoubt as exc:
+            self._in_doubt(x, order, str(exc))
+            return x
         self.stats.sent += 1
         self._acked(x, ExchangeOrder.from_ccxt(resp))
         self._link(x, order)
@@ -560,6 +593,14 @@ class CCXTBroker(bt.BrokerBase):
         self._cancel_children(order)
         self._event("order_rejected", f"{x.role} {x.side} {x.amount:.8f} refused by the exchange: {why}",
                     client_id=x.cid)
+
+    def _in_doubt(self, x: XOrder, order: bt.Order, why: str) -> None:
+        """An order that may or may not be on the exchange: linked and looked up at every poll
+        (never sent again); after :data:`DOUBT_POLLS` polls that do not find it, it never arrived."""
+        x.doubt_polls = 0
+        self._link(x, order)
+        self._event("order_in_doubt", f"{x.role} {x.side} {x.amount:.8f}: {why}; looked up at every bar, "
+                    "never sent again", client_id=x.cid)
 
     def _not_placed(self, x: XOrder, order: bt.Order, why: str) -> None:
         x.status = "canceled"
@@ -600,11 +641,14 @@ class CCXTBroker(bt.BrokerBase):
         self._parent_x.pop(order.ref, None)
 
     def _place_children(self, parent: bt.Order) -> None:
-        """The exits of a filled bracket parent: one OCO list (stop + take profit)."""
+        """The exits of a filled bracket parent: one OCO list (stop + take profit), in place
+        of the interim list that protected its partial fills."""
         kids = [k for k in self._children.get(parent.ref, []) if k.alive() and k.ref not in self._bt]
+        px = self._parent_x.get(parent.ref)
+        if px is not None:
+            self._drop_interim(px.cid)
         if not kids:
             return
-        px = self._parent_x.get(parent.ref)
         base_bar = px.bar_time if px is not None else bt_ms(parent.created.dt)
         if len(kids) == 2 and self._is_exit_pair(kids):
             self._send_pair(kids, base_bar, restoring=False)
@@ -612,8 +656,10 @@ class CCXTBroker(bt.BrokerBase):
             for k in kids:
                 self._send_single(k, restoring=False)
 
-    def _send_pair(self, legs: list[bt.Order], base_bar: int, restoring: bool) -> None:
-        """Two exits of one position as one OCO order list (see module docstring)."""
+    def _send_pair(self, legs: list[bt.Order], base_bar: int, restoring: bool, tries: int = 0) -> None:
+        """Two exits of one position as one OCO order list (see module docstring); a refused
+        list is retried once with the amount held, then the position is closed at market
+        (:meth:`_protection_refused`)."""
         stop = next(o for o in legs if o.exectype == bt.Order.Stop)
         tp = next(o for o in legs if o.exectype == bt.Order.Limit)
         side = "buy" if stop.isbuy() else "sell"
@@ -664,21 +710,19 @@ class CCXTBroker(bt.BrokerBase):
         xt = XOrder(cid=cid_t, role="take_profit", side=side, otype="limit", amount=float(amount), bar_time=base_bar,
                     price=float(tpp), list_cid=list_cid)
         self._x[cid_s], self._x[cid_t] = xs, xt
-        stop_leg = {"Type": "STOP_LOSS", "StopPrice": sp, "ClientOrderId": cid_s}
-        tp_leg = {"Type": "LIMIT_MAKER", "Price": tpp, "ClientOrderId": cid_t}
-        above, below = (tp_leg, stop_leg) if side == "sell" else (stop_leg, tp_leg)
-        params = {"symbol": self.market["id"], "side": side.upper(), "quantity": amount,
-                  "listClientOrderId": list_cid, **{f"above{k}": v for k, v in above.items()},
-                  **{f"below{k}": v for k, v in below.items()}}
         try:
-            self._submit_list(params, list_cid)
+            self.store.submit_oco(self.symbol, side, amount, sp, tpp, list_cid, cid_s, cid_t)
         except ExchangeRefused as exc:
-            for x, o in ((xs, stop), (xt, tp)):
-                self._refused(x, o, str(exc))
+            self._protection_refused(legs, (xs, xt), base_bar, tries, str(exc))
             return
         except RetriesExhausted as exc:
             for x, o in ((xs, stop), (xt, tp)):
                 self._not_placed(x, o, str(exc))
+            self._unprotected(f"exits of {amount} {self.base} could not be placed: {exc}")
+            return
+        except OrderInDoubt as exc:
+            for x, o in ((xs, stop), (xt, tp)):
+                self._in_doubt(x, o, str(exc))
             return
         self.stats.sent += 1
         self.stats.oco_lists += 1
@@ -688,18 +732,144 @@ class CCXTBroker(bt.BrokerBase):
                         ExchangeOrder(cid=x.cid, eid=None, status="open"))
             self._link(x, o)
 
-    def _submit_list(self, params: dict[str, Any], list_cid: str) -> dict[str, Any]:
-        """Send one OCO list ONCE; a lost answer is looked up by its list client id before
-        anything else is sent (as :meth:`CCXTStore.submit` does for orders)."""
-        return self.store.send_once(
-            f"order list {list_cid}", lambda: self.ex.privatePostOrderListOco(dict(params)),
-            lambda: self.store.read(f"fetch_order_list {list_cid}", lambda: self._get_list(list_cid)))
+    # ------------------------------------------------------------------ protection
+    def _protection_refused(self, legs: list[bt.Order], xs: tuple[XOrder, XOrder], base_bar: int, tries: int,
+                            why: str) -> None:
+        """The exchange refused a position's exits (balance after fees, filters): retry once
+        with the amount held now (fresh ids), else close the position at market, else halt
+        entries and alert: never an unprotected position without saying so."""
+        now = self._now()
+        for x in xs:
+            x.status = "rejected"
+            self.journal.record_order_status(x.cid, "rejected", now)
+            self.stats.rejected += 1
+        self.stats.protection_refused += 1
+        self._event("protection_refused", f"exits of {xs[0].amount:.8f} {self.base} refused by the exchange: {why}",
+                    client_id=xs[0].cid, attempt=tries)
+        if tries == 0:
+            self._send_pair(legs, base_bar, restoring=False, tries=1)  # the amount held now, new ids
+            return
+        stop = next(o for o in legs if o.exectype == bt.Order.Stop)
+        for o in legs:
+            if o is not stop and o.alive():
+                o.cancel()
+                self._notify(o)
+        self.stats.protection_closes += 1
+        self._event("protection_close", "exits refused twice: closing the position at market", client_id=xs[0].cid)
+        x = self._send_single(stop, restoring=False, force_market=True, role="stop_loss")
+        if (x is None or x.status in ("rejected", "canceled")) and self._sellable(self._free_base()):
+            self._unprotected(f"exits refused ({why}) and the position could not be closed at market")
 
-    def _get_list(self, list_cid: str) -> dict[str, Any] | None:
+    def _unprotected(self, reason: str) -> None:
+        """A position without exits that could not be closed: halt entries (journal halt,
+        until nts resume) and alert."""
+        self.stats.unprotected += 1
+        self._event("unprotected", f"ALERT: position of {self.base_total:.8f} {self.base} has no stop/take profit: "
+                    f"{reason}")
+        if self.on_halt is not None:
+            self.on_halt(f"unprotected position: {reason}"[:300])
+
+    def _protect_partial(self) -> None:
+        """Protection follows the filled amount at once: a working entry that filled in part
+        gets an interim exit list for what is held (replaced when more fills arrive, and by
+        the final list when the entry completes)."""
+        for px in [x for x in self._x.values() if x.role == "entry" and x.status == "open" and x.side == "buy"]:
+            o = px.order
+            # the exchange's word on what filled (not yet the part applied on its bar): what is
+            # held on the exchange is what needs a stop
+            if o is None or not o.alive() or px.filled <= _EPS or o.ref not in self._children:
+                continue
+            if any(y.interim_for == px.cid and y.filled > _EPS for y in self._x.values()):
+                # the filled part was stopped out or took its profit: the trade is over, the rest
+                # of the entry must not buy again
+                if not px.complete_partial:
+                    self._event("entry_ended_by_exit", f"an exit of the filled part of {px.cid} executed: the rest "
+                                "of the entry is canceled", client_id=px.cid)
+                    self._cancel_x(px)
+                continue
+            kids = [k for k in self._children[o.ref] if k.alive() and k.ref not in self._bt]
+            if len(kids) != 2 or not self._is_exit_pair(kids):
+                continue
+            covered = sum(y.amount for y in self._x.values() if y.interim_for == px.cid and y.role == "stop_loss"
+                          and y.status in ("intent", "open"))
+            more = self._amount(self._free_base())  # not yet covered (an interim list reserves its own)
+            if more is None or not self._sellable(float(more) + covered):
+                continue
+            self._drop_interim(px.cid)  # one list for all that is held
+            held = self._amount(self._free_base())
+            if held is not None and self._sellable(float(held)):
+                self._send_interim(px, kids, held)
+
+    def _send_interim(self, px: XOrder, kids: list[bt.Order], held: str) -> None:
+        stop = next(k for k in kids if k.exectype == bt.Order.Stop)
+        tp = next(k for k in kids if k.exectype == bt.Order.Limit)
+        sp, tpp = self._price(stop.created.price), self._price(tp.created.price)
+        last = self._last_price()
+        if not float(sp) < last < float(tpp):
+            self._event("protection_interim_skipped", f"partial fill of {px.cid}: a barrier is already passed "
+                        f"(last {last}); exits follow when the entry completes", client_id=px.cid)
+            return
+        cid_s, _ = self._claim(stop, "stop_loss", "sell", px.bar_time, False)
+        cid_t, _ = self._claim(tp, "take_profit", "sell", px.bar_time, False)
+        list_cid = f"{cid_s}.oco"
+        with self.journal.atomic():
+            for cid, role, otype, kw in ((cid_s, "stop_loss", "stop", {"stop_price": float(sp)}),
+                                         (cid_t, "take_profit", "limit", {"price": float(tpp)})):
+                self.journal.record_intent(cid, px.bar_time, role, "sell", otype, float(held), **kw,
+                                           extra={"kind": otype if otype == "stop" else "take_profit",
+                                                  "oco": list_cid, "interim": px.cid})
+        legs = [XOrder(cid=cid_s, role="stop_loss", side="sell", otype="stop", amount=float(held),
+                       bar_time=px.bar_time, stop_price=float(sp), list_cid=list_cid, interim_for=px.cid),
+                XOrder(cid=cid_t, role="take_profit", side="sell", otype="limit", amount=float(held),
+                       bar_time=px.bar_time, price=float(tpp), list_cid=list_cid, interim_for=px.cid)]
+        for y in legs:
+            self._x[y.cid] = y
         try:
-            return self.ex.privateGetOrderList({"origClientOrderId": list_cid})
-        except ccxt.OrderNotFound:
-            return None
+            self.store.submit_oco(self.symbol, "sell", held, sp, tpp, list_cid, cid_s, cid_t)
+        except (ExchangeRefused, RetriesExhausted, OrderInDoubt) as exc:
+            for y in legs:
+                y.status = "rejected" if isinstance(exc, ExchangeRefused) else y.status
+                if isinstance(exc, ExchangeRefused):
+                    self.journal.record_order_status(y.cid, "rejected", self._now())
+            self._event("protection_interim_failed", f"exits for the filled part of {px.cid} not placed: {exc}",
+                        client_id=px.cid)
+            return
+        self.stats.sent += 1
+        self.stats.oco_lists += 1
+        self.stats.interim_lists += 1
+        for y in legs:
+            found = self.store.find_order(self.symbol, y.cid)
+            self._acked(y, ExchangeOrder.from_ccxt(found) if found is not None else
+                        ExchangeOrder(cid=y.cid, eid=None, status="open"))
+        self._event("protection_interim", f"partial fill of {px.cid}: exits for {held} {self.base} placed",
+                    client_id=px.cid)
+
+    def _drop_interim(self, entry_cid: str | None = None) -> None:
+        """Cancel the interim exit lists (of one entry, or all) before the final exits or a
+        sell that needs the base they reserve."""
+        for y in list(self._x.values()):
+            if y.interim_for is None or y.status not in ("intent", "open") or y.role != "stop_loss":
+                continue
+            if entry_cid is not None and y.interim_for != entry_cid:
+                continue
+            self._cancel_x(y)
+
+    def _enforce_tif(self) -> None:
+        """A partly filled limit entry is canceled at its time in force (the strategy only
+        cancels entries that have not filled at all): it completes with what filled."""
+        if self._bar_ms is None:
+            return
+        for x in list(self._x.values()):
+            o = x.order
+            if x.role != "entry" or x.status != "open" or x.filled <= _EPS or o is None or not o.alive():
+                continue
+            tif = getattr(getattr(o.owner, "policy", None), "limit_tif_bars", None)
+            if tif is None or x.complete_partial:
+                continue
+            if (self._bar_ms - x.bar_time) // self.tf_ms >= int(tif):
+                self._event("entry_tif", f"entry {x.cid} partly filled ({x.applied:.8f} of {x.amount:.8f}): canceled "
+                            f"at its time in force ({tif} bars)", client_id=x.cid)
+                self._cancel_x(x)
 
     # ------------------------------------------------------------------ canceling
     def _cancel_x(self, x: XOrder) -> None:
@@ -711,9 +881,9 @@ class CCXTBroker(bt.BrokerBase):
             self.stats.cancels += 1
             try:
                 if x.list_cid:
-                    answer = self.store.read(f"cancel order list {x.list_cid}", lambda: self._delete_list(x.list_cid))
+                    answer = self.store.cancel_oco(self.symbol, x.list_cid)
                 else:
-                    answer = self.store.read(f"cancel order {x.cid}", lambda: self._delete_order(x))
+                    answer = self.store.cancel(self.symbol, x.eid, x.cid)
             except (ExchangeRefused, RetriesExhausted) as exc:
                 self._event("cancel_failed", f"cancel of {x.cid} failed, the order keeps working: {exc}",
                             client_id=x.cid)
@@ -751,25 +921,11 @@ class CCXTBroker(bt.BrokerBase):
             elif y.role == "entry" and y.status in ("canceled", "expired"):
                 y.complete_partial = True
 
-    def _delete_list(self, list_cid: str) -> dict[str, Any] | None:
-        try:
-            return self.ex.privateDeleteOrderList({"symbol": self.market["id"], "listClientOrderId": list_cid})
-        except ccxt.OrderNotFound:
-            return None
-
-    def _delete_order(self, x: XOrder) -> dict[str, Any] | None:
-        try:
-            if x.eid:
-                return self.ex.cancel_order(x.eid, self.symbol)
-            return self.ex.cancel_order(None, self.symbol, {"origClientOrderId": x.cid})
-        except ccxt.OrderNotFound:
-            return None
-
     def cancel_session_orders(self, reason: str) -> int:
         """Cancel every open order of this session on the exchange (client id prefix
         ``nts-<session>-``): the kill switch and halts. Returns how many were canceled."""
         prefix = f"nts-{self.session_id[:8]}-"
-        opened = self.store.read(f"fetch_open_orders {self.symbol}", lambda: self.ex.fetch_open_orders(self.symbol))
+        opened = self.store.open_orders(self.symbol)
         mine = [o for o in opened if str(o.get("clientOrderId") or "").startswith(prefix)]
         done: set[str] = set()
         n = 0
@@ -819,7 +975,7 @@ class CCXTBroker(bt.BrokerBase):
         """The session order of a trade whose order id the broker has not seen (None: not
         ours: journaled as an event and the session halted)."""
         try:
-            o = self.store.read(f"fetch_order {t.order_id}", lambda: self.ex.fetch_order(t.order_id, self.symbol))
+            o = self.store.find_order_by_id(self.symbol, t.order_id)
         except NtsError:
             o = None
         cid = str((o or {}).get("clientOrderId"))
@@ -841,14 +997,19 @@ class CCXTBroker(bt.BrokerBase):
         if not working:
             return
         opened = {str(o.get("clientOrderId")): o for o in
-                  self.store.read(f"fetch_open_orders {self.symbol}", lambda: self.ex.fetch_open_orders(self.symbol))}
+                  self.store.open_orders(self.symbol)}
         changed = False
         for x in working:
             o = opened.get(x.cid)
             if o is None:
                 o = self.store.find_order(self.symbol, x.cid)
             if o is None:
+                if x.doubt_polls >= 0:
+                    x.doubt_polls += 1
+                    if x.doubt_polls >= DOUBT_POLLS and x.order is not None:
+                        self._not_placed(x, x.order, f"not found in {x.doubt_polls} polls after its answer was lost")
                 continue
+            x.doubt_polls = -1
             before = (x.status, x.filled)
             self._update(x, ExchangeOrder.from_ccxt(o))
             changed = changed or (x.status, x.filled) != before
@@ -937,10 +1098,14 @@ class CCXTBroker(bt.BrokerBase):
     # ------------------------------------------------------------------ checkpoint
     def ledger(self) -> Ledger:
         """The ledger as of now (checkpointed every bar)."""
-        working = [x.cid for x in self._x.values() if x.order is not None and x.order.alive()]
+        working = [x.cid for x in self._x.values() if (x.order is not None and x.order.alive())
+                   or (x.interim_for is not None and x.status in ("intent", "open"))]
         return Ledger(base=self.base_total, quote=self.quote_total, pos_price=self.pos_price,
                       last_trade_id=self.last_trade_id, reserve=self.reserve, working=working)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able ledger for the bar's checkpoint."""
         return self.ledger().to_dict()
+
+
+CCXTStore.broker_factory = staticmethod(CCXTBroker)

@@ -5,7 +5,8 @@ environment variables, optional sandbox mode and an optional base-URL override (
 point the real ccxt client at the loopback exchange in tests and demos).
 
 ``with_retries`` retries transient failures (no response, timeouts, 429/418, 5xx) with
-exponential backoff, honours ``Retry-After`` and gives up with one clear
+exponential backoff, honours ``Retry-After`` (:func:`retry_delay`, the one delay rule of
+every request kind: reads, order sends and lookups) and gives up with one clear
 :class:`RetriesExhausted` line; client errors (bad symbol, bad request, auth) are raised
 unchanged on the first try because repeating them cannot help.
 """
@@ -81,6 +82,18 @@ def _record_responses(exchange: ccxt.Exchange) -> None:
     exchange.nts_last_response = None
 
 
+def require_keys_in_env(exchange_id: str, api_key_env: str | None, secret_env: str | None) -> None:
+    """Refuse (ConfigError, one line naming the variable) unless both key variables are set;
+    cheap, so ``nts live`` calls it before any other work."""
+    for field, env in (("api_key_env", api_key_env), ("secret_env", secret_env)):
+        what = "API key" if field == "api_key_env" else "API secret"
+        if not env:
+            raise ConfigError(f"{exchange_id}: {what} required but no environment variable is configured "
+                              f"(broker.{field})")
+        if not os.environ.get(env, ""):
+            raise ConfigError(f"{exchange_id}: {what} missing: environment variable {env} is not set")
+
+
 def make_exchange(
     exchange_id: str = "binance",
     url: str | None = None,
@@ -106,16 +119,12 @@ def make_exchange(
         raise ConfigError(f"unknown exchange id {exchange_id!r}: ccxt has no such exchange")
     merged: dict[str, Any] = {**_COMMON_OPTIONS, **_EXCHANGE_OPTIONS.get(exchange_id, {}), **dict(options or {})}
     params: dict[str, Any] = {"enableRateLimit": True, "timeout": int(timeout_ms), "options": merged}
+    if require_keys:
+        require_keys_in_env(exchange_id, api_key_env, secret_env)
     for field, env in (("apiKey", api_key_env), ("secret", secret_env)):
         value = os.environ.get(env, "") if env else ""
         if value:
             params[field] = value
-        elif require_keys:
-            what = "API key" if field == "apiKey" else "API secret"
-            if not env:
-                raise ConfigError(f"{exchange_id}: {what} required but no environment variable is configured "
-                                  f"(broker.{'api_key_env' if field == 'apiKey' else 'secret_env'})")
-            raise ConfigError(f"{exchange_id}: {what} missing: environment variable {env} is not set")
     exchange = cls(params)
     # `has` is per instance in ccxt; switch off the endpoints we do not want called.
     exchange.has["fetchCurrencies"] = False
@@ -169,6 +178,32 @@ def _first_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {line[:300]}"
 
 
+#: HTTP status of an IP ban (Binance: the ban grows when requests keep coming during it)
+BAN_STATUS = 418
+#: a ban without Retry-After lasts at least this long (Binance's shortest ban is 2 minutes)
+DEFAULT_BAN_S = 120.0
+
+
+def retry_delay(attempt: int, status: int | None, headers: Mapping[str, str] | None, backoff_s: float,
+                max_delay_s: float = 120.0) -> float:
+    """THE wait before the next request after a transient failure, for every request kind
+    (reads, order sends, lookups): ``Retry-After`` when the answer carried one (a 418 ban
+    lasts exactly that long, never capped below it), else ``backoff_s * 2**(attempt-1)``
+    capped at ``max_delay_s``; a 418 without ``Retry-After`` waits :data:`DEFAULT_BAN_S`."""
+    after = _retry_after_s(headers)
+    if status == BAN_STATUS:
+        return after if after is not None else max(DEFAULT_BAN_S, backoff_s * (2 ** (attempt - 1)))
+    if after is not None:  # the venue's own demand: a rate limit's wait is never shortened
+        return after if status == 429 else min(after, max_delay_s)
+    return min(backoff_s * (2 ** (attempt - 1)), max_delay_s)
+
+
+def last_response(exchange: ccxt.Exchange | None) -> tuple[int | None, dict | None]:
+    """(status, headers) of the client's last HTTP response, (None, None) when none arrived."""
+    last = getattr(exchange, "nts_last_response", None) if exchange is not None else None
+    return last if last else (None, None)
+
+
 def with_retries(
     fn: Callable[[], T],
     retries: int = 5,
@@ -178,15 +213,16 @@ def with_retries(
     what: str = "exchange request",
     max_delay_s: float = 120.0,
     on_retry: Callable[[int, BaseException, float], None] | None = None,
+    on_ban: Callable[[float], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call ``fn()``; on a transient failure wait and call again, at most ``retries`` more times.
 
-    Delays: ``Retry-After`` when the response carried one, else ``backoff_s * 2**k`` for
-    the k-th retry, capped at ``max_delay_s``. ``exchange`` (built by make_exchange) lets
-    the helper read the last response's status and headers. ``on_retry(attempt, error,
-    delay)`` is called before each wait (for counters and logs). Non-transient errors are
-    re-raised unchanged; running out of retries raises RetriesExhausted naming ``what``.
+    Delays: :func:`retry_delay` (``Retry-After`` honoured, a 418 ban waited out in full).
+    ``exchange`` (built by make_exchange) lets the helper read the last response's status
+    and headers. ``on_retry(attempt, error, delay)`` is called before each wait (for
+    counters and logs), ``on_ban(seconds)`` before waiting out a 418. Non-transient errors
+    are re-raised unchanged; running out of retries raises RetriesExhausted naming ``what``.
     """
     attempts = 0
     while True:
@@ -196,10 +232,7 @@ def with_retries(
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised if not transient
-            status, headers = (None, None)
-            last = getattr(exchange, "nts_last_response", None) if exchange is not None else None
-            if last:
-                status, headers = last
+            status, headers = last_response(exchange)
             if not _is_transient(exc, status):
                 raise
             if attempts > retries:
@@ -208,12 +241,11 @@ def with_retries(
                     f"{what}: gave up after {attempts} attempts; last error{code}: {_first_line(exc)}",
                     attempts, exc,
                 ) from exc
-            delay = _retry_after_s(headers)
-            if delay is None:
-                delay = backoff_s * (2 ** (attempts - 1))
-            delay = min(delay, max_delay_s)
+            delay = retry_delay(attempts, status, headers, backoff_s, max_delay_s)
             log.warning("%s failed (attempt %d of %d, %s); retrying in %.2fs",
                         what, attempts, retries + 1, _first_line(exc), delay)
             if on_retry is not None:
                 on_retry(attempts, exc, delay)
+            if status == BAN_STATUS and on_ban is not None:
+                on_ban(delay)
             sleep(delay)

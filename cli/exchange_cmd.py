@@ -1,6 +1,7 @@
 """`nts exchange`: local exchanges for paper runs and demos (`nts exchange replay`)."""
 from __future__ import annotations
 
+import math
 import signal
 import threading
 
@@ -8,6 +9,7 @@ import click
 
 from cli.common import config_options, setup_logging
 from core.config import Config
+from core.errors import ConfigError
 
 
 @click.group("exchange")
@@ -27,11 +29,15 @@ def exchange_group() -> None:
 @click.option("--timeframe", default=None, help="Bar length of the file (default: data.timeframe).")
 @click.option("--cash", default=None, type=click.FloatRange(min=0),
               help="Starting quote balance of the account (default: execution.cash).")
+@click.option("--faults", "faults_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="YAML list of faults to inject (lost answers, 429/418, hidden orders, partial fills, "
+                   "late candles ...): rehearse the failures a live session must survive. See venues/faults.py.")
 @click.option("--api-key-env", default=None, help="Variable holding the account's API key (default: broker.api_key_env).")
 @click.option("--secret-env", default=None, help="Variable holding the account's secret (default: broker.secret_env).")
 @config_options
 def replay(data_path: str, port: int, speed: float, start: str | None, symbol: str | None, timeframe: str | None,
-           cash: float | None, api_key_env: str | None, secret_env: str | None, cfg: Config) -> None:
+           cash: float | None, faults_path: str | None, api_key_env: str | None, secret_env: str | None,
+           cfg: Config) -> None:
     """Serve DATA as a Binance spot exchange replaying on an accelerated clock, until Ctrl+C.
 
     Orders match against the replayed candles (market orders at the current bar's open,
@@ -39,12 +45,19 @@ def replay(data_path: str, port: int, speed: float, start: str | None, symbol: s
     account's credentials come from environment variables; with neither set, only public
     data (time, markets, candles, tickers) is served.
     """
+    from venues.faults import apply_faults, describe, load_faults
     from venues.replay import ReplayExchange, credentials_from_env
 
+    if cash is not None and not math.isfinite(cash):
+        raise ConfigError(f"--cash {cash}: not a finite amount of the quote currency")
+    market = symbol or cfg.data.symbol
+    if market.count("/") != 1 or not all(market.split("/")):
+        raise ConfigError(f"--symbol {market!r}: expected BASE/QUOTE, e.g. BTC/USDT")
+    faults = load_faults(faults_path) if faults_path else []
     log = setup_logging("exchange")
     key, secret = credentials_from_env(api_key_env or cfg.broker.api_key_env, secret_env or cfg.broker.secret_env)
     exchange = ReplayExchange.from_file(
-        data_path, symbol=symbol or cfg.data.symbol, timeframe=timeframe or cfg.data.timeframe, start=start,
+        data_path, symbol=market, timeframe=timeframe or cfg.data.timeframe, start=start,
         speed=speed, cash=cfg.execution.cash if cash is None else cash, maker_fee=cfg.execution.maker_fee,
         taker_fee=cfg.execution.taker_fee, api_key=key, api_secret=secret, port=port,
     )
@@ -54,9 +67,10 @@ def replay(data_path: str, port: int, speed: float, start: str | None, symbol: s
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    apply_faults(exchange, faults)
     exchange.start()
     try:
-        for line in exchange.describe():
+        for line in exchange.describe() + describe(faults):
             click.echo(line)
             log.info(line)
         click.echo("Ctrl+C stops it.", nl=True)

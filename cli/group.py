@@ -52,6 +52,7 @@ def setup_logging(name: str | None = None, log_dir: str | Path | None = None) ->
             h.close()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(resolved, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # the owner's only
             # backslashreplace: a file name that is not valid UTF-8 must not break logging
             handler = logging.FileHandler(resolved, encoding="utf-8", errors="backslashreplace")
         except OSError:

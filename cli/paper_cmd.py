@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import click
 
+from brokers.exchange import require_keys_in_env
 from cli.common import config_options, setup_logging
 from core.config import Config
 from core.errors import ConfigError
@@ -93,6 +94,8 @@ def live(model_path: str, exchange_id: str | None, symbol: str | None, exchange_
                           "(nothing was sent)")
     if max_capital is not None and not max_capital > 0:
         raise ConfigError(f"--max-capital must be a positive amount, got {max_capital:g}")
+    # keys first, before the model, the journal or the exchange are touched (seconds of work)
+    require_keys_in_env(exchange_id or cfg.broker.exchange, cfg.broker.api_key_env, cfg.broker.secret_env)
     from sessions.session import LiveSession
 
     setup_logging("live")

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import os
 import socket
+import sys
+from typing import Iterable
 
 import click
 
+from core.redact import redact
 from sessions.journal import Journal, summary_json, summary_lines
+
+
+def _echo_all(lines: Iterable[str]) -> None:
+    """Print ``lines``; a reader that stops early (``nts status | head``) ends it quietly."""
+    try:
+        for line in lines:
+            click.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # point stdout at /dev/null so that the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _operator() -> str:
@@ -29,11 +46,7 @@ def status(state: str, as_json: bool) -> None:
     file exits 2 with one line."""
     with Journal.open_readonly(state) as journal:
         summary = journal.summary()
-    if as_json:
-        click.echo(summary_json(summary))
-    else:
-        for line in summary_lines(summary):
-            click.echo(line)
+    _echo_all([summary_json(summary)] if as_json else summary_lines(summary))
 
 
 @click.command("resume")
@@ -53,6 +66,6 @@ def resume(state: str, yes: bool, by: str | None) -> None:
         click.echo(f"{state}: halted since {halt.ts_iso}: {halt.reason}")
         if not yes:
             click.confirm("Clear this halt and let the session trade again?", default=False, abort=True)
-        who = by or _operator()
+        who = redact(by or _operator())  # a name typed on the command line is never echoed as a secret
         journal.clear_halt(f"{who} (nts resume)", _dt.datetime.now(_dt.timezone.utc))
         click.echo(f"halt cleared by {who}")

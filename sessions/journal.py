@@ -61,6 +61,7 @@ from brokers.orders import (  # noqa: F401  (re-exported: the journal's callers 
     to_ms,
 )
 from core.errors import NtsError
+from core.redact import redact
 
 try:  # POSIX advisory lock; released by the kernel when the process dies, even by kill -9
     import fcntl
@@ -424,7 +425,7 @@ def _ro_uri(path: Path, immutable: bool = False) -> str:
     return "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
 
 
-def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> bool:
+def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool, records: bool = True) -> bool:
     """Integrity and schema checks on an open connection; True when the file has no tables at
     all (a crash between creating the file and committing the schema) and ``empty_ok``."""
     try:
@@ -437,9 +438,12 @@ def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> b
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{path}: damaged SQLite file ({exc})") from None
     if app_id == 0 and not tables:
-        if empty_ok:
-            return True
-        raise JournalError(f"{path}: SQLite file without a journal schema (empty, or still being created)")
+        # nts creates journals whole (schema written and checkpointed in a temporary file,
+        # then renamed into place): a SQLite file without tables is not one of ours, or a
+        # journal whose content is still in a -wal file that did not come with it
+        wal = Path(str(path) + "-wal")
+        raise JournalError(f"{path}: SQLite file without a journal schema: a journal copied without its -wal file? "
+                           f"Copy {wal.name} next to it (or give a new --state file)")
     if app_id != APPLICATION_ID:
         names = ", ".join(sorted(tables)[:5]) or "none"
         raise JournalError(f"{path}: not an nts session journal (foreign SQLite schema; tables: {names})")
@@ -460,7 +464,38 @@ def _verify_schema(conn: sqlite3.Connection, path: Path, *, empty_ok: bool) -> b
         raise JournalError(f"{path}: journal schema incomplete (missing tables: {', '.join(missing)})")
     if conn.execute("SELECT COUNT(*) FROM session").fetchone()[0] != 1:
         raise JournalError(f"{path}: journal has no session row")
+    if meta.get("clean") == "0" and not Path(str(path) + "-wal").exists():
+        raise JournalError(f"{path}: the journal was not closed cleanly and its -wal file is missing (copied without "
+                           f"it?): its last writes are in {path.name}-wal; copy that file next to it")
+    problem = _integrity_problem(conn) if records else None
+    if problem:
+        raise JournalError(f"{path}: {problem}; the journal cannot be trusted: restore it from a copy that includes "
+                           "its -wal file, or start a new --state file")
     return False
+
+
+def _integrity_problem(conn: sqlite3.Connection) -> str | None:
+    """The first thing a session could not trust in the journal's records, or None:
+    fills or order events of orders it does not have, impossible checkpoint values, an
+    order open again after its final status."""
+    try:
+        bad = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if bad:
+            table, rowid = bad[0][0], bad[0][1]
+            what = {"fills": "a fill", "order_events": "an order event"}.get(table, f"a {table} row")
+            return f"{what} (row {rowid}) of an order the journal does not have ({len(bad)} such rows)"
+        row = conn.execute("SELECT bar_time, equity, cash, close FROM bars WHERE equity < 0 OR close <= 0 "
+                           "OR (cash IS NULL AND equity IS NOT NULL) ORDER BY bar_time LIMIT 1").fetchone()
+        if row:
+            return (f"impossible checkpoint at bar {iso_ms(row[0])} (equity {row[1]}, cash {row[2]}, close {row[3]})")
+        row = conn.execute("SELECT i.client_id, i.status, e.status FROM intents i JOIN order_events e "
+                           "ON e.client_id = i.client_id WHERE i.status IN ('intent', 'open') AND e.status IN "
+                           "('closed', 'canceled', 'expired', 'rejected') LIMIT 1").fetchone()
+        if row:
+            return f"order {row[0]} is {row[1]} again after it was {row[2]}"
+    except sqlite3.DatabaseError as exc:
+        return f"unreadable records ({exc})"
+    return None
 
 
 # ---------------------------------------------------------------------------------- journal
@@ -502,20 +537,22 @@ class Journal:
             raise JournalError(f"{path}: is a directory, not a journal file")
         existed = path.exists() and path.stat().st_size > 0
         if existed:
-            cls._precheck(path, empty_ok=True)
+            cls._precheck(path, empty_ok=False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a parent that is a file, a read-only folder
             raise JournalError(f"{path}: cannot create its folder ({exc.strerror or exc.__class__.__name__})") from None
         lock_fd = _acquire_lock(path)
         try:
+            if not existed:
+                _create_whole(path, identity)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
             try:
                 _configure(conn, path)
-                if _verify_schema(conn, path, empty_ok=True):
-                    _create_schema(conn, identity)
+                _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
                 journal = cls(path, conn, "session", lock_fd)
                 journal._check_identity(identity, allow_model_change)
+                journal._mark_clean(False)
                 journal.record_event("open", f"{identity.mode} session {journal.session.session_id} opened "
                                      f"({'resumed' if existed else 'new'}), pid {os.getpid()}",
                                      {"new": not existed})
@@ -524,7 +561,7 @@ class Journal:
                 conn.close()
                 raise
         except BaseException:
-            _release_lock(lock_fd)
+            _release_lock(lock_fd, path)
             raise
 
     @classmethod
@@ -533,11 +570,15 @@ class Journal:
         path = Path(path)
         cls._require_file(path)
         cls._precheck(path, empty_ok=False)
-        conn = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None, check_same_thread=False,
+        # read-only for real: without a -wal file (closed cleanly) the file is read as
+        # immutable, so SQLite creates no -wal/-shm beside it; with one, a running or killed
+        # session already made both
+        immutable = not path.with_name(path.name + "-wal").exists()
+        conn = sqlite3.connect(_ro_uri(path, immutable), uri=True, isolation_level=None, check_same_thread=False,
                                timeout=10.0)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
-            _verify_schema(conn, path, empty_ok=False)
+            _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
             return cls(path, conn, "reader")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -557,7 +598,7 @@ class Journal:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
         try:
             _configure(conn, path)
-            _verify_schema(conn, path, empty_ok=False)
+            _verify_schema(conn, path, empty_ok=False, records=False)  # records: checked by _precheck
             return cls(path, conn, "admin")
         except BaseException:
             conn.close()
@@ -595,11 +636,28 @@ class Journal:
         """Close the connection (checkpointing the WAL) and release the session lock."""
         with self._mutex:
             if self._conn is not None:
+                if self.role == "session":
+                    try:
+                        self._mark_clean(True)
+                    except (JournalError, sqlite3.Error):
+                        pass  # a disk that refuses writes: the -wal file stays, and says so
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
             if self._lock_fd is not None:
-                _release_lock(self._lock_fd)
+                _release_lock(self._lock_fd, self.path)
                 self._lock_fd = None
+
+    def _mark_clean(self, clean: bool) -> None:
+        """``meta.clean``: 0 while a session has the file open (checkpointed into the main
+        file at once, so a copy of the main file without its -wal says it is incomplete),
+        1 after a clean close."""
+        with self._write():
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('clean', ?)", ("1" if clean else "0",))
+        if not clean:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: cannot write the journal ({exc})") from None
 
     def __enter__(self) -> "Journal":
         return self
@@ -632,15 +690,22 @@ class Journal:
                 return
             # IMMEDIATE: take the write lock now, so a concurrent admin write waits instead of
             # failing half-way through our transaction
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _write_error(self.path, exc) from None
             self._depth = 1
             try:
                 yield self
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
                 self._conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled back (disk full, I/O error): nothing was written
+                if isinstance(exc, sqlite3.Error):
+                    raise _write_error(self.path, exc) from None
+                raise
             finally:
                 self._depth = 0
 
@@ -931,7 +996,7 @@ class Journal:
         when = _now_ms() if ts is None else to_ms(ts, "ts")
         with self._write("session", "admin"):
             self._conn.execute("INSERT INTO events (ts, kind, message, data) VALUES (?, ?, ?, ?)",
-                               (when, kind, str(message), data_json))
+                               (when, kind, redact(str(message)), data_json))
 
     def events(self, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Events oldest first (the last ``limit`` of them when given), optionally of one kind."""
@@ -945,6 +1010,7 @@ class Journal:
         """Halt the session (survives restarts until :meth:`clear_halt`). When already halted
         the first halt stays in force and the new reason is journaled as an event."""
         when = to_ms(ts, "ts")
+        reason = redact(str(reason))  # text from user code or an operator: never a secret
         with self._write("session", "admin"):
             current = self.halted()
             if current is not None:
@@ -964,6 +1030,7 @@ class Journal:
         when there was none."""
         if not by or not str(by).strip():
             raise JournalError("clear_halt: say who clears the halt")
+        by = redact(str(by))  # an operator name typed on the command line: never a secret
         when = to_ms(ts, "ts")
         with self._write("session", "admin"):
             current = self.halted()
@@ -1016,6 +1083,7 @@ class Journal:
                         "exchange_order_id": i.exchange_order_id} for i in self.intents(open_only=True)]
         halt = self.halted()
         last_events = self.events(limit=1)
+        clock = self.events("clock", limit=1)
         return {
             "path": str(self.path),
             "session": asdict(self.session) | {"created_at_iso": iso_ms(self.session.created_at)},
@@ -1040,6 +1108,8 @@ class Journal:
             "gaps": counts["gaps"],
             "bars_missing": counts["missing"],
             "events": counts["events"],
+            "clock_offset_ms": None if not clock else (clock[0]["data"] or {}).get("offset_ms"),
+            "clock_measured_iso": None if not clock else iso_ms(clock[0]["ts"]),
             "last_event": (None if not last_events else
                            {k: last_events[0][k] for k in ("kind", "message")} | {"ts_iso": iso_ms(last_events[0]["ts"])}),
         }
@@ -1104,6 +1174,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"  {o['client_id']} {o['role']} {o['side']} {o['type']} {o['amount']:.8g}{at} [{o['status']}]")
     else:
         lines.append("open      no open orders")
+    if summary.get("clock_offset_ms") is not None:
+        lines.append(f"clock     host {summary['clock_offset_ms']:+d} ms off the exchange's clock (measured "
+                     f"{summary['clock_measured_iso']}; requests signed with the exchange's time)")
     if summary["last_event"]:
         e = summary["last_event"]
         lines.append(f"last      {e['ts_iso']} {e['kind']}: {e['message']}")
@@ -1153,27 +1226,79 @@ def _create_schema(conn: sqlite3.Connection, identity: SessionIdentity) -> None:
         raise
 
 
+def _write_error(path: Path, exc: BaseException) -> JournalError:
+    """One line for a write the disk refused (full, read-only, I/O error)."""
+    return JournalError(f"{path}: cannot write the journal ({exc}); the session stops here with nothing "
+                        "half-written: free disk space or fix the folder's permissions, then start it again")
+
+
+def _create_whole(path: Path, identity: SessionIdentity) -> None:
+    """Create a journal whole: schema and session row committed in a temporary sibling
+    (owner-only permissions), then renamed into place; a failure leaves nothing behind."""
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute("PRAGMA synchronous = FULL")
+            _create_schema(conn, identity)
+            conn.execute("PRAGMA journal_mode = WAL")
+        finally:
+            conn.close()
+        if path.exists() and path.stat().st_size > 0:
+            raise JournalError(f"{path}: appeared while the journal was being created; not replacing it")
+        os.replace(tmp, path)  # a 0-byte file (nothing to lose) is replaced, anything else refused above
+    except (OSError, sqlite3.Error) as exc:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise JournalError(f"{path}: cannot create the journal ({what}); nothing was created") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def _acquire_lock(path: Path) -> int | None:
     if fcntl is None:  # pragma: no cover
         return None
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(f"{path}: cannot create its lock file ({exc.strerror or exc}); nothing was "
+                               "created") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalError(f"{path}: already open by another session (pid {holder}); "
+                               "one session per journal") from None
+        try:  # a closing session unlinks the lock file: make sure ours is the one at the path
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
         os.close(fd)
-        raise JournalError(f"{path}: already open by another session (pid {holder}); "
-                           "one session per journal") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
-def _release_lock(fd: int | None) -> None:
+def _release_lock(fd: int | None, path: Path | None = None) -> None:
+    """Release the session lock; with ``path`` (a clean close) the lock file goes too."""
     if fd is None or fcntl is None:
         return
     try:
+        if path is not None:
+            try:
+                os.unlink(path.with_name(path.name + ".lock"))
+            except OSError:
+                pass
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -74,14 +74,14 @@ def reconcile(store: CCXTStore, journal: Journal, symbol: str, ledger: Ledger | 
     decides again).
     """
     store.load_markets()
-    market = store.exchange.market(symbol)
+    market = store.market(symbol)
     base, quote = market["base"], market["quote"]
     report = ReconcileReport()
     intents = {i.client_id: i for i in journal.intents()}
     by_eid = {i.exchange_order_id: i for i in intents.values() if i.exchange_order_id}
     new = ledger is None
 
-    opened = store.read(f"fetch_open_orders {symbol}", lambda: store.exchange.fetch_open_orders(symbol))
+    opened = store.open_orders(symbol)
     views: dict[str, ExchangeOrder] = {}
     acks: list[tuple[Intent, ExchangeOrder]] = []
     statuses: list[tuple[Intent, ExchangeOrder]] = []
@@ -127,8 +127,8 @@ def reconcile(store: CCXTStore, journal: Journal, symbol: str, ledger: Ledger | 
         if cid is None:
             # an order id we never heard of: ask the exchange whose it is
             try:
-                o = store.read(f"fetch_order {t.order_id}", lambda oid=t.order_id: store.exchange.fetch_order(oid, symbol))
-                cid = str(o.get("clientOrderId"))
+                o = store.find_order_by_id(symbol, t.order_id)
+                cid = None if o is None else str(o.get("clientOrderId"))
             except NtsError:
                 cid = None
             if cid in intents:

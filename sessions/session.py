@@ -774,6 +774,10 @@ class LiveSession(PaperSession):
         exchange disagree in a way nothing explains. Only GET requests are sent here."""
         for line in self.checklist(self.journal.session.timeframe):
             self.emit(line)
+        offset = self.store.sync_clock()  # signed requests carry the exchange's time from here on
+        self.emit(f"  clock        host {offset:+d} ms off the exchange's clock; requests are signed with the "
+                  "exchange's time (re-synced on -1021)")
+        self.journal.record_event("clock", f"host clock {offset:+d} ms off the exchange's", {"offset_ms": offset})
         if not _has_state(cls):
             raise SessionError(f"live sessions need a strategy with state_dict()/load_state(); {cls.__name__} "
                                "has none")
@@ -817,9 +821,9 @@ class LiveSession(PaperSession):
             journal.halt(reason, bar.ms if bar is not None else 0)
             self.emit(f"HALT: {reason} (clear with: nts resume --state {self.state})")
 
-        broker = CCXTBroker(self.store, self.symbol, journal, self.live_start, tf_ms=self.tf_ms,
-                            checkpoint_recorded=None if cp is None else cp.recorded_at,
-                            on_event=self._on_event, on_halt=on_halt)
+        broker = self.store.getbroker(self.symbol, journal, self.live_start, tf_ms=self.tf_ms,
+                                      checkpoint_recorded=None if cp is None else cp.recorded_at,
+                                      on_event=self._on_event, on_halt=on_halt)
         broker.data = feed
         self.broker = broker
         halt = journal.halted()

@@ -20,6 +20,7 @@ external scheduler, where Dask's own worker threads are the parallelism.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     Client = LocalCluster = as_completed = None  # type: ignore[assignment]
 
 CONNECT_TIMEOUT_S = 30
+_SCHEDULER_RE = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 
 
 class DistributedError(NtsError):
@@ -63,9 +65,12 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     if (workers is None) == (scheduler is None):
         raise ConfigError("give exactly one of --workers N or --scheduler tcp://HOST:PORT")
     if scheduler is not None:
+        if not _SCHEDULER_RE.match(str(scheduler)):
+            raise ConfigError(f"--scheduler {scheduler!r}: not a Dask scheduler address; expected "
+                              "tcp://HOST:PORT (or tls://HOST:PORT)")
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise DistributedError(f"cannot reach the Dask scheduler {scheduler} within {CONNECT_TIMEOUT_S} s "
                                    f"({exc.__class__.__name__})") from None
         try:

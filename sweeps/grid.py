@@ -58,6 +58,7 @@ from core.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SWEEP = REPO_ROOT / "configs" / "sweep.yaml"
 MAX_ROWS = 1_000_000
+MAX_ROWS_CAP = 10_000_000  # max_rows itself is bounded: a larger grid is a typo, not a sweep
 
 # The axes, in the order the combinations iterate them (the last one varies fastest).
 AXES: tuple[str, ...] = (
@@ -113,7 +114,7 @@ class SweepConfig(_Strict):
     blocks: int = Field(16, ge=2, le=20)
     folds: int = Field(4, ge=1, le=20)
     top: int = Field(10, ge=1, le=10000)
-    max_rows: int = Field(MAX_ROWS, ge=1)
+    max_rows: int = Field(MAX_ROWS, ge=1, le=MAX_ROWS_CAP)
 
     @field_validator("blocks")
     @classmethod
@@ -314,7 +315,8 @@ def load_grid(
     if not src.exists():
         raise ConfigError(f"sweep file not found: {src}")
     tree = load_yaml_strict(src)
-    tree = {} if tree is None else tree
+    if tree is None:  # refused like a bare "grid:"
+        raise ConfigError(f"{src}: empty sweep file: give a grid mapping (see configs/sweep.yaml)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{src}: top level must be a mapping (grid, blocks, folds, top, max_rows)")
     tree = dict(tree)

@@ -51,13 +51,13 @@ def test_lost_answer_after_the_exchange_accepted_the_order(venue):
 
 def test_429_storm_on_submit_is_looked_up_then_sent_once(venue):
     ex, store, waits = venue
-    ex.inject("status", status=429, retry_after=0, times=3, path="/api/v3/order", method="POST")
+    ex.inject("status", status=429, retry_after=8, times=3, path="/api/v3/order", method="POST")
     order = store.submit(SYM, "market", "buy", 0.01, None, "nts-test-e1")
     assert order["status"] == "closed" and len(ex.orders) == 1
     assert order_posts(ex) == ["fault:429", "fault:429", "fault:429", "200"]
     lookups = [r for r in ex.requests_to("/api/v3/order") if r.method == "GET"]
     assert len(lookups) == 3  # one lookup by client id before each re-send
-    assert waits == [0.5, 1.0, 2.0]
+    assert waits == [8.0, 8.0, 8.0]  # Retry-After honoured on the order path too
 
 
 def test_final_refusal_is_not_retried(venue):
@@ -79,3 +79,21 @@ def test_reads_retry_transient_errors_and_give_up_in_one_redacted_line(venue, ca
     assert KEY not in text and SECRET not in text
     with pytest.raises(ExchangeRefused, match="unknown symbol|refused"):
         store.fetch_ohlcv("ETH/USDT", "15m", limit=2)
+
+
+def test_the_per_exchange_seam_names_its_capabilities_and_refuses_unknown_venues_for_orders():
+    from brokers.exchange import make_exchange
+    from brokers.exchanges import VENUES, venue_for
+    from core.errors import ConfigError
+
+    binance = venue_for(make_exchange("binance"))
+    caps = binance.caps
+    assert caps.oco_lists and caps.ban_status == 418 and 429 in caps.refused_statuses
+    assert -1021 in caps.clock_error_codes and caps.max_client_id == 36 and set(VENUES) == {"binance"}
+    kraken = make_exchange("kraken")
+    assert venue_for(kraken) is None  # candles only: no venue module needed
+    with pytest.raises(ConfigError, match="live trading is supported on binance only"):
+        venue_for(kraken, need_orders=True)
+    store = CCXTStore(exchange=kraken, sleep=lambda s: None)
+    with pytest.raises(ConfigError, match="no venue module for kraken"):
+        store.find_order("BTC/USD", "nts-x-e0")

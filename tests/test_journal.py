@@ -80,7 +80,7 @@ def test_new_journal_schema_and_reopen(jpath):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert meta == {"app": "nts-journal", "schema_version": str(SCHEMA_VERSION)}
+        assert meta == {"app": "nts-journal", "schema_version": str(SCHEMA_VERSION), "clean": "0"}  # open
         _bar(j, 0)
     with Journal.open(jpath, IDENT) as j:
         assert j.session.session_id == sid  # generated once
@@ -89,18 +89,23 @@ def test_new_journal_schema_and_reopen(jpath):
         assert j.events()[1]["data"] == {"new": False}
 
 
-def test_empty_or_half_created_file_is_a_new_journal(tmp_path):
-    # A crash between creating the file and committing the schema leaves a SQLite file with
-    # no tables (or a 0-byte file): nothing to lose, so it is initialised.
+def test_a_zero_byte_file_is_a_new_journal_a_schema_less_sqlite_file_is_refused(tmp_path):
+    # nts creates journals whole (temporary file, renamed into place), so a SQLite file
+    # without tables is not a half-created journal of ours: most likely a journal copied
+    # without its -wal file (which holds everything). Refused, naming the -wal; a 0-byte
+    # file holds nothing and is initialised.
     half = tmp_path / "half.db"
     conn = sqlite3.connect(half)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
+    before = half.read_bytes()
+    with pytest.raises(JournalError, match="copied without its -wal file\\? Copy half.db-wal next to it"):
+        Journal.open(half, IDENT)
+    assert half.read_bytes() == before
     empty = tmp_path / "empty.db"
     empty.touch()
-    for p in (half, empty):
-        with Journal.open(p, IDENT) as j:
-            assert j.last_bar() is None
+    with Journal.open(empty, IDENT) as j:
+        assert j.last_bar() is None
     (tmp_path / "zero.db").touch()
     with pytest.raises(JournalError, match="empty file"):  # readers never initialise a file
         Journal.open_readonly(tmp_path / "zero.db")

@@ -508,10 +508,18 @@ def test_partial_fills(tmp_path, fast_bundle, warm):
         intent = intents[cid]
         assert intent.filled == pytest.approx(sum(f.amount for f in by_order[cid]))
     for cid in done:
-        held = sum(f.amount - f.fee for f in by_order[cid])
+        interim_cids = [i.client_id for i in v["intents"] if i.extra.get("interim") == cid]
+        sold = sum(f.amount for c in interim_cids for f in by_order.get(c, []))
+        gross = sum(f.amount - f.fee for f in by_order[cid])
+        held = gross - sold
         intent = intents[cid]
         assert intent.status in ("closed", "canceled")  # a partly filled entry canceled at its tif keeps its fills
-        exits = [i for i in v["intents"] if i.extra.get("oco") and i.bar_time == intent.bar_time]
+        exits = [i for i in v["intents"] if i.extra.get("oco") and i.bar_time == intent.bar_time
+                 and not i.extra.get("interim")]
+        interim = [i for i in v["intents"] if i.extra.get("interim") == cid]
+        assert all(i.amount <= gross + 2e-5 for i in interim)  # the filled part's exits, before completion
+        if held * float(legs[cid].price) < 5.0:
+            continue  # an exit of the filled part sold it all: nothing left to protect
         assert {i.role for i in exits} == {"stop_loss", "take_profit"}
         # what the pieces left after the base fee, plus the dust of earlier trades, to the lot step
         assert all(i.amount == pytest.approx(held, abs=2e-5) for i in exits)
@@ -609,12 +617,12 @@ def test_an_order_journaled_but_never_sent_is_sent_on_restart(tmp_path, fast_bun
     real_submit = CCXTStore.submit
     entries = []
 
-    def die_before_sending(self, symbol, order_type, side, amount, price, client_id, params=None):
+    def die_before_sending(self, symbol, order_type, side, amount, price, client_id, params=None, **kw):
         if client_id.endswith("-e0"):
             entries.append(client_id)
             if len(entries) == 2:  # the second entry: journaled, never sent
                 raise RuntimeError("simulated crash after the intent, before the send")
-        return real_submit(self, symbol, order_type, side, amount, price, client_id, params)
+        return real_submit(self, symbol, order_type, side, amount, price, client_id, params, **kw)
 
     with venue(frame, s + pd.Timedelta("1min")) as ex:
         monkeypatch.setattr(CCXTStore, "submit", die_before_sending)
@@ -784,20 +792,20 @@ def test_a_fill_racing_a_cancel(tmp_path, fast_bundle, warm, monkeypatch):
         "open": ([stop * 0.98, stop * 0.981, stop * 0.979, stop * 0.98, 10.0], stop * 0.98),
         "range": ([o, o * 1.001, stop * 0.99, o, 10.0], float(f"{stop:.2f}")),
     }
-    real_delete = CCXTBroker._delete_list
+    real_delete = CCXTStore.cancel_oco
     for case, (row, price) in cases.items():
         frame = base.copy()
         frame.iloc[k + 3] = row
         state = tmp_path / f"race-{case}.db"
         with venue(frame, s + pd.Timedelta("1min")) as ex:
             if case == "range":
-                def slow_cancel(self, list_cid, ex=ex):
+                def slow_cancel(self, symbol, list_cid, ex=ex):
                     ex.advance(bars=1)  # the market moves on while the cancel is on its way
-                    return real_delete(self, list_cid)
+                    return real_delete(self, symbol, list_cid)
 
-                monkeypatch.setattr(CCXTBroker, "_delete_list", slow_cancel)
+                monkeypatch.setattr(CCXTStore, "cancel_oco", slow_cancel)
             res = run_live(fast_bundle, cfg, state, ex, max_bars=12, strategy_kwargs=kw)
-            monkeypatch.setattr(CCXTBroker, "_delete_list", real_delete)
+            monkeypatch.setattr(CCXTStore, "cancel_oco", real_delete)
             assert_consistent(ex, state)
             deletes = [r for r in ex.requests_to("/api/v3/orderList") if r.method == "DELETE"]
         v = view(state)

@@ -1,6 +1,8 @@
 """The loopback exchange speaks Binance's klines semantics and its transport behaves."""
 from __future__ import annotations
 
+import time
+
 import json
 import socket
 import urllib.error
@@ -81,7 +83,9 @@ def test_binance_error_codes(lb, params, code):
 
 
 def test_time_exchange_info_unknown_path_and_request_log(lb):
-    assert get(lb, "/api/v3/time") == (200, {"serverTime": lb.now_ms})
+    status, body = get(lb, "/api/v3/time")
+    assert status == 200 and body["serverTime"] == lb.now_ms  # the (settable) market clock
+    assert abs(body["nts_signTime"] - time.time() * 1000) < 5000  # the clock signatures are checked against
     status, info = get(lb, "/api/v3/exchangeInfo")
     sym = info["symbols"][0]
     assert status == 200 and sym["symbol"] == "BTCUSDT" and sym["status"] == "TRADING"

@@ -81,11 +81,14 @@ class Fault:
     """A scheduled failure for requests to ``path`` (None = any path).
 
     kind: ``status`` (answer ``status`` with a Binance-style error body and optional
-    ``Retry-After``), ``slow`` (wait ``delay_s`` before answering normally), ``drop``
+    ``Retry-After``), ``status_after`` (run the handler, so its effect happens, then answer
+    ``status`` anyway: Binance's 5xx "execution status unknown"), ``slow`` (wait ``delay_s`` before answering normally), ``drop``
     (close the connection without a response) or ``drop_after`` (run the handler, so its
     effect happens, then close without a response); subclasses add kinds their routes
     apply. It fires ``times`` times after letting ``skip`` matching requests through;
-    ``method`` (None = any) narrows the match, e.g. POST of ``/api/v3/order`` only.
+    ``method`` (None = any) narrows the match, e.g. POST of ``/api/v3/order`` only;
+    ``param`` (None = any) to requests carrying that parameter, e.g. ``origClientOrderId``
+    (lookups by client id, not by order id).
     """
 
     kind: str
@@ -97,6 +100,7 @@ class Fault:
     skip: int = 0
     body: Any = None
     method: str | None = None
+    param: str | None = None
 
 
 @dataclass
@@ -223,7 +227,7 @@ class LoopbackExchange:
     """
 
     #: fault kinds the transport applies itself; subclasses extend ``route_fault_kinds``
-    transport_fault_kinds: tuple[str, ...] = ("status", "slow", "drop", "drop_after")
+    transport_fault_kinds: tuple[str, ...] = ("status", "status_after", "slow", "drop", "drop_after")
     route_fault_kinds: tuple[str, ...] = ()
 
     def __init__(
@@ -265,7 +269,10 @@ class LoopbackExchange:
         self.routes: dict[tuple[str, str], Callable[[Request], Response]] = {}
         self.signed_routes: set[tuple[str, str]] = set()
         self.add_route("GET", "/api/v3/ping", lambda req: Response(200, {}))
-        self.add_route("GET", "/api/v3/time", lambda req: Response(200, {"serverTime": self.now_ms}))
+        # serverTime: the (replayed) market clock; nts_signTime: the clock signed requests are
+        # checked against (one clock on the real exchange; two here, see venues.replay)
+        self.add_route("GET", "/api/v3/time", lambda req: Response(200, {"serverTime": self.now_ms,
+                                                                        "nts_signTime": int(self._auth_clock())}))
         self.add_route("GET", "/api/v3/exchangeInfo", self._exchange_info)
         self.add_route("GET", "/api/v3/klines", self._klines)
 
@@ -312,10 +319,13 @@ class LoopbackExchange:
             self.faults.append(fault)
         return fault
 
-    def _take_fault(self, path: str, method: str | None = None) -> Fault | None:
+    def _take_fault(self, path: str, method: str | None = None,
+                    params: Mapping[str, str] | None = None) -> Fault | None:
         with self._lock:
             for fault in self.faults:
                 if fault.path is not None and fault.path != path:
+                    continue
+                if fault.param is not None and fault.param not in (params or {}):
                     continue
                 if fault.method is not None and method is not None and fault.method.upper() != method:
                     continue
@@ -497,7 +507,7 @@ class LoopbackExchange:
             params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         req = Request(handler.command, parts.path, params, {k: v for k, v in handler.headers.items()}, body,
                       query=parts.query)
-        fault = self._take_fault(req.path, req.method)
+        fault = self._take_fault(req.path, req.method, req.params)
         if fault is not None and fault.kind == "drop":
             self._record(req, "fault:drop")
             self._hang_up(handler)
@@ -508,6 +518,14 @@ class LoopbackExchange:
             req.note = (req.note + " " if req.note else "") + f"unsent {response.status}"
             self._record(req, "fault:drop_after")
             self._hang_up(handler)
+            return
+        if fault is not None and fault.kind == "status_after":
+            response = self._route(req)  # takes effect; the client is told it failed
+            req.note = (req.note + " " if req.note else "") + f"unsent {response.status}"
+            self._record(req, f"fault:status_after:{fault.status}")
+            self._send(handler, Response(fault.status, fault.body if fault.body is not None else
+                                         {"code": -1001, "msg": "Internal error; unable to process your request. "
+                                                                "Please try again."}))
             return
         if fault is not None and fault.kind in self.route_fault_kinds:
             req.fault = fault  # the handler applies it; the log notes it

@@ -241,6 +241,8 @@ class ReplayExchange(LoopbackExchange):
     """
 
     route_fault_kinds = ("repeat", "late")
+    #: fault kinds :meth:`inject` knows besides the transport and route ones
+    account_fault_kinds = ("partial", "hidden")
 
     def __init__(
         self,
@@ -380,8 +382,17 @@ class ReplayExchange(LoopbackExchange):
     # ----- faults -------------------------------------------------------------------------
     def inject(self, kind: str, **kwargs: Any) -> Fault | PartialFills:
         """Queue a fault. ``partial`` (``pieces``, ``times``) applies to the next accepted
-        limit-type orders; every other kind is a request fault (see LoopbackExchange.inject;
+        limit-type orders; ``hidden`` (``times``, ``lists``) makes the next lookups by client
+        id answer -2013 "does not exist" (an accepted order not yet visible, as on real
+        exchanges; ``lists=True``: order-list lookups); every other kind is a request fault (see LoopbackExchange.inject;
         ``repeat``/``late`` act on ``/api/v3/klines`` responses)."""
+        if kind == "hidden":
+            # an accepted order not yet visible: lookups by client id answer "does not exist"
+            lists = kwargs.pop("lists", False)
+            path = "/api/v3/orderList" if lists else "/api/v3/order"
+            msg = "Order list does not exist." if lists else "Order does not exist."
+            return super().inject("status", status=400, body={"code": -2013, "msg": msg}, path=path, method="GET",
+                                  param="origClientOrderId", **kwargs)
         if kind == "partial":
             fault = PartialFills(**kwargs)
             if fault.pieces < 2 or fault.times < 1:
