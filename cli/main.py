@@ -7,8 +7,8 @@ import click
 
 from cli.common import NtsGroup
 
-# (module, attribute) of every sub-command; a module that is not there yet is skipped so
-# that work in progress on one command never breaks the others.
+# (module, attribute) of every sub-command. A module or command that is missing is an
+# error at import (a broken install must not silently lose a command).
 _COMMANDS = [
     ("cli.data_cmd", "data_group"),
     ("cli.download_cmd", "download"),
@@ -38,14 +38,10 @@ def cli() -> None:
 
 
 for _module, _attr in _COMMANDS:
-    try:
-        _mod = importlib.import_module(_module)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
-            raise
-        continue
-    if hasattr(_mod, _attr):
-        cli.add_command(getattr(_mod, _attr))
+    _command = getattr(importlib.import_module(_module), _attr, None)
+    if not isinstance(_command, click.Command):
+        raise ImportError(f"nts: {_module} defines no command {_attr!r}")
+    cli.add_command(_command)
 
 
 def main() -> None:

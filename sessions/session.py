@@ -90,6 +90,7 @@ import pandas as pd
 from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
 from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
 from brokers.ccxt_store import CCXTStore
+from sessions.control import SessionControl, is_flatten_halt
 from sessions.reconcile import Ledger, LiveStart, reconcile
 from sessions.journal import (
     EVENT_BREAKER_TRIP,
@@ -150,6 +151,7 @@ class SessionRisk(RiskManager):
         self.journal = journal
         self.session_halted = False
         self.on_resumed: Callable[[str], None] | None = None
+        self.control: SessionControl | None = None  # operator pause (sessions/control.py)
 
     def check(self, now: Any, equity: float, position_value: float, realised_vol: float) -> Decision:
         halt = self.journal.halted()
@@ -162,7 +164,12 @@ class SessionRisk(RiskManager):
             self.session_halted = True
         decision = super().check(now, equity, position_value, realised_vol)
         if halt is not None and not decision.flatten:
-            return Decision("halt", f"session halted: {halt.reason}", max_weight=0.0)
+            # an operator's flatten halt closes everything at market and keeps it closed
+            return Decision("halt", f"session halted: {halt.reason}", flatten=is_flatten_halt(halt.reason),
+                            max_weight=0.0)
+        paused = self.control.paused if self.control is not None else None
+        if paused is not None and decision.allow:
+            return Decision("halt", f"paused by operator: {paused}", max_weight=0.0)
         return decision
 
     def breaker_state(self) -> str:
@@ -453,7 +460,8 @@ class PaperSession:
                  sleep: Callable[[float], None] | None = None, poll: PollPolicy | None = None,
                  store: CCXTStore | None = None, stop: threading.Event | None = None,
                  strategy_kwargs: dict[str, Any] | None = None, barriers: str = "bundle",
-                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False) -> None:
+                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False,
+                 control: SessionControl | None = None) -> None:
         self.cfg = cfg
         self.model = Path(model)
         self.state = Path(state)
@@ -472,6 +480,7 @@ class PaperSession:
         self.allow_model_change = allow_model_change
         self.install_signals = install_signals
         self.coc = bool(coc)
+        self.control = control or SessionControl()  # operator pause (sessions/control.py)
         self.journal: Journal | None = None
         self.checkpoint: Checkpoint | None = None
         self.history_end_ms: int | None = None
@@ -629,6 +638,7 @@ class PaperSession:
         params = strategy_params(cfg, bundle=bundle, barriers=self.barriers, costs=costs, trade_start=trade_start,
                                  trade_end=None, timeframe=timeframe)
         risk = SessionRisk(cfg.risk, journal)
+        risk.control = self.control
         risk.on_resumed = lambda msg: (journal.record_event("resumed", msg), self.emit(msg))
         if cp is not None:
             risk.session_halted = bool(((cp.strategy_state or {}).get("session") or {}).get("halted", False))
