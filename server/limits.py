@@ -1,5 +1,6 @@
 """Request body size limit (413) as a plain ASGI middleware: checked on Content-Length before
-anything is read and again while the body streams in (a client may lie or send chunked)."""
+anything is read and again while the body streams in (a client may lie or send chunked): past
+the limit the 413 goes out at once and the app sees the client disconnect."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,6 @@ from typing import Any
 
 #: default limit: 4 MiB (a /predict window of ~1,400 candles is ~170 kB; a full batch ~2.7 MB)
 MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class BodyTooLarge(Exception):
-    """Raised inside ``receive`` when the streamed body passes the limit."""
 
 
 class BodyLimit:
@@ -34,28 +31,32 @@ class BodyLimit:
                 await self._refuse(send, size)
                 return
         seen = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge()
+                    # answer now; the app sees the client leave and whatever it says is dropped
+                    refused = True
+                    if not started:
+                        await self._refuse(send, seen)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: dict) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send, seen)
+        await self.app(scope, limited_receive, tracking_send)
 
     async def _refuse(self, send: Any, size: int) -> None:
         what = "an invalid Content-Length" if size < 0 else f"{size:,} bytes"
