@@ -268,7 +268,7 @@ class Notifier:
         elif day < 0:
             last = journal.last_bar()
             if last is not None:
-                cursors["day"] = last // _DAY_MS - 1   # summaries start with the first whole day seen
+                cursors["day"] = last // _DAY_MS - 1   # summaries start with the session's first day
         msgs = [Message(key=f"{name}:{what}", target=name, kind=kind, title=title, body=body)
                 for what, kind, title, body in found for name in self.senders]
         return ob.enqueue(msgs, cursors)
