@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,6 +37,7 @@ from strategies.backtest import run_backtest, warmup_bars_for
 from strategies.tcn import TCNStrategy
 
 TOKEN = "test-token-0123456789abcdef"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows_of(frame: pd.DataFrame, iso: bool = False) -> list[dict]:
@@ -256,6 +261,10 @@ def test_cli_refusals(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setenv("MODEL_PATH", str(tmp_path / "nothing"))
     r = CliRunner().invoke(cli, ["serve"])
     assert r.exit_code == 2 and "nothing" in r.output
+    # the seed's entry point is a shim to nts serve
+    shim = subprocess.run([sys.executable, str(ROOT / "scripts" / "start_server.py"), "--model", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert shim.returncode == 2 and shim.stderr.startswith("error: ") and "not a bundle directory" in shim.stderr
 
 
 # --------------------------------------------------------------------------- backtest parity
