@@ -16,9 +16,12 @@ import threading
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 from core.errors import NtsError
 from core.redact import redact
@@ -81,6 +84,42 @@ def _refusal(loc: list[str | int], msg: str, kind: str = "value_error") -> JSONR
     return JSONResponse({"detail": [{"loc": loc, "msg": redact(msg), "type": kind}]}, status_code=422)
 
 
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body's place in the OpenAPI schema (the body is parsed by :func:`_parse`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _parse(model: type[BaseModel], raw: bytes) -> Any:
+    """The body parsed straight from its bytes by pydantic (one pass, no intermediate dicts:
+    several times faster than decoding then validating ~1,400 candles); a refusal is the
+    same 422 FastAPI gives, without echoing the input."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{"loc": ["body", *e.get("loc", ())], "msg": redact(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors(include_url=False, include_input=False)]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+
+def _openapi_with_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
+    """Add the hand-parsed request bodies' models to the app's OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in js.pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+                components.setdefault(model.__name__, js)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _warm(setup: ServeSetup, ready: threading.Event) -> None:
     """Score one synthetic window through the whole path (first calls compile and allocate)."""
     try:
@@ -127,6 +166,7 @@ def create_app(setup: ServeSetup, auth: Auth, host: SessionHost | None = None,
         return JSONResponse({"detail": errors}, status_code=422)
 
     _inference_routes(app, setup, ready, read, metrics)
+    _openapi_with_bodies(app, (PredictRequest, BatchRequest))
     if host is not None:
         _operator_routes(app, host, read, control)
     return app
@@ -149,19 +189,39 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
         return views.model_info(setup)
 
     @app.post("/predict", tags=["inference"], dependencies=read, response_model=Prediction, responses=_R,
-              summary="The backtest's decision on the last of these bars")
-    def predict(body: PredictRequest) -> Any:
+              summary="The backtest's decision on the last of these bars", openapi_extra=_body(PredictRequest))
+    async def predict(request: Request) -> Any:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # gone, or cut off by the body limit (which answered 413)
+            return Response(status_code=400)
+        body = _parse(PredictRequest, raw)
+        if isinstance(body, JSONResponse):
+            return body
+        return await run_in_threadpool(_predict_one, body)
+
+    def _predict_one(body: PredictRequest) -> Response:
         try:
             frame = bars_frame(body.bars, setup)
             out = predict_frame(setup, frame, body.policy)
         except NtsError as exc:
             return _refusal(["body", "policy" if "policy" in str(exc) else "bars"], str(exc))
         metrics.predicted(out)
-        return out
+        return Response(out.model_dump_json(), media_type="application/json")
 
     @app.post("/predict/batch", tags=["inference"], dependencies=read, response_model=BatchResponse, responses=_R,
-              summary="Several symbols or windows in one call")
-    def predict_batch(body: BatchRequest) -> Any:
+              summary="Several symbols or windows in one call", openapi_extra=_body(BatchRequest))
+    async def predict_batch(request: Request) -> Any:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # gone, or cut off by the body limit (which answered 413)
+            return Response(status_code=400)
+        body = _parse(BatchRequest, raw)
+        if isinstance(body, JSONResponse):
+            return body
+        return await run_in_threadpool(_predict_many, body)
+
+    def _predict_many(body: BatchRequest) -> Response:
         results = []
         for i, item in enumerate(body.items):
             try:
@@ -170,8 +230,9 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
             except NtsError as exc:
                 field = "policy" if "policy" in str(exc) else "bars"
                 return _refusal(["body", "items", i, field], str(exc))
+            metrics.predicted(out)
             results.append(BatchResult(**out.model_dump(), symbol=item.symbol))
-        return BatchResponse(results=results)
+        return Response(BatchResponse(results=results).model_dump_json(), media_type="application/json")
 
     @app.get("/metrics", tags=["inference"], dependencies=read, responses=_R, summary="Prometheus metrics",
              response_class=Response)
