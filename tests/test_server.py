@@ -14,16 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import schemathesis
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from cli.main import cli
 from core.config import load_config
@@ -35,6 +27,7 @@ from server.auth import Auth, check_bind
 from server.setup import build_setup
 from strategies.backtest import run_backtest, warmup_bars_for
 from strategies.tcn import TCNStrategy
+from server_helpers import fuzz_schema
 
 TOKEN = "test-token-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,27 +319,6 @@ def test_predict_equals_backtest_on_real_candles(tiny_bundle, real_candles):
 
 
 # --------------------------------------------------------------------------- schemathesis
-
-def fuzz_schema(app, headers: dict | None = None, max_examples: int = 15) -> int:
-    """Every operation of the app's OpenAPI schema with generated requests (hypothesis, bounded):
-    zero 5xx and every answer as the schema says (status code, content type, body). Driven
-    without schemathesis' pytest plugin; returns the number of operations run."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-    n = 0
-    for result in schema.get_all_operations():
-        op = result.ok()
-
-        @given(case=op.as_strategy())
-        @settings(max_examples=max_examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
-        def run(case):
-            case.call_and_validate(headers=headers, checks=checks)
-
-        run()
-        n += 1
-    return n
-
 
 @pytest.mark.timeout(600)
 def test_openapi_schema_fuzz(setup):
