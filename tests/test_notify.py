@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,36 +14,10 @@ import pytest
 from core.errors import ConfigError
 from sessions.journal import Journal, SessionIdentity
 from sessions.notify import NotifyConfig, Notifier, load_notify_config, mask_url
+from server_helpers import Receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_717_200_000_000  # 2024-06-01 00:00 UTC
-
-
-class Receiver:
-    """A webhook on 127.0.0.1 that records every delivery (and can be killed and restarted)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.got: list[dict] = []
-        received = self.got
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body) | {"idem": self.headers.get("Idempotency-Key")})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def kill(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def new_journal(path: Path) -> Journal:

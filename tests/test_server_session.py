@@ -30,7 +30,7 @@ from server.auth import Auth
 from server.host import SessionHost
 from server.setup import build_setup
 from strategies.backtest import warmup_bars_for
-from server_helpers import fuzz_schema
+from server_helpers import Receiver, fuzz_schema
 from venues.replay import ReplayExchange
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,11 +207,15 @@ def test_served_session_survives_sigkill(tmp_path, fast_bundle):
     state = tmp_path / "kill.db"
     log_path = tmp_path / "serve.log"
     port = free_port()
+    rx = Receiver()
+    notify = tmp_path / "notify.yaml"
+    notify.write_text(f"notify:\n  targets:\n    - {{name: ops, kind: webhook, url: 'http://127.0.0.1:{rx.port}/hook'}}\n"
+                      "  events: [fill, halt, error, start, stop]\n  poll_seconds: 0.2\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "NTS_API_TOKEN": TOKEN}
     base = f"http://127.0.0.1:{port}"
     with ReplayExchange(frame, start=frame.index[warm + 5] + pd.Timedelta("1min"), speed=0) as ex:
         cmd = [sys.executable, "-m", "cli.main", "serve", "--mode", "paper", "--model", str(fast_bundle),
-               "--exchange-url", ex.url, "--state", str(state), "--port", str(port)] + \
+               "--exchange-url", ex.url, "--state", str(state), "--port", str(port), "--notify", str(notify)] + \
               [a for kv in cfg_args for a in ("--set", kv)]
 
         def start():
@@ -246,3 +250,13 @@ def test_served_session_survives_sigkill(tmp_path, fast_bundle):
     assert times == sorted(set(times)) and all(b - a == 900_000 for a, b in zip(times, times[1:]))
     assert after["summary"]["duplicate_fills_ignored"] == 0
     assert [b.bar_time for b in after["bars"][:len(before["bars"])]] == [b.bar_time for b in before["bars"]]
+    # notifications: every fill and start/stop event of the journal reached the receiver, across the kill
+    rx.kill()
+    with Journal.open_readonly(state) as j:
+        fills = {f"ops:fill:{f.trade_id}" for f in j.fills()}
+        events = {f"ops:event:{e['id']}" for e in j.events() if e["kind"] in ("start", "stop", "halt", "error")}
+    keys = [m["key"] for m in rx.got]
+    assert fills and set(keys) == fills | events
+    # sent once; a kill between the receiver's answer and the commit of sent_at may repeat the one
+    # message in flight (it carries the same Idempotency-Key), nothing else
+    assert len(keys) - len(set(keys)) <= 1, sorted(k for k in set(keys) if keys.count(k) > 1)
