@@ -50,6 +50,10 @@ when the halt is cleared the session resets the risk manager's breakers (a human
 resume) and trades again. Paper trades equal backtest trades up to the first such trip (the
 backtest has no human to wait for).
 
+**Operator control** (:mod:`sessions.control`, used by ``nts serve``): while paused,
+:class:`SessionRisk` allows no new entries; a halt whose reason starts with ``operator
+flatten`` also flattens (market close, working orders canceled) at every bar until cleared.
+
 The **daily-loss** breaker keeps the meaning it has in the backtest: halt and flatten until
 the next UTC day, then trade again by itself. Its state (tripped, the day, the day's start
 equity) is part of the risk manager's state in every checkpoint, so a session restarted on
