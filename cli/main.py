@@ -38,6 +38,8 @@ COMMANDS: dict[str, CommandEntry] = {
                           "Sweep barriers, deadbands, centre, order type and costs; say whether the best row is luck."),
     "paper": CommandEntry("cli.paper_cmd", "paper", "Paper-trade a model on an exchange's live candles."),
     "live": CommandEntry("cli.paper_cmd", "live", "Trade a model LIVE on an exchange (journaled, reconciled)."),
+    "serve": CommandEntry("cli.serve_cmd", "serve",
+                          "Serve predictions over HTTP, or run a paper/live session with an operator API."),
     "exchange": CommandEntry("cli.exchange_cmd", "exchange_group",
                              "Local Binance-compatible exchanges on 127.0.0.1 for rehearsal and tests."),
     "bundle": CommandEntry("cli.bundle_cmd", "bundle_group", "Model bundle tools (export the ONNX graph of an older bundle)."),

@@ -91,6 +91,9 @@ _SECRET_KEY_PARTS = ("apikey", "secret", "password", "passwd", "passphrase", "si
 _FLOAT_TAG = "$float"  # JSON tag for non-finite floats: {"$float": "nan" | "inf" | "-inf"}
 _BAR_FLOATS = ("close", "prob", "signal", "weight", "position", "avg_price", "cash", "equity")
 _TABLES = ("meta", "session", "intents", "order_events", "fills", "bars", "gaps", "events", "halts")
+# Tables other modules may add to a journal file; accepted, never required: the notification
+# outbox and its read cursors (sessions/outbox.py).
+OPTIONAL_TABLES = ("outbox", "outbox_cursor")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

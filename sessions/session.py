@@ -50,6 +50,10 @@ when the halt is cleared the session resets the risk manager's breakers (a human
 resume) and trades again. Paper trades equal backtest trades up to the first such trip (the
 backtest has no human to wait for).
 
+**Operator control** (:mod:`sessions.control`, used by ``nts serve``): while paused,
+:class:`SessionRisk` allows no new entries; a halt whose reason starts with ``operator
+flatten`` also flattens (market close, working orders canceled) at every bar until cleared.
+
 The **daily-loss** breaker keeps the meaning it has in the backtest: halt and flatten until
 the next UTC day, then trade again by itself. Its state (tripped, the day, the day's start
 equity) is part of the risk manager's state in every checkpoint, so a session restarted on
@@ -90,6 +94,7 @@ import pandas as pd
 from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
 from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
 from brokers.ccxt_store import CCXTStore
+from sessions.control import SessionControl, is_flatten_halt
 from sessions.reconcile import Ledger, LiveStart, reconcile
 from sessions.journal import (
     EVENT_BREAKER_TRIP,
@@ -147,6 +152,7 @@ class SessionRisk(RiskManager):
         self.journal = journal
         self.session_halted = False
         self.on_resumed: Callable[[str], None] | None = None
+        self.control: SessionControl | None = None  # operator pause (sessions/control.py)
 
     def check(self, now: Any, equity: float, position_value: float, realised_vol: float) -> Decision:
         halt = self.journal.halted()
@@ -159,7 +165,12 @@ class SessionRisk(RiskManager):
             self.session_halted = True
         decision = super().check(now, equity, position_value, realised_vol)
         if halt is not None and not decision.flatten:
-            return Decision("halt", f"session halted: {halt.reason}", max_weight=0.0)
+            # an operator's flatten halt closes everything at market and keeps it closed
+            return Decision("halt", f"session halted: {halt.reason}", flatten=is_flatten_halt(halt.reason),
+                            max_weight=0.0)
+        paused = self.control.paused if self.control is not None else None
+        if paused is not None and decision.allow:
+            return Decision("halt", f"paused by operator: {paused}", max_weight=0.0)
         return decision
 
     def breaker_state(self) -> str:
@@ -447,7 +458,8 @@ class PaperSession:
                  sleep: Callable[[float], None] | None = None, poll: PollPolicy | None = None,
                  store: CCXTStore | None = None, stop: threading.Event | None = None,
                  strategy_kwargs: dict[str, Any] | None = None, barriers: str = "bundle",
-                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False) -> None:
+                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False,
+                 control: SessionControl | None = None) -> None:
         self.cfg = cfg
         self.model = Path(model)
         self.state = Path(state)
@@ -466,6 +478,7 @@ class PaperSession:
         self.allow_model_change = allow_model_change
         self.install_signals = install_signals
         self.coc = bool(coc)
+        self.control = control or SessionControl()  # operator pause (sessions/control.py)
         self.journal: Journal | None = None
         self.checkpoint: Checkpoint | None = None
         self.history_end_ms: int | None = None
@@ -655,6 +668,7 @@ class PaperSession:
         cerebro.adddata(feed)
         cerebro.setbroker(self._broker(feed))
         risk = SessionRisk(self.cfg.risk, journal)
+        risk.control = self.control
         risk.on_resumed = lambda msg: (journal.record_event("resumed", msg), self.emit(msg))
         if cp is not None:
             risk.session_halted = bool(((cp.strategy_state or {}).get("session") or {}).get("halted", False))
