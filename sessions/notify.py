@@ -137,6 +137,7 @@ class _Sender:
         self.masked = mask_url(self._url)
         self.timeout = timeout
         self.down_since: int | None = None
+        self.delivered = False     # this process delivered at least one message to the target
         self.retry_at = 0.0        # monotonic time before which this target is not tried again
         self._client = httpx.Client(timeout=timeout) if cfg.kind == "webhook" else None
 
@@ -307,9 +308,11 @@ class Notifier:
             if why is None:
                 self._outbox.mark_sent(m.id)
                 sent += 1
-                if sender.down_since is not None:
+                # m.attempts > 0 on a sender that has not failed yet: the outage began before a restart
+                if sender.down_since is not None or (m.attempts > 0 and not sender.delivered):
                     log.warning("notify target %s (%s) reachable again", sender.name, sender.masked)
                     sender.down_since = None
+                sender.delivered = True
                 continue
             retry = min(self.cfg.retry.first_seconds * 2 ** min(m.attempts, 30), self.cfg.retry.max_seconds)
             sender.retry_at = now + retry

@@ -118,13 +118,27 @@ class Outbox:
         return new
 
     def due(self, limit: int = 100) -> list[Message]:
-        """Unsent messages whose retry time has come, oldest first."""
+        """Unsent messages whose retry time has come, oldest first, in order per target: a
+        message waiting for its retry holds back the later ones of its target, so a target
+        that comes back after an outage receives everything in the order it happened."""
+        now = now_ms()
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, key, target, kind, title, body, attempts, created_at FROM outbox"
-                " WHERE sent_at IS NULL AND next_try <= ? ORDER BY id LIMIT ?", (now_ms(), int(limit))).fetchall()
-        return [Message(key=r[1], target=r[2], kind=r[3], title=r[4], body=r[5], id=r[0], attempts=r[6],
-                        created_at=r[7]) for r in rows]
+                "SELECT id, key, target, kind, title, body, attempts, created_at, next_try FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY id").fetchall()
+        out: list[Message] = []
+        held: set[str] = set()
+        for r in rows:
+            if r[2] in held:
+                continue
+            if r[8] > now:
+                held.add(r[2])
+                continue
+            out.append(Message(key=r[1], target=r[2], kind=r[3], title=r[4], body=r[5], id=r[0], attempts=r[6],
+                               created_at=r[7]))
+            if len(out) >= limit:
+                break
+        return out
 
     def mark_sent(self, message_id: int) -> None:
         """The target accepted the message."""
