@@ -269,13 +269,11 @@ class RecordingTCN(TCNStrategy):
 
     def next(self):
         if self._start_num is not None and self.data.datetime[0] >= self._start_num:
-            p = self.probability()
-            s = self.signal(p)
-            w = self.risk.cap_weight(self.target_weight(s))
+            p, s, w = self.bar_signal()  # the hooks' values the decision step reads on this bar
             close = float(self.data.close[0])
             self.p.log.append({"time": self.data.datetime.datetime(0), "p": p, "s": s, "w": w,
-                               "vol": self.forecast_vol(), "limit": self.use_limit(abs(s)),
-                               "barriers": self.barrier_prices(close, w >= 0)})
+                               "vol": self.forecast_vol(), "limit": self.policy.use_limit(abs(s)),
+                               "barriers": self.policy.barrier_prices(close, w >= 0)})
         super().next()
 
 
