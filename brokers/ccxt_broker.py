@@ -75,7 +75,7 @@ balance that moved by itself halts the session (``on_halt``).
   A limit entry that fills in parts gets an *interim* exit list for what is held at once
   (replaced as fills arrive, by the final list when the entry completes; an interim exit
   that executes ends the entry), and a partly filled entry is canceled at the strategy's
-  ``limit_tif_bars``.
+  ``limit_tif_bars``. These rules live in :mod:`brokers.protection`.
 * *IP ban* (418): the store stops all traffic for the ban's time; entries of that bar are
   skipped (an entry hit by the ban is not sent after it), an ALERT event is journaled, and
   the next bar trades again.
@@ -88,7 +88,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import backtrader as bt
@@ -97,7 +96,10 @@ import pandas as pd
 
 from brokers.ccxt_store import CCXTStore, ExchangeRefused, OrderInDoubt
 from brokers.exchange import RetriesExhausted
+from brokers.live_orders import EPS as _EPS
+from brokers.live_orders import BrokerStats, XOrder
 from brokers.orders import TERMINAL_STATUSES, OrderJournal, deterministic_client_id
+from brokers.protection import Protection
 from brokers.account import (
     BALANCE_TOL,
     ExchangeOrder,
@@ -118,7 +120,6 @@ KIND_ROLES = {"entry": "entry", "stop": "stop_loss", "take_profit": "take_profit
 #: backtrader execution type -> journal order type
 BT_TYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
             bt.Order.StopLimit: "stop_limit", bt.Order.Close: "market"}
-_EPS = 1e-12
 #: polls (bars) an order in doubt is looked up before it counts as never arrived
 DOUBT_POLLS = 3
 
@@ -134,51 +135,6 @@ def _iso(ms: int) -> str:
 
 def _bt_num(ms: int) -> float:
     return float(ns_to_bt_num(np.array([int(ms) * 1_000_000], dtype="int64"))[0])
-
-
-@dataclass
-class XOrder:
-    """One exchange order of the session, as the broker tracks it."""
-
-    cid: str
-    role: str
-    side: str
-    otype: str
-    amount: float
-    bar_time: int
-    price: float | None = None
-    stop_price: float | None = None
-    list_cid: str | None = None
-    eid: str | None = None
-    status: str = "intent"          # journal status (intent/open/closed/canceled/expired/rejected)
-    filled: float = 0.0             # executed amount, as the exchange last said
-    applied: float = 0.0            # executed amount applied to the ledger and the backtrader order
-    updated: int | None = None      # exchange time of the last status change
-    order: bt.Order | None = None   # the linked backtrader order
-    complete_partial: bool = False  # a partly filled entry the strategy canceled: completes with its fills
-    never_sent: bool = False        # journaled, then the process died before the send (see _claim)
-    doubt_polls: int = -1           # >= 0: answer lost and lookups failed; polls that did not find it
-    interim_for: str | None = None  # an exit list protecting the filled part of this working entry
-
-
-@dataclass
-class BrokerStats:
-    """Counters of one live broker (reported by the session, asserted by tests)."""
-
-    sent: int = 0            # orders and order lists sent (each once)
-    oco_lists: int = 0
-    adopted: int = 0         # backtrader orders linked to an order the journal already had
-    skipped: int = 0         # below the minimum amount / notional: not sent
-    rejected: int = 0
-    cancels: int = 0
-    cancel_races: int = 0    # a cancel that found the order filled
-    fills: int = 0           # trades applied
-    market_exits: int = 0    # OCO refused because a barrier was already passed: closed at market
-    polls: int = 0
-    protection_refused: int = 0  # exit lists the exchange refused
-    protection_closes: int = 0   # positions closed at market because their exits were refused twice
-    unprotected: int = 0         # ... and could not be closed either: entries halted, alert
-    interim_lists: int = 0       # exit lists protecting the filled part of a working entry
 
 
 class CCXTBroker(bt.BrokerBase):
@@ -219,6 +175,7 @@ class CCXTBroker(bt.BrokerBase):
         self._close = math.nan
         self._bar_ms: int | None = None
         self.stats = BrokerStats()
+        self.protection = Protection(self)
         self._notifs: deque[bt.Order] = deque()
         self._queue: list[list[bt.Order]] = []
         self._children: dict[int, list[bt.Order]] = {}
@@ -379,9 +336,9 @@ class CCXTBroker(bt.BrokerBase):
             self.store.entries_blocked = False  # a bar after the ban: entries may go out again
             self._event("ban_lifted", "IP ban over: trading again")
         self._poll()
-        self._enforce_tif()
+        self.protection.enforce_tif()
         self._apply(bar.ms + self.tf_ms)
-        self._protect_partial()
+        self.protection.follow_partial_fills()
         self._check_balances()
 
     # ------------------------------------------------------------------ helpers
@@ -492,7 +449,7 @@ class CCXTBroker(bt.BrokerBase):
                 for o in alive:
                     self._send_single(o, restoring)
         if queue and not restoring:
-            self._protect_partial()  # an entry that filled in part at once is protected at once
+            self.protection.follow_partial_fills()  # an entry that filled in part at once is protected at once
 
     @staticmethod
     def _is_exit_pair(orders: list[bt.Order]) -> bool:
@@ -540,7 +497,7 @@ class CCXTBroker(bt.BrokerBase):
         otype = "market" if force_market else BT_TYPES.get(order.exectype, "market")
         want = abs(float(order.executed.remsize or order.created.size))
         if side == "sell":
-            self._drop_interim()  # a sell closes the position: the base they reserve is needed
+            self.protection.drop_interim()  # a sell closes the position: the base they reserve is needed
             want = min(want, self._free_base())
         amount = self._amount(want)
         price = self._price(order.created.price) if otype == "limit" else None
@@ -646,7 +603,7 @@ class CCXTBroker(bt.BrokerBase):
         kids = [k for k in self._children.get(parent.ref, []) if k.alive() and k.ref not in self._bt]
         px = self._parent_x.get(parent.ref)
         if px is not None:
-            self._drop_interim(px.cid)
+            self.protection.drop_interim(px.cid)
         if not kids:
             return
         base_bar = px.bar_time if px is not None else bt_ms(parent.created.dt)
@@ -659,7 +616,7 @@ class CCXTBroker(bt.BrokerBase):
     def _send_pair(self, legs: list[bt.Order], base_bar: int, restoring: bool, tries: int = 0) -> None:
         """Two exits of one position as one OCO order list (see module docstring); a refused
         list is retried once with the amount held, then the position is closed at market
-        (:meth:`_protection_refused`)."""
+        (:meth:`brokers.protection.Protection.refused`)."""
         stop = next(o for o in legs if o.exectype == bt.Order.Stop)
         tp = next(o for o in legs if o.exectype == bt.Order.Limit)
         side = "buy" if stop.isbuy() else "sell"
@@ -713,12 +670,12 @@ class CCXTBroker(bt.BrokerBase):
         try:
             self.store.submit_oco(self.symbol, side, amount, sp, tpp, list_cid, cid_s, cid_t)
         except ExchangeRefused as exc:
-            self._protection_refused(legs, (xs, xt), base_bar, tries, str(exc))
+            self.protection.refused(legs, (xs, xt), base_bar, tries, str(exc))
             return
         except RetriesExhausted as exc:
             for x, o in ((xs, stop), (xt, tp)):
                 self._not_placed(x, o, str(exc))
-            self._unprotected(f"exits of {amount} {self.base} could not be placed: {exc}")
+            self.protection.unprotected(f"exits of {amount} {self.base} could not be placed: {exc}")
             return
         except OrderInDoubt as exc:
             for x, o in ((xs, stop), (xt, tp)):
@@ -731,145 +688,6 @@ class CCXTBroker(bt.BrokerBase):
             self._acked(x, ExchangeOrder.from_ccxt(found) if found is not None else
                         ExchangeOrder(cid=x.cid, eid=None, status="open"))
             self._link(x, o)
-
-    # ------------------------------------------------------------------ protection
-    def _protection_refused(self, legs: list[bt.Order], xs: tuple[XOrder, XOrder], base_bar: int, tries: int,
-                            why: str) -> None:
-        """The exchange refused a position's exits (balance after fees, filters): retry once
-        with the amount held now (fresh ids), else close the position at market, else halt
-        entries and alert: never an unprotected position without saying so."""
-        now = self._now()
-        for x in xs:
-            x.status = "rejected"
-            self.journal.record_order_status(x.cid, "rejected", now)
-            self.stats.rejected += 1
-        self.stats.protection_refused += 1
-        self._event("protection_refused", f"exits of {xs[0].amount:.8f} {self.base} refused by the exchange: {why}",
-                    client_id=xs[0].cid, attempt=tries)
-        if tries == 0:
-            self._send_pair(legs, base_bar, restoring=False, tries=1)  # the amount held now, new ids
-            return
-        stop = next(o for o in legs if o.exectype == bt.Order.Stop)
-        for o in legs:
-            if o is not stop and o.alive():
-                o.cancel()
-                self._notify(o)
-        self.stats.protection_closes += 1
-        self._event("protection_close", "exits refused twice: closing the position at market", client_id=xs[0].cid)
-        x = self._send_single(stop, restoring=False, force_market=True, role="stop_loss")
-        if (x is None or x.status in ("rejected", "canceled")) and self._sellable(self._free_base()):
-            self._unprotected(f"exits refused ({why}) and the position could not be closed at market")
-
-    def _unprotected(self, reason: str) -> None:
-        """A position without exits that could not be closed: halt entries (journal halt,
-        until nts resume) and alert."""
-        self.stats.unprotected += 1
-        self._event("unprotected", f"ALERT: position of {self.base_total:.8f} {self.base} has no stop/take profit: "
-                    f"{reason}")
-        if self.on_halt is not None:
-            self.on_halt(f"unprotected position: {reason}"[:300])
-
-    def _protect_partial(self) -> None:
-        """Protection follows the filled amount at once: a working entry that filled in part
-        gets an interim exit list for what is held (replaced when more fills arrive, and by
-        the final list when the entry completes)."""
-        for px in [x for x in self._x.values() if x.role == "entry" and x.status == "open" and x.side == "buy"]:
-            o = px.order
-            # the exchange's word on what filled (not yet the part applied on its bar): what is
-            # held on the exchange is what needs a stop
-            if o is None or not o.alive() or px.filled <= _EPS or o.ref not in self._children:
-                continue
-            if any(y.interim_for == px.cid and y.filled > _EPS for y in self._x.values()):
-                # the filled part was stopped out or took its profit: the trade is over, the rest
-                # of the entry must not buy again
-                if not px.complete_partial:
-                    self._event("entry_ended_by_exit", f"an exit of the filled part of {px.cid} executed: the rest "
-                                "of the entry is canceled", client_id=px.cid)
-                    self._cancel_x(px)
-                continue
-            kids = [k for k in self._children[o.ref] if k.alive() and k.ref not in self._bt]
-            if len(kids) != 2 or not self._is_exit_pair(kids):
-                continue
-            covered = sum(y.amount for y in self._x.values() if y.interim_for == px.cid and y.role == "stop_loss"
-                          and y.status in ("intent", "open"))
-            more = self._amount(self._free_base())  # not yet covered (an interim list reserves its own)
-            if more is None or not self._sellable(float(more) + covered):
-                continue
-            self._drop_interim(px.cid)  # one list for all that is held
-            held = self._amount(self._free_base())
-            if held is not None and self._sellable(float(held)):
-                self._send_interim(px, kids, held)
-
-    def _send_interim(self, px: XOrder, kids: list[bt.Order], held: str) -> None:
-        stop = next(k for k in kids if k.exectype == bt.Order.Stop)
-        tp = next(k for k in kids if k.exectype == bt.Order.Limit)
-        sp, tpp = self._price(stop.created.price), self._price(tp.created.price)
-        last = self._last_price()
-        if not float(sp) < last < float(tpp):
-            self._event("protection_interim_skipped", f"partial fill of {px.cid}: a barrier is already passed "
-                        f"(last {last}); exits follow when the entry completes", client_id=px.cid)
-            return
-        cid_s, _ = self._claim(stop, "stop_loss", "sell", px.bar_time, False)
-        cid_t, _ = self._claim(tp, "take_profit", "sell", px.bar_time, False)
-        list_cid = f"{cid_s}.oco"
-        with self.journal.atomic():
-            for cid, role, otype, kw in ((cid_s, "stop_loss", "stop", {"stop_price": float(sp)}),
-                                         (cid_t, "take_profit", "limit", {"price": float(tpp)})):
-                self.journal.record_intent(cid, px.bar_time, role, "sell", otype, float(held), **kw,
-                                           extra={"kind": otype if otype == "stop" else "take_profit",
-                                                  "oco": list_cid, "interim": px.cid})
-        legs = [XOrder(cid=cid_s, role="stop_loss", side="sell", otype="stop", amount=float(held),
-                       bar_time=px.bar_time, stop_price=float(sp), list_cid=list_cid, interim_for=px.cid),
-                XOrder(cid=cid_t, role="take_profit", side="sell", otype="limit", amount=float(held),
-                       bar_time=px.bar_time, price=float(tpp), list_cid=list_cid, interim_for=px.cid)]
-        for y in legs:
-            self._x[y.cid] = y
-        try:
-            self.store.submit_oco(self.symbol, "sell", held, sp, tpp, list_cid, cid_s, cid_t)
-        except (ExchangeRefused, RetriesExhausted, OrderInDoubt) as exc:
-            for y in legs:
-                y.status = "rejected" if isinstance(exc, ExchangeRefused) else y.status
-                if isinstance(exc, ExchangeRefused):
-                    self.journal.record_order_status(y.cid, "rejected", self._now())
-            self._event("protection_interim_failed", f"exits for the filled part of {px.cid} not placed: {exc}",
-                        client_id=px.cid)
-            return
-        self.stats.sent += 1
-        self.stats.oco_lists += 1
-        self.stats.interim_lists += 1
-        for y in legs:
-            found = self.store.find_order(self.symbol, y.cid)
-            self._acked(y, ExchangeOrder.from_ccxt(found) if found is not None else
-                        ExchangeOrder(cid=y.cid, eid=None, status="open"))
-        self._event("protection_interim", f"partial fill of {px.cid}: exits for {held} {self.base} placed",
-                    client_id=px.cid)
-
-    def _drop_interim(self, entry_cid: str | None = None) -> None:
-        """Cancel the interim exit lists (of one entry, or all) before the final exits or a
-        sell that needs the base they reserve."""
-        for y in list(self._x.values()):
-            if y.interim_for is None or y.status not in ("intent", "open") or y.role != "stop_loss":
-                continue
-            if entry_cid is not None and y.interim_for != entry_cid:
-                continue
-            self._cancel_x(y)
-
-    def _enforce_tif(self) -> None:
-        """A partly filled limit entry is canceled at its time in force (the strategy only
-        cancels entries that have not filled at all): it completes with what filled."""
-        if self._bar_ms is None:
-            return
-        for x in list(self._x.values()):
-            o = x.order
-            if x.role != "entry" or x.status != "open" or x.filled <= _EPS or o is None or not o.alive():
-                continue
-            tif = getattr(getattr(o.owner, "policy", None), "limit_tif_bars", None)
-            if tif is None or x.complete_partial:
-                continue
-            if (self._bar_ms - x.bar_time) // self.tf_ms >= int(tif):
-                self._event("entry_tif", f"entry {x.cid} partly filled ({x.applied:.8f} of {x.amount:.8f}): canceled "
-                            f"at its time in force ({tif} bars)", client_id=x.cid)
-                self._cancel_x(x)
 
     # ------------------------------------------------------------------ canceling
     def _cancel_x(self, x: XOrder) -> None:
