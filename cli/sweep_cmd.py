@@ -37,14 +37,17 @@ from cli.common import bundle_inputs, config_options, overwrite_option, setup_lo
               help="Allow a span that overlaps the bundle's training span (results are then in-sample).")
 @click.option("--barriers", type=click.Choice(["bundle", "config"]), default="bundle", show_default=True,
               help="Base barriers and tie rule: the bundle's training labels, or the config's labels.*.")
+@click.option("--embed-plotlyjs", is_flag=True,
+              help="Inline plotly.js in report.html (one self-contained file of about 5 MB more) instead of "
+                   "writing plotly.min.js once beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-cache", is_flag=True, help="Score with the network even when the probability cache has this bundle and data.")
 @overwrite_option
 @config_options
 def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_overrides: tuple[str, ...], output: str,
           start: str | None, end: str | None, strategy_name: str, folds: int | None, workers: int | None,
-          scheduler: str | None, chunk: int, allow_in_sample: bool, barriers: str, quiet: bool, no_cache: bool,
-          overwrite: bool) -> None:
+          scheduler: str | None, chunk: int, allow_in_sample: bool, barriers: str, embed_plotlyjs: bool, quiet: bool,
+          no_cache: bool, overwrite: bool) -> None:
     """Sweep barriers, deadbands, centre, order type and costs over a grid, scored once by the
     bundle, and write a report that says whether the best row is luck (DSR, PBO)."""
     # function-local: keeps numba/vectorbt/torch out of `nts --help`
@@ -61,7 +64,8 @@ def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_over
                        grid_overrides=grid_overrides, span=(start, end), folds=folds, workers=workers,
                        scheduler=scheduler, chunk=chunk, allow_in_sample=allow_in_sample, barriers=barriers,
                        cache_dir=None if no_cache else default_cache_dir(), progress=not quiet, overwrite=overwrite,
-                       inputs=inputs, command=click.get_current_context().command_path)
+                       inputs=inputs, command=click.get_current_context().command_path,
+                       embed_plotlyjs=embed_plotlyjs)
     job = run_sweep_job(req, cfg)
     res = job.result
     d = res.data

@@ -374,6 +374,16 @@ def test_cli_writes_the_report_with_the_verdict(cli_report):
     assert man["grid"]["rows"] == 16 and man["seconds"]["total"] > 0
 
 
+def test_embed_plotlyjs_writes_one_self_contained_page(tiny_bundle, bars_file, grid_file, tmp_path):
+    out = tmp_path / "emb"
+    res = _run_cli(tiny_bundle, bars_file, grid_file, out, "--embed-plotlyjs")
+    assert res.exit_code == 0, res.output
+    page = (out / "report.html").read_text()
+    assert not (out / "plotly.min.js").exists() and "plotly.min.js" not in res.output.splitlines()[-1]
+    assert "src='plotly.min.js'" not in page and "Plotly.newPlot" in page
+    assert len(page.encode()) > 1_000_000  # plotly.js itself is in the page
+
+
 def test_a_second_run_replaces_only_a_sweep_output(cli_report, tiny_bundle, bars_file, grid_file, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
