@@ -12,28 +12,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _timing import REAL, best_of  # puts the repository on sys.path
 from core.ohlcv import load_ohlcv  # noqa: E402
 from core.synthetic import synthetic_ohlcv  # noqa: E402
 from models.features import StreamingFeatures, compute_features  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
-
 
 def bench(name: str, frame: pd.DataFrame) -> None:
     """Time both entry points on one frame and print a block."""
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        batch = compute_features(frame).to_numpy()
-        best = min(best, time.perf_counter() - t0)
+    best = best_of(lambda: compute_features(frame), 3)
+    batch = compute_features(frame).to_numpy()
     sf = StreamingFeatures()
     cols = [frame[c].to_numpy() for c in ("open", "high", "low", "close", "volume")]
     rows = np.empty_like(batch)

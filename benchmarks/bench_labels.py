@@ -23,31 +23,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _timing import REAL, best_of  # puts the repository on sys.path
 from core.config import LabelConfig  # noqa: E402
 from core.ohlcv import load_ohlcv  # noqa: E402
 from core.synthetic import synthetic_ohlcv  # noqa: E402
 from core.timeframes import timeframe_seconds  # noqa: E402
 from models import labels as L  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
 TARGET = 100.0
-
-
-def best_of(fn, repeat: int) -> float:
-    """Shortest wall time of ``repeat`` calls (least disturbed by other processes)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def python_core(high: list, low: list, close: list, ts: list, cfg: LabelConfig, span_ns: int) -> list:

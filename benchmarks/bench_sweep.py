@@ -33,17 +33,11 @@ from pathlib import Path
 import numba
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _timing import ROOT, bench_bundle, bench_frame  # puts the repository on sys.path
 from core.config import load_config  # noqa: E402
-from core.ohlcv import load_ohlcv  # noqa: E402
-from core.synthetic import synthetic_ohlcv  # noqa: E402
 from strategies.backtest import run_backtest  # noqa: E402
 from sweeps.engine import axis_defaults, prepare_span, run_sweep  # noqa: E402
 from sweeps.grid import load_grid  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "data" / "btc_usdt_15m.csv.gz"
 
 
 def rss_mb() -> float:
@@ -118,24 +112,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000)
     args = ap.parse_args()
 
-    from models.bundle import load_bundle
-
-    if REAL.exists():
-        frame, source = load_ohlcv(REAL), f"real {REAL.name}"
-    else:
-        frame, source = synthetic_ohlcv(100_000, seed=1, gaps={40_000: 50}), "generated"
-    if args.bars:
-        frame = frame.iloc[-args.bars:]
-    if Path(args.model, "bundle.json").exists():
-        bundle = load_bundle(args.model)
-    else:
-        from models.train import train_bundle
-
-        tmp = Path(tempfile.mkdtemp(prefix="nts-bench-")) / "bundle"
-        print("training a small bundle on generated bars (not timed) ...", flush=True)
-        train_bundle(synthetic_ohlcv(4000, seed=11), load_config(None, ["training.epochs=1", "training.max_samples=2000"]),
-                     tmp, progress=False)
-        bundle = load_bundle(tmp)
+    frame, source = bench_frame(args.bars)
+    bundle = bench_bundle(args.model)
     cfg = load_config()
     cache = Path(tempfile.mkdtemp(prefix="nts-bench-cache-"))
     start = frame.index[0]

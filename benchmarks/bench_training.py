@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from _timing import REAL  # puts the repository on sys.path
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
 from models.dataset import Normaliser, prepare
 from models.splits import walk_forward_split
 from models.tcn import build_tcn, gather_windows
 from models.train import fit_network, make_optimizer, resolve_pos_weight, set_seeds
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
