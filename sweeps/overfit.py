@@ -423,61 +423,73 @@ def pbo_cscv(moments: np.ndarray, chunk: int | None = None) -> PBOResult:
     _check_cscv_blocks(s)
     if n_rows < 2:
         raise DataError(f"PBO needs at least 2 rows (got {n_rows})")
-    h = s // 2
-    full = (1 << h) - 1
+    split = _SplitIndex.of(s)
     sums = m[:, :, :3].transpose(2, 1, 0)  # (3, S, N): count, sum r, sum r^2
-    low = np.stack([_subset_sums(sums[c, :h]) for c in range(3)])  # (3, 2^h, N)
-    high = np.stack([_subset_sums(sums[c, h:]) for c in range(3)])
-    combos = cscv_splits(s)
-    n_splits = combos.shape[0]
-    weights = 1 << np.arange(s)
-    codes = (weights[combos]).sum(axis=1)
-    lo_code, hi_code = codes & full, codes >> h
-    order = np.argsort(codes)
-    comp_codes = ((1 << s) - 1) ^ codes
-    comp_index = order[np.searchsorted(codes[order], comp_codes)]
-    first = np.flatnonzero(combos[:, 0] == 0)  # splits with block 0 in sample; their complements are the rest
-    if chunk is None:
-        chunk = max(1, (1 << 16) // n_rows)
-
-    chosen = np.full(n_splits, -1, dtype=np.int64)
-    is_out = np.full(n_splits, np.nan)
-    oos_out = np.full(n_splits, np.nan)
-    omega = np.full(n_splits, np.nan)
-    omega_top = np.full(n_splits, np.nan)
-    for start in range(0, first.size, chunk):
-        k = first[start : start + chunk]
-        kc = comp_index[k]
-        a = [low[c, lo_code[k]] + high[c, hi_code[k]] for c in range(3)]
-        b = [low[c, full ^ lo_code[k]] + high[c, full ^ hi_code[k]] for c in range(3)]
-        sr_a = _sharpe_from_sums(*a)
-        sr_b = _sharpe_from_sums(*b)
-        for ins, (cb, isr, osr, om, ot) in ((k, _choose_and_rank(sr_a, sr_b)), (kc, _choose_and_rank(sr_b, sr_a))):
-            chosen[ins], is_out[ins], oos_out[ins], omega[ins], omega_top[ins] = cb, isr, osr, om, ot
+    low = np.stack([_subset_sums(sums[c, :split.h]) for c in range(3)])  # (3, 2^h, N)
+    high = np.stack([_subset_sums(sums[c, split.h:]) for c in range(3)])
+    chosen, is_out, oos_out, omega, omega_top = _evaluate_splits(
+        split, low, high, chunk if chunk is not None else max(1, (1 << 16) // n_rows))
     with np.errstate(divide="ignore"):
         logits = np.log(omega / (1.0 - omega))
         logits_top = np.log(omega_top / (1.0 - omega_top))
     valid = np.isfinite(logits)
     n_valid = int(valid.sum())
-    pbo = float(np.mean(logits[valid] <= 0)) if n_valid else math.nan
-    pbo_untied = float(np.mean(logits_top[valid] <= 0)) if n_valid else math.nan
     slope, intercept, p_loss = _degradation(is_out, oos_out)
     return PBOResult(
-        pbo=pbo,
-        pbo_untied=pbo_untied,
-        logits=logits,
-        omega=omega,
-        chosen=chosen,
-        is_sharpe=is_out,
-        oos_sharpe=oos_out,
-        slope=slope,
-        intercept=intercept,
-        prob_oos_loss=p_loss,
-        n_splits=int(n_splits),
-        n_valid=n_valid,
-        n_blocks=int(s),
-        n_rows=int(n_rows),
+        pbo=float(np.mean(logits[valid] <= 0)) if n_valid else math.nan,
+        pbo_untied=float(np.mean(logits_top[valid] <= 0)) if n_valid else math.nan,
+        logits=logits, omega=omega, chosen=chosen, is_sharpe=is_out, oos_sharpe=oos_out,
+        slope=slope, intercept=intercept, prob_oos_loss=p_loss,
+        n_splits=int(split.n_splits), n_valid=n_valid, n_blocks=int(s), n_rows=int(n_rows),
     )
+
+
+@dataclass(frozen=True)
+class _SplitIndex:
+    """The CSCV splits of S blocks as subset codes of the two block halves: split k's
+    in-sample blocks are ``lo[k]`` (a bit per block of the first half) and ``hi[k]`` (second
+    half); ``comp[k]`` is the split whose in-sample set is k's out-of-sample set; ``first``
+    the splits holding block 0 in sample (their complements are all the others)."""
+
+    h: int
+    full: int
+    n_splits: int
+    lo: np.ndarray
+    hi: np.ndarray
+    comp: np.ndarray
+    first: np.ndarray
+
+    @classmethod
+    def of(cls, s: int) -> "_SplitIndex":
+        h = s // 2
+        full = (1 << h) - 1
+        combos = cscv_splits(s)
+        codes = ((1 << np.arange(s))[combos]).sum(axis=1)
+        order = np.argsort(codes)
+        comp_codes = ((1 << s) - 1) ^ codes
+        return cls(h=h, full=full, n_splits=combos.shape[0], lo=codes & full, hi=codes >> h,
+                   comp=order[np.searchsorted(codes[order], comp_codes)],
+                   first=np.flatnonzero(combos[:, 0] == 0))
+
+
+def _evaluate_splits(split: _SplitIndex, low: np.ndarray, high: np.ndarray,
+                     chunk: int) -> tuple[np.ndarray, ...]:
+    """Chosen row, its IS and OOS Sharpe, omega and omega with ties against it, for every
+    split; each split is evaluated together with its complement, ``chunk`` pairs at a time."""
+    n = split.n_splits
+    out = (np.full(n, -1, dtype=np.int64), np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan),
+           np.full(n, np.nan))
+    full = split.full
+    for start in range(0, split.first.size, chunk):
+        k = split.first[start : start + chunk]
+        a = [low[c, split.lo[k]] + high[c, split.hi[k]] for c in range(3)]
+        b = [low[c, full ^ split.lo[k]] + high[c, full ^ split.hi[k]] for c in range(3)]
+        sr_a = _sharpe_from_sums(*a)
+        sr_b = _sharpe_from_sums(*b)
+        for ins, ranked in ((k, _choose_and_rank(sr_a, sr_b)), (split.comp[k], _choose_and_rank(sr_b, sr_a))):
+            for arr, values in zip(out, ranked):
+                arr[ins] = values
+    return out
 
 
 def _degradation(is_sr: np.ndarray, oos_sr: np.ndarray) -> tuple[float, float, float]:

@@ -743,6 +743,16 @@ class ReplayExchange(LoopbackExchange):
         except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
             raise ApiError(400, -1100, f"Illegal characters found in parameter '{name}'.")
 
+    @classmethod
+    def _side(cls, params: Mapping[str, str]) -> str:
+        """The order's ``side``, checked as Binance checks it (orders and order lists alike)."""
+        side = params.get("side")
+        if not side:
+            raise cls._mandatory("side")
+        if side not in ("BUY", "SELL"):
+            raise ApiError(400, -1117, "Invalid side.")
+        return side
+
     @staticmethod
     def _mandatory(name: str) -> ApiError:
         return ApiError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
@@ -767,11 +777,7 @@ class ReplayExchange(LoopbackExchange):
         p = req.params
         m = self._market(p)
         f = m.filters
-        side = p.get("side")
-        if not side:
-            raise self._mandatory("side")
-        if side not in ("BUY", "SELL"):
-            raise ApiError(400, -1117, "Invalid side.")
+        side = self._side(p)
         otype = p.get("type")
         if not otype:
             raise self._mandatory("type")
@@ -1076,11 +1082,7 @@ class ReplayExchange(LoopbackExchange):
         p = req.params
         m = self._market(p)
         f = m.filters
-        side = p.get("side")
-        if not side:
-            raise self._mandatory("side")
-        if side not in ("BUY", "SELL"):
-            raise ApiError(400, -1117, "Invalid side.")
+        side = self._side(p)
         qty = self._number(p, "quantity")
         if qty is None:
             raise self._mandatory("quantity")
