@@ -14,20 +14,15 @@ import pytest
 from brokers.ccxt_store import CCXTStore, ExchangeRefused
 from core.synthetic import synthetic_ohlcv
 from venues.replay import ReplayExchange
-from test_live import (  # noqa: F401  (fixtures)
+from live_faults import (  # noqa: F401  (fixtures)
     KEY,
     KEY_ENV,
     SECRET,
     SECRET_ENV,
     _keys,
-    assert_consistent,
     calm_frame,
     fast_bundle,
-    make_cfg,
-    ms,
-    run_live,
-    venue,
-    view,
+    fault_session,
     warm,
 )
 
@@ -92,15 +87,11 @@ def test_an_entry_hit_by_a_ban_is_not_sent_after_it(replay):
 
 @pytest.mark.timeout(240)
 def test_live_session_halts_entries_during_a_ban_alerts_and_resumes(tmp_path, fast_bundle, warm):
-    cfg = make_cfg(tmp_path)
-    frame = calm_frame(warm, 50)
-    s, e = frame.index[warm + 5], frame.index[warm + 44]
-    with venue(frame, s + pd.Timedelta("1min")) as ex:
+    def ban(ex):
         ex.inject("status", status=418, retry_after=60, times=1, path="/api/v3/order", method="POST")
-        res = run_live(fast_bundle, cfg, tmp_path / "b.db", ex, stop_ms=ms(e))
-        assert_consistent(ex, tmp_path / "b.db")
-        bans = [r for r in ex.requests if r.outcome == "fault:418"]
-    v = view(tmp_path / "b.db")
+
+    res, v, ex = fault_session(tmp_path, fast_bundle, warm, ban, bars=39, frame=calm_frame(warm, 50), db="b.db")
+    bans = [r for r in ex.requests if r.outcome == "fault:418"]
     kinds = [ev["kind"] for ev in v["events"]]
     assert len(bans) == 1 and "ip_ban" in kinds and "ban_lifted" in kinds
     alert = next(ev for ev in v["events"] if ev["kind"] == "ip_ban")

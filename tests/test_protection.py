@@ -11,18 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from test_live import (  # noqa: F401  (fixtures)
-    _keys,
-    assert_consistent,
-    calm_frame,
-    fast_bundle,
-    make_cfg,
-    ms,
-    run_live,
-    venue,
-    view,
-    warm,
-)
+from live_faults import _keys, calm_frame, fast_bundle, fault_session, make_cfg, warm  # noqa: F401  (fixtures)
 
 TF_MS = 900_000
 REFUSE = {"code": -2010, "msg": "Account has insufficient balance for requested action."}
@@ -32,17 +21,9 @@ def refuse(ex, path: str, times: int = 1, skip: int = 0) -> None:
     ex.inject("status", status=400, body=REFUSE, path=path, method="POST", times=times, skip=skip)
 
 
-def session(tmp_path, fast_bundle, warm, faults, n=40, watch=None):
-    cfg = make_cfg(tmp_path)
-    frame = calm_frame(warm, n + 20)
-    s, e = frame.index[warm + 5], frame.index[warm + 5 + n]
-    with venue(frame, s + pd.Timedelta("1min")) as ex:
-        faults(ex)
-        res = run_live(fast_bundle, cfg, tmp_path / "p.db", ex, stop_ms=ms(e),
-                       watch=None if watch is None else (lambda bar: watch(ex, bar)))
-        assert not ex.faults, "every injected fault fired"
-        assert_consistent(ex, tmp_path / "p.db")
-    return res, view(tmp_path / "p.db")
+def session(tmp_path, fast_bundle, warm, faults, watch=None):
+    res, v, _ = fault_session(tmp_path, fast_bundle, warm, faults, watch=watch)
+    return res, v
 
 
 def unprotected_bars(ex, bar, seen: list) -> None:
@@ -98,8 +79,6 @@ def test_exits_and_close_refused_halt_entries_and_alert(tmp_path, fast_bundle, w
 @pytest.mark.timeout(300)
 def test_partial_fills_are_protected_at_once_and_canceled_at_their_tif(tmp_path, fast_bundle, warm):
     cfg = make_cfg(tmp_path, "strategy.limit_confidence=0", "strategy.limit_tif_bars=2")
-    frame = calm_frame(warm, 90, seed=8)
-    s, e = frame.index[warm + 5], frame.index[warm + 84]
     seen: list[int] = []
     overdue: list[str] = []
 
@@ -111,11 +90,9 @@ def test_partial_fills_are_protected_at_once_and_canceled_at_their_tif(tmp_path,
                 if bar.ms - (o.time // TF_MS * TF_MS) >= 3 * TF_MS:
                     overdue.append(o.client_order_id)
 
-    with venue(frame, s + pd.Timedelta("1min")) as ex:
-        ex.inject("partial", pieces=4, times=6)
-        res = run_live(fast_bundle, cfg, tmp_path / "pp.db", ex, stop_ms=ms(e), watch=lambda bar: watch(ex, bar))
-        assert_consistent(ex, tmp_path / "pp.db")
-    v = view(tmp_path / "pp.db")
+    res, v, _ = fault_session(tmp_path, fast_bundle, warm, lambda ex: ex.inject("partial", pieces=4, times=6),
+                              bars=79, frame=calm_frame(warm, 90, seed=8), cfg=cfg, db="pp.db", watch=watch,
+                              all_fire=False)
     assert res.broker["interim_lists"] >= 1, "the filled part got its exits before the entry completed"
     assert seen == [], f"bars ending with an unprotected position: {[pd.Timestamp(b, unit='ms') for b in seen]}"
     assert overdue == [], f"partly filled entries working past their time in force: {sorted(set(overdue))}"
