@@ -623,12 +623,7 @@ class CCXTBroker(bt.BrokerBase):
         cid_s, xs = self._claim(stop, "stop_loss", side, base_bar, restoring)
         cid_t, xt = self._claim(tp, "take_profit", side, base_bar, restoring)
         if xs is not None or xt is not None:  # the list exists already (restart): link what is there
-            for o, x in ((stop, xs), (tp, xt)):
-                if x is not None:
-                    self._link(x, o)
-                else:  # a leg the exchange never had: gone with its list
-                    o.cancel()
-                    self._notify(o)
+            self._adopt_pair(((stop, xs), (tp, xt)))
             return
         want = min(abs(float(stop.executed.remsize or stop.created.size)),
                    abs(float(tp.executed.remsize or tp.created.size)))
@@ -637,16 +632,8 @@ class CCXTBroker(bt.BrokerBase):
         amount = self._amount(want)
         sp, tpp = self._price(stop.created.price), self._price(tp.created.price)
         last = self._last_price()
-        passed = (last <= float(sp) or last >= float(tpp)) if side == "sell" else (last >= float(sp) or last <= float(tpp))
-        if passed and amount is not None and float(amount) >= self.min_amount:
-            # the market is already beyond a barrier: that barrier's exit, at market, now
-            hit, other = (stop, tp) if ((last <= float(sp)) if side == "sell" else (last >= float(sp))) else (tp, stop)
-            self.stats.market_exits += 1
-            self._event("exit_at_market", f"{'stop' if hit is stop else 'take profit'} already passed (last {last}, "
-                        f"stop {sp}, take profit {tpp}): closing at market", last=last)
-            other.cancel()
-            self._notify(other)
-            self._send_single(hit, restoring, force_market=True, role="stop_loss" if hit is stop else "take_profit")
+        if amount is not None and float(amount) >= self.min_amount and self._exit_if_passed(stop, tp, sp, tpp, last,
+                                                                                              restoring):
             return
         ref = min(float(sp), float(tpp))
         if amount is None or float(amount) < self.min_amount or float(amount) * ref < self.min_cost:
@@ -656,19 +643,9 @@ class CCXTBroker(bt.BrokerBase):
             self._skip(stop, cid_s, "stop_loss", base_bar, want, why)
             self._skip(tp, cid_t, "take_profit", base_bar, want, why)
             return
-        list_cid = f"{cid_s}.oco"
-        with self.journal.atomic():
-            self.journal.record_intent(cid_s, base_bar, "stop_loss", side, "stop", float(amount), stop_price=float(sp),
-                                       extra={"kind": "stop", "oco": list_cid})
-            self.journal.record_intent(cid_t, base_bar, "take_profit", side, "limit", float(amount), price=float(tpp),
-                                       extra={"kind": "take_profit", "oco": list_cid})
-        xs = XOrder(cid=cid_s, role="stop_loss", side=side, otype="stop", amount=float(amount), bar_time=base_bar,
-                    stop_price=float(sp), list_cid=list_cid)
-        xt = XOrder(cid=cid_t, role="take_profit", side=side, otype="limit", amount=float(amount), bar_time=base_bar,
-                    price=float(tpp), list_cid=list_cid)
-        self._x[cid_s], self._x[cid_t] = xs, xt
+        xs, xt = self.record_exit_list(cid_s, cid_t, base_bar, side, amount, sp, tpp)
         try:
-            self.store.submit_oco(self.symbol, side, amount, sp, tpp, list_cid, cid_s, cid_t)
+            self.store.submit_oco(self.symbol, side, amount, sp, tpp, xs.list_cid, cid_s, cid_t)
         except ExchangeRefused as exc:
             self.protection.refused(legs, (xs, xt), base_bar, tries, str(exc))
             return
@@ -684,10 +661,60 @@ class CCXTBroker(bt.BrokerBase):
         self.stats.sent += 1
         self.stats.oco_lists += 1
         for x, o in ((xs, stop), (xt, tp)):
-            found = self.store.find_order(self.symbol, x.cid)
-            self._acked(x, ExchangeOrder.from_ccxt(found) if found is not None else
-                        ExchangeOrder(cid=x.cid, eid=None, status="open"))
+            self.ack_leg(x)
             self._link(x, o)
+
+    def _adopt_pair(self, legs: tuple[tuple[bt.Order, XOrder | None], ...]) -> None:
+        """After a restart: link the legs of an exit list the journal already has; a leg the
+        exchange never had is gone with its list."""
+        for o, x in legs:
+            if x is not None:
+                self._link(x, o)
+            else:
+                o.cancel()
+                self._notify(o)
+
+    def _exit_if_passed(self, stop: bt.Order, tp: bt.Order, sp: str, tpp: str, last: float, restoring: bool) -> bool:
+        """When the last price is already beyond a barrier, that barrier's exit goes out at
+        market now (the exchange would refuse the list) and the other leg is canceled: True."""
+        sell = not stop.isbuy()
+        passed = (last <= float(sp) or last >= float(tpp)) if sell else (last >= float(sp) or last <= float(tpp))
+        if not passed:
+            return False
+        hit, other = (stop, tp) if ((last <= float(sp)) if sell else (last >= float(sp))) else (tp, stop)
+        self.stats.market_exits += 1
+        self._event("exit_at_market", f"{'stop' if hit is stop else 'take profit'} already passed (last {last}, "
+                    f"stop {sp}, take profit {tpp}): closing at market", last=last)
+        other.cancel()
+        self._notify(other)
+        self._send_single(hit, restoring, force_market=True, role="stop_loss" if hit is stop else "take_profit")
+        return True
+
+    def record_exit_list(self, cid_s: str, cid_t: str, base_bar: int, side: str, amount: str, sp: str, tpp: str,
+                         interim_for: str | None = None) -> tuple[XOrder, XOrder]:
+        """Journal (one transaction) and track the two legs of an exit list about to be sent:
+        stop ``sp`` and take profit ``tpp`` for ``amount``; ``interim_for``: the working entry
+        whose filled part the list protects (:mod:`brokers.protection`)."""
+        list_cid = f"{cid_s}.oco"
+        extra: dict[str, Any] = {"oco": list_cid, **({"interim": interim_for} if interim_for is not None else {})}
+        with self.journal.atomic():
+            self.journal.record_intent(cid_s, base_bar, "stop_loss", side, "stop", float(amount), stop_price=float(sp),
+                                       extra={"kind": "stop", **extra})
+            self.journal.record_intent(cid_t, base_bar, "take_profit", side, "limit", float(amount), price=float(tpp),
+                                       extra={"kind": "take_profit", **extra})
+        xs = XOrder(cid=cid_s, role="stop_loss", side=side, otype="stop", amount=float(amount), bar_time=base_bar,
+                    stop_price=float(sp), list_cid=list_cid, interim_for=interim_for)
+        xt = XOrder(cid=cid_t, role="take_profit", side=side, otype="limit", amount=float(amount), bar_time=base_bar,
+                    price=float(tpp), list_cid=list_cid, interim_for=interim_for)
+        self._x[cid_s], self._x[cid_t] = xs, xt
+        return xs, xt
+
+    def ack_leg(self, x: XOrder) -> None:
+        """A leg of a list the exchange accepted: its status from a lookup (open when the
+        lookup finds nothing yet), acknowledged in the journal."""
+        found = self.store.find_order(self.symbol, x.cid)
+        self._acked(x, ExchangeOrder.from_ccxt(found) if found is not None else
+                    ExchangeOrder(cid=x.cid, eid=None, status="open"))
 
     # ------------------------------------------------------------------ canceling
     def _cancel_x(self, x: XOrder) -> None:

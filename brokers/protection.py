@@ -26,7 +26,6 @@ from typing import Any, Callable, Protocol
 
 import backtrader as bt
 
-from brokers.account import ExchangeOrder
 from brokers.ccxt_store import CCXTStore, ExchangeRefused, OrderInDoubt
 from brokers.exchange import RetriesExhausted
 from brokers.live_orders import EPS as _EPS
@@ -61,7 +60,9 @@ class ProtectedBroker(Protocol):
     def _is_exit_pair(self, orders: list[bt.Order]) -> bool: ...
     def _claim(self, order: bt.Order, role: str, side: str, base_bar: int,
                restoring: bool) -> tuple[str, XOrder | None]: ...
-    def _acked(self, x: XOrder, view: ExchangeOrder) -> None: ...
+    def record_exit_list(self, cid_s: str, cid_t: str, base_bar: int, side: str, amount: str, sp: str, tpp: str,
+                         interim_for: str | None = None) -> tuple[XOrder, XOrder]: ...
+    def ack_leg(self, x: XOrder) -> None: ...
     def _cancel_x(self, x: XOrder) -> None: ...
     def _send_single(self, order: bt.Order, restoring: bool, force_market: bool = False,
                      role: str | None = None) -> XOrder | None: ...
@@ -158,21 +159,9 @@ class Protection:
             return
         cid_s, _ = b._claim(stop, "stop_loss", "sell", px.bar_time, False)
         cid_t, _ = b._claim(tp, "take_profit", "sell", px.bar_time, False)
-        list_cid = f"{cid_s}.oco"
-        with b.journal.atomic():
-            for cid, role, otype, kw in ((cid_s, "stop_loss", "stop", {"stop_price": float(sp)}),
-                                         (cid_t, "take_profit", "limit", {"price": float(tpp)})):
-                b.journal.record_intent(cid, px.bar_time, role, "sell", otype, float(held), **kw,
-                                        extra={"kind": otype if otype == "stop" else "take_profit",
-                                               "oco": list_cid, "interim": px.cid})
-        legs = [XOrder(cid=cid_s, role="stop_loss", side="sell", otype="stop", amount=float(held),
-                       bar_time=px.bar_time, stop_price=float(sp), list_cid=list_cid, interim_for=px.cid),
-                XOrder(cid=cid_t, role="take_profit", side="sell", otype="limit", amount=float(held),
-                       bar_time=px.bar_time, price=float(tpp), list_cid=list_cid, interim_for=px.cid)]
-        for y in legs:
-            b._x[y.cid] = y
+        legs = b.record_exit_list(cid_s, cid_t, px.bar_time, "sell", held, sp, tpp, interim_for=px.cid)
         try:
-            b.store.submit_oco(b.symbol, "sell", held, sp, tpp, list_cid, cid_s, cid_t)
+            b.store.submit_oco(b.symbol, "sell", held, sp, tpp, legs[0].list_cid, cid_s, cid_t)
         except (ExchangeRefused, RetriesExhausted, OrderInDoubt) as exc:
             for y in legs:
                 y.status = "rejected" if isinstance(exc, ExchangeRefused) else y.status
@@ -185,9 +174,7 @@ class Protection:
         b.stats.oco_lists += 1
         b.stats.interim_lists += 1
         for y in legs:
-            found = b.store.find_order(b.symbol, y.cid)
-            b._acked(y, ExchangeOrder.from_ccxt(found) if found is not None else
-                     ExchangeOrder(cid=y.cid, eid=None, status="open"))
+            b.ack_leg(y)
         b._event("protection_interim", f"partial fill of {px.cid}: exits for {held} {b.base} placed",
                  client_id=px.cid)
 
