@@ -202,18 +202,11 @@ class SessionIdentity:
 
 
 @dataclass(frozen=True)
-class SessionInfo:
+class SessionInfo(SessionIdentity):
     """The journal's ``session`` row: the identity plus the id and creation time."""
 
     session_id: str
     created_at: int
-    mode: str
-    exchange: str
-    symbol: str
-    timeframe: str
-    model_path: str
-    model_sha256: str
-    config_hash: str
 
 
 @dataclass(frozen=True)
