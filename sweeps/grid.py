@@ -52,10 +52,9 @@ from pydantic import (
     model_validator,
 )
 
-from core.config import load_yaml_strict, parse_yaml_strict
+from core.config import REPO_ROOT, load_yaml_strict, parse_yaml_strict
 from core.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SWEEP = REPO_ROOT / "configs" / "sweep.yaml"
 MAX_ROWS = 1_000_000
 MAX_ROWS_CAP = 10_000_000  # max_rows itself is bounded: a larger grid is a typo, not a sweep
@@ -299,19 +298,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     raise ConfigError(f"override {text!r}: unknown key '{key}' (known: {', '.join(AXES + SETTINGS)})")
 
 
-def load_grid(
-    path: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    defaults: Mapping[str, Any] | None = None,
-) -> Grid:
-    """Load and validate a sweep file (default: configs/sweep.yaml) plus overrides.
-
-    ``overrides`` replace whole axes or settings (``"deadband=0,0.1,0.3"``, ``"blocks=8"``).
-    ``defaults`` gives one value for every axis the file and overrides leave out (see
-    :func:`defaults_from_config`). Raises ConfigError with one line on any problem,
-    including a grid larger than ``max_rows``.
-    """
-    src = Path(path) if path else DEFAULT_SWEEP
+def _read_sweep_tree(src: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    """The sweep file's mapping with ``overrides`` applied (not validated yet)."""
     if not src.exists():
         raise ConfigError(f"sweep file not found: {src}")
     tree = load_yaml_strict(src)
@@ -331,18 +319,16 @@ def load_grid(
                 tree["grid"][key] = value
         else:
             tree[key] = value
-    source = str(src) + (" + overrides" if overrides else "")
-    try:
-        cfg = SweepConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+    return tree
 
-    given = {name: getattr(cfg.grid, name) for name in AXES if getattr(cfg.grid, name) is not None}
-    axes = []
-    defaults = dict(defaults or {})
+
+def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: str) -> list[tuple[str, tuple]]:
+    """Every axis's values: as given, else the main config's default (checked against the
+    sweep's range); refuses unknown default axes and repeated values."""
     unknown = sorted(set(defaults) - set(AXES))
     if unknown:
         raise ConfigError(f"sweep defaults: unknown axis '{unknown[0]}' (axes: {', '.join(AXES)})")
+    axes = []
     for name in AXES:
         if name in given:
             vals = given[name]
@@ -355,6 +341,30 @@ def load_grid(
             raise ConfigError(f"{source}: grid.{name}: not given and no default from the main config")
         _check_unique(name, vals, source)
         axes.append((name, tuple(vals)))
+    return axes
+
+
+def load_grid(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> Grid:
+    """Load and validate a sweep file (default: configs/sweep.yaml) plus overrides.
+
+    ``overrides`` replace whole axes or settings (``"deadband=0,0.1,0.3"``, ``"blocks=8"``).
+    ``defaults`` gives one value for every axis the file and overrides leave out (see
+    :func:`defaults_from_config`). Raises ConfigError with one line on any problem,
+    including a grid larger than ``max_rows``.
+    """
+    src = Path(path) if path else DEFAULT_SWEEP
+    tree = _read_sweep_tree(src, overrides)
+    source = str(src) + (" + overrides" if overrides else "")
+    try:
+        cfg = SweepConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+    given = {name: getattr(cfg.grid, name) for name in AXES if getattr(cfg.grid, name) is not None}
+    axes = _grid_axes(given, dict(defaults or {}), source)
     grid = Grid(
         axes=tuple(axes),
         swept=tuple(n for n in AXES if n in given),
