@@ -483,16 +483,9 @@ class CCXTBroker(bt.BrokerBase):
             self._link(adopted, order)
             self._after_link(order, adopted)
             return adopted
-        if role == "entry" and not restoring and self.store.entries_blocked:
-            self._skip(order, cid, role, base_bar, abs(float(order.created.size)),
-                       "entries halted: the exchange banned this IP (HTTP 418) during this bar")
-            return None
-        now = self.store.fetch_time() if role == "entry" and not restoring else None
-        if now is not None and now > base_bar + 2 * self.tf_ms:
-            # decided on a bar that closed more than a bar ago (backfilled after a pause or a
-            # restart): the market has moved on; exits are still sent, entries are not
-            self._skip(order, cid, role, base_bar, abs(float(order.created.size)),
-                       f"stale: decided on the bar of {_iso(base_bar)}, the exchange is at {_iso(now)}")
+        why_not = self._entry_refusal(base_bar) if role == "entry" and not restoring else None
+        if why_not is not None:
+            self._skip(order, cid, role, base_bar, abs(float(order.created.size)), why_not)
             return None
         otype = "market" if force_market else BT_TYPES.get(order.exectype, "market")
         want = abs(float(order.executed.remsize or order.created.size))
@@ -503,13 +496,9 @@ class CCXTBroker(bt.BrokerBase):
         price = self._price(order.created.price) if otype == "limit" else None
         stop = self._price(order.created.price) if otype == "stop" else None
         ref = float(price or stop or (self._close if math.isfinite(self._close) else order.created.price))
-        if amount is None or float(amount) < self.min_amount:
-            self._skip(order, cid, role, base_bar, want, f"amount {want:.8f} below the market's minimum "
-                       f"{self.min_amount:g} {self.base}")
-            return None
-        if float(amount) * ref < self.min_cost:
-            self._skip(order, cid, role, base_bar, float(amount), f"notional {float(amount) * ref:.2f} below the "
-                       f"market's minimum {self.min_cost:g} {self.quote}")
+        if amount is None or float(amount) < self.min_amount or float(amount) * ref < self.min_cost:
+            small = amount is None or float(amount) < self.min_amount
+            self._skip(order, cid, role, base_bar, want if small else float(amount), self._too_small(want, amount, ref))
             return None
         extra = {"kind": str(order.info.get("kind", "") or "")}
         self.journal.record_intent(cid, base_bar, role, side, otype, float(amount),
@@ -539,6 +528,25 @@ class CCXTBroker(bt.BrokerBase):
         self._link(x, order)
         self._after_link(order, x)
         return x
+
+    def _entry_refusal(self, base_bar: int) -> str | None:
+        """Why an entry decided on ``base_bar`` must not be sent now (None: it may): an IP ban
+        during this bar, or a stale decision -- a bar that closed more than a bar before the
+        exchange's clock (backfilled after a pause or a restart): the market has moved on
+        (exits are still sent)."""
+        if self.store.entries_blocked:
+            return "entries halted: the exchange banned this IP (HTTP 418) during this bar"
+        now = self.store.fetch_time()
+        if now is not None and now > base_bar + 2 * self.tf_ms:
+            return f"stale: decided on the bar of {_iso(base_bar)}, the exchange is at {_iso(now)}"
+        return None
+
+    def _too_small(self, want: float, amount: str | None, ref: float) -> str:
+        """Why an order of ``amount`` (``want`` before the lot step) at ``ref`` is below the
+        market's minimum amount or notional."""
+        if amount is None or float(amount) < self.min_amount:
+            return f"amount {want:.8f} below the market's minimum {self.min_amount:g} {self.base}"
+        return f"notional {float(amount) * ref:.2f} below the market's minimum {self.min_cost:g} {self.quote}"
 
     def _refused(self, x: XOrder, order: bt.Order, why: str) -> None:
         x.status = "rejected"
@@ -637,9 +645,7 @@ class CCXTBroker(bt.BrokerBase):
             return
         ref = min(float(sp), float(tpp))
         if amount is None or float(amount) < self.min_amount or float(amount) * ref < self.min_cost:
-            why = (f"amount {want:.8f} below the market's minimum {self.min_amount:g} {self.base}"
-                   if amount is None or float(amount) < self.min_amount else
-                   f"notional {float(amount) * ref:.2f} below the market's minimum {self.min_cost:g} {self.quote}")
+            why = self._too_small(want, amount, ref)
             self._skip(stop, cid_s, "stop_loss", base_bar, want, why)
             self._skip(tp, cid_t, "take_profit", base_bar, want, why)
             return

@@ -130,6 +130,69 @@ def _rows_to_frame(rows: list[list], source: str, timeframe: str) -> pd.DataFram
     return validate_ohlcv(frame, timeframe=timeframe, report=DataReport(source=source))[0]
 
 
+def _check_market(exchange: ccxt.Exchange, symbol: str, timeframe: str) -> None:
+    """Refuse a symbol or timeframe the exchange (markets loaded) does not offer."""
+    if symbol not in exchange.markets:
+        quote = symbol.split("/")[-1]
+        hint = sorted(s for s in exchange.markets if s.endswith("/" + quote))[:5]
+        raise ConfigError(f"{exchange.id}: unknown symbol {symbol!r}"
+                          + (f" (e.g. {', '.join(hint)})" if hint else ""))
+    if getattr(exchange, "timeframes", None) and timeframe not in exchange.timeframes:
+        raise ConfigError(f"{exchange.id}: timeframe {timeframe!r} not offered "
+                          f"(choose from {', '.join(exchange.timeframes)})")
+
+
+def _spans_to_fetch(existing: pd.DataFrame | None, start_ms: int, end_ms: int,
+                    tf_ms: int) -> list[tuple[int, int, int | None]]:
+    """Spans to fetch as (since, until exclusive, boundary bar or None): the whole request for
+    a new file; for a resumed one, the head before and the tail after its bars, each from the
+    file's boundary bar (re-fetched, and checked equal)."""
+    if existing is None:
+        return [(start_ms, end_ms, None)]
+    spans: list[tuple[int, int, int | None]] = []
+    first_ms = int(existing.index[0].value // 1_000_000)
+    last_ms = int(existing.index[-1].value // 1_000_000)
+    if start_ms < first_ms:
+        spans.append((start_ms, first_ms + tf_ms, first_ms))
+    if end_ms > last_ms + tf_ms:
+        spans.append((last_ms, end_ms, last_ms))
+    return spans
+
+
+def _fetch_span(page: Callable[[int, int], list[list]], since: int, until: int, tf_ms: int, now_ms: int,
+                advance: Callable[[int], Any]) -> list[list]:
+    """The rows of ``[since, until)``, page by page (``page(since, until)``: one request);
+    ``advance(n)`` is told of every ``n`` rows kept."""
+    rows: list[list] = []
+    cursor = since
+    while cursor < until:
+        page_since = cursor
+        batch = page(page_since, until)
+        if not batch:
+            break
+        kept = [r for r in batch if page_since <= int(r[0]) < until]
+        if not kept:
+            break  # nothing new in the span (the exchange returned only older bars)
+        rows.extend(kept)
+        advance(len(kept))
+        # Strictly increasing (kept bars are >= cursor); unsorted pages are refused by validation.
+        cursor = max(int(r[0]) for r in kept) + tf_ms
+        if cursor > now_ms:
+            break  # bars that have not opened yet cannot exist
+    return rows
+
+
+def _closed_bars(frame: pd.DataFrame, tf_ms: int, now_ms: int, result: DownloadResult) -> pd.DataFrame:
+    """``frame`` without a bar still open at the exchange's ``now_ms`` (counted in ``result``,
+    which also records the span fetched)."""
+    open_bar = (frame.index.asi8 // 1_000_000) + tf_ms > now_ms
+    result.dropped_open += int(open_bar.sum())
+    frame = frame[~open_bar]
+    if len(frame):
+        result.spans.append((frame.index[0], frame.index[-1]))
+    return frame
+
+
 def download_ohlcv(
     exchange: ccxt.Exchange,
     symbol: str,
@@ -184,62 +247,28 @@ def download_ohlcv(
     existing = load_ohlcv(output, timeframe=timeframe) if own else None
 
     retry(exchange.load_markets, "load_markets")
-    if symbol not in exchange.markets:
-        quote = symbol.split("/")[-1]
-        hint = sorted(s for s in exchange.markets if s.endswith("/" + quote))[:5]
-        raise ConfigError(f"{exchange.id}: unknown symbol {symbol!r}"
-                          + (f" (e.g. {', '.join(hint)})" if hint else ""))
-    if getattr(exchange, "timeframes", None) and timeframe not in exchange.timeframes:
-        raise ConfigError(f"{exchange.id}: timeframe {timeframe!r} not offered "
-                          f"(choose from {', '.join(exchange.timeframes)})")
+    _check_market(exchange, symbol, timeframe)
     now_ms = _server_now_ms(exchange, retry)
-
-    # Spans to fetch as (since, until_exclusive); the file's boundary bars are re-fetched.
-    spans: list[tuple[int, int, int | None]] = []  # (since, until exclusive, boundary bar or None)
-    if existing is None:
-        spans.append((start_ms, end_ms, None))
-    else:
+    spans = _spans_to_fetch(existing, start_ms, end_ms, tf_ms)
+    if existing is not None:
         result.resumed = True
         result.rows_existing = len(existing)
-        first_ms = int(existing.index[0].value // 1_000_000)
-        last_ms = int(existing.index[-1].value // 1_000_000)
-        if start_ms < first_ms:
-            spans.append((start_ms, first_ms + tf_ms, first_ms))
-        if end_ms > last_ms + tf_ms:
-            spans.append((last_ms, end_ms, last_ms))
 
     expected = sum(max(0, math.ceil((min(b, now_ms) - a) / tf_ms)) for a, b, _ in spans)
     frames = []
     with tqdm(total=expected, desc=f"{symbol} {timeframe}", unit="bar", file=sys.stderr,
               disable=not progress, leave=False) as bar:
+        def page(since: int, until: int) -> list[list]:
+            batch = retry(lambda: exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=limit,
+                                                       params={"until": until - 1}),
+                          f"fetch_ohlcv since {_ts(since)}")
+            result.requests += 1
+            result.rows_fetched += len(batch or [])
+            return batch
+
         for since, until, _ in spans:
-            rows: list[list] = []
-            cursor = since
-            while cursor < until:
-                page_since = cursor
-                batch = retry(lambda: exchange.fetch_ohlcv(symbol, timeframe, since=page_since, limit=limit,
-                                                           params={"until": until - 1}),
-                              f"fetch_ohlcv since {_ts(page_since)}")
-                result.requests += 1
-                if not batch:
-                    break
-                result.rows_fetched += len(batch)
-                kept = [r for r in batch if page_since <= int(r[0]) < until]
-                if not kept:
-                    break  # nothing new in the span (the exchange returned only older bars)
-                rows.extend(kept)
-                bar.update(len(kept))
-                # Strictly increasing (kept bars are >= cursor); unsorted pages are refused by validation.
-                cursor = max(int(r[0]) for r in kept) + tf_ms
-                if cursor > now_ms:
-                    break  # bars that have not opened yet cannot exist
-            frame = _rows_to_frame(rows, source, timeframe)
-            open_bar = (frame.index.asi8 // 1_000_000) + tf_ms > now_ms
-            result.dropped_open += int(open_bar.sum())
-            frame = frame[~open_bar]
-            frames.append(frame)
-            if len(frame):
-                result.spans.append((frame.index[0], frame.index[-1]))
+            rows = _fetch_span(page, since, until, tf_ms, now_ms, bar.update)
+            frames.append(_closed_bars(_rows_to_frame(rows, source, timeframe), tf_ms, now_ms, result))
 
     new = pd.concat(frames) if frames else _rows_to_frame([], source, timeframe)
     new = new[~new.index.duplicated(keep="first")]  # a one-bar file is both head and tail boundary
@@ -250,16 +279,21 @@ def download_ohlcv(
         if merged.empty:
             raise DataError(f"{source}: no closed bars between {_ts(start_ms)} and {_ts(end_ms)} "
                             f"(exchange time {_ts(now_ms)}); nothing written")
+    _write_checked(merged, output, timeframe, result, fresh=existing is None)
+    return result
+
+
+def _write_checked(merged: pd.DataFrame, output: Path, timeframe: str, result: DownloadResult, fresh: bool) -> None:
+    """Validate the file-to-be, write it when it is new or grew, and fill in ``result``."""
     merged, report = validate_ohlcv(merged, timeframe=timeframe, report=DataReport(source=str(output)))
     result.rows_added = len(merged) - result.rows_existing
-    if result.rows_added > 0 or existing is None:
+    if result.rows_added > 0 or fresh:
         write_ohlcv_csv(merged, output)
         result.file_written = True
     result.rows_written = len(merged)
     result.first, result.last = merged.index[0], merged.index[-1]
     result.gaps = report.gaps
     log.info(result.summary())
-    return result
 
 
 def _merge_checked(existing: pd.DataFrame, new: pd.DataFrame, boundaries: list[int | None],

@@ -771,26 +771,17 @@ class ReplayExchange(LoopbackExchange):
         if qty < f.min_qty or qty > f.max_qty or (qty - f.min_qty) % f.step_size != 0:
             raise ApiError(400, -1013, f"Filter failure: {'MARKET_LOT_SIZE' if market_order else 'LOT_SIZE'}")
 
-    def _new_order(self, req: Request, now: int, test: bool = False) -> Response:
-        """POST /api/v3/order: validate like Binance, reserve funds, execute what is
-        executable now, answer ACK / RESULT / FULL."""
-        p = req.params
-        m = self._market(p)
-        f = m.filters
-        side = self._side(p)
+    def _order_params(self, p: Mapping[str, str]) -> tuple[str, str | None, Decimal | None, Decimal | None,
+                                                            Decimal | None, Decimal | None]:
+        """``type``, ``timeInForce``, ``quantity``, ``quoteOrderQty``, ``price`` and ``stopPrice``
+        of a new order, each required or refused for the order type as Binance does."""
         otype = p.get("type")
         if not otype:
             raise self._mandatory("type")
         if otype not in ORDER_TYPES:
             raise ApiError(400, -1116, "Invalid orderType.")
         tif = p.get("timeInForce") or None
-        if otype in TIF_REQUIRED:
-            if tif is None:
-                raise self._mandatory("timeInForce")
-            if tif not in ("GTC", "IOC", "FOK"):
-                raise ApiError(400, -1115, "Invalid timeInForce.")
-        elif tif is not None:
-            raise self._not_required("timeInForce")
+        self._check_tif(otype, tif, "timeInForce")
         qty, quote_qty = self._number(p, "quantity"), self._number(p, "quoteOrderQty")
         price, stop = self._number(p, "price"), self._number(p, "stopPrice")
         if otype == "MARKET":
@@ -803,14 +794,58 @@ class ReplayExchange(LoopbackExchange):
                 raise self._not_required("quoteOrderQty")
             if qty is None:
                 raise self._mandatory("quantity")
-        if otype in LIMIT_PRICED and price is None:
-            raise self._mandatory("price")
-        if otype not in LIMIT_PRICED and price is not None:
-            raise self._not_required("price")
-        if otype in STOP_TYPES and stop is None:
-            raise self._mandatory("stopPrice")
-        if otype not in STOP_TYPES and stop is not None:
-            raise self._not_required("stopPrice")
+        self._check_prices(otype, price, stop, "price", "stopPrice")
+        return otype, tif, qty, quote_qty, price, stop
+
+    @classmethod
+    def _check_tif(cls, otype: str, tif: str | None, name: str) -> None:
+        """``timeInForce`` (``name``: its parameter) is required for limit kinds, refused otherwise."""
+        if otype in TIF_REQUIRED:
+            if tif is None:
+                raise cls._mandatory(name)
+            if tif not in ("GTC", "IOC", "FOK"):
+                raise ApiError(400, -1115, "Invalid timeInForce.")
+        elif tif is not None:
+            raise cls._not_required(name)
+
+    @classmethod
+    def _check_prices(cls, otype: str, price: Decimal | None, stop: Decimal | None, price_name: str,
+                      stop_name: str) -> None:
+        """A price for limit-priced kinds and a stop price for stop kinds: required there,
+        refused elsewhere (``*_name``: the parameters, e.g. ``abovePrice`` in an order list)."""
+        for name, value, needed in ((price_name, price, otype in LIMIT_PRICED), (stop_name, stop, otype in STOP_TYPES)):
+            if needed and value is None:
+                raise cls._mandatory(name)
+            if not needed and value is not None:
+                raise cls._not_required(name)
+
+    @staticmethod
+    def _funds_needed(m: _Market, side: str, otype: str, qty: Decimal, price: Decimal | None, stop: Decimal | None,
+                      last_price: Decimal) -> tuple[str, Decimal, Decimal]:
+        """What a new order reserves (resting kinds) or spends at once (MARKET): asset, the
+        price it is reserved at (buys) and the amount."""
+        if side == "BUY":
+            lock_price = price if otype in LIMIT_PRICED else (stop if otype in STOP_TYPES else last_price)
+            return m.quote, lock_price, _q8(qty * lock_price, ROUND_UP)
+        return m.base, ZERO, qty
+
+    def _apply_partial_fault(self, req: Request, order: Order, f: MarketFilters) -> None:
+        """The next queued ``partial`` fault: ``order`` fills in pieces of at most this much a bar."""
+        fault = self._partial_faults[0]
+        order.piece_qty = max(f.step_size, _floor_step(order.orig_qty / fault.pieces, f.step_size))
+        fault.times -= 1
+        if fault.times <= 0:
+            self._partial_faults.pop(0)
+        req.note = (req.note + " " if req.note else "") + f"fault:partial({fault.pieces})"
+
+    def _new_order(self, req: Request, now: int, test: bool = False) -> Response:
+        """POST /api/v3/order: validate like Binance, reserve funds, execute what is
+        executable now, answer ACK / RESULT / FULL."""
+        p = req.params
+        m = self._market(p)
+        f = m.filters
+        side = self._side(p)
+        otype, tif, qty, quote_qty, price, stop = self._order_params(p)
         cid = p.get("newClientOrderId") or "replay" + secrets.token_hex(8)
         if not _CLIENT_ID.match(cid):
             raise ApiError(400, -1100, "Illegal characters found in parameter 'newClientOrderId'; "
@@ -823,7 +858,7 @@ class ReplayExchange(LoopbackExchange):
         last = self._last(m, now)
         if last is None:
             raise ApiError(400, -2010, "Market is closed.")
-        last_price, bar = last
+        last_price, _bar = last
         if price is not None:
             self._check_price(f, price)
         if stop is not None:
@@ -842,13 +877,7 @@ class ReplayExchange(LoopbackExchange):
                 raise ApiError(400, -2010, "Stop price would trigger immediately.")
         if otype == "LIMIT_MAKER" and ((side == "BUY" and last_price <= price) or (side == "SELL" and last_price >= price)):
             raise ApiError(400, -2010, "Order would immediately match and take.")
-        # Funds: what the order reserves (resting kinds) or spends at once (MARKET).
-        if side == "BUY":
-            lock_asset = m.quote
-            lock_price = price if otype in LIMIT_PRICED else (stop if otype in STOP_TYPES else last_price)
-            need = _q8(qty * lock_price, ROUND_UP)
-        else:
-            lock_asset, lock_price, need = m.base, ZERO, qty
+        lock_asset, lock_price, need = self._funds_needed(m, side, otype, qty, price, stop, last_price)
         if self._balances[lock_asset][0] < need:
             raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
         if test:
@@ -861,23 +890,27 @@ class ReplayExchange(LoopbackExchange):
             update_time=now, working=otype not in STOP_TYPES, eligible_after=now,
             working_time=-1 if otype in STOP_TYPES else now, lock_asset=lock_asset, lock_price=lock_price,
         )
+        return self._open_order(req, m, order, need, last, resp_type)
+
+    def _open_order(self, req: Request, m: _Market, order: Order, need: Decimal, last: tuple[Decimal, int],
+                    resp_type: str) -> Response:
+        """Book a checked new order: reserve ``need`` of its lock asset, execute what is
+        executable at the last price now, answer in ``resp_type``."""
+        now, otype, qty = order.time, order.type, order.orig_qty
+        last_price, bar = last
         self._next_order_id += 1
         self.orders[order.order_id] = order
         self._open[order.order_id] = order
-        bal = self._balances[lock_asset]
+        bal = self._balances[order.lock_asset]
         bal[0] -= need
         bal[1] += need
         order.locked = need
         if otype in LIMIT_PRICED and self._partial_faults:
-            fault = self._partial_faults[0]
-            order.piece_qty = max(f.step_size, _floor_step(qty / fault.pieces, f.step_size))
-            fault.times -= 1
-            if fault.times <= 0:
-                self._partial_faults.pop(0)
-            req.note = (req.note + " " if req.note else "") + f"fault:partial({fault.pieces})"
+            self._apply_partial_fault(req, order, m.filters)
         n_trades = len(self.trades)
-        log.info("order %d %s %s %s %s qty=%s price=%s stop=%s cid=%s (%s)", order.order_id, m.market_id, side,
-                 otype, order.time_in_force, qty, price, stop, cid, _utc(now))
+        log.info("order %d %s %s %s %s qty=%s price=%s stop=%s cid=%s (%s)", order.order_id, m.market_id, order.side,
+                 otype, order.time_in_force, qty, order.price if otype in LIMIT_PRICED else None,
+                 order.stop_price if otype in STOP_TYPES else None, order.client_order_id, _utc(now))
         if otype == "MARKET":
             self._fill(m, order, qty, last_price, now, bar, maker=False)
             if order.is_open:  # cannot happen for a checked market order; never leave one resting
@@ -1077,15 +1110,8 @@ class ReplayExchange(LoopbackExchange):
     _ABOVE_OF = {"SELL": ("LIMIT_MAKER", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"), "BUY": ("STOP_LOSS", "STOP_LOSS_LIMIT")}
     _BELOW_OF = {"SELL": ("STOP_LOSS", "STOP_LOSS_LIMIT"), "BUY": ("LIMIT_MAKER", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT")}
 
-    def _new_oco(self, req: Request, now: int) -> Response:
-        """POST /api/v3/orderList/oco (see the module docstring for the rules)."""
-        p = req.params
-        m = self._market(p)
-        f = m.filters
-        side = self._side(p)
-        qty = self._number(p, "quantity")
-        if qty is None:
-            raise self._mandatory("quantity")
+    def _oco_legs(self, p: Mapping[str, str], side: str) -> dict[str, dict[str, Any]]:
+        """The ``above`` and ``below`` legs of a new order list, each checked like an order."""
         legs: dict[str, dict[str, Any]] = {}
         for pos, allowed in (("above", self._ABOVE_OF[side]), ("below", self._BELOW_OF[side])):
             otype = p.get(f"{pos}Type")
@@ -1095,24 +1121,48 @@ class ReplayExchange(LoopbackExchange):
                 raise ApiError(400, -1116, "Invalid orderType.")
             price, stop = self._number(p, f"{pos}Price"), self._number(p, f"{pos}StopPrice")
             tif = p.get(f"{pos}TimeInForce") or None
-            if otype in LIMIT_PRICED and price is None:
-                raise self._mandatory(f"{pos}Price")
-            if otype not in LIMIT_PRICED and price is not None:
-                raise self._not_required(f"{pos}Price")
-            if otype in STOP_TYPES and stop is None:
-                raise self._mandatory(f"{pos}StopPrice")
-            if otype not in STOP_TYPES and stop is not None:
-                raise self._not_required(f"{pos}StopPrice")
-            if otype in TIF_REQUIRED:
-                if tif is None:
-                    raise self._mandatory(f"{pos}TimeInForce")
-                if tif not in ("GTC", "IOC", "FOK"):
-                    raise ApiError(400, -1115, "Invalid timeInForce.")
-            elif tif is not None:
-                raise self._not_required(f"{pos}TimeInForce")
+            self._check_prices(otype, price, stop, f"{pos}Price", f"{pos}StopPrice")
+            self._check_tif(otype, tif, f"{pos}TimeInForce")
             cid = p.get(f"{pos}ClientOrderId") or "replay" + secrets.token_hex(8)
             legs[pos] = {"type": otype, "price": price, "stop": stop, "tif": tif or "GTC", "cid": cid,
                          "level": stop if otype in STOP_TYPES else price}
+        return legs
+
+    def _open_leg(self, m: _Market, lst: OrderList, leg: dict[str, Any], side: str, qty: Decimal, now: int,
+                  lock: tuple[str, Decimal | None]) -> None:
+        """Open one leg of ``lst``; ``lock``: the list's reserved asset and, for the leg that
+        holds the list's one reservation, the amount (None for the other leg)."""
+        lock_asset, need = lock
+        otype = leg["type"]
+        o = Order(
+            order_id=self._next_order_id, client_order_id=leg["cid"], market_id=m.market_id, side=side,
+            type=otype, time_in_force=leg["tif"], orig_qty=qty,
+            price=leg["price"] if leg["price"] is not None else ZERO,
+            stop_price=leg["stop"] if leg["stop"] is not None else ZERO, orig_quote_qty=ZERO, time=now,
+            update_time=now, working=otype not in STOP_TYPES, eligible_after=now,
+            working_time=-1 if otype in STOP_TYPES else now, lock_asset=lock_asset,
+            lock_price=leg["level"] if side == "BUY" else ZERO, order_list_id=lst.list_id,
+        )
+        self._next_order_id += 1
+        self.orders[o.order_id] = o
+        self._open[o.order_id] = o
+        lst.order_ids.append(o.order_id)
+        if need is not None:
+            bal = self._balances[lock_asset]
+            bal[0] -= need
+            bal[1] += need
+            o.locked = need
+
+    def _new_oco(self, req: Request, now: int) -> Response:
+        """POST /api/v3/orderList/oco (see the module docstring for the rules)."""
+        p = req.params
+        m = self._market(p)
+        f = m.filters
+        side = self._side(p)
+        qty = self._number(p, "quantity")
+        if qty is None:
+            raise self._mandatory("quantity")
+        legs = self._oco_legs(p, side)
         list_cid = p.get("listClientOrderId") or "replay" + secrets.token_hex(8)
         for cid in (list_cid, legs["above"]["cid"], legs["below"]["cid"]):
             if not _CLIENT_ID.match(cid):
@@ -1154,26 +1204,7 @@ class ReplayExchange(LoopbackExchange):
         # the stop-loss leg first (lower order id): a bar reaching both legs triggers the stop
         order_of = sorted(legs, key=lambda pos: 0 if legs[pos]["type"].startswith("STOP_LOSS") else 1)
         for k, pos in enumerate(order_of):
-            leg = legs[pos]
-            otype = leg["type"]
-            o = Order(
-                order_id=self._next_order_id, client_order_id=leg["cid"], market_id=m.market_id, side=side,
-                type=otype, time_in_force=leg["tif"], orig_qty=qty,
-                price=leg["price"] if leg["price"] is not None else ZERO,
-                stop_price=leg["stop"] if leg["stop"] is not None else ZERO, orig_quote_qty=ZERO, time=now,
-                update_time=now, working=otype not in STOP_TYPES, eligible_after=now,
-                working_time=-1 if otype in STOP_TYPES else now, lock_asset=lock_asset,
-                lock_price=leg["level"] if side == "BUY" else ZERO, order_list_id=lst.list_id,
-            )
-            self._next_order_id += 1
-            self.orders[o.order_id] = o
-            self._open[o.order_id] = o
-            lst.order_ids.append(o.order_id)
-            if k == 0:
-                bal = self._balances[lock_asset]
-                bal[0] -= need
-                bal[1] += need
-                o.locked = need
+            self._open_leg(m, lst, legs[pos], side, qty, now, (lock_asset, need if k == 0 else None))
         self._account_time = max(self._account_time, now)
         log.info("OCO list %d %s %s qty=%s legs %s cid=%s (%s)", lst.list_id, m.market_id, side, qty,
                  ", ".join(f"{legs[pos]['type']}@{legs[pos]['level']}" for pos in order_of), list_cid, _utc(now))
