@@ -407,7 +407,7 @@ def validate_meta(meta, meta_path: Path) -> None:
     for field, required in (("weights_sha256", True), ("onnx_sha256", False)):
         sha = meta.get(field)
         if sha is None and not required:
-            continue  # a bundle from before ONNX: exported on load (see load_bundle)
+            continue  # a bundle from before ONNX: refused on load with the fix (see _read_onnx)
         if not isinstance(sha, str) or len(sha) != 64:
             raise _bad(meta_path, field, "expected a 64-character hex digest")
 
