@@ -46,6 +46,7 @@ from server.predict import (
 )
 from server.setup import ServeSetup
 from server.streams import IDLE_S, MAX_STREAMS, StreamGone, StreamRegistry, StreamsFull
+from server.window_cache import WindowCache
 from server.status_page import render_status_page
 from server import views
 
@@ -211,6 +212,7 @@ def create_app(setup: ServeSetup, auth: Auth, host: SessionHost | None = None,
                   for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    app.state.window_cache = WindowCache(setup.bundle)
     _inference_routes(app, setup, ready, read, metrics)
     app.state.streams = StreamRegistry(setup, max_streams, stream_idle_s)
     _stream_routes(app, app.state.streams, read, metrics)
@@ -247,7 +249,7 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
     def _predict_one(body: PredictRequest) -> Response:
         try:
             frame = request_frame(body, setup)
-            out = predict_frame(setup, frame, body.policy)
+            out = predict_frame(setup, frame, body.policy, app.state.window_cache)
         except NtsError as exc:
             return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
         metrics.predicted(out)
@@ -266,7 +268,7 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
         for i, item in enumerate(body.items):
             try:
                 frame = request_frame(item, setup, where=f"items[{i}].")
-                out = predict_frame(setup, frame, item.policy)
+                out = predict_frame(setup, frame, item.policy, app.state.window_cache)
             except NtsError as exc:
                 field = "policy" if "policy" in str(exc) else item.where
                 return _refusal(["body", "items", i, field], str(exc))

@@ -29,6 +29,7 @@ class ServeSetup:
     spec: RunSpec          # the one run setup (policy, bundle, warm-up, strategy class)
     risk: RiskManager      # only its weight cap is used: breakers are session state
     barriers: str          # "bundle" or "config"
+    _hooks: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # policy -> hook instance
 
     @property
     def cfg(self) -> Config:
@@ -66,8 +67,15 @@ class ServeSetup:
         """An instance of the served strategy on which its vectorised hooks run
         (:meth:`RunSpec.hooks`, as the sweep uses), with ``policy`` (a request's overrides
         applied) instead of the spec's when given."""
-        spec = self.spec if policy is None or policy is self.spec.policy else dataclasses.replace(self.spec, policy=policy)
-        return spec.hooks()
+        policy = self.spec.policy if policy is None else policy
+        found = self._hooks.get(policy)
+        if found is None:  # one instance per policy: building one costs more than the hooks' work on a bar
+            spec = self.spec if policy is self.spec.policy else dataclasses.replace(self.spec, policy=policy)
+            found = spec.hooks()
+            if len(self._hooks) >= 64:
+                self._hooks.clear()
+            self._hooks[policy] = found
+        return found
 
 
 def build_setup(cfg: Config, model: str | Path | Any, barriers: str = "bundle") -> ServeSetup:

@@ -83,6 +83,9 @@ class StreamRegistry:
         the last bar. :class:`StreamsFull` when the bound is reached (after expiring idle ones)."""
         with self._lock:
             self._expire(self.clock())
+            if self.max_streams == 0:
+                raise StreamsFull("bar streams are off in this server: with --workers above 1 a stream would live "
+                                  "in one worker and its bars reach another; serve streams with --workers 1")
             if len(self._streams) >= self.max_streams:
                 raise StreamsFull(f"{len(self._streams)} streams are open, the limit is {self.max_streams}: "
                                   "close one (DELETE /streams/{id}) or wait for idle ones to expire")
@@ -90,7 +93,8 @@ class StreamRegistry:
         scorer = BarScorer(self.setup.bundle)
         out = scorer.prime(tail)
         last = tail.iloc[-1:]
-        pred = decide_flat(self.setup, policy, scored_bar(scorer, last, out, len(tail)), last)
+        scored = scored_bar(scorer.rows[-1] if scorer.rows else None, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
+        pred = decide_flat(self.setup, policy, scored, last)
         stream = BarStream(id=secrets.token_hex(12), symbol=symbol, policy=policy, scorer=scorer,
                            last_ns=int(tail.index.asi8[-1]), bars=len(tail), used=self.clock())
         with self._lock:
@@ -130,14 +134,15 @@ class StreamRegistry:
             t_ns = int(frame.index.asi8[0])
             self._check_next(stream, t_ns)
             o, h, lo, c, v = frame.to_numpy()[0].tolist()
+            t = frame.index[0]
             try:
-                out = stream.scorer.update(frame.index[0], o, h, lo, c, v)
+                out = stream.scorer.update(t, o, h, lo, c, v)
             except Exception:
                 stream.broken = True  # its state may be half-updated: never score with it again
                 self.close_quietly(sid)
                 raise
             stream.last_ns, stream.bars, stream.used = t_ns, stream.bars + 1, self.clock()
-            scored: Scored = scored_bar(stream.scorer, frame, out, stream.bars)
+            scored: Scored = scored_bar(stream.scorer.rows[-1], t, c, out, stream.bars)
             return stream, decide_flat(self.setup, stream.policy, scored, frame)
 
     def _check_next(self, stream: BarStream, t_ns: int) -> None:

@@ -24,6 +24,7 @@ from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
 from server.app import create_app
 from server.auth import Auth, check_bind
+from server.predict import predict_frame
 from server.setup import build_setup
 from strategies.backtest import run_backtest, warmup_bars_for
 from strategies.tcn import TCNStrategy
@@ -110,6 +111,26 @@ def test_predict_answers_with_the_policy_numbers(client, setup, window):
     assert forced["probability"] == out["probability"] and forced["center"] == 0.05
     assert forced["target_weight"] > 0 and forced["side"] == "buy" and forced["order_type"] == "limit"
     assert forced["barriers"]["take_profit"] == pytest.approx(out["close"] * 1.008)
+
+
+def test_sliding_windows_reuse_a_scorer(setup, window):
+    """A client sending its trailing window one bar later is scored by the cached scorer (one
+    bar fed, no prime), with the answer of a fresh prime to 1e-9."""
+    warm = setup.warmup_bars
+    with TestClient(create_app(setup, Auth(None))) as c:
+        wait_ready(c)
+        cache = c.app.state.window_cache
+        outs = [c.post("/predict", json={"columns": columns_of(window.iloc[k:k + warm])}).json() for k in range(6)]
+        assert (cache.misses, cache.hits) == (1, 5)
+        again = c.post("/predict", json={"bars": rows_of(window.iloc[5:5 + warm])}).json()
+        assert (cache.misses, cache.hits) == (2, 5)  # the same window again: primed afresh
+    for k, out in enumerate(outs):
+        cold = predict_frame(setup, window.iloc[k:k + warm]).model_dump()
+        assert out["bar_time"] == cold["bar_time"] and out["bars_used"] == warm
+        assert out["probability"] == pytest.approx(cold["probability"], abs=1e-9)
+        assert out["target_weight"] == pytest.approx(cold["target_weight"], rel=1e-6, abs=1e-12)
+        assert out["forecast_vol"] == pytest.approx(cold["forecast_vol"], rel=1e-9)
+    assert again["probability"] == pytest.approx(outs[-1]["probability"], abs=1e-9)
 
 
 def test_batch(client, window):
