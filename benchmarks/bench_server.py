@@ -17,7 +17,9 @@ Usage: .venv/bin/python benchmarks/bench_server.py [--model artifacts/tcn_v1] [-
    plain ``httpx.AsyncClient``, sequential calls: POST /predict with the same warm-up every
    call as rows and as columns (the body encoded once; a repeated window is primed afresh),
    /predict with a window sliding one bar per call (columns), and POST /streams/{id}/bars with
-   successive bars of one stream: p50 / p99 each, and the server's own mean handling time.
+   successive bars of one stream: p50 / p99 each, the server process's CPU time per call
+   (/proc: what the server spends, which a loaded machine delays but does not inflate) and
+   its own mean handling time (its /metrics histogram).
 3. **Throughput** (unless ``--no-throughput``): /predict (columns) with 1 and 2 uvicorn
    workers, ``--concurrency`` clients in flight: requests/s.
 
@@ -163,6 +165,21 @@ async def _throughput(base: str, body: bytes, n: int, concurrency: int) -> float
         return n / (time.perf_counter() - t0)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _calls(proc: subprocess.Popen, base: str, path: str, bodies: list[bytes], what: str) -> None:
+    """Time one POST per body (sequential), print p50/p99 and the server's CPU per call: the
+    work the server does, which a loaded machine delays but does not inflate."""
+    cpu0 = _cpu_s(proc.pid)
+    lat = asyncio.run(_sequential(base, path, bodies))
+    cpu = (_cpu_s(proc.pid) - cpu0) / len(bodies)
+    print(f"HTTP {what}: {_ms(lat, goal=True)}; server CPU per call {cpu * 1e3:.2f} ms")
+
+
 def _server_side_mean(base: str, handler: str) -> float:
     """Mean handling time of ``handler`` the server measured itself (instrumentator histogram)."""
     total = count = 0.0
@@ -219,22 +236,18 @@ def _http(model: str, frame: pd.DataFrame, warm: int, n: int) -> None:
     print(f"bodies: rows {len(rows_body) / 1e3:.0f} kB, columns {len(cols_body) / 1e3:.0f} kB")
     proc, base = _start_server(model, 1)
     try:
-        lat = asyncio.run(_sequential(base, "/predict", [rows_body] * (n + 1)))
-        print(f"HTTP /predict, warm-up as rows, sequential: {_ms(lat, goal=True)}")
-        lat = asyncio.run(_sequential(base, "/predict", [cols_body] * (n + 1)))
-        print(f"HTTP /predict, warm-up as columns, sequential: {_ms(lat, goal=True)}")
+        _calls(proc, base, "/predict", [rows_body] * (n + 1), "/predict, warm-up as rows, sequential")
+        _calls(proc, base, "/predict", [cols_body] * (n + 1), "/predict, warm-up as columns, sequential")
         print(f"  inside the server (/predict, its /metrics histogram): mean "
               f"{_server_side_mean(base, '/predict') * 1e3:.2f} ms {_load()}")
         sliding = [json.dumps({"columns": columns_of(frame.iloc[k:k + warm])}).encode() for k in range(n + 1)]
-        lat = asyncio.run(_sequential(base, "/predict", sliding))
-        print(f"HTTP /predict, columns, window sliding one bar per call: {_ms(lat, goal=True)}")
+        _calls(proc, base, "/predict", sliding, "/predict, columns, window sliding one bar per call")
         del sliding
         r = httpx.post(f"{base}/streams", content=cols_body, headers={"content-type": "application/json"}, timeout=30)
         assert r.status_code == 201, r.text[:300]
         sid = r.json()["stream_id"]
         bars = [json.dumps(row).encode() for row in rows_of(frame.iloc[warm:warm + n + 1])]
-        lat = asyncio.run(_sequential(base, f"/streams/{sid}/bars", bars))
-        print(f"HTTP /streams/{{id}}/bars, one bar per call, sequential: {_ms(lat, goal=True)}")
+        _calls(proc, base, f"/streams/{sid}/bars", bars, "/streams/{id}/bars, one bar per call, sequential")
         print(f"  inside the server (its /metrics histogram): mean "
               f"{_server_side_mean(base, '/streams/{stream_id}/bars') * 1e3:.2f} ms {_load()}")
     finally:
