@@ -15,6 +15,7 @@ from core.synthetic import synthetic_ohlcv
 from server.app import create_app
 from server.auth import Auth
 from server.predict import Bar
+from server.run import ServeOptions, build_app
 from server.setup import build_setup
 from server.streams import StreamGone, StreamRegistry, StreamsFull
 from test_server import columns_of, rows_of, wait_ready
@@ -187,3 +188,16 @@ def test_one_bar_per_stream_at_a_time(setup, candles):
     assert results.count("ok") == 1 and len(results) == 8
     assert all("not after the stream's last bar" in r for r in results if r != "ok")
     assert stream.bars == warm + 1 and np.isfinite(stream.scorer.rows[-1]).all()
+
+
+def test_streams_off_with_several_workers(tiny_bundle, setup, candles, monkeypatch):
+    """With --workers 2 a stream's bars could reach another worker process: streams are off,
+    and opening one says why."""
+    monkeypatch.delenv("NTS_API_TOKEN", raising=False)
+    app, _ = build_app(ServeOptions(model=str(tiny_bundle), workers=2))
+    assert app.state.streams.max_streams == 0
+    assert build_app(ServeOptions(model=str(tiny_bundle)))[0].state.streams.max_streams > 0
+    with TestClient(app) as c:
+        wait_ready(c)
+        r = c.post("/streams", json={"columns": columns_of(candles.iloc[:setup.warmup_bars])})
+        assert r.status_code == 429 and "--workers 1" in r.json()["detail"]
