@@ -31,12 +31,48 @@ from server.auth import Auth, require_control, require_read
 from server.host import SessionHost
 from server.limits import MAX_BODY_BYTES, BodyLimit
 from server.metrics import Metrics
-from server.predict import BatchRequest, BatchResponse, BatchResult, Prediction, PredictRequest, bars_frame, predict_frame
+from server.predict import (
+    Bar,
+    BatchRequest,
+    BatchResponse,
+    BatchResult,
+    CandlesBody,
+    PolicyOverrides,
+    Prediction,
+    PredictRequest,
+    effective_policy,
+    predict_frame,
+    request_frame,
+)
 from server.setup import ServeSetup
+from server.streams import IDLE_S, MAX_STREAMS, StreamGone, StreamRegistry, StreamsFull
+from server.window_cache import WindowCache
 from server.status_page import render_status_page
 from server import views
 
 log = logging.getLogger("nts.serve")
+
+
+class StreamOpen(CandlesBody):
+    """Open a bar stream: the warm-up candles (rows or columns), a symbol (echoed) and policy
+    overrides that hold for every bar of the stream."""
+
+    symbol: str | None = Field(None, max_length=40)
+    policy: PolicyOverrides | None = None
+
+
+class StreamPrediction(Prediction):
+    """The decision on a stream's bar, and which bar the stream takes next."""
+
+    stream_id: str
+    symbol: str | None
+    next_bar_time_ms: int = Field(description="open time of the bar this stream accepts next (epoch ms)")
+
+
+class StreamOpened(StreamPrediction):
+    """A new stream: the decision on its last warm-up bar, and how long it lives idle."""
+
+    idle_expiry_s: float
 
 
 class ErrorLine(BaseModel):
@@ -141,8 +177,9 @@ def _warm(setup: ServeSetup, ready: threading.Event) -> None:
 
 
 def create_app(setup: ServeSetup, auth: Auth, host: SessionHost | None = None,
-               max_body: int = MAX_BODY_BYTES) -> FastAPI:
-    """The application (see module docstring); the session (if any) starts with it."""
+               max_body: int = MAX_BODY_BYTES, max_streams: int = MAX_STREAMS, stream_idle_s: float = IDLE_S) -> FastAPI:
+    """The application (see module docstring); the session (if any) starts with it. At most
+    ``max_streams`` bar streams are open at once; one idle for ``stream_idle_s`` seconds closes."""
     ready = threading.Event()
 
     @contextlib.asynccontextmanager
@@ -175,8 +212,11 @@ def create_app(setup: ServeSetup, auth: Auth, host: SessionHost | None = None,
                   for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    app.state.window_cache = WindowCache(setup.bundle)
     _inference_routes(app, setup, ready, read, metrics)
-    _openapi_with_bodies(app, (PredictRequest, BatchRequest))
+    app.state.streams = StreamRegistry(setup, max_streams, stream_idle_s)
+    _stream_routes(app, app.state.streams, read, metrics)
+    _openapi_with_bodies(app, (PredictRequest, BatchRequest, StreamOpen, Bar))
     if host is not None:
         _operator_routes(app, host, read, control)
     return app
@@ -208,10 +248,10 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
 
     def _predict_one(body: PredictRequest) -> Response:
         try:
-            frame = bars_frame(body.bars, setup)
-            out = predict_frame(setup, frame, body.policy)
+            frame = request_frame(body, setup)
+            out = predict_frame(setup, frame, body.policy, app.state.window_cache)
         except NtsError as exc:
-            return _refusal(["body", "policy" if "policy" in str(exc) else "bars"], str(exc))
+            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
         metrics.predicted(out)
         return Response(out.model_dump_json(), media_type="application/json")
 
@@ -227,10 +267,10 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
         results = []
         for i, item in enumerate(body.items):
             try:
-                frame = bars_frame(item.bars, setup, where=f"items[{i}].bars")
-                out = predict_frame(setup, frame, item.policy)
+                frame = request_frame(item, setup, where=f"items[{i}].")
+                out = predict_frame(setup, frame, item.policy, app.state.window_cache)
             except NtsError as exc:
-                field = "policy" if "policy" in str(exc) else "bars"
+                field = "policy" if "policy" in str(exc) else item.where
                 return _refusal(["body", "items", i, field], str(exc))
             metrics.predicted(out)
             results.append(BatchResult(**out.model_dump(), symbol=item.symbol))
@@ -240,6 +280,70 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
              response_class=Response)
     def metrics_route() -> Response:
         return metrics.response()
+
+
+_STREAM = {**_R, 404: {"model": Message, "description": "no open stream under this id (closed or expired)"}}
+
+
+def _stream_routes(app: FastAPI, streams: StreamRegistry, read: list, metrics: Metrics) -> None:
+    setup = streams.setup
+
+    def answer(pred: Prediction, stream: Any, model: type[StreamPrediction], **extra: Any) -> Response:
+        metrics.predicted(pred)
+        out = model(**pred.model_dump(), stream_id=stream.id, symbol=stream.symbol,
+                    next_bar_time_ms=(stream.last_ns + streams.step_ns) // 1_000_000, **extra)
+        return Response(out.model_dump_json(), media_type="application/json",
+                        status_code=201 if model is StreamOpened else 200)
+
+    def gone(exc: StreamGone) -> JSONResponse:
+        return JSONResponse({"detail": redact(str(exc))}, status_code=404)
+
+    @app.post("/streams", tags=["streams"], dependencies=read, status_code=201, response_model=StreamOpened,
+              responses={**_R, 429: {"model": Message, "description": "the bound on open streams is reached"}},
+              summary="Open a bar stream: the warm-up once, the decision on its last bar",
+              openapi_extra=_body(StreamOpen))
+    async def open_stream(request: Request) -> Any:
+        body = await _read_body(request, StreamOpen)
+        if isinstance(body, Response):
+            return body
+        return await run_in_threadpool(_open, body)
+
+    def _open(body: StreamOpen) -> Response:
+        try:
+            policy = effective_policy(setup, body.policy)
+            frame = request_frame(body, setup)
+            stream, pred = streams.open(frame, policy, body.symbol)
+        except StreamsFull as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=429)
+        except NtsError as exc:
+            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
+        return answer(pred, stream, StreamOpened, idle_expiry_s=streams.idle_s)
+
+    @app.post("/streams/{stream_id}/bars", tags=["streams"], dependencies=read, response_model=StreamPrediction,
+              responses=_STREAM, summary="The next closed bar of a stream: its decision",
+              openapi_extra=_body(Bar))
+    async def push_bar(request: Request, stream_id: str) -> Any:
+        # on the event loop, not a worker thread: the work is well under a millisecond, and the
+        # hop to a thread would cost as much; the stream's lock still guards its state
+        body = await _read_body(request, Bar)
+        if isinstance(body, Response):
+            return body
+        try:
+            stream, pred = streams.push(stream_id, body)
+        except StreamGone as exc:
+            return gone(exc)
+        except NtsError as exc:
+            return _refusal(["body", "timestamp" if "timestamp" in str(exc) else "bar"], str(exc))
+        return answer(pred, stream, StreamPrediction)
+
+    @app.delete("/streams/{stream_id}", tags=["streams"], dependencies=read, responses=_STREAM,
+                summary="Close a stream")
+    def close_stream(stream_id: str) -> Any:
+        try:
+            streams.close(stream_id)
+        except StreamGone as exc:
+            return gone(exc)
+        return {"closed": True}
 
 
 def _who(request: Request) -> str:

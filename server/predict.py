@@ -6,13 +6,19 @@ One pipeline, nothing re-implemented here:
   NaN/inf, non-positive prices, high < low, negative volume, duplicate, unsorted, off-grid
   or impossible times) plus two refusals of this endpoint: gaps and fewer bars than the one
   warm-up (:func:`strategies.backtest.warmup_bars_for`);
-* features by :func:`models.dataset.feature_matrix`, logit and calibrated P by the bundle's
-  :meth:`~models.bundle.ModelBundle.score_features` (the streaming path of paper/live);
-* signal, forecast volatility, weight (deadband, clip, max position), order type and
-  barrier prices by the :class:`core.policy.Policy` rules; the weight capped by the
-  :class:`core.risk.RiskManager` -- exactly the calls :class:`strategies.base.ModelStrategy`
-  makes on a flat bar (``risk.cap_weight(target_weight(signal(p)))``, ``use_limit(|s|)``,
-  ``barrier_prices(close, w > 0)``).
+* features, logit and calibrated P by :class:`models.streaming.BarScorer` -- the path paper
+  and live score every bar with (primed from the warm-up: :meth:`BarScorer.prime`; equal to
+  the batch features to 1e-9, tested);
+* signal, weight (vol scaling, deadband, clip, max position) and entry permission by the
+  served strategy's own vectorised hooks (:func:`strategies.hooks.evaluate_hooks` on the
+  instance :meth:`strategies.runspec.RunSpec.hooks` gives, the policy of the server's
+  RunSpec), the weight capped by the :class:`core.risk.RiskManager`; order type and barrier
+  prices by the :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy`
+  reads on a flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
+
+Bars come as rows (``bars``: one object per candle) or as columns (``columns``: one array per
+field, several times cheaper to parse for a 1,400-bar warm-up); both are refused by the same
+checks with one line naming the field and the row.
 
 What it does not know: breakers and positions are session state, so the answer is the
 decision of a flat account with no breaker tripped (a session's own decisions are in its
@@ -21,22 +27,26 @@ journal: ``/api/v1/status``, ``/api/v1/bars``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ConfigError, DataError
 from core.ohlcv import DataReport, validate_ohlcv
-from models.dataset import feature_matrix
 from models.features import FEATURE_NAMES
+from models.streaming import BarScorer
 from server.setup import ServeSetup
+from server.window_cache import WindowCache
+from strategies.hooks import evaluate_hooks
 
 #: most windows one /predict/batch call may carry
 MAX_BATCH = 16
 _VOL_COL = FEATURE_NAMES.index("ewma_vol_fast")
-_MAX_MS = 2 ** 53  # beyond any candle; keeps pandas' ns range safe
+_COLUMNS = pd.Index(["open", "high", "low", "close", "volume"])  # built once: a label index costs ~50 us
+_MAX_MS = np.iinfo(np.int64).max // 1_000_000  # the last epoch ms pandas can hold in ns (year 2262)
 
 
 class Bar(BaseModel):
@@ -67,11 +77,40 @@ class PolicyOverrides(BaseModel):
     stop: float | None = Field(None, gt=0, lt=1, description="stop distance, a fraction of the price")
 
 
-class PredictRequest(BaseModel):
-    """Trailing candles of one market (oldest first, contiguous, at least the warm-up)."""
+class Columns(BaseModel):
+    """Candles as one array per field (same length, oldest first): the cheap body format."""
 
     model_config = ConfigDict(extra="forbid")
-    bars: list[Bar] = Field(description="contiguous candles, oldest first; the last one is scored")
+    timestamp: list[int | str] = Field(description="bar open times: epoch ms or ISO-8601 (UTC)")
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+
+
+class CandlesBody(BaseModel):
+    """Candles as rows (``bars``) or as columns (``columns``): exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+    bars: list[Bar] | None = Field(None, description="contiguous candles, oldest first; the last one is scored")
+    columns: Columns | None = Field(None, description="the same candles as one array per field (faster to parse)")
+
+    @model_validator(mode="after")
+    def _one_format(self) -> "CandlesBody":
+        if (self.bars is None) == (self.columns is None):
+            raise ValueError("send the candles either as 'bars' (rows) or as 'columns' (arrays), exactly one")
+        return self
+
+    @property
+    def where(self) -> str:
+        """The body field the candles came in (named by refusals)."""
+        return "bars" if self.bars is not None else "columns"
+
+
+class PredictRequest(CandlesBody):
+    """Trailing candles of one market (oldest first, contiguous, at least the warm-up)."""
+
     policy: PolicyOverrides | None = None
 
 
@@ -112,6 +151,7 @@ class Prediction(BaseModel):
     barriers: Barriers
     center: float
     bars_used: int
+    entry_allowed: bool = Field(True, description="the strategy's entry_allowed hook on this bar (False: no entry)")
 
 
 class BatchResult(Prediction):
@@ -131,9 +171,8 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _index(bars: list[Bar], where: str) -> pd.DatetimeIndex:
-    """UTC open times of the bars (all epoch ms or all ISO text; one line naming the row)."""
-    stamps = [b.timestamp for b in bars]
+def _index(stamps: list[int | str], where: str) -> pd.DatetimeIndex:
+    """UTC open times (all epoch ms or all ISO text; one line naming the row)."""
     kinds = {type(s) for s in stamps}
     if len(kinds) > 1:
         first = next(i for i, s in enumerate(stamps) if type(s) is not type(stamps[0]))
@@ -145,7 +184,7 @@ def _index(bars: list[Bar], where: str) -> pd.DatetimeIndex:
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 raise DataError(f"{where}: timestamp {stamps[row]} at row {row + 1} is not an epoch-ms open time")
-            return pd.DatetimeIndex(pd.to_datetime(arr, unit="ms", utc=True))
+            return pd.DatetimeIndex(arr * 1_000_000, dtype="datetime64[ns, UTC]")
         return pd.DatetimeIndex(pd.to_datetime(stamps, utc=True, format="ISO8601"))
     except (ValueError, TypeError, OverflowError) as exc:
         for i, s in enumerate(stamps):  # find the row (only on the error path)
@@ -156,24 +195,49 @@ def _index(bars: list[Bar], where: str) -> pd.DatetimeIndex:
         raise DataError(f"{where}: timestamps are not ISO-8601 times ({exc.__class__.__name__})") from None
 
 
-def bars_frame(bars: list[Bar], setup: ServeSetup, where: str = "bars") -> pd.DataFrame:
-    """The canonical frame of ``bars``, refused (DataError, one line naming the row) by the file
-    loader's rules, for a gap, or for fewer bars than the warm-up."""
-    if not bars:
+def checked_frame(stamps: list[int | str], values: np.ndarray, setup: ServeSetup, where: str,
+                  min_bars: int) -> pd.DataFrame:
+    """The canonical frame of ``stamps`` x ``values`` (n x OHLCV), refused (DataError, one line
+    naming the row) by the file loader's rules (:func:`validate_ohlcv`), for a gap, or for
+    fewer than ``min_bars`` bars."""
+    if not stamps:
         raise DataError(f"{where}: no bars")
-    idx = _index(bars, where)
-    values = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], dtype=np.float64)
-    frame = pd.DataFrame(values, index=idx, columns=["open", "high", "low", "close", "volume"])
+    frame = pd.DataFrame(values, index=_index(stamps, where), columns=_COLUMNS)
     frame, report = validate_ohlcv(frame, timeframe=setup.timeframe, report=DataReport(source=where))
     if report.gaps:
         g = report.gaps[0]
         row = int(frame.index.get_loc(g.after)) + 1
         raise DataError(f"{where}: gap of {g.missing} missing bars between row {row} ({g.after}) and row "
                         f"{row + 1} ({g.before}); send contiguous bars")
-    if len(frame) < setup.warmup_bars:
-        raise DataError(f"{where}: {len(frame)} bars, the model needs at least {setup.warmup_bars} "
+    if len(frame) < min_bars:
+        raise DataError(f"{where}: {len(frame)} bars, the model needs at least {min_bars} "
                         f"(its warm-up) ending at the bar to score")
     return frame
+
+
+def bars_frame(bars: list[Bar], setup: ServeSetup, where: str = "bars") -> pd.DataFrame:
+    """The canonical frame of candle rows, checked as :func:`checked_frame` (at least the warm-up)."""
+    values = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], dtype=np.float64).reshape(-1, 5)
+    return checked_frame([b.timestamp for b in bars], values, setup, where, setup.warmup_bars)
+
+
+def columns_frame(cols: Columns, setup: ServeSetup, where: str = "columns") -> pd.DataFrame:
+    """The canonical frame of candle columns (equal lengths), checked as :func:`checked_frame`."""
+    n = len(cols.timestamp)
+    for name in ("open", "high", "low", "close", "volume"):
+        if len(getattr(cols, name)) != n:
+            raise DataError(f"{where}.{name}: {len(getattr(cols, name))} values, but {where}.timestamp has {n} "
+                            "(every column holds one value per bar)")
+    values = np.array([cols.open, cols.high, cols.low, cols.close, cols.volume], dtype=np.float64).T.reshape(-1, 5)
+    return checked_frame(cols.timestamp, values, setup, where, setup.warmup_bars)
+
+
+def request_frame(body: CandlesBody, setup: ServeSetup, where: str = "") -> pd.DataFrame:
+    """The checked frame of a request's candles (rows or columns); ``where`` prefixes the field."""
+    name = f"{where}{body.where}"
+    if body.bars is not None:
+        return bars_frame(body.bars, setup, name)
+    return columns_frame(body.columns, setup, name)
 
 
 def effective_policy(setup: ServeSetup, overrides: PolicyOverrides | None):
@@ -188,23 +252,59 @@ def effective_policy(setup: ServeSetup, overrides: PolicyOverrides | None):
     return setup.policy.replace(**changes)
 
 
-def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverrides | None = None) -> Prediction:
-    """The decision on the last bar of ``frame`` (a frame :func:`bars_frame` accepted)."""
-    policy = effective_policy(setup, overrides)
-    bundle = setup.bundle
-    tail = frame.iloc[-setup.warmup_bars:]
-    feats = feature_matrix(tail, bundle.feature_cfg, bundle.timeframe)
-    logit, p = bundle.score_features(feats[-bundle.window:])
-    s = policy.signal(p)
-    vol = policy.forecast_vol(float(feats[-1, _VOL_COL]))
-    w = setup.risk.cap_weight(policy.target_weight(s, vol))
-    close = float(tail["close"].iloc[-1])
-    tp, sl = policy.barrier_prices(close, w >= 0.0)
-    t = tail.index[-1]
+@dataclass(frozen=True)
+class Scored:
+    """What the scoring stream says about one bar (before the decision)."""
+
+    time: pd.Timestamp
+    close: float
+    logit: float
+    p: float
+    ewma_vol: float          # the bar's ewma_vol_fast feature (the volatility forecast's input)
+    bars_used: int
+
+
+def scored_bar(row: np.ndarray | None, time: pd.Timestamp, close: float, out: tuple[float, float],
+               bars_used: int) -> Scored:
+    """The :class:`Scored` of the bar (open ``time``, ``close``) a scorer just consumed with
+    result ``out`` and feature ``row`` (None: no row yet)."""
+    vol = float(row[_VOL_COL]) if row is not None else math.nan
+    return Scored(time=time, close=float(close), logit=float(out[0]), p=float(out[1]), ewma_vol=vol,
+                  bars_used=bars_used)
+
+
+def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFrame) -> Prediction:
+    """The decision of a flat account on ``bar`` (the scored bar, one row): the served
+    strategy's hooks on it (:func:`evaluate_hooks`), the risk cap, order type and barriers."""
+    vol = policy.forecast_vol(scored.ewma_vol)
+    h = evaluate_hooks(setup.hooks(policy), bar, np.array([scored.p]), np.array([vol]))
+    s, allowed = float(h.signal[0]), bool(h.allowed[0])
+    w = float(setup.risk.cap_weight(float(h.weight[0])))
+    tp, sl = policy.barrier_prices(scored.close, w >= 0.0)
+    enter = allowed and w != 0.0
+    t = scored.time
     return Prediction(
         model_id=setup.model_id, bar_time=t.strftime("%Y-%m-%dT%H:%M:%SZ"), bar_time_ms=int(t.value // 1_000_000),
-        close=close, probability=_finite(p), logit=_finite(logit), signal=float(s), forecast_vol=_finite(vol),
-        target_weight=float(w), side=None if w == 0.0 else ("buy" if w > 0 else "sell"),
-        order_type=None if w == 0.0 else ("limit" if policy.use_limit(abs(s)) else "market"),
+        close=scored.close, probability=_finite(scored.p), logit=_finite(scored.logit), signal=s,
+        forecast_vol=_finite(vol), target_weight=w, side=("buy" if w > 0 else "sell") if enter else None,
+        order_type=("limit" if policy.use_limit(abs(s)) else "market") if enter else None,
         barriers=Barriers(take_profit=_finite(tp), stop=_finite(sl)), center=float(policy.center),
-        bars_used=len(tail))
+        bars_used=scored.bars_used, entry_allowed=allowed)
+
+
+def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverrides | None = None,
+                  cache: WindowCache | None = None) -> Prediction:
+    """The decision on the last bar of ``frame`` (a frame :func:`checked_frame` accepted): its
+    last warm-up bars scored by a :class:`BarScorer` -- primed from them, or taken from
+    ``cache`` when it consumed all but the last of them -- then :func:`decide_flat`."""
+    policy = effective_policy(setup, overrides)
+    tail = frame.iloc[-setup.warmup_bars:]
+    if cache is not None:
+        out, row = cache.score(tail)
+    else:
+        scorer = BarScorer(setup.bundle)
+        out = scorer.prime(tail)
+        row = scorer.rows[-1] if scorer.rows else None
+    last = tail.iloc[-1:]
+    scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
+    return decide_flat(setup, policy, scored, last)

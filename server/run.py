@@ -25,6 +25,7 @@ from server.auth import DEFAULT_TOKEN_ENV, Auth, check_bind
 from server.host import MODES, SessionHost
 from server.limits import MAX_BODY_BYTES
 from server.setup import build_setup
+from server.streams import MAX_STREAMS
 
 log = logging.getLogger("nts.serve")
 OPTIONS_ENV = "NTS_SERVE_OPTIONS"
@@ -72,7 +73,9 @@ def build_app(opts: ServeOptions, echo: Callable[[str], None] | None = None) -> 
         if opts.notify:
             notifier = Notifier(Path(state), load_notify_config(opts.notify))
             host.add_companion(notifier)
-    return create_app(setup, auth, host, max_body=opts.max_body), host
+    # a stream's state lives in the process that opened it: several workers would lose its bars
+    max_streams = MAX_STREAMS if opts.workers == 1 else 0
+    return create_app(setup, auth, host, max_body=opts.max_body, max_streams=max_streams), host
 
 
 def worker_app() -> FastAPI:

@@ -24,6 +24,7 @@ from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
 from server.app import create_app
 from server.auth import Auth, check_bind
+from server.predict import predict_frame
 from server.setup import build_setup
 from strategies.backtest import run_backtest, warmup_bars_for
 from strategies.tcn import TCNStrategy
@@ -39,6 +40,12 @@ def rows_of(frame: pd.DataFrame, iso: bool = False) -> list[dict]:
         t = ts.strftime("%Y-%m-%dT%H:%M:%SZ") if iso else int(ts.value // 1_000_000)
         out.append({"timestamp": t, "open": o, "high": h, "low": l, "close": c, "volume": v})
     return out
+
+
+def columns_of(frame: pd.DataFrame) -> dict:
+    """The candles as the columnar body field (one array per field)."""
+    return {"timestamp": [int(t.value // 1_000_000) for t in frame.index],
+            **{c: frame[c].tolist() for c in ("open", "high", "low", "close", "volume")}}
 
 
 def wait_ready(client: TestClient, headers: dict | None = None) -> None:
@@ -98,11 +105,32 @@ def test_predict_answers_with_the_policy_numbers(client, setup, window):
     # ISO timestamps give the same answer; overrides change the policy only
     iso = client.post("/predict", json={"bars": rows_of(window, iso=True)}).json()
     assert iso == out
+    assert client.post("/predict", json={"columns": columns_of(window)}).json() == out
     forced = client.post("/predict", json={"bars": rows_of(window),
                                            "policy": {"center": 0.05, "deadband": 0, "limit_confidence": 0.0}}).json()
     assert forced["probability"] == out["probability"] and forced["center"] == 0.05
     assert forced["target_weight"] > 0 and forced["side"] == "buy" and forced["order_type"] == "limit"
     assert forced["barriers"]["take_profit"] == pytest.approx(out["close"] * 1.008)
+
+
+def test_sliding_windows_reuse_a_scorer(setup, window):
+    """A client sending its trailing window one bar later is scored by the cached scorer (one
+    bar fed, no prime), with the answer of a fresh prime to 1e-9."""
+    warm = setup.warmup_bars
+    with TestClient(create_app(setup, Auth(None))) as c:
+        wait_ready(c)
+        cache = c.app.state.window_cache
+        outs = [c.post("/predict", json={"columns": columns_of(window.iloc[k:k + warm])}).json() for k in range(6)]
+        assert (cache.misses, cache.hits) == (1, 5)
+        again = c.post("/predict", json={"bars": rows_of(window.iloc[5:5 + warm])}).json()
+        assert (cache.misses, cache.hits) == (2, 5)  # the same window again: primed afresh
+    for k, out in enumerate(outs):
+        cold = predict_frame(setup, window.iloc[k:k + warm]).model_dump()
+        assert out["bar_time"] == cold["bar_time"] and out["bars_used"] == warm
+        assert out["probability"] == pytest.approx(cold["probability"], abs=1e-9)
+        assert out["target_weight"] == pytest.approx(cold["target_weight"], rel=1e-6, abs=1e-12)
+        assert out["forecast_vol"] == pytest.approx(cold["forecast_vol"], rel=1e-9)
+    assert again["probability"] == pytest.approx(outs[-1]["probability"], abs=1e-9)
 
 
 def test_batch(client, window):
@@ -125,6 +153,40 @@ def _refused(client, rows, *words, **extra):
     for w in words:
         assert w in msg, (w, msg)
     return r.json()["detail"][0]
+
+
+@pytest.mark.parametrize("case", ["nan", "gap", "length", "string", "both", "neither"])
+def test_columns_refusals_name_the_field_and_row(client, window, case):
+    cols = columns_of(window)
+    body: dict = {"columns": cols}
+    if case == "nan":
+        cols["high"][100] = float("nan")
+        r = client.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "row 101" in r.text and "'high'" in r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "columns"]
+        return
+    if case == "gap":
+        for v in cols.values():
+            del v[100]
+        words = ["gap of 1 missing bars", "row 100"]
+    elif case == "length":
+        cols["volume"].pop()
+        words = ["columns.volume", "values"]
+    elif case == "string":
+        cols["open"][100] = "cheap"
+        words = []
+    elif case == "both":
+        body["bars"] = rows_of(window)
+        words = ["exactly one"]
+    else:
+        body = {}
+        words = ["exactly one"]
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422, r.text
+    for w in words:
+        assert w in r.text, (w, r.text)
+    if case == "string":
+        assert r.json()["detail"][0]["loc"] == ["body", "columns", "open", 100]
 
 
 @pytest.mark.parametrize("case", ["unsorted", "duplicate", "off_grid", "gap", "nan", "inf", "zero_price",
@@ -313,7 +375,24 @@ def test_predict_equals_backtest_on_real_candles(tiny_bundle, real_candles):
             assert out["barriers"]["take_profit"] == pytest.approx(rec["barriers"][0], rel=1e-12)
             assert out["barriers"]["stop"] == pytest.approx(rec["barriers"][1], rel=1e-12)
             sides.add(out["side"])
-    assert "buy" in sides and None in sides  # both kinds of bar were compared
+        assert "buy" in sides and None in sides  # both kinds of bar were compared
+        # the bar stream: the warm-up of the first traded bar once, then every traded bar one by one
+        first = int(frame.index.get_loc(pd.Timestamp(log[0]["time"], tz="UTC"))) + 1
+        opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first - warm:first])})
+        assert opened.status_code == 201, opened.text
+        sid, answers = opened.json()["stream_id"], [opened.json()]
+        for row in rows[first:first + len(log) - 1]:
+            r = c.post(f"/streams/{sid}/bars", json=row)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+        stream_sides = set()
+        for rec, out in zip(log, answers, strict=True):
+            assert out["bar_time"] == pd.Timestamp(rec["time"], tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert out["probability"] == pytest.approx(rec["p"], abs=2e-6)
+            assert out["target_weight"] == pytest.approx(rec["w"], rel=1e-4, abs=1e-9)
+            assert out["forecast_vol"] == pytest.approx(rec["vol"], rel=1e-9)
+            stream_sides.add(out["side"])
+        assert "buy" in stream_sides and None in stream_sides
 
 
 # --------------------------------------------------------------------------- schemathesis
