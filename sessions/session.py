@@ -15,9 +15,15 @@ and a journal that makes them restartable.
   risk manager with the journal's halt as one more breaker).
 
 **Warm-up** (the one warm-up, ``RunSpec.warmup``: :func:`strategies.runspec.warmup_bars_for`): the last N
-closed bars are fed before the first traded bar with ``trade_start`` just after them, so
+closed bars come before the first traded bar with ``trade_start`` just after them, so
 the strategy sees them exactly as ``run_backtest`` sees the bars before its span: no
-orders, no risk checks, only indicator history.
+orders, no risk checks, only indicator history. **Primed** (the same path for a new
+session and a restart): when :func:`strategies.base.primes_history` allows it (the TCN
+strategy and every strategy that overrides only the vectorised hooks), the first N-1 bars
+go to the strategy as one frame (param ``history``: its indicators take their state after
+them in one vectorised step, and hooks that look back see them) and backtrader steps only
+the last warm-up bar, instead of ~1,400 ``next()`` calls; any other strategy is fed every
+warm-up bar.
 
 **One transaction per bar.** At the end of every traded bar the recorder journals, in one
 :meth:`Journal.atomic` block: the gap before the bar (if any), the order intents the
@@ -92,7 +98,7 @@ import backtrader as bt
 import pandas as pd
 
 from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
-from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
+from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, bars_frame, iso
 from brokers.ccxt_store import CCXTStore
 from sessions.control import SessionControl, is_flatten_halt
 from sessions.reconcile import Ledger, LiveStart, reconcile
@@ -109,6 +115,7 @@ from core.errors import DataError, NtsError
 from core.redact import redact, register_secret_env
 from core.risk import Decision, RiskManager
 from core.timeframes import timeframe_seconds
+from strategies.base import primes_history
 from strategies.bt_broker import make_broker
 from strategies.hooks import user_code
 from strategies.runspec import RunSpec
@@ -482,6 +489,7 @@ class PaperSession:
         self.journal: Journal | None = None
         self.checkpoint: Checkpoint | None = None
         self.history_end_ms: int | None = None
+        self.history_frame: pd.DataFrame | None = None      # primed warm-up bars (module docstring)
         self.strategy_state: dict[str, Any] | None = None   # the checkpoint's strategy state_dict()
         self.start_line = ""
         self.result: PaperResult | None = None
@@ -583,7 +591,10 @@ class PaperSession:
         if history is None:
             self.result.stopped_by = "signal"
             return self.result
-        source.prime(history)
+        # primed: all but the last warm-up bar go to the strategy as one frame (module docstring)
+        primed = len(history) - 1 if primes_history(spec.strategy_cls) else 0
+        self.history_frame = bars_frame(history[:primed]) if primed else None
+        source.prime(history[primed:])
         self.history_end_ms = history[-1].ms
         self.result.warmup_bars = len(history)
         self._announce(cp, history, spec.timeframe)
@@ -676,6 +687,8 @@ class PaperSession:
         params = spec.strategy_params(trade_start=trade_start, trade_end=None, risk=risk, prob_cache=False)
         if self.strategy_state is not None:
             params["state"] = self.strategy_state  # applied by the strategy on the checkpoint's bar
+        if self.history_frame is not None:
+            params["history"] = self.history_frame
         cerebro.addstrategy(spec.strategy_cls, **params)
         cerebro.addanalyzer(SessionRecorder, session=self)
         return cerebro
