@@ -34,7 +34,7 @@ from brokers.ccxt_store import CCXTStore
 from brokers.exchange import make_exchange
 from sessions.journal import Journal, JournalError
 from venues.replay import ReplayExchange
-from sessions.session import KIND_ROLES, PaperSession
+from sessions.session import KIND_ROLES, PaperSession, SessionOptions
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
@@ -87,8 +87,8 @@ def run_session(bundle_dir, cfg, state, ex: ReplayExchange, stop_ms: int | None 
     stops once the bar ``stop_ms`` is journaled (or by ``max_bars`` / the kill switch)."""
     store = CCXTStore(exchange=client_for(ex), sleep=lambda s: None)
     lines: list[str] = []
-    sess = PaperSession(cfg, bundle_dir, state, store=store, sleep=lambda s: ex.advance(bars=step_bars),
-                        install_signals=False, emit=lines.append, **kwargs)
+    sess = PaperSession.create(cfg, bundle_dir, state, store=store, sleep=lambda s: ex.advance(bars=step_bars),
+                               install_signals=False, emit=lines.append, **kwargs)
 
     def on_bar(bar, fills):
         if stop_ms is not None and bar.ms >= stop_ms:
@@ -401,9 +401,11 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     """`nts paper` killed with SIGKILL at 5 random points of a replay on an accelerated clock
     (a 15m bar every 0.15 s), restarted each time, finally stopped with SIGTERM.
 
-    The clock runs while a session runs and for a random 0-0.6 s after each kill (bars the
-    next session backfills); it is frozen while a session starts, so that slow start-ups
-    cannot run the replay past its data before the kills are done."""
+    The clock runs while a session trades and for a random 0-0.6 s after each kill (bars the
+    next session backfills); it is frozen from each kill's down time until the next session
+    has printed its start line (the end of its warm-up), so a slow start-up can neither run
+    the replay past its data before the kills are done nor make the test wait on a guess:
+    every wait is on the child's output or the journal, never on a fixed sleep."""
     cfg_args = [*SETS, f"risk.kill_switch_file={tmp_path / 'KILL'}"]
     cfg = load_config(None, cfg_args)
     warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
@@ -412,7 +414,7 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     end_ms = ms(frame.index[-1])
     state = tmp_path / "kill.db"
     log_path = tmp_path / "child.log"
-    # unbuffered: a SIGKILL must not swallow the "resumed" line still sitting in a stdout buffer
+    # unbuffered: the start line the test waits for (and a SIGKILL) must not sit in a stdout buffer
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     rng = random.Random(20240501)
     rounds = 5
@@ -424,24 +426,26 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
         def start():
             return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("a"), stderr=subprocess.STDOUT)
 
+        def started(starts: int) -> bool:
+            """The ``starts``-th session has printed its start line: its warm-up is done."""
+            text = log_path.read_text() if log_path.exists() else ""
+            return text.count("new paper session") + text.count("resumed paper session") >= starts
+
         def bars_journaled(proc, at_least: int, deadline: float, starts: int, end_ok: bool = False) -> int:
-            """Wait until this process has started (its ``start`` event is journaled; the clock
-            is let run from then on) and the journal holds ``at_least`` bars (or, with
-            ``end_ok``, the last bar of the data)."""
+            """Wait until this process has finished its warm-up (the clock is let run from then
+            on) and the journal holds ``at_least`` bars (or, with ``end_ok``, the last bar)."""
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise AssertionError(f"session exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-                if state.exists():
+                if started(starts):
+                    if ex.speed == 0:
+                        ex.set_speed(speed)
                     try:
                         with Journal.open_readonly(state) as j:
-                            n = j.summary()["bars_processed"]
-                            last = j.last_bar()
-                            started = len(j.events("start"))
+                            n, last = j.summary()["bars_processed"], j.last_bar()
                     except JournalError:
-                        n, last, started = 0, None, 0
-                    if started >= starts and ex.speed == 0:
-                        ex.set_speed(speed)
-                    if started >= starts and (n >= at_least or (end_ok and last is not None and last >= end_ms)):
+                        n, last = 0, None
+                    if n >= at_least or (end_ok and last is not None and last >= end_ms):
                         return n
                 time.sleep(0.02)
             raise AssertionError(f"timed out waiting for {at_least} bars:\n{log_path.read_text()[-3000:]}")
@@ -449,11 +453,15 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
         journaled = 0
         for k in range(rounds):
             proc = start()
-            # each session trades a random 3..25 bars (backfilled ones included), then dies
-            journaled = bars_journaled(proc, journaled + rng.randint(3, 25), time.monotonic() + 90, k + 1)
+            # each session trades a random 3..25 bars (backfilled ones included), then dies; the
+            # targets stay inside the data (the clock may run a few bars past each target)
+            target = min(journaled + rng.randint(3, 25), n_live - 2 * (rounds - k))
+            journaled = bars_journaled(proc, target, time.monotonic() + 120, k + 1)
             time.sleep(rng.uniform(0.0, 0.2))  # land anywhere in the bar cycle
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
+            with Journal.open_readonly(state) as j:  # what it journaled before it died, not what we saw
+                journaled = j.summary()["bars_processed"]
             time.sleep(rng.uniform(0.0, 0.6))  # down time: 0-4 bars close meanwhile
             ex.set_speed(0)
         proc = start()
@@ -487,8 +495,8 @@ def test_kill_switch_halt_survives_restart_until_resume(tmp_path, fast_bundle):
     kill = tmp_path / "KILL"
     with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
         store = CCXTStore(exchange=client_for(ex), sleep=lambda x: None)
-        sess = PaperSession(cfg, fast_bundle, state, store=store, sleep=lambda x: ex.advance(bars=1),
-                            install_signals=False, emit=lambda line: None, max_bars=150)
+        sess = PaperSession(cfg, fast_bundle, state, SessionOptions(install_signals=False, max_bars=150), store=store,
+                            sleep=lambda x: ex.advance(bars=1), emit=lambda line: None)
         sess.on_bar = lambda bar, fills: kill.touch() if bar.ms >= ms(frame.index[warm + 30]) else None
         res = sess.run()
         assert res.stopped_by == "kill_switch" and res.halted and "kill_switch" in res.halted
