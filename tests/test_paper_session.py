@@ -34,12 +34,14 @@ from brokers.ccxt_store import CCXTStore
 from brokers.exchange import make_exchange
 from sessions.journal import Journal, JournalError
 from venues.replay import ReplayExchange
-from sessions.session import KIND_ROLES, PaperSession, SessionOptions
+from sessions.session import KIND_ROLES, LiveOptions, LiveSession, PaperSession, SessionError, SessionOptions
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
 from strategies.backtest import run_backtest, warmup_bars_for
+from strategies.base import primes_history
+from strategies.tcn import TCNStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 TF = pd.Timedelta("15min")
@@ -376,6 +378,73 @@ def test_stop_and_restart_in_process_equals_uninterrupted(tmp_path, fast_bundle)
     assert "resumed paper session" in third.lines[0] and "from bar" in third.lines[0]
     assert first.bars + second.bars + third.bars + last.bars == 200
     assert_same_journals(journal_view(state), ref)
+
+
+class FedEveryBar(TCNStrategy):
+    """The TCN strategy fed every warm-up bar through backtrader: the path of a strategy that
+    builds its own indicators (``primable`` off)."""
+
+    primable = False
+
+
+class OwnInit(TCNStrategy):
+    """A user's class with its own ``__init__`` (it could build indicators that need each bar)."""
+
+    def __init__(self):
+        super().__init__()
+
+
+def test_which_strategies_take_a_primed_warm_up():
+    from strategies.base import ModelStrategy
+    from strategies.examples import CalmOnly, NightOnly, TrendFollow
+
+    assert all(primes_history(c) for c in (TCNStrategy, NightOnly, CalmOnly, TrendFollow))
+    assert not any(primes_history(c) for c in (FedEveryBar, OwnInit, ModelStrategy))
+
+    class OwnNext(TCNStrategy):
+        def next(self):
+            super().next()
+
+    assert not primes_history(OwnNext)
+
+
+@pytest.mark.timeout(240)
+def test_primed_warm_up_trades_as_feeding_every_warm_up_bar(tmp_path, fast_bundle):
+    """The primed warm-up (indicators set from N-1 bars in one step, backtrader steps the last)
+    makes the same bars, orders, fills and equity as feeding all N warm-up bars through
+    backtrader, with a data gap inside the warm-up and a restart in between."""
+    cfg = make_cfg(tmp_path)
+    warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
+    frame = synthetic_ohlcv(warm + 140, seed=8, start="2024-04-01", gaps={warm - 60: 3})
+    s, e = frame.index[warm + 10], frame.index[warm + 129]
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        fed = run_session(fast_bundle, cfg, tmp_path / "fed.db", ex, stop_ms=ms(e), strategy=FedEveryBar)
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        first = run_session(fast_bundle, cfg, tmp_path / "primed.db", ex, stop_ms=ms(frame.index[warm + 50]))
+        last = run_session(fast_bundle, cfg, tmp_path / "primed.db", ex, stop_ms=ms(e))
+    # bars through backtrader: the whole warm-up vs its last bar only
+    assert fed.feed["delivered"] == fed.bars + fed.warmup_bars == 120 + warm
+    assert first.feed["delivered"] == first.bars + 1 and last.feed["delivered"] == last.bars + 1
+    assert last.resumed and first.bars + last.bars == 120
+    assert_same_journals(journal_view(tmp_path / "primed.db"), journal_view(tmp_path / "fed.db"))
+
+
+def test_session_options_are_frozen_and_checked():
+    import dataclasses
+
+    opts = SessionOptions(strategy_kwargs={"center": 0.3}, max_bars=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.max_bars = 6  # type: ignore[misc]
+    with pytest.raises(SessionError, match="barriers"):
+        SessionOptions(barriers="labels")
+    with pytest.raises(SessionError, match="max_bars"):
+        SessionOptions(max_bars=0)
+    with pytest.raises(SessionError, match="max-capital"):
+        LiveOptions(max_capital=-1.0)
+    with pytest.raises(SessionError, match="takes LiveOptions"):
+        LiveSession(load_config(None), "model", "state.db", opts)
+    with pytest.raises(TypeError):
+        PaperSession.create(load_config(None), "model", "state.db", no_such_option=1)
 
 
 def assert_same_journals(got, ref):
