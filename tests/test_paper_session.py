@@ -470,11 +470,13 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     """`nts paper` killed with SIGKILL at 5 random points of a replay on an accelerated clock
     (a 15m bar every 0.15 s), restarted each time, finally stopped with SIGTERM.
 
-    The clock runs while a session trades and for a random 0-0.6 s after each kill (bars the
-    next session backfills); it is frozen from each kill's down time until the next session
-    has printed its start line (the end of its warm-up), so a slow start-up can neither run
-    the replay past its data before the kills are done nor make the test wait on a guess:
-    every wait is on the child's output or the journal, never on a fixed sleep."""
+    The clock runs from each session's ``start`` event (journaled before its warm-up) until a
+    random 0-0.6 s after its kill (bars the next session backfills), and is frozen while a
+    session starts. A session is killed only once it has printed its start line (the end of
+    its warm-up: else it could die before saying it resumed) and the journal holds its
+    target; each target comes from what the journal held at the last kill and stays inside
+    the data, so a slow start-up that lets the clock run far ahead cannot make a target
+    unreachable. Every wait is on the child's output or the journal, never a fixed sleep."""
     cfg_args = [*SETS, f"risk.kill_switch_file={tmp_path / 'KILL'}"]
     cfg = load_config(None, cfg_args)
     warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
@@ -501,21 +503,23 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
             return text.count("new paper session") + text.count("resumed paper session") >= starts
 
         def bars_journaled(proc, at_least: int, deadline: float, starts: int, end_ok: bool = False) -> int:
-            """Wait until this process has finished its warm-up (the clock is let run from then
-            on) and the journal holds ``at_least`` bars (or, with ``end_ok``, the last bar)."""
+            """Wait until this process has journaled its start (the clock is let run from then
+            on), printed its start line, and the journal holds ``at_least`` bars (or, with
+            ``end_ok``, the last bar)."""
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise AssertionError(f"session exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-                if started(starts):
-                    if ex.speed == 0:
-                        ex.set_speed(speed)
+                n, last, events = 0, None, 0
+                if state.exists():
                     try:
                         with Journal.open_readonly(state) as j:
-                            n, last = j.summary()["bars_processed"], j.last_bar()
-                    except JournalError:
-                        n, last = 0, None
-                    if n >= at_least or (end_ok and last is not None and last >= end_ms):
-                        return n
+                            n, last, events = j.summary()["bars_processed"], j.last_bar(), len(j.events("start"))
+                    except JournalError:  # still being created
+                        pass
+                if events >= starts and ex.speed == 0:
+                    ex.set_speed(speed)
+                if started(starts) and (n >= at_least or (end_ok and last is not None and last >= end_ms)):
+                    return n
                 time.sleep(0.02)
             raise AssertionError(f"timed out waiting for {at_least} bars:\n{log_path.read_text()[-3000:]}")
 
