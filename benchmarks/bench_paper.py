@@ -28,6 +28,7 @@ size; not timed). Prints one line per figure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -195,11 +196,13 @@ class FedEveryBar(TCNStrategy):
 
 
 def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int,
-                  strategy: str | None = None) -> list[float]:
+                  strategies: dict[str, str | None]) -> dict[str, list[float]]:
     """Seconds from spawning ``nts paper`` (a fresh process: interpreter, imports, bundle load,
     journal, warm-up of ``warm`` bars from the replay exchange) to the first new bar journaled,
-    on restarts of a session that was stopped with SIGTERM; one bar is closed and waiting."""
-    import os
+    on restarts of a session that was stopped with SIGTERM; one bar is closed and waiting.
+    One journal and replay exchange per entry of ``strategies`` (label -> ``--strategy``, None:
+    the default); their restarts alternate, so a changing machine load hits each alike."""
+    import contextlib
     import signal
     import subprocess
 
@@ -208,38 +211,40 @@ def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int,
     root = Path(__file__).resolve().parents[1]
     frame = synthetic_ohlcv(warm + 10 + 20 * (rounds + 1), seed=3, start="2024-06-01")
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
-    times = []
-    with tempfile.TemporaryDirectory() as tmp, \
-            ReplayExchange(frame, start=frame.index[warm + 10] + pd.Timedelta("1min"), speed=0) as ex:
-        state = Path(tmp) / "restart.db"
-        cmd = [sys.executable, "-m", "cli.main", "paper", "--model", str(bundle_dir), "--exchange-url", ex.url,
-               "--state", str(state)] + [a for kv in cfg_sets for a in ("--set", kv)]
-        if strategy is not None:
-            cmd += ["--strategy", strategy]
-        log = open(Path(tmp) / "child.log", "a")
+    times: dict[str, list[float]] = {label: [] for label in strategies}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(Path(tmp) / "child.log", "a"))
+        runs = {}
+        for label, strategy in strategies.items():
+            ex = stack.enter_context(ReplayExchange(frame, start=frame.index[warm + 10] + pd.Timedelta("1min"),
+                                                    speed=0))
+            state = Path(tmp) / f"{label}.db"
+            cmd = [sys.executable, "-m", "cli.main", "paper", "--model", str(bundle_dir), "--exchange-url", ex.url,
+                   "--state", str(state)] + [a for kv in cfg_sets for a in ("--set", kv)]
+            runs[label] = (ex, state, cmd + (["--strategy", strategy] if strategy else []))
         for k in range(rounds + 1):
-            before = _journal_bars(state)
-            if k:  # a restart: one bar closed while the session was down waits for it
-                ex.advance(bars=1)
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                if not k:  # a new session: its warm-up ends at the newest closed bar; close the next
-                    _wait_started(proc, state, time.monotonic() + 120)
+            for label, (ex, state, cmd) in runs.items():
+                before = _journal_bars(state)
+                if k:  # a restart: one bar closed while the session was down waits for it
                     ex.advance(bars=1)
-                _wait_bars(proc, state, before + 1, time.monotonic() + 120)
-                if k:
-                    times.append(time.perf_counter() - t0)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    if not k:  # a new session: its warm-up ends at the newest closed bar; close the next
+                        _wait_started(proc, state, time.monotonic() + 120)
+                        ex.advance(bars=1)
+                    _wait_bars(proc, state, before + 1, time.monotonic() + 120)
+                    if k:
+                        times[label].append(time.perf_counter() - t0)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
     return times
 
 
 def bench_imports(rounds: int) -> list[float]:
     """Seconds of a fresh interpreter importing what ``nts paper`` imports before it trades
     (the CLI, the session and everything under it): the part of a restart no warm-up saves."""
-    import os
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
@@ -291,8 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as base_dir:
             baseline_file = Path(base_dir) / "fed_every_bar.py"
             baseline_file.write_text(FED_EVERY_BAR)
-            fed = bench_restart(model, sets, warm, args.restarts, strategy=f"{baseline_file}:FedEveryBar")
-        restarts = bench_restart(model, sets, warm, args.restarts)
+            both = bench_restart(model, sets, warm, args.restarts,
+                                 {"primed": None, "fed": f"{baseline_file}:FedEveryBar"})
+        restarts, fed = both["primed"], both["fed"]
         imports = bench_imports(args.restarts)
         med, med_fed = float(np.median(restarts)), float(np.median(fed))
         print(f"paper restart to first new bar, process start included ({warm} warm-up bars, primed): "
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
               + ("met" if med <= 3.0 else "NOT met") + ")")
         print(f"  baseline, every warm-up bar through backtrader: " + ", ".join(f"{t:.2f} s" for t in fed)
               + f"; median {med_fed:.2f} s; primed/baseline {med / med_fed:.2f}")
-        print(f"  of which interpreter + imports alone (no warm-up, no network): median {np.median(imports):.2f} s")
+        print(f"  of which interpreter + imports alone (no warm-up, no network): median {np.median(imports):.2f} s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if tmp is not None:
         tmp.cleanup()
 
