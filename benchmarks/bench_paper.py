@@ -15,7 +15,12 @@ Usage: .venv/bin/python benchmarks/bench_paper.py [--model artifacts/tcn_v1] [--
 3. **A replay session**: ``PaperSession`` against the replay exchange through the real ccxt
    client, the exchange clock stepped one bar per wait (no idle time): bars/s end to end
    (two HTTP requests per bar, the simulated broker, one journal transaction per bar with
-   fsync), plus the start-up (warm-up bars fed through the streaming path).
+   fsync), plus the start-up (the primed warm-up).
+4. **Restart** (``--restarts``): ``nts paper`` as a fresh subprocess resuming its journal
+   against the replay exchange, from spawn to the first new bar journaled ("paper restart to
+   first new bar, process start included", goal <= 3 s), beside the same restart of a
+   strategy fed every warm-up bar through backtrader (the baseline, same run) and the cost
+   of the interpreter + imports alone.
 
 Without ``--model`` a small bundle is trained on generated bars first (the default network
 size; not timed). Prints one line per figure.
@@ -23,6 +28,7 @@ size; not timed). Prints one line per figure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -122,7 +128,7 @@ def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, floa
     from brokers.ccxt_store import CCXTStore
     from brokers.exchange import make_exchange
     from venues.replay import ReplayExchange
-    from sessions.session import PaperSession
+    from sessions.session import PaperSession, SessionOptions
 
     frame = synthetic_ohlcv(warm + n + 20, seed=3, start="2024-06-01")
     start = frame.index[warm + 5] + pd.Timedelta("1min")
@@ -131,8 +137,8 @@ def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, floa
         client.enableRateLimit = False  # a local exchange: measure our cost, not ccxt's throttle
         store = CCXTStore(exchange=client, sleep=lambda s: None)
         stamps: list[float] = []
-        sess = PaperSession(cfg, bundle_dir, Path(tmp) / "bench.db", store=store, max_bars=n,
-                            sleep=lambda s: ex.advance(bars=1), install_signals=False)
+        sess = PaperSession(cfg, bundle_dir, Path(tmp) / "bench.db", SessionOptions(max_bars=n, install_signals=False),
+                            store=store, sleep=lambda s: ex.advance(bars=1))
         sess.on_bar = lambda bar, fills: stamps.append(time.perf_counter())
         t0 = time.perf_counter()
         sess.run()
@@ -181,11 +187,22 @@ def _wait_bars(proc, state: Path, at_least: int, deadline: float) -> int:
     raise RuntimeError(f"timed out waiting for {at_least} journaled bars")
 
 
-def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int) -> list[float]:
+FED_EVERY_BAR = """from strategies.tcn import TCNStrategy
+
+
+class FedEveryBar(TCNStrategy):
+    primable = False  # the baseline: every warm-up bar through backtrader, as before priming
+"""
+
+
+def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int,
+                  strategies: dict[str, str | None]) -> dict[str, list[float]]:
     """Seconds from spawning ``nts paper`` (a fresh process: interpreter, imports, bundle load,
     journal, warm-up of ``warm`` bars from the replay exchange) to the first new bar journaled,
-    on restarts of a session that was stopped with SIGTERM; one bar is closed and waiting."""
-    import os
+    on restarts of a session that was stopped with SIGTERM; one bar is closed and waiting.
+    One journal and replay exchange per entry of ``strategies`` (label -> ``--strategy``, None:
+    the default); their restarts alternate, so a changing machine load hits each alike."""
+    import contextlib
     import signal
     import subprocess
 
@@ -194,30 +211,51 @@ def bench_restart(bundle_dir: Path, cfg_sets: list[str], warm: int, rounds: int)
     root = Path(__file__).resolve().parents[1]
     frame = synthetic_ohlcv(warm + 10 + 20 * (rounds + 1), seed=3, start="2024-06-01")
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
-    times = []
-    with tempfile.TemporaryDirectory() as tmp, \
-            ReplayExchange(frame, start=frame.index[warm + 10] + pd.Timedelta("1min"), speed=0) as ex:
-        state = Path(tmp) / "restart.db"
-        cmd = [sys.executable, "-m", "cli.main", "paper", "--model", str(bundle_dir), "--exchange-url", ex.url,
-               "--state", str(state)] + [a for kv in cfg_sets for a in ("--set", kv)]
-        log = open(Path(tmp) / "child.log", "a")
+    times: dict[str, list[float]] = {label: [] for label in strategies}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(Path(tmp) / "child.log", "a"))
+        runs = {}
+        for label, strategy in strategies.items():
+            ex = stack.enter_context(ReplayExchange(frame, start=frame.index[warm + 10] + pd.Timedelta("1min"),
+                                                    speed=0))
+            state = Path(tmp) / f"{label}.db"
+            cmd = [sys.executable, "-m", "cli.main", "paper", "--model", str(bundle_dir), "--exchange-url", ex.url,
+                   "--state", str(state)] + [a for kv in cfg_sets for a in ("--set", kv)]
+            runs[label] = (ex, state, cmd + (["--strategy", strategy] if strategy else []))
         for k in range(rounds + 1):
-            before = _journal_bars(state)
-            if k:  # a restart: one bar closed while the session was down waits for it
-                ex.advance(bars=1)
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                if not k:  # a new session: its warm-up ends at the newest closed bar; close the next
-                    _wait_started(proc, state, time.monotonic() + 120)
+            for label, (ex, state, cmd) in runs.items():
+                before = _journal_bars(state)
+                if k:  # a restart: one bar closed while the session was down waits for it
                     ex.advance(bars=1)
-                _wait_bars(proc, state, before + 1, time.monotonic() + 120)
-                if k:
-                    times.append(time.perf_counter() - t0)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    if not k:  # a new session: its warm-up ends at the newest closed bar; close the next
+                        _wait_started(proc, state, time.monotonic() + 120)
+                        ex.advance(bars=1)
+                    _wait_bars(proc, state, before + 1, time.monotonic() + 120)
+                    if k:
+                        times[label].append(time.perf_counter() - t0)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
     return times
+
+
+def bench_imports(rounds: int) -> list[float]:
+    """Seconds of a fresh interpreter importing what ``nts paper`` imports before it trades
+    (the CLI, the session and everything under it): the part of a restart no warm-up saves."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = "import cli.main, cli.paper_cmd, sessions.session, strategies.tcn, models.scorer"
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bars", type=int, default=2000, help="Bars timed for the per-bar decision.")
     ap.add_argument("--session-bars", type=int, default=300, help="Bars of the replay session.")
     ap.add_argument("--restarts", type=int, default=3, help="Restarts of nts paper timed (0: skip).")
+    ap.add_argument("--restart-only", action="store_true", help="Time the restarts only (part 4).")
     args = ap.parse_args(argv)
     cfg = load_config(None, ["strategy.center=0.3", "strategy.deadband=0"])
     tmp = None
@@ -242,19 +281,33 @@ def main(argv: list[str] | None = None) -> None:
     warm = warmup_bars_for(bundle, cfg)
     frame = synthetic_ohlcv(warm + args.bars, seed=5, start="2024-03-01")
     print(f"bundle {model} (window {bundle.window}, warm-up {warm} bars); scorer ONNX Runtime, 1 thread a window")
-    times = bench_decision(bundle, cfg, frame, args.bars)
-    for k, v in times.items():
-        print(f"decision {k:<16} {_stats(v)}   over {len(v)} bars")
-    med, p99 = bench_backtrader(bundle, cfg, frame, args.bars)
-    print(f"backtrader live-mode bar (indicators + strategy + broker): median {med * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
-    startup, rate, n = bench_session(model, cfg, warm, args.session_bars)
-    print(f"replay session: {rate:,.1f} bars/s over {n} bars (ccxt + replay exchange + broker + journal); "
-          f"start-up {startup:.2f} s incl. {warm} warm-up bars")
+    if not args.restart_only:
+        times = bench_decision(bundle, cfg, frame, args.bars)
+        for k, v in times.items():
+            print(f"decision {k:<16} {_stats(v)}   over {len(v)} bars")
+        med, p99 = bench_backtrader(bundle, cfg, frame, args.bars)
+        print(f"backtrader live-mode bar (indicators + strategy + broker): median {med * 1e3:.3f} ms, "
+              f"p99 {p99 * 1e3:.3f} ms")
+        startup, rate, n = bench_session(model, cfg, warm, args.session_bars)
+        print(f"replay session: {rate:,.1f} bars/s over {n} bars (ccxt + replay exchange + broker + journal); "
+              f"start-up {startup:.2f} s incl. {warm} warm-up bars (primed)")
     if args.restarts:
         sets = ["strategy.center=0.3", "strategy.deadband=0", "risk.kill_switch_file=/nonexistent/KILL"]
-        restarts = bench_restart(model, sets, warm, args.restarts)
-        print(f"paper restart to first new bar (process start included, {warm} warm-up bars): "
-              + ", ".join(f"{t:.2f} s" for t in restarts) + f"; median {np.median(restarts):.2f} s (goal <= 3 s)")
+        with tempfile.TemporaryDirectory() as base_dir:
+            baseline_file = Path(base_dir) / "fed_every_bar.py"
+            baseline_file.write_text(FED_EVERY_BAR)
+            both = bench_restart(model, sets, warm, args.restarts,
+                                 {"primed": None, "fed": f"{baseline_file}:FedEveryBar"})
+        restarts, fed = both["primed"], both["fed"]
+        imports = bench_imports(args.restarts)
+        med, med_fed = float(np.median(restarts)), float(np.median(fed))
+        print(f"paper restart to first new bar, process start included ({warm} warm-up bars, primed): "
+              + ", ".join(f"{t:.2f} s" for t in restarts) + f"; median {med:.2f} s (goal <= 3 s: "
+              + ("met" if med <= 3.0 else "NOT met") + ")")
+        print(f"  baseline, every warm-up bar through backtrader: " + ", ".join(f"{t:.2f} s" for t in fed)
+              + f"; median {med_fed:.2f} s; primed/baseline {med / med_fed:.2f}")
+        print(f"  of which interpreter + imports alone (no warm-up, no network): median {np.median(imports):.2f} s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if tmp is not None:
         tmp.cleanup()
 

@@ -50,7 +50,9 @@ backtrader sees exactly the bar sequence a backtest would.
 **Warm-up.** :meth:`BarSource.history` fetches the last N closed bars (paging backwards);
 the session queues them with :meth:`BarSource.prime` before cerebro starts, so the
 strategy sees them as ordinary bars before its ``trade_start`` (no orders, no risk checks),
-exactly as ``run_backtest`` feeds the bars before its span.
+exactly as ``run_backtest`` feeds the bars before its span. A strategy that can be primed
+gets all but the last of them as one frame instead (:func:`bars_frame`; see
+:mod:`sessions.session`) and only the last one is queued.
 """
 from __future__ import annotations
 
@@ -101,6 +103,14 @@ class Bar:
     def time(self) -> pd.Timestamp:
         """Open time as a UTC timestamp."""
         return pd.Timestamp(self.ms, unit="ms", tz="UTC")
+
+
+def bars_frame(bars: list[Bar]) -> pd.DataFrame:
+    """Bars as the canonical OHLCV frame (UTC open-time index ``timestamp``, float64 columns)."""
+    idx = pd.DatetimeIndex(pd.to_datetime(np.array([b.ms for b in bars], dtype="int64"), unit="ms", utc=True),
+                           name="timestamp")
+    values = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], dtype="float64").reshape(-1, 5)
+    return pd.DataFrame(values, index=idx, columns=["open", "high", "low", "close", "volume"])
 
 
 @dataclass(frozen=True)

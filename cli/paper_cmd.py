@@ -3,7 +3,7 @@ the exchange broker) with a journal. Parsing only; sessions/session.py does the 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import click
 
@@ -56,13 +56,12 @@ def paper(model_path: str, exchange_id: str | None, symbol: str | None, exchange
     (drawdown breaker, kill switch) survives restarts until: nts resume --state FILE; the
     daily-loss breaker lifts at the next UTC day, as in the backtest.
     """
-    from sessions.session import PaperSession
+    from sessions.session import PaperSession, SessionOptions
 
     setup_logging("paper")
-    session = PaperSession(cfg, model_path, state, strategy=strategy_name, exchange_id=exchange_id,
-                           url=exchange_url, symbol=symbol, max_bars=max_bars, emit=_echo, barriers=barriers,
-                           allow_model_change=allow_model_change)
-    session.run()
+    options = SessionOptions(strategy=strategy_name, exchange_id=exchange_id, url=exchange_url, symbol=symbol,
+                             max_bars=max_bars, barriers=barriers, allow_model_change=allow_model_change)
+    PaperSession(cfg, model_path, state, options, emit=_echo).run()
 
 
 @click.command("live")
@@ -96,11 +95,10 @@ def live(model_path: str, exchange_id: str | None, symbol: str | None, exchange_
         raise ConfigError(f"--max-capital must be a positive amount, got {max_capital:g}")
     # keys first, before the model, the journal or the exchange are touched (seconds of work)
     require_keys_in_env(exchange_id or cfg.broker.exchange, cfg.broker.api_key_env, cfg.broker.secret_env)
-    from sessions.session import LiveSession
+    from sessions.session import LiveOptions, LiveSession
 
     setup_logging("live")
-    kwargs: dict[str, Any] = dict(strategy=strategy_name, exchange_id=exchange_id, url=exchange_url, symbol=symbol,
-                                  max_bars=max_bars, emit=_echo, barriers=barriers,
-                                  allow_model_change=allow_model_change)
-    session = LiveSession(cfg, model_path, state, acknowledged=True, max_capital=max_capital, **kwargs)
-    session.run()
+    options = LiveOptions(strategy=strategy_name, exchange_id=exchange_id, url=exchange_url, symbol=symbol,
+                          max_bars=max_bars, barriers=barriers, allow_model_change=allow_model_change,
+                          acknowledged=True, max_capital=max_capital)
+    LiveSession(cfg, model_path, state, options, emit=_echo).run()

@@ -12,6 +12,12 @@ strategy sees the same numbers the model was trained on.
   per year (0.5 = 50% annualised).
 * :class:`RealisedVol` -- realised daily volatility for the risk manager
   (:func:`core.risk.realised_daily_vol`).
+
+**Primed warm-up** (paper and live restarts): the streaming indicators take an optional
+param ``history``, the bars before the first bar backtrader feeds them (a canonical OHLCV
+frame). They start from the state they would have after those bars (one vectorised step,
+no line values written for them) instead of being fed each bar; their minimum period counts
+those bars as seen. :func:`history_vols` gives the batch values of the forecast over them.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from core.timeframes import (
     bt_num_to_timestamp,
     timeframe_seconds,
 )
-from models.features import FEATURE_NAMES, StreamingFeatures, compute_features
+from models.features import FEATURE_NAMES, StreamingFeatures, compute_features, segment_ids
 
 
 def _np(line) -> np.ndarray:
@@ -97,11 +103,24 @@ class FeatureLines(_BatchOnce):
     prenext = next
 
 
+def primed_minperiod(minperiod: int, history: pd.DataFrame | None) -> int:
+    """The minimum period left for bars fed after ``history`` (backtrader counts bars from
+    the first one fed; the primed ones count as seen)."""
+    return max(1, int(minperiod) - (0 if history is None else len(history)))
+
+
+def history_vols(history: pd.DataFrame, cfg, timeframe: str) -> np.ndarray:
+    """:class:`VolForecast`'s values over ``history`` (its batch definition, ``once()``)."""
+    feats = compute_features(history, cfg, timeframe=timeframe)
+    return annualised_vols(feats["ewma_vol_fast"].to_numpy(dtype="float64"), annualisation_factor(timeframe))
+
+
 class VolForecast(_BatchOnce):
     """Annualised volatility forecast: ``ewma_vol_fast x sqrt(bars_per_year)`` (see module docs)."""
 
     lines = ("vol",)
-    params = (("cfg", None), ("timeframe", "15m"))
+    # history: bars before the first fed one, primed in one step (module docstring)
+    params = (("cfg", None), ("timeframe", "15m"), ("history", None))
 
     def _plotlabel(self) -> list[str]:
         return ["ewma_vol_fast, annualised", self.p.timeframe]
@@ -110,10 +129,11 @@ class VolForecast(_BatchOnce):
         self._stream = StreamingFeatures(self.p.cfg, self.p.timeframe)
         self._ann = annualisation_factor(self.p.timeframe)
         self._col = FEATURE_NAMES.index("ewma_vol_fast")
+        if self.p.history is not None:
+            self._stream.prime(self.p.history)
 
     def _compute_full(self) -> dict[str, np.ndarray]:
-        feats = compute_features(feed_frame(self.data), self.p.cfg, timeframe=self.p.timeframe)
-        return {"vol": annualised_vols(feats["ewma_vol_fast"].to_numpy(dtype="float64"), self._ann)}
+        return {"vol": history_vols(feed_frame(self.data), self.p.cfg, self.p.timeframe)}
 
     def next(self) -> None:
         d = self.data
@@ -128,12 +148,20 @@ class RealisedVol(_BatchOnce):
     """Realised daily volatility of the close over ``window`` bars (risk manager input)."""
 
     lines = ("vol",)
-    params = (("window", 96), ("timeframe", "15m"))
+    # history: bars before the first fed one, primed in one step (module docstring)
+    params = (("window", 96), ("timeframe", "15m"), ("history", None))
 
     def __init__(self) -> None:
         self._closes: list[float] = []
         self._last_ns: int | None = None
         self._step_ns = timeframe_seconds(self.p.timeframe) * 1_000_000_000
+        history = self.p.history
+        if history is not None and len(history):
+            # the closes next() would hold: the last window + 1 of the last gap-free stretch
+            seg = segment_ids(pd.DatetimeIndex(history.index), self.p.timeframe)
+            first = int(np.searchsorted(seg, seg[-1]))
+            self._closes = history["close"].to_numpy(dtype="float64")[first:][-(self.p.window + 1):].tolist()
+            self._last_ns = int(pd.DatetimeIndex(history.index).as_unit("ns").asi8[-1])
 
     def _compute_full(self) -> dict[str, np.ndarray]:
         frame = feed_frame(self.data)

@@ -8,6 +8,11 @@
   incremental scorer, :class:`models.streaming.BarScorer` (streaming features, the last
   ``window`` feature rows of the current stretch, ONNX Runtime, calibrator).
 
+Primed warm-up (paper/live restarts, param ``history``: the bars before the first fed one):
+the scorer starts from the state after those bars (:meth:`BarScorer.prime`, one vectorised
+step), the minimum period counts them as seen, and :meth:`TCNProbability.history_prob` gives
+their P by the batch path (only when a strategy's hooks read the history).
+
 Both modes give the same numbers (to float32 network precision); the test suite checks it
 on real candles -- that equality is the lookahead test. The minimum period is
 ``bundle.min_bars`` (feature warm-up + window - 1); after a data gap both modes are NaN
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.timeframes import bt_num_to_timestamp
-from indicators.bt_features import _BatchOnce, feed_frame
+from indicators.bt_features import _BatchOnce, feed_frame, primed_minperiod
 from models.loading import as_bundle  # noqa: F401  (re-exported: the loader's old import path)
 from models.prob_cache import cached_scores
 from models.streaming import BarScorer
@@ -31,13 +36,25 @@ class TCNProbability(_BatchOnce):
 
     lines = ("logit", "prob")
     # cache: folder of the probability cache (models.prob_cache) for the runonce pass; None = off
-    params = (("bundle", None), ("cache", None))
+    # history: bars before the first fed one, primed in one step (module docstring)
+    params = (("bundle", None), ("cache", None), ("history", None))
 
     def __init__(self) -> None:
         self.bundle = as_bundle(self.p.bundle)
-        self.addminperiod(self.bundle.min_bars)
+        self.addminperiod(primed_minperiod(self.bundle.min_bars, self.p.history))
         self._stream = BarScorer(self.bundle)  # bundle, ensemble or schedule
         self.cache_hit: bool | None = None  # runonce pass: True when P came from the cache
+        self._history_prob: np.ndarray | None = None
+        if self.p.history is not None and len(self.p.history):
+            self._stream.prime(self.p.history)
+
+    def history_prob(self) -> np.ndarray:
+        """P over the primed ``history`` bars (the batch path, computed once on first use;
+        empty without history)."""
+        if self._history_prob is None:
+            h = self.p.history
+            self._history_prob = np.zeros(0) if h is None or not len(h) else cached_scores(self.bundle, h, None)[1]
+        return self._history_prob
 
     def _plotlabel(self) -> list[str]:
         """Chart legend: the bundle's directory name, not the object's repr."""

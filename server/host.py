@@ -36,7 +36,7 @@ def build_session(mode: str, cfg: Config, model: str | Path, state: str | Path, 
     """The session ``nts paper`` / ``nts live`` would run, without its own signal handlers
     (uvicorn owns them; :class:`SessionHost` stops the session on shutdown)."""
     cls = LiveSession if mode == "live" else PaperSession
-    return cls(cfg, model, state, emit=emit, control=control, install_signals=False, **options)
+    return cls.create(cfg, model, state, emit=emit, control=control, install_signals=False, **options)
 
 
 class SessionHost:

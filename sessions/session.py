@@ -15,9 +15,15 @@ and a journal that makes them restartable.
   risk manager with the journal's halt as one more breaker).
 
 **Warm-up** (the one warm-up, ``RunSpec.warmup``: :func:`strategies.runspec.warmup_bars_for`): the last N
-closed bars are fed before the first traded bar with ``trade_start`` just after them, so
+closed bars come before the first traded bar with ``trade_start`` just after them, so
 the strategy sees them exactly as ``run_backtest`` sees the bars before its span: no
-orders, no risk checks, only indicator history.
+orders, no risk checks, only indicator history. **Primed** (the same path for a new
+session and a restart): when :func:`strategies.base.primes_history` allows it (the TCN
+strategy and every strategy that overrides only the vectorised hooks), the first N-1 bars
+go to the strategy as one frame (param ``history``: its indicators take their state after
+them in one vectorised step, and hooks that look back see them) and backtrader steps only
+the last warm-up bar, instead of ~1,400 ``next()`` calls; any other strategy is fed every
+warm-up bar.
 
 **One transaction per bar.** At the end of every traded bar the recorder journals, in one
 :meth:`Journal.atomic` block: the gap before the bar (if any), the order intents the
@@ -92,7 +98,7 @@ import backtrader as bt
 import pandas as pd
 
 from brokers.ccxt_broker import BT_TYPES, KIND_ROLES, CCXTBroker, bt_ms  # noqa: F401 (KIND_ROLES re-exported)
-from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, iso
+from brokers.ccxt_feed import Bar, BarSource, CCXTFeed, PollPolicy, bars_frame, iso
 from brokers.ccxt_store import CCXTStore
 from sessions.control import SessionControl, is_flatten_halt
 from sessions.reconcile import Ledger, LiveStart, reconcile
@@ -109,6 +115,7 @@ from core.errors import DataError, NtsError
 from core.redact import redact, register_secret_env
 from core.risk import Decision, RiskManager
 from core.timeframes import timeframe_seconds
+from strategies.base import primes_history
 from strategies.bt_broker import make_broker
 from strategies.hooks import user_code
 from strategies.runspec import RunSpec
@@ -435,58 +442,123 @@ class SessionRecorder(bt.Analyzer):
                                              if bar.missing_before else ""))
 
 
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a session trades and where, beyond the typed config (frozen; checked when built).
+
+    ``strategy``: builtin name, ``module:Class``, ``file.py:Class`` or a class, with
+    ``strategy_kwargs`` (copied); ``barriers``: ``bundle`` or ``config`` labels; ``coc``:
+    cheat-on-close fills as in ``nts backtest --coc``; ``exchange_id``/``url``/``symbol``
+    override ``cfg.broker.exchange``, ``cfg.broker.url`` and ``cfg.data.symbol``; ``max_bars``:
+    stop after that many traded bars; ``allow_model_change``: resume a journal started with
+    other model weights or trading config (journaled as a model_change event);
+    ``install_signals``: SIGINT/SIGTERM stop the session (main thread only); ``poll``: how the
+    feed waits for closed bars.
+    """
+
+    strategy: str | type = "tcn"
+    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
+    barriers: str = "bundle"
+    coc: bool = False
+    exchange_id: str | None = None
+    url: str | None = None
+    symbol: str | None = None
+    max_bars: int | None = None
+    allow_model_change: bool = False
+    install_signals: bool = True
+    poll: PollPolicy = field(default_factory=PollPolicy)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy_kwargs", dict(self.strategy_kwargs or {}))
+        object.__setattr__(self, "coc", bool(self.coc))
+        if self.barriers not in ("bundle", "config"):
+            raise SessionError(f"barriers must be 'bundle' or 'config', got {self.barriers!r}")
+        if self.max_bars is not None and not (isinstance(self.max_bars, int) and self.max_bars >= 1):
+            raise SessionError(f"max_bars must be a whole number >= 1, got {self.max_bars!r}")
+
+
+@dataclass(frozen=True)
+class LiveOptions(SessionOptions):
+    """:class:`SessionOptions` of a live session: ``acknowledged`` (``--i-understand-live-trading``)
+    and ``max_capital`` (a positive cap, in the quote currency, on the equity the strategy
+    sizes from; None: the whole account)."""
+
+    acknowledged: bool = False
+    max_capital: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cap = self.max_capital
+        if cap is not None and not (math.isfinite(float(cap)) and float(cap) > 0):
+            raise SessionError(f"--max-capital must be a positive amount of the quote currency, got {cap!r}")
+        object.__setattr__(self, "max_capital", None if cap is None else float(cap))
+
+
+#: the run-time collaborators of a session (not options): see :class:`PaperSession`
+WIRING = ("emit", "sleep", "store", "stop", "control")
+
+
 class PaperSession:
     """One paper session on journal ``state`` (see module docstring); :meth:`run` it.
 
-    ``model``: bundle directory or its ``final_model.pt``; ``strategy``: builtin name or
-    ``module:Class``; ``exchange_id``/``url``/``symbol`` override ``cfg.broker.exchange``,
-    ``cfg.broker.url`` and ``cfg.data.symbol``. ``emit`` receives the start line and one
-    status line per bar (the CLI prints them). ``sleep`` replaces the feed's waits (tests step
-    the replay clock there), ``store`` an already built store. ``stop`` ends the run
-    (signals set it too). ``allow_model_change``: resume a journal started with other model
-    weights or trading config (journaled as a model_change event).
+    ``model``: bundle directory or its ``final_model.pt``; ``options``: a
+    :class:`SessionOptions` (defaults when None). The rest is wiring: ``emit`` receives the
+    start line and one status line per bar (the CLI prints them); ``sleep`` replaces the
+    feed's waits (tests step the replay clock there); ``store`` an already built store;
+    ``stop`` ends the run (signals set it too); ``control`` the operator's pause
+    (:mod:`sessions.control`). :meth:`create` takes all of it as flat keywords.
     """
 
     #: journal mode (a journal is never reopened in another mode)
     mode = "paper"
     #: True: the exchange broker (LiveSession)
     live = False
+    #: the options class this session takes
+    options_type: type[SessionOptions] = SessionOptions
 
-    def __init__(self, cfg: Config, model: str | Path, state: str | Path, *, strategy: str | type = "tcn",
-                 exchange_id: str | None = None, url: str | None = None, symbol: str | None = None,
-                 max_bars: int | None = None, emit: Callable[[str], None] | None = None,
-                 sleep: Callable[[float], None] | None = None, poll: PollPolicy | None = None,
+    def __init__(self, cfg: Config, model: str | Path, state: str | Path, options: SessionOptions | None = None, *,
+                 emit: Callable[[str], None] | None = None, sleep: Callable[[float], None] | None = None,
                  store: CCXTStore | None = None, stop: threading.Event | None = None,
-                 strategy_kwargs: dict[str, Any] | None = None, barriers: str = "bundle",
-                 allow_model_change: bool = False, install_signals: bool = True, coc: bool = False,
                  control: SessionControl | None = None) -> None:
+        opts = options if options is not None else self.options_type()
+        if not isinstance(opts, self.options_type):
+            raise SessionError(f"{type(self).__name__} takes {self.options_type.__name__}, got {type(opts).__name__}")
+        self.options = opts
         self.cfg = cfg
         self.model = Path(model)
         self.state = Path(state)
-        self.strategy = strategy
-        self.exchange_id = exchange_id or cfg.broker.exchange
-        self.url = url if url is not None else cfg.broker.url
-        self.symbol = symbol or cfg.data.symbol
-        self.max_bars = max_bars
+        self.strategy = opts.strategy
+        self.exchange_id = opts.exchange_id or cfg.broker.exchange
+        self.url = opts.url if opts.url is not None else cfg.broker.url
+        self.symbol = opts.symbol or cfg.data.symbol
+        self.max_bars = opts.max_bars
+        self.strategy_kwargs = dict(opts.strategy_kwargs)
+        self.barriers = opts.barriers
+        self.allow_model_change = opts.allow_model_change
+        self.install_signals = opts.install_signals
+        self.coc = opts.coc
+        self.poll = opts.poll
         self.emit_fn = emit
         self.sleep = sleep
-        self.poll = poll or PollPolicy()
         self.stop_event = stop or threading.Event()
         self.store = store
-        self.strategy_kwargs = dict(strategy_kwargs or {})
-        self.barriers = barriers
-        self.allow_model_change = allow_model_change
-        self.install_signals = install_signals
-        self.coc = bool(coc)
         self.control = control or SessionControl()  # operator pause (sessions/control.py)
         self.journal: Journal | None = None
         self.checkpoint: Checkpoint | None = None
         self.history_end_ms: int | None = None
+        self.history_frame: pd.DataFrame | None = None      # primed warm-up bars (module docstring)
         self.strategy_state: dict[str, Any] | None = None   # the checkpoint's strategy state_dict()
         self.start_line = ""
         self.result: PaperResult | None = None
         self.spec: RunSpec | None = None                    # built by run(): bundle, strategy, costs, policy
         self.on_bar: Callable[[Bar, int], None] | None = None  # hook for tests and dashboards
+
+    @classmethod
+    def create(cls, cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> "PaperSession":
+        """The session from flat keywords: :data:`WIRING` names go to the constructor, the rest
+        build :attr:`options_type` (an unknown name is a TypeError)."""
+        wiring = {k: kwargs.pop(k) for k in WIRING if k in kwargs}
+        return cls(cfg, model, state, cls.options_type(**kwargs), **wiring)
 
     # ------------------------------------------------------------------ plumbing
     def emit(self, line: str) -> None:
@@ -583,7 +655,10 @@ class PaperSession:
         if history is None:
             self.result.stopped_by = "signal"
             return self.result
-        source.prime(history)
+        # primed: all but the last warm-up bar go to the strategy as one frame (module docstring)
+        primed = len(history) - 1 if primes_history(spec.strategy_cls) else 0
+        self.history_frame = bars_frame(history[:primed]) if primed else None
+        source.prime(history[primed:])
         self.history_end_ms = history[-1].ms
         self.result.warmup_bars = len(history)
         self._announce(cp, history, spec.timeframe)
@@ -676,6 +751,8 @@ class PaperSession:
         params = spec.strategy_params(trade_start=trade_start, trade_end=None, risk=risk, prob_cache=False)
         if self.strategy_state is not None:
             params["state"] = self.strategy_state  # applied by the strategy on the checkpoint's bar
+        if self.history_frame is not None:
+            params["history"] = self.history_frame
         cerebro.addstrategy(spec.strategy_cls, **params)
         cerebro.addanalyzer(SessionRecorder, session=self)
         return cerebro
@@ -706,8 +783,8 @@ class PaperSession:
 
 
 def run_paper(cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> PaperResult:
-    """``PaperSession(cfg, model, state, **kwargs).run()``."""
-    return PaperSession(cfg, model, state, **kwargs).run()
+    """``PaperSession.create(cfg, model, state, **kwargs).run()``."""
+    return PaperSession.create(cfg, model, state, **kwargs).run()
 
 
 def daily_halt_note(cp: Checkpoint | None, tf_ms: int) -> str:
@@ -728,24 +805,22 @@ class LiveSession(PaperSession):
     """``nts live``: the paper session's feed, strategy, journal and restarts with the exchange
     broker :class:`brokers.ccxt_broker.CCXTBroker` (see the module docstrings of both).
 
-    ``acknowledged`` must be True (``--i-understand-live-trading``); ``max_capital`` caps the
-    equity the strategy sizes from (the rest of the account is held back, fixed when the
-    session is created). Keys come only from the environment variables named by
+    Takes :class:`LiveOptions`: ``acknowledged`` must be True (``--i-understand-live-trading``);
+    ``max_capital`` caps the equity the strategy sizes from (the rest of the account is held
+    back, fixed when the session is created). Keys come only from the environment variables named by
     ``broker.api_key_env``/``broker.secret_env``; without them the session refuses before
     it opens the journal or sends anything.
     """
 
     mode = "live"
     live = True
+    options_type = LiveOptions
 
-    def __init__(self, cfg: Config, model: str | Path, state: str | Path, *, acknowledged: bool = False,
-                 max_capital: float | None = None, **kwargs: Any) -> None:
-        super().__init__(cfg, model, state, **kwargs)
-        self.acknowledged = bool(acknowledged)
-        if max_capital is not None and not (math.isfinite(float(max_capital)) and float(max_capital) > 0):
-            raise SessionError(f"--max-capital must be a positive amount of {self.symbol.split('/')[-1]}, "
-                               f"got {max_capital!r}")
-        self.max_capital = None if max_capital is None else float(max_capital)
+    def __init__(self, cfg: Config, model: str | Path, state: str | Path, options: LiveOptions | None = None,
+                 **wiring: Any) -> None:
+        super().__init__(cfg, model, state, options, **wiring)
+        self.acknowledged = bool(self.options.acknowledged)
+        self.max_capital = self.options.max_capital
         self.live_start: LiveStart | None = None
         self.broker: CCXTBroker | None = None
 
@@ -855,5 +930,5 @@ class LiveSession(PaperSession):
 
 
 def run_live(cfg: Config, model: str | Path, state: str | Path, **kwargs: Any) -> PaperResult:
-    """``LiveSession(cfg, model, state, **kwargs).run()``."""
-    return LiveSession(cfg, model, state, **kwargs).run()
+    """``LiveSession.create(cfg, model, state, **kwargs).run()``."""
+    return LiveSession.create(cfg, model, state, **kwargs).run()

@@ -27,6 +27,14 @@ Restart: :meth:`ModelStrategy.state_dict` (JSON-able, taken after a bar's decisi
 :meth:`ModelStrategy.load_state` (or param ``state``) resume a strategy on a fresh engine:
 position bookkeeping, barrier prices, working orders (re-submitted so the broker sees them),
 risk manager state and signal statistics.
+
+Primed warm-up (paper and live sessions, :func:`primes_history`): param ``history`` holds
+the warm-up bars before the first bar backtrader feeds (a canonical OHLCV frame). The
+indicators start from their state after those bars in one vectorised step (their param
+``history``) instead of ~1,400 ``next()`` calls; the hooks still see every bar: when a
+strategy overrides a hook (which may look back), they are evaluated over ``history`` + the
+fed bars, with the history's P and forecast from the batch path (the backtest's numbers for
+those bars); the default hooks are per-bar rules, so they need only the fed bars.
 """
 from __future__ import annotations
 
@@ -72,8 +80,8 @@ from core.timeframes import (
     timeframe_seconds,
     timestamp_to_bt_num,
 )
-from indicators.bt_features import RealisedVol, VolForecast, feed_frame
-from strategies.hooks import HookArrays, VectorHooks, evaluate_hooks
+from indicators.bt_features import RealisedVol, VolForecast, feed_frame, history_vols
+from strategies.hooks import _OWN_PACKAGES, HOOK_ARGS, HookArrays, VectorHooks, engine_only_overrides, evaluate_hooks
 
 STATE_VERSION = 1
 _EXECTYPES = {"Market": bt.Order.Market, "Limit": bt.Order.Limit, "Stop": bt.Order.Stop}
@@ -93,7 +101,11 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         ("trade_start", None),     # UTC Timestamp: no entries and no risk checks before it
         ("trade_end", None),       # UTC Timestamp: no new entries after it
         ("state", None),           # state_dict() of an earlier run to resume from (see load_state)
+        ("history", None),         # warm-up bars before the first fed bar, primed (module docstring)
     )
+
+    #: True when the class's indicators take param ``history`` (see :func:`primes_history`)
+    primable = False
 
     # ------------------------------------------------------------ construction
     def __init__(self) -> None:
@@ -101,7 +113,7 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self.prob = self.make_probability()
         self.vol_forecast = self.make_vol_forecast()
         self.realised_vol = RealisedVol(self.data, window=self._risk_cfg().vol_window_bars,
-                                        timeframe=self.policy.timeframe)
+                                        timeframe=self.policy.timeframe, history=self.p.history)
         self.risk: RiskManager = self.p.risk if self.p.risk is not None else RiskManager(RiskConfig())
         self.center = self.resolve_center()
         self._bar = -1
@@ -125,6 +137,8 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self._rules = rules_of(self.policy.to_array())
         self._hooks: HookArrays | None = None     # the hooks' values over the fed bars
         self._hooks_n = -1                        # ... evaluated over this many bars
+        self._hook_history: tuple[pd.DataFrame, np.ndarray, np.ndarray] | None = None  # bars, P, forecast
+        self._hook_offset = 0                     # rows of history before the fed bars in the hook arrays
         self._restore: dict[str, Any] | None = None
         if self.p.state is not None:
             self.load_state(self.p.state)
@@ -148,7 +162,12 @@ class ModelStrategy(VectorHooks, bt.Strategy):
     def make_vol_forecast(self):
         """Return the line of the annualised volatility forecast (default: ``ewma_vol_fast``
         x sqrt(bars per year), see :class:`indicators.bt_features.VolForecast`)."""
-        return VolForecast(self.data, cfg=self.p.feature_cfg, timeframe=self.policy.timeframe)
+        return VolForecast(self.data, cfg=self.p.feature_cfg, timeframe=self.policy.timeframe,
+                           history=self.p.history)
+
+    def history_probability(self) -> np.ndarray:
+        """P over the primed ``history`` bars (a primable subclass provides it; NaN here)."""
+        return np.full(0 if self.p.history is None else len(self.p.history), np.nan)
 
     def resolve_center(self) -> float:
         """The probability with zero edge (the policy's ``center``, already resolved: with
@@ -181,15 +200,37 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         and is evaluated again over its whole history (the last bar's values are used)."""
         n = self.data.buflen()
         if self._hooks is None or self._hooks_n != n:
-            bars = feed_frame(self.data)
-            self._hooks = evaluate_hooks(self, bars, _line_values(self.prob, n), _line_values(self.vol_forecast, n))
+            bars, prob, fvol = feed_frame(self.data), _line_values(self.prob, n), _line_values(self.vol_forecast, n)
+            history = self._history_for_hooks()
+            if history is not None:
+                bars = pd.concat([history[0], bars])
+                prob, fvol = np.concatenate([history[1], prob]), np.concatenate([history[2], fvol])
+            self._hooks = evaluate_hooks(self, bars, prob, fvol)
             self._hooks_n = n
         return self._hooks
+
+    def _history_for_hooks(self) -> tuple[pd.DataFrame, np.ndarray, np.ndarray] | None:
+        """The primed history's (bars, P, forecast) for the hooks, computed once; None when there
+        is none or every hook is the default per-bar rule (a bar's value needs that bar only)."""
+        history = self.p.history
+        if history is None or not len(history) or all(getattr(type(self), name) is getattr(VectorHooks, name)
+                                                         for name in HOOK_ARGS):
+            return None
+        if self._hook_history is None:
+            fvol = history_vols(history, self.p.feature_cfg, self.policy.timeframe)
+            self._hook_history = (history, np.asarray(self.history_probability(), dtype="float64"), fvol)
+            self._hook_offset = len(history)
+        return self._hook_history
+
+    def _hook_row(self) -> int:
+        """Row of the current bar in :meth:`hook_values` (after the history rows, if any)."""
+        self.hook_values()
+        return self._hook_offset + len(self.data) - 1
 
     def bar_signal(self) -> tuple[float, float, float]:
         """(P, signal, weight capped by the risk manager) of the current bar, from the hooks."""
         h = self.hook_values()
-        i = len(self.data) - 1
+        i = self._hook_row()
         return float(h.prob[i]), float(h.signal[i]), float(self.risk.cap_weight(h.weight[i]))
 
     def _exit_kinds(self) -> list[str]:
@@ -237,7 +278,7 @@ class ModelStrategy(VectorHooks, bt.Strategy):
                             float(self.realised_vol[0]))
         gate = Gate(ACTIONS.index(d.action), d.reason_code, d.flatten, d.stop, d.max_weight)
         h = self.hook_values()
-        i = len(self.data) - 1
+        i = self._hook_row()
         in_window = self._end_num is None or now_num <= self._end_num
         sig = BarSignal(float(h.prob[i]), float(h.signal[i]), float(h.weight[i]), bool(h.allowed[i]), in_window)
         actions = decide(gate, self.symbol_state(), sig, self._rules)
@@ -500,6 +541,21 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         order = (self.buy if spec["side"] == "buy" else self.sell)(size=spec["size"])
         order.addinfo(kind=spec["kind"])
         return order
+
+
+def primes_history(strategy_cls: type) -> bool:
+    """True when a session may prime ``strategy_cls`` from its warm-up (param ``history``)
+    instead of feeding every warm-up bar: its indicators take ``history`` (``primable``)
+    and every engine method is nts's own -- a user's class overrides the vectorised hooks
+    only (its own ``__init__`` or ``next`` could build indicators that need each bar)."""
+    if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, ModelStrategy) and strategy_cls.primable):
+        return False
+    for klass in strategy_cls.__mro__:
+        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+            break
+        if "__init__" in vars(klass):
+            return False
+    return not engine_only_overrides(strategy_cls, ModelStrategy)
 
 
 def _alive(order: bt.Order | None) -> bool:

@@ -11,8 +11,13 @@ class TCNStrategy(ModelStrategy):
     probability cache folder for backtests (None = always score)."""
 
     params = (("bundle", None), ("prob_cache", None))
+    primable = True  # TCNProbability, VolForecast and RealisedVol take param ``history``
 
     def make_probability(self):
         """The ``prob`` line of :class:`indicators.tcn_indicator.TCNProbability`."""
-        self.tcn = TCNProbability(self.data, bundle=self.p.bundle, cache=self.p.prob_cache)
+        self.tcn = TCNProbability(self.data, bundle=self.p.bundle, cache=self.p.prob_cache, history=self.p.history)
         return self.tcn.prob
+
+    def history_probability(self):
+        """P over the primed ``history`` bars (the batch path, :meth:`TCNProbability.history_prob`)."""
+        return self.tcn.history_prob()

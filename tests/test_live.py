@@ -55,7 +55,7 @@ from brokers.exchange import make_exchange
 from sessions.journal import Journal, JournalError
 from sessions.reconcile import Ledger, reconcile
 from venues.replay import ReplayExchange
-from sessions.session import LiveSession, PaperSession, SessionError
+from sessions.session import LiveOptions, LiveSession, PaperSession, SessionError
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
@@ -139,8 +139,8 @@ def run_live(bundle_dir, cfg, state, ex, stop_ms: int | None = None, store: CCXT
     lines: list[str] = []
     extra = {"acknowledged": True} if cls is LiveSession else {}
     kwargs.setdefault("strategy_kwargs", dict(BARRIERS))
-    sess = cls(cfg, bundle_dir, state, store=store or store_for(ex), sleep=lambda s: ex.advance(bars=1),
-               install_signals=False, emit=lines.append, **extra, **kwargs)
+    sess = cls.create(cfg, bundle_dir, state, store=store or store_for(ex), sleep=lambda s: ex.advance(bars=1),
+                      install_signals=False, emit=lines.append, **extra, **kwargs)
 
     def on_bar(bar, fills):
         if watch is not None:
@@ -684,9 +684,9 @@ def test_refuses_to_start_when_the_journal_disagrees_and_sends_nothing(tmp_path,
         before = view(state)
         lines: list[str] = []
         with pytest.raises(SessionError, match="disagrees with the exchange"):
-            sess = LiveSession(cfg, fast_bundle, state, store=store_for(ex), sleep=lambda x: ex.advance(bars=1),
-                               install_signals=False, emit=lines.append, acknowledged=True,
-                               strategy_kwargs=dict(BARRIERS))
+            opts = LiveOptions(install_signals=False, acknowledged=True, strategy_kwargs=dict(BARRIERS))
+            sess = LiveSession(cfg, fast_bundle, state, opts, store=store_for(ex), sleep=lambda x: ex.advance(bars=1),
+                               emit=lines.append)
             sess.run()
         assert mutations(ex, n) == [], "a refused start sent something"
         after = view(state)
@@ -839,9 +839,9 @@ def test_kill_switch_flattens_cancels_every_session_order_and_stays_halted(tmp_p
     with venue(frame, s + pd.Timedelta("1min")) as ex:
         hand = client_for(ex)
         hand.load_markets()
-        sess = LiveSession(cfg, fast_bundle, state, store=store_for(ex), sleep=lambda x: ex.advance(bars=1),
-                           install_signals=False, emit=lambda line: None, acknowledged=True, max_bars=40,
-                           strategy_kwargs=dict(BARRIERS))
+        opts = LiveOptions(install_signals=False, acknowledged=True, max_bars=40, strategy_kwargs=dict(BARRIERS))
+        sess = LiveSession(cfg, fast_bundle, state, opts, store=store_for(ex), sleep=lambda x: ex.advance(bars=1),
+                           emit=lambda line: None)
         leftover = {}
 
         def on_bar(bar, fills):

@@ -34,12 +34,14 @@ from brokers.ccxt_store import CCXTStore
 from brokers.exchange import make_exchange
 from sessions.journal import Journal, JournalError
 from venues.replay import ReplayExchange
-from sessions.session import KIND_ROLES, PaperSession
+from sessions.session import KIND_ROLES, LiveOptions, LiveSession, PaperSession, SessionError, SessionOptions
 from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
 from strategies.backtest import run_backtest, warmup_bars_for
+from strategies.base import primes_history
+from strategies.tcn import TCNStrategy
 
 ROOT = Path(__file__).resolve().parents[1]
 TF = pd.Timedelta("15min")
@@ -87,8 +89,8 @@ def run_session(bundle_dir, cfg, state, ex: ReplayExchange, stop_ms: int | None 
     stops once the bar ``stop_ms`` is journaled (or by ``max_bars`` / the kill switch)."""
     store = CCXTStore(exchange=client_for(ex), sleep=lambda s: None)
     lines: list[str] = []
-    sess = PaperSession(cfg, bundle_dir, state, store=store, sleep=lambda s: ex.advance(bars=step_bars),
-                        install_signals=False, emit=lines.append, **kwargs)
+    sess = PaperSession.create(cfg, bundle_dir, state, store=store, sleep=lambda s: ex.advance(bars=step_bars),
+                               install_signals=False, emit=lines.append, **kwargs)
 
     def on_bar(bar, fills):
         if stop_ms is not None and bar.ms >= stop_ms:
@@ -378,6 +380,73 @@ def test_stop_and_restart_in_process_equals_uninterrupted(tmp_path, fast_bundle)
     assert_same_journals(journal_view(state), ref)
 
 
+class FedEveryBar(TCNStrategy):
+    """The TCN strategy fed every warm-up bar through backtrader: the path of a strategy that
+    builds its own indicators (``primable`` off)."""
+
+    primable = False
+
+
+class OwnInit(TCNStrategy):
+    """A user's class with its own ``__init__`` (it could build indicators that need each bar)."""
+
+    def __init__(self):
+        super().__init__()
+
+
+def test_which_strategies_take_a_primed_warm_up():
+    from strategies.base import ModelStrategy
+    from strategies.examples import CalmOnly, NightOnly, TrendFollow
+
+    assert all(primes_history(c) for c in (TCNStrategy, NightOnly, CalmOnly, TrendFollow))
+    assert not any(primes_history(c) for c in (FedEveryBar, OwnInit, ModelStrategy))
+
+    class OwnNext(TCNStrategy):
+        def next(self):
+            super().next()
+
+    assert not primes_history(OwnNext)
+
+
+@pytest.mark.timeout(240)
+def test_primed_warm_up_trades_as_feeding_every_warm_up_bar(tmp_path, fast_bundle):
+    """The primed warm-up (indicators set from N-1 bars in one step, backtrader steps the last)
+    makes the same bars, orders, fills and equity as feeding all N warm-up bars through
+    backtrader, with a data gap inside the warm-up and a restart in between."""
+    cfg = make_cfg(tmp_path)
+    warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
+    frame = synthetic_ohlcv(warm + 140, seed=8, start="2024-04-01", gaps={warm - 60: 3})
+    s, e = frame.index[warm + 10], frame.index[warm + 129]
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        fed = run_session(fast_bundle, cfg, tmp_path / "fed.db", ex, stop_ms=ms(e), strategy=FedEveryBar)
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        first = run_session(fast_bundle, cfg, tmp_path / "primed.db", ex, stop_ms=ms(frame.index[warm + 50]))
+        last = run_session(fast_bundle, cfg, tmp_path / "primed.db", ex, stop_ms=ms(e))
+    # bars through backtrader: the whole warm-up vs its last bar only
+    assert fed.feed["delivered"] == fed.bars + fed.warmup_bars == 120 + warm
+    assert first.feed["delivered"] == first.bars + 1 and last.feed["delivered"] == last.bars + 1
+    assert last.resumed and first.bars + last.bars == 120
+    assert_same_journals(journal_view(tmp_path / "primed.db"), journal_view(tmp_path / "fed.db"))
+
+
+def test_session_options_are_frozen_and_checked():
+    import dataclasses
+
+    opts = SessionOptions(strategy_kwargs={"center": 0.3}, max_bars=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.max_bars = 6  # type: ignore[misc]
+    with pytest.raises(SessionError, match="barriers"):
+        SessionOptions(barriers="labels")
+    with pytest.raises(SessionError, match="max_bars"):
+        SessionOptions(max_bars=0)
+    with pytest.raises(SessionError, match="max-capital"):
+        LiveOptions(max_capital=-1.0)
+    with pytest.raises(SessionError, match="takes LiveOptions"):
+        LiveSession(load_config(None), "model", "state.db", opts)
+    with pytest.raises(TypeError):
+        PaperSession.create(load_config(None), "model", "state.db", no_such_option=1)
+
+
 def assert_same_journals(got, ref):
     """No lost or doubled bars, orders or fills; the same trades and equity as ``ref``."""
     assert [c.bar_time for c in got["bars"]] == [c.bar_time for c in ref["bars"]]
@@ -401,9 +470,13 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     """`nts paper` killed with SIGKILL at 5 random points of a replay on an accelerated clock
     (a 15m bar every 0.15 s), restarted each time, finally stopped with SIGTERM.
 
-    The clock runs while a session runs and for a random 0-0.6 s after each kill (bars the
-    next session backfills); it is frozen while a session starts, so that slow start-ups
-    cannot run the replay past its data before the kills are done."""
+    The clock runs from each session's ``start`` event (journaled before its warm-up) until a
+    random 0-0.6 s after its kill (bars the next session backfills), and is frozen while a
+    session starts. A session is killed only once it has printed its start line (the end of
+    its warm-up: else it could die before saying it resumed) and the journal holds its
+    target; each target comes from what the journal held at the last kill and stays inside
+    the data, so a slow start-up that lets the clock run far ahead cannot make a target
+    unreachable. Every wait is on the child's output or the journal, never a fixed sleep."""
     cfg_args = [*SETS, f"risk.kill_switch_file={tmp_path / 'KILL'}"]
     cfg = load_config(None, cfg_args)
     warm = warmup_bars_for(load_bundle(fast_bundle), cfg)
@@ -412,7 +485,7 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
     end_ms = ms(frame.index[-1])
     state = tmp_path / "kill.db"
     log_path = tmp_path / "child.log"
-    # unbuffered: a SIGKILL must not swallow the "resumed" line still sitting in a stdout buffer
+    # unbuffered: the start line the test waits for (and a SIGKILL) must not sit in a stdout buffer
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     rng = random.Random(20240501)
     rounds = 5
@@ -424,36 +497,44 @@ def test_sigkill_at_random_points_then_restart(tmp_path, fast_bundle):
         def start():
             return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("a"), stderr=subprocess.STDOUT)
 
+        def started(starts: int) -> bool:
+            """The ``starts``-th session has printed its start line: its warm-up is done."""
+            text = log_path.read_text() if log_path.exists() else ""
+            return text.count("new paper session") + text.count("resumed paper session") >= starts
+
         def bars_journaled(proc, at_least: int, deadline: float, starts: int, end_ok: bool = False) -> int:
-            """Wait until this process has started (its ``start`` event is journaled; the clock
-            is let run from then on) and the journal holds ``at_least`` bars (or, with
-            ``end_ok``, the last bar of the data)."""
+            """Wait until this process has journaled its start (the clock is let run from then
+            on), printed its start line, and the journal holds ``at_least`` bars (or, with
+            ``end_ok``, the last bar)."""
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise AssertionError(f"session exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+                n, last, events = 0, None, 0
                 if state.exists():
                     try:
                         with Journal.open_readonly(state) as j:
-                            n = j.summary()["bars_processed"]
-                            last = j.last_bar()
-                            started = len(j.events("start"))
-                    except JournalError:
-                        n, last, started = 0, None, 0
-                    if started >= starts and ex.speed == 0:
-                        ex.set_speed(speed)
-                    if started >= starts and (n >= at_least or (end_ok and last is not None and last >= end_ms)):
-                        return n
+                            n, last, events = j.summary()["bars_processed"], j.last_bar(), len(j.events("start"))
+                    except JournalError:  # still being created
+                        pass
+                if events >= starts and ex.speed == 0:
+                    ex.set_speed(speed)
+                if started(starts) and (n >= at_least or (end_ok and last is not None and last >= end_ms)):
+                    return n
                 time.sleep(0.02)
             raise AssertionError(f"timed out waiting for {at_least} bars:\n{log_path.read_text()[-3000:]}")
 
         journaled = 0
         for k in range(rounds):
             proc = start()
-            # each session trades a random 3..25 bars (backfilled ones included), then dies
-            journaled = bars_journaled(proc, journaled + rng.randint(3, 25), time.monotonic() + 90, k + 1)
+            # each session trades a random 3..25 bars (backfilled ones included), then dies; the
+            # targets stay inside the data (the clock may run a few bars past each target)
+            target = min(journaled + rng.randint(3, 25), n_live - 2 * (rounds - k))
+            journaled = bars_journaled(proc, target, time.monotonic() + 120, k + 1)
             time.sleep(rng.uniform(0.0, 0.2))  # land anywhere in the bar cycle
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
+            with Journal.open_readonly(state) as j:  # what it journaled before it died, not what we saw
+                journaled = j.summary()["bars_processed"]
             time.sleep(rng.uniform(0.0, 0.6))  # down time: 0-4 bars close meanwhile
             ex.set_speed(0)
         proc = start()
@@ -487,8 +568,8 @@ def test_kill_switch_halt_survives_restart_until_resume(tmp_path, fast_bundle):
     kill = tmp_path / "KILL"
     with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
         store = CCXTStore(exchange=client_for(ex), sleep=lambda x: None)
-        sess = PaperSession(cfg, fast_bundle, state, store=store, sleep=lambda x: ex.advance(bars=1),
-                            install_signals=False, emit=lambda line: None, max_bars=150)
+        sess = PaperSession(cfg, fast_bundle, state, SessionOptions(install_signals=False, max_bars=150), store=store,
+                            sleep=lambda x: ex.advance(bars=1), emit=lambda line: None)
         sess.on_bar = lambda bar, fills: kill.touch() if bar.ms >= ms(frame.index[warm + 30]) else None
         res = sess.run()
         assert res.stopped_by == "kill_switch" and res.halted and "kill_switch" in res.halted
