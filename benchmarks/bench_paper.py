@@ -23,6 +23,7 @@ size; not timed). Prints one line per figure.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -48,8 +49,27 @@ def _stats(ns: list[int]) -> str:
     return f"median {np.median(ms):.3f} ms, p99 {np.percentile(ms, 99):.3f} ms"
 
 
-def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int) -> dict[str, list[int]]:
-    """Per-stage per-bar times (ns) of the streaming decision over the last ``n`` bars."""
+class GcPauses:
+    """Garbage-collector runs (generation, ns) while :attr:`on` (a source of per-bar tails)."""
+
+    def __init__(self) -> None:
+        self.on, self.pauses, self._t0 = False, [], 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter_ns()
+        elif self.on:
+            self.pauses.append((info["generation"], time.perf_counter_ns() - self._t0))
+
+    def summary(self) -> str:
+        gens = [sum(1 for g, _ in self.pauses if g == k) for k in range(3)]
+        worst = max((ns for _, ns in self.pauses), default=0) / 1e6
+        return f"{len(self.pauses)} collections (gen0/1/2: {gens[0]}/{gens[1]}/{gens[2]}), longest {worst:.3f} ms"
+
+
+def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int, gc_pauses: GcPauses | None = None) -> dict[str, list[int]]:
+    """Per-stage per-bar times (ns) of the streaming decision over the last ``n`` bars
+    (``gc_pauses``: records the collector's runs during the timed bars)."""
     policy = Policy.from_config(cfg, bundle)
     risk = RiskManager(cfg.risk, kill_switch_file="")
     scorer = bundle.stream()
@@ -61,6 +81,8 @@ def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int) -> dict[str, list[i
     first_timed = len(frame) - n
     clock = time.perf_counter_ns
     for i, (ts, o, h, l, c, v) in enumerate(frame.itertuples(name=None)):
+        if gc_pauses is not None:
+            gc_pauses.on = i >= first_timed
         t0 = clock()
         p = scorer.update(ts, o, h, l, c, v)[1]
         t1 = clock()
@@ -242,9 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     warm = warmup_bars_for(bundle, cfg)
     frame = synthetic_ohlcv(warm + args.bars, seed=5, start="2024-03-01")
     print(f"bundle {model} (window {bundle.window}, warm-up {warm} bars); scorer ONNX Runtime, 1 thread a window")
-    times = bench_decision(bundle, cfg, frame, args.bars)
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        times = bench_decision(bundle, cfg, frame, args.bars, pauses)
+    finally:
+        gc.callbacks.remove(pauses)
     for k, v in times.items():
         print(f"decision {k:<16} {_stats(v)}   over {len(v)} bars")
+    total = np.asarray(times["total"])
+    print(f"decision bars over 1 ms: {int((total > 1_000_000).sum())} of {len(total)}; garbage collector during "
+          f"the timed bars: {pauses.summary()}")
     med, p99 = bench_backtrader(bundle, cfg, frame, args.bars)
     print(f"backtrader live-mode bar (indicators + strategy + broker): median {med * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
     startup, rate, n = bench_session(model, cfg, warm, args.session_bars)
