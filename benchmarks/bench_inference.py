@@ -94,7 +94,7 @@ def bench_single(bundle, net, x: np.ndarray, n: int) -> None:
             ort_ns.append(t1 - t0)
             torch_ns.append(t2 - t1)
     print(f"one window, network only, ONNX Runtime : {_pct(ort_ns)}  (goal median <= 0.15 ms)")
-    print(f"one window, network only, ORT CPU time : {_pct(ort_cpu)}  (thread CPU time: excludes time spent descheduled)")
+    print(f"one window, network only, ORT CPU time : {_pct(ort_cpu)}  (excludes time spent descheduled)")
     print(f"one window, network only, torch eager  : {_pct(torch_ns)}")
 
 
