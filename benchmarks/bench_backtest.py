@@ -9,9 +9,10 @@ with everything a user gets (batch TCN scoring in ``once()``, features for the v
 realised vol, risk checks, analyzers); it is the whole span: ``--allow-in-sample`` semantics,
 since only time is measured here. Without ``--model`` a small bundle is trained on generated
 bars first (same network size as the default; training time is not counted).
-Prints best-of-``repeats`` wall times and the ratios TCN / SMA for a first run (empty
-probability cache; goal <= 2.2x in window mode) and a second run (cache filled by the first;
-goal <= 1.0x), then the split: the batch scoring alone (ONNX Runtime, windows/s), and the same
+Prints best-of-``repeats`` wall times (SMA, first and cached TCN runs interleaved round by
+round) and the ratios TCN / SMA for a first run (empty probability cache; goal <= 2.2x in
+window mode) and a second run (cache filled by the first; goal <= 1.0x), the CPU seconds of
+the same runs, then the split: the batch scoring alone (ONNX Runtime, windows/s), and the same
 pipeline fed a precomputed probability.
 """
 from __future__ import annotations
@@ -75,6 +76,13 @@ def run_tcn(frame, cfg, bundle, cache_dir: Path) -> tuple[float, dict]:
     return time.perf_counter() - t0, res.metrics
 
 
+def _with_cpu(fn):
+    """(fn's result, process CPU seconds it took)."""
+    c0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - c0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="bundle directory or final_model.pt")
@@ -105,16 +113,20 @@ def main() -> None:
     print(f"bars: {len(frame):,} ({source}); bundle window {bundle.window}, min_bars {bundle.min_bars}, "
           f"scoring threads {bundle.threads}, history_bars {bundle.history_bars}")
 
-    sma = min(run_sma(frame, cfg) for _ in range(args.repeats))
-    # first run: an empty probability cache each time (the network scores every window);
-    # second run: the cache the first run left (the network is skipped)
-    caches = [Path(tempfile.mkdtemp(prefix="nts-bench-cache-")) for _ in range(args.repeats)]
-    tcn_runs = [run_tcn(frame, cfg, bundle, c) for c in caches]
-    cached_runs = [run_tcn(frame, cfg, bundle, c) for c in caches]
-    assert all(r[1]["run"]["probabilities"].startswith("probability cache") for r in cached_runs)
-    tcn = min(t for t, _ in tcn_runs)
-    cached = min(t for t, _ in cached_runs)
-    m = tcn_runs[0][1]["strategy"]
+    # Interleaved rounds (SMA, first TCN run, cached TCN run), so a change of the machine's load
+    # during the benchmark hits every kind of run alike. First run: an empty probability cache
+    # (the network scores every window); cached run: the cache the round's first run left.
+    sma_runs, tcn_runs, cached_runs = [], [], []
+    for _ in range(args.repeats):
+        cache = Path(tempfile.mkdtemp(prefix="nts-bench-cache-"))
+        sma_runs.append(_with_cpu(lambda: run_sma(frame, cfg)))
+        tcn_runs.append(_with_cpu(lambda: run_tcn(frame, cfg, bundle, cache)))
+        cached_runs.append(_with_cpu(lambda: run_tcn(frame, cfg, bundle, cache)))
+    assert all(r[0][1]["run"]["probabilities"].startswith("probability cache") for r in cached_runs)
+    sma, sma_cpu = min(sma_runs)
+    (tcn, m), tcn_cpu = min(tcn_runs, key=lambda r: r[0][0])
+    (cached, _), cached_cpu = min(cached_runs, key=lambda r: r[0][0])
+    m = m["strategy"]
     score = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -132,6 +144,8 @@ def main() -> None:
     print(f"TCN backtest, cached P       : {cached:8.2f} s  (second run: probability cache, no network)")
     print(f"ratio TCN / SMA, first run   : {tcn / sma:8.2f}x  (goal <= 2.2x, window mode)")
     print(f"ratio TCN / SMA, cached run  : {cached / sma:8.2f}x  (goal <= 1.0x)")
+    print(f"  CPU seconds of the same runs (all threads): SMA {sma_cpu:.2f}, first {tcn_cpu:.2f} "
+          f"({tcn_cpu / sma_cpu:.2f}x), cached {cached_cpu:.2f} ({cached_cpu / sma_cpu:.2f}x)")
     print(f"  of which: batch TCN scoring (bundle.predict_proba, {len(frame):,} bars, ONNX Runtime on "
           f"{bundle.threads} worker threads): {min(score):.2f} s = {len(frame) / min(score):,.0f} bars/s")
     print(f"  same pipeline with precomputed P (no network): {min(pipe):.2f} s = {min(pipe) / sma:.2f}x SMA")

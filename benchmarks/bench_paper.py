@@ -28,6 +28,7 @@ size; not timed). Prints one line per figure.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -54,19 +55,42 @@ def _stats(ns: list[int]) -> str:
     return f"median {np.median(ms):.3f} ms, p99 {np.percentile(ms, 99):.3f} ms"
 
 
-def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int) -> dict[str, list[int]]:
-    """Per-stage per-bar times (ns) of the streaming decision over the last ``n`` bars."""
+class GcPauses:
+    """Garbage-collector runs (generation, ns) while :attr:`on` (a source of per-bar tails)."""
+
+    def __init__(self) -> None:
+        self.on, self.pauses, self._t0 = False, [], 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter_ns()
+        elif self.on:
+            self.pauses.append((info["generation"], time.perf_counter_ns() - self._t0))
+
+    def summary(self) -> str:
+        gens = [sum(1 for g, _ in self.pauses if g == k) for k in range(3)]
+        worst = max((ns for _, ns in self.pauses), default=0) / 1e6
+        return f"{len(self.pauses)} collections (gen0/1/2: {gens[0]}/{gens[1]}/{gens[2]}), longest {worst:.3f} ms"
+
+
+def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int, gc_pauses: GcPauses | None = None) -> dict[str, list[int]]:
+    """Per-stage per-bar times (ns) of the streaming decision over the last ``n`` bars
+    (``gc_pauses``: records the collector's runs during the timed bars)."""
     policy = Policy.from_config(cfg, bundle)
     risk = RiskManager(cfg.risk, kill_switch_file="")
     scorer = bundle.stream()
     features_only = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
     closes: deque[float] = deque(maxlen=cfg.risk.vol_window_bars + 1)
     col = FEATURE_NAMES.index("ewma_vol_fast")
-    times = {k: [] for k in ("features alone", "features+tcn+cal", "policy", "risk", "total")}
+    times = {k: [] for k in ("features alone", "features+tcn+cal", "policy", "risk", "total", "total CPU time")}
+    cpu = time.thread_time_ns  # this thread's CPU time: a wall-time tail it lacks is time spent descheduled
     equity = cfg.execution.cash
     first_timed = len(frame) - n
     clock = time.perf_counter_ns
     for i, (ts, o, h, l, c, v) in enumerate(frame.itertuples(name=None)):
+        if gc_pauses is not None:
+            gc_pauses.on = i >= first_timed
+        c0 = cpu()
         t0 = clock()
         p = scorer.update(ts, o, h, l, c, v)[1]
         t1 = clock()
@@ -81,11 +105,12 @@ def bench_decision(bundle, cfg, frame: pd.DataFrame, n: int) -> dict[str, list[i
         risk.cap_weight(w)
         risk.check(ts, equity, 0.0, rv)
         t3 = clock()
+        c3 = cpu()
         features_only.update(ts, o, h, l, c, v)
         t4 = clock()
         if i >= first_timed:
             for k, dt in (("features alone", t4 - t3), ("features+tcn+cal", t1 - t0), ("policy", t2 - t1),
-                          ("risk", t3 - t2), ("total", t3 - t0)):
+                          ("risk", t3 - t2), ("total", t3 - t0), ("total CPU time", c3 - c0)):
                 times[k].append(dt)
     return times
 
@@ -282,9 +307,17 @@ def main(argv: list[str] | None = None) -> None:
     frame = synthetic_ohlcv(warm + args.bars, seed=5, start="2024-03-01")
     print(f"bundle {model} (window {bundle.window}, warm-up {warm} bars); scorer ONNX Runtime, 1 thread a window")
     if not args.restart_only:
-        times = bench_decision(bundle, cfg, frame, args.bars)
+        pauses = GcPauses()
+        gc.callbacks.append(pauses)
+        try:
+            times = bench_decision(bundle, cfg, frame, args.bars, pauses)
+        finally:
+            gc.callbacks.remove(pauses)
         for k, v in times.items():
             print(f"decision {k:<16} {_stats(v)}   over {len(v)} bars")
+        total = np.asarray(times["total"])
+        print(f"decision bars over 1 ms: {int((total > 1_000_000).sum())} of {len(total)}; garbage collector during "
+              f"the timed bars: {pauses.summary()}")
         med, p99 = bench_backtrader(bundle, cfg, frame, args.bars)
         print(f"backtrader live-mode bar (indicators + strategy + broker): median {med * 1e3:.3f} ms, "
               f"p99 {p99 * 1e3:.3f} ms")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba.core import types as nb_types
 
 try:  # numba's cache classes (public names since numba 0.60; absent -> no disk cache, still correct)
     from numba.core.caching import CompileResultCacheImpl, FunctionCache, UserProvidedCacheLocator
@@ -99,6 +100,23 @@ if UserProvidedCacheLocator is not None:
         _impl_class = _HashedCacheImpl
 
 
+def _unliteral_call_template(disp: Any) -> None:
+    """Make calls from other kernels compile ``disp`` for the plain types of constant arguments.
+
+    numba types a constant argument of a call inside a kernel as a literal (``Literal[int](3)``)
+    and compiles one specialisation per distinct constant: the simulator's queue helpers were
+    compiled 3-5 times each, the decision step's ``_actions`` 6 times (543 signatures in all,
+    most of the cold compile). One plain-typed version serves every constant; LLVM still folds
+    the constants once it inlines the call."""
+    template_for = disp.get_call_template
+
+    def get_call_template(args: tuple, kws: dict) -> Any:
+        return template_for(tuple(nb_types.unliteral(a) for a in args),
+                            {k: nb_types.unliteral(v) for k, v in kws.items()})
+
+    disp.get_call_template = get_call_template
+
+
 def kernel(fn: Callable | None = None, *, parallel: bool = False, inline: bool = False) -> Any:
     """``numba.njit(nogil=True)`` compiled lazily (first call) and cached in :data:`CACHE_DIR`.
 
@@ -108,6 +126,8 @@ def kernel(fn: Callable | None = None, *, parallel: bool = False, inline: bool =
 
     def wrap(f: Callable) -> Any:
         disp = numba.njit(nogil=True, parallel=parallel, cache=False, inline="always" if inline else "never")(f)
+        if not inline:
+            _unliteral_call_template(disp)
         if CACHE_DIR is not None and UserProvidedCacheLocator is not None:
             try:
                 disp._cache = _HashedFunctionCache(disp.py_func)

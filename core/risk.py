@@ -94,7 +94,11 @@ def realised_daily_vol(close: np.ndarray | pd.Series, window: int = 96, timefram
     and the window restarts after the gap, as the features do. Without it every step is
     taken as one bar."""
     c = np.asarray(close, dtype="float64")
-    r = np.r_[np.nan, np.diff(np.log(c))] if len(c) else np.zeros(0)
+    r = np.empty(len(c))
+    if len(c):  # r[0] = NaN, r[1:] = diff(log c): same numbers as np.r_[nan, diff] without its ~6 us a call
+        log_c = np.log(c)
+        r[0] = np.nan
+        np.subtract(log_c[1:], log_c[:-1], out=r[1:])
     if index is not None and len(c) > 1:
         r[1:][np.diff(segment_ids(pd.DatetimeIndex(index), timeframe)) != 0] = np.nan
     return _window_std(r, int(window)) * math.sqrt(bars_per_day(timeframe))

@@ -86,6 +86,7 @@ class OnnxScorer:
             raise BundleError(f"{where}: graph maps {inputs} -> {outputs}, expected ['{INPUT_NAME}'] -> "
                               f"['{OUTPUT_NAME}']")
         self.signature = self.session.get_modelmeta().custom_metadata_map.get(SPEC_KEY)
+        self._outputs = [OUTPUT_NAME]  # naming the one output skips ORT's per-call output listing
         self._threads = 1
         self.threads = threads
 
@@ -101,7 +102,7 @@ class OnnxScorer:
         self._threads = int(n)
 
     def _run(self, windows: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {INPUT_NAME: windows})[0]
+        out = self.session.run(self._outputs, {INPUT_NAME: windows})[0]
         return np.asarray(out, dtype=np.float64).reshape(len(windows))
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
@@ -124,4 +125,5 @@ class OnnxScorer:
 
     def logit_one(self, window: np.ndarray) -> float:
         """Logit of one normalised ``(window, F)`` array (no pool: the streaming path)."""
-        return float(self._run(np.ascontiguousarray(window, dtype=np.float32)[None])[0])
+        x = np.ascontiguousarray(window, dtype=np.float32)[None]
+        return float(self.session.run(self._outputs, {INPUT_NAME: x})[0].reshape(-1)[0])

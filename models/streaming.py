@@ -18,7 +18,6 @@ and its features equal ``compute_features`` to 1e-9 (tests on real candles).
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -37,12 +36,32 @@ class BarScorer:
         self.bundle = bundle
         self.window = int(bundle.window)
         self.features = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
-        self.rows: deque[np.ndarray] = deque(maxlen=self.window)
+        # Ring of feature rows written twice (at k and k + window), so the last ``window`` rows
+        # are always one contiguous slice: no per-bar np.stack of a deque (measured 21 us a bar).
+        self._ring = np.full((2 * self.window, len(bundle.feature_names)), np.nan)
+        self._next = 0  # ring slot of the next row (0 .. window-1)
+        self._count = 0  # rows of the current stretch held (capped at window)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The current stretch's last ``min(bars, window)`` feature rows, oldest first (read-only view)."""
+        k = self._next
+        view = self._ring[k + self.window - self._count:k + self.window]
+        view.flags.writeable = False
+        return view
 
     def reset(self) -> None:
         """Forget every bar."""
         self.features.reset()
-        self.rows.clear()
+        self._count = 0
+
+    def _push(self, row: np.ndarray) -> None:
+        k = self._next
+        self._ring[k] = row
+        self._ring[k + self.window] = row
+        self._next = k + 1 if k + 1 < self.window else 0
+        if self._count < self.window:
+            self._count += 1
 
     def update(self, ts: Any, open: float, high: float, low: float, close: float, volume: float,
                score: bool = True) -> tuple[float, float]:
@@ -50,13 +69,13 @@ class BarScorer:
         stretch holds a full window of finite features (or when ``score`` is False)."""
         row = self.features.update(ts, open, high, low, close, volume)
         if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
-            self.rows.clear()
-        self.rows.append(row)
-        if not score or len(self.rows) < self.window:
+            self._count = 0
+        self._push(row)
+        if not score or self._count < self.window:
             return _NAN2
         # a walk-forward schedule scores with the bundle valid at this bar's time
         model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
-        return _NAN2 if model is None else model.score_features(np.stack(self.rows))
+        return _NAN2 if model is None else model.score_features(self.rows)
 
     def prime(self, frame: pd.DataFrame) -> tuple[float, float]:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state
@@ -64,7 +83,7 @@ class BarScorer:
         last ``window`` bars through :meth:`update` (their feature rows), and only the last bar
         scored. Returns that bar's (logit, P)."""
         idx, data = checked_bars(frame, COLUMNS, "BarScorer.prime")
-        self.rows.clear()
+        self._count = 0
         k = max(0, len(idx) - self.window)
         self.features.prime(frame.iloc[:k])
         out = _NAN2
