@@ -12,6 +12,13 @@ normaliser -> ONNX Runtime -> calibrator). It serves every streaming engine:
 * restarts: :meth:`BarScorer.prime` sets the state from warm-up bars without a feature row
   (or a network call) per bar.
 
+Sequence mode (``model.context: sequence``): the bundle's :meth:`sequence_stepper` gives a
+state that computes one new time step per layer from cached activations
+(:class:`models.sequence_scorer.SequenceStep`); each bar's normalised row is pushed into it
+(every bar, scored or not, so the state follows the stream) and a gap or a non-finite row
+restarts it. A schedule or an ensemble of sequence bundles scores the last ``input_bars``
+rows through ``score_features`` instead (one pass over them: correct, slower).
+
 Its probabilities equal the batch path's (``predict_proba``) to float32 network rounding,
 and its features equal ``compute_features`` to 1e-9 (tests on real candles).
 """
@@ -36,13 +43,19 @@ class BarScorer:
     def __init__(self, bundle: Any) -> None:
         self.bundle = bundle
         self.window = int(bundle.window)
+        # the feature rows one logit depends on (window + receptive field - 1 in sequence mode)
+        self.input_bars = int(getattr(bundle, "input_bars", self.window))
         self.features = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
-        self.rows: deque[np.ndarray] = deque(maxlen=self.window)
+        self.rows: deque[np.ndarray] = deque(maxlen=self.input_bars)
+        stepper = getattr(bundle, "sequence_stepper", None)
+        self.step = stepper() if callable(stepper) else None
 
     def reset(self) -> None:
         """Forget every bar."""
         self.features.reset()
         self.rows.clear()
+        if self.step is not None:
+            self.step.reset()
 
     def update(self, ts: Any, open: float, high: float, low: float, close: float, volume: float,
                score: bool = True) -> tuple[float, float]:
@@ -51,8 +64,15 @@ class BarScorer:
         row = self.features.update(ts, open, high, low, close, volume)
         if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
             self.rows.clear()
+            if self.step is not None:
+                self.step.reset()
         self.rows.append(row)
-        if not score or len(self.rows) < self.window:
+        if self.step is not None:
+            logit = self.step.push(self.bundle.normalise_row(row))  # a non-finite row restarts it
+            if not score or math.isnan(logit):
+                return _NAN2
+            return logit, float(self.bundle.calibrate(np.array([logit]))[0])
+        if not score or len(self.rows) < self.input_bars:
             return _NAN2
         # a walk-forward schedule scores with the bundle valid at this bar's time
         model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
@@ -62,10 +82,12 @@ class BarScorer:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state
         from all but the last ``window`` bars (:meth:`StreamingFeatures.prime`, no rows), the
         last ``window`` bars through :meth:`update` (their feature rows), and only the last bar
-        scored. Returns that bar's (logit, P)."""
+        scored. Returns that bar's (logit, P). (``window`` is ``input_bars`` in sequence mode.)"""
         idx, data = checked_bars(frame, COLUMNS, "BarScorer.prime")
         self.rows.clear()
-        k = max(0, len(idx) - self.window)
+        if self.step is not None:
+            self.step.reset()
+        k = max(0, len(idx) - self.input_bars)
         self.features.prime(frame.iloc[:k])
         out = _NAN2
         last = len(idx) - 1
