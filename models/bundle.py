@@ -46,7 +46,7 @@ from models.dataset import (
     window_view,
 )
 from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
-from models.scorer import CHUNK, ONNX_FILE, OnnxScorer, model_signature
+from models.scorer import CHUNK, INPUT_NAME, ONNX_FILE, OnnxScorer, model_signature
 from models.sequence_scorer import WEIGHTS_FILE as SEQUENCE_WEIGHTS_FILE
 from models.sequence_scorer import SequenceNet, SequenceStep, input_bars, weights_from_bytes
 from models.streaming import BarScorer
@@ -181,19 +181,26 @@ class ModelBundle:
             return np.array([self.sequence_net.full_pass(w)[-1] for w in np.asarray(windows)], dtype=np.float64)
         return self.scorer.logits(windows)
 
-    def _features(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sequence_pass(self, rows: np.ndarray) -> np.ndarray:
+        """Sequence mode's batch engine: logits of one piece of a stretch ``(T, F)`` through the
+        exported dynamic-time graph on ONNX Runtime (chosen over the numpy pass for batches: see
+        models.sequence_scorer)."""
+        x = np.ascontiguousarray(rows, dtype=np.float32)[None]
+        return np.asarray(self.scorer.session.run(None, {INPUT_NAME: x})[0][0], dtype=np.float64)
+
+    def _features(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         check_frame(frame, "bundle input")
         feats = feature_matrix(frame, self.feature_cfg, self.timeframe)
-        seg = segment_ids(frame.index, self.timeframe)
         # a bar is scored iff its input_bars rows are finite and in one stretch (both modes)
-        valid = valid_window_mask(feats, seg, self.input_bars)
-        return feats, valid, seg
+        valid = valid_window_mask(feats, segment_ids(frame.index, self.timeframe), self.input_bars)
+        return feats, valid
 
     def logits_for_features(self, feats: np.ndarray, ends: np.ndarray, seg: np.ndarray | None = None) -> np.ndarray:
         """Logits of the bars at positions ``ends`` of a raw feature matrix (batched). Sequence
         mode: one causal pass per stretch (``seg``: segment ids, splitting stretches at gaps)."""
         if self.sequence_net is not None:
-            return self.sequence_net.logits(self.normaliser.transform(feats), ends, seg)
+            return self.sequence_net.logits(self.normaliser.transform(feats), ends, seg, run=self._sequence_pass,
+                                            threads=self.threads)
         view = window_view(self.normaliser.transform(feats), self.window)
         ends = np.asarray(ends, dtype=np.int64)
         out = np.empty(len(ends), dtype=np.float64)
@@ -205,10 +212,11 @@ class ModelBundle:
 
     def predict_logit(self, frame: pd.DataFrame) -> pd.Series:
         """Raw network logit for every bar with a full valid window (NaN elsewhere); index = frame.index."""
-        feats, valid, seg = self._features(frame)
+        feats, valid = self._features(frame)
         out = np.full(len(frame), np.nan)
         ends = np.flatnonzero(valid)
         if len(ends):
+            seg = segment_ids(frame.index, self.timeframe) if self.sequence_net is not None else None
             out[ends] = self.logits_for_features(feats, ends, seg)
         return pd.Series(out, index=frame.index, name="logit")
 

@@ -12,13 +12,17 @@ nothing else (no later bar, no earlier bar, not where the history starts). A str
 run of rows whose 12 features are all finite; the features restart their warm-up (NaN) after
 every gap in the candles, so a stretch never crosses a gap (``seg`` splits it too when given).
 
-**Engine: numpy, not ONNX Runtime.** Measured on this project's 2-core machine (85,189 bars,
-one pass): ONNX Runtime on the exported dynamic-time graph 1.05-1.3 s on one thread;
-numpy float32 (one GEMM per kernel tap, BLAS) 0.35-0.46 s. So batch scoring and the
-streaming step are both numpy, from the same float32 weights (``sequence_weights.npz`` in
-the bundle, sha256 in bundle.json); the ONNX graph stays in the bundle as the
-exported reference (``nts.model`` signature checked on load). Training checks numpy vs
-torch logits within 1e-5 before writing the bundle (:mod:`models.sequence_train`).
+**Engines.** Batch scoring (backtest, sweep, training's reported metrics) runs the exported
+dynamic-time ONNX graph on ONNX Runtime, one thread per piece (:meth:`SequenceNet.logits`
+cuts stretches into fixed pieces; the bundle passes its ORT pass as ``run``); the streaming
+step is numpy (an ORT call per bar costs more than the whole step). Both use the same float32
+weights (``model.onnx``, and ``sequence_weights.npz`` with its sha256 in bundle.json), and
+training checks numpy vs torch and ORT vs torch within 1e-5 before writing the bundle.
+Measured per bar on this project's 2-core machine (one pass over 5k-70k rows):
+ONNX Runtime 9.7-12.8 us whether the machine was quiet or at load 12; the numpy pass
+(:meth:`SequenceNet.full_pass`, one GEMM per kernel tap) 4.1 us quiet with one BLAS thread
+but 22-97 us at load 12 (its BLAS threads collapse when the cores are taken, the finding
+of models.scorer for intra-op threads). ORT is the steadier choice on a shared machine.
 
 **Streaming** (:class:`SequenceStep`): each conv keeps a ring of its last
 ``(k - 1) * d + 1`` inputs, the top of the stack a ring of its last ``window`` outputs; one
@@ -29,14 +33,20 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from core.errors import BundleError
 
 WEIGHTS_FILE = "sequence_weights.npz"
+# Scored bars per piece of batch scoring (module docstring): small enough to stay in cache and
+# to give worker threads whole pieces, large enough that the input_bars - 1 rows of history
+# each piece recomputes cost ~3%.
+PIECE = 4096
 
 
 def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
@@ -154,22 +164,42 @@ class SequenceNet:
         z = np.maximum(pooled @ self.h_w + self.h_b, 0)
         return (z @ self.o_w + self.o_b).astype(np.float64)
 
-    def logits(self, norm: np.ndarray, ends: np.ndarray, seg: np.ndarray | None = None) -> np.ndarray:
-        """Logits of bars ``ends`` of a normalised ``(N, F)`` matrix: one pass per stretch, from
-        its first row to its last requested bar. NaN for a bar without ``input_bars`` finite rows
-        of its own stretch."""
+    def logits(self, norm: np.ndarray, ends: np.ndarray, seg: np.ndarray | None = None,
+               run: Callable[[np.ndarray], np.ndarray] | None = None, threads: int = 1) -> np.ndarray:
+        """Logits of bars ``ends`` of a normalised ``(N, F)`` matrix; NaN for a bar without
+        ``input_bars`` finite rows of its own stretch.
+
+        Each stretch is cut into pieces of :data:`PIECE` scored bars on a grid fixed by the
+        stretch's start, each run with its ``input_bars - 1`` rows of history (one causal pass
+        per piece: 3% extra work at 4,096 bars); ``run`` (default :meth:`full_pass`) maps a
+        piece's rows to their logits, ``threads`` workers run whole pieces, and a logit never
+        depends on the thread count (the grid does not)."""
         ends = np.asarray(ends, dtype=np.int64)
         out = np.full(len(ends), np.nan)
         if not len(ends):
             return out
-        starts = stretch_starts(norm, seg)
-        start_of = starts[ends]
-        scored = (start_of >= 0) & (ends - start_of >= self.input_bars - 1)
-        for s in np.unique(start_of[scored]):
-            sel = np.flatnonzero(scored & (start_of == s))
-            last = int(ends[sel].max())
-            z = self.full_pass(norm[s:last + 1])
-            out[sel] = z[ends[sel] - s]
+        run = run or self.full_pass
+        burn = self.input_bars - 1
+        start_of = stretch_starts(norm, seg)[ends]
+        scored = (start_of >= 0) & (ends - start_of >= burn)
+        sel = np.flatnonzero(scored)
+        # piece id of every scored bar: (stretch start, k-th PIECE after its first scored bar)
+        piece = (ends[sel] - start_of[sel] - burn) // PIECE
+        keys = np.unique(np.stack([start_of[sel], piece], axis=1), axis=0)
+
+        def score(key: np.ndarray) -> None:
+            s, k = int(key[0]), int(key[1])
+            mine = sel[(start_of[sel] == s) & (piece == k)]
+            lo = s + k * PIECE                        # first input row: burn rows before the piece's first bar
+            out[mine] = run(norm[lo:int(ends[mine].max()) + 1])[ends[mine] - lo]
+
+        workers = min(int(threads), os.cpu_count() or 1, len(keys))
+        if workers <= 1:
+            for key in keys:
+                score(key)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="nts-seq") as pool:
+                list(pool.map(score, keys))
         return out
 
     def stepper(self) -> "SequenceStep":
@@ -218,6 +248,7 @@ class SequenceStep:
         self.rings = [(_Ring(b.conv1.span, b.conv1.taps.shape[1]), _Ring(b.conv2.span, b.conv2.taps.shape[1]))
                       for b in net.blocks]
         self.top = _Ring(net.window, net.channels)
+        self.top_sum = np.zeros(net.channels, np.float64)  # running sum of the top ring (float64)
         self.count = 0
 
     def reset(self) -> None:
@@ -226,6 +257,7 @@ class SequenceStep:
             r1.buf[:] = 0
             r2.buf[:] = 0
         self.top.buf[:] = 0
+        self.top_sum[:] = 0
         self.count = 0
 
     @staticmethod
@@ -246,10 +278,15 @@ class SequenceStep:
             o2 = np.maximum(self._tap(r2, b.conv2), 0)
             res = x if b.res_w is None else x @ b.res_w + b.res_b
             x = np.maximum(o2 + res, 0)
-        self.top.push(x)
+        top = self.top
+        self.top_sum += x                      # float64 accumulation
+        self.top_sum -= top.buf[top.pos]       # the row this push overwrites leaves the window
+        top.push(x)
+        if top.pos == 0:  # once per window: the exact sum again (no drift however long the stream)
+            self.top_sum = top.last().astype(np.float64).sum(axis=0)
         self.count += 1
         if self.count < self.net.input_bars:
             return math.nan
-        pooled = (self.top.last().astype(np.float64).sum(axis=0) / self.net.window).astype(np.float32)
+        pooled = (self.top_sum / self.net.window).astype(np.float32)
         z = np.maximum(pooled @ self.net.h_w + self.net.h_b, 0)
         return float(z @ self.net.o_w + self.net.o_b)

@@ -207,3 +207,35 @@ def test_window_graph_signature_unchanged():
     sig = json.loads(model_signature(ModelConfig(), 64, 12))
     assert "context" not in sig["model"]
     assert json.loads(model_signature(SPEC, 64, 12))["model"]["context"] == "sequence"
+
+
+def test_pieces_and_threads_do_not_change_logits(monkeypatch):
+    import models.sequence_scorer as ss
+
+    eng = _engine(_net(5))
+    x = _rows(1200, 6)
+    x[500] = np.nan
+    whole = np.r_[np.full(IB - 1, np.nan), eng.full_pass(x[:500])[IB - 1:],
+                  np.full(IB, np.nan), eng.full_pass(x[501:])[IB - 1:]]
+    monkeypatch.setattr(ss, "PIECE", 97)  # many pieces, a ragged last one
+    one = eng.logits(x, np.arange(1200), threads=1)
+    two = eng.logits(x, np.arange(1200), threads=2)
+    assert np.array_equal(one, two, equal_nan=True)
+    assert np.array_equal(np.isfinite(one), np.isfinite(whole))
+    assert np.nanmax(np.abs(one - whole)) < 1e-6
+    # a subset of bars gets the same logits as the whole history
+    some = np.array([IB - 1, 300, 499, 501 + IB - 1, 1199])
+    assert np.array_equal(eng.logits(x, some), one[some])
+
+
+def test_onnx_batch_engine_matches_numpy_step(seq_bundle):
+    path, frame = seq_bundle
+    b = load_bundle(path)
+    from models.dataset import feature_matrix
+
+    norm = b.normaliser.transform(feature_matrix(frame, b.feature_cfg, b.timeframe))
+    ends = np.arange(len(frame))
+    ort_z = b.logits_for_features(feature_matrix(frame, b.feature_cfg, b.timeframe), ends)
+    np_z = b.sequence_net.logits(norm, ends)
+    assert np.array_equal(np.isfinite(ort_z), np.isfinite(np_z))
+    assert np.nanmax(np.abs(ort_z - np_z)) < 1e-5
