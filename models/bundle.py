@@ -177,8 +177,13 @@ class ModelBundle:
     def logits_for_windows(self, windows: np.ndarray) -> np.ndarray:
         """Logits (float64) of normalised ``(B, input_bars, F)`` windows: the one network path
         (in sequence mode, the last logit of one pass over each window)."""
-        if self.sequence_net is not None:
-            return np.array([self.sequence_net.full_pass(w)[-1] for w in np.asarray(windows)], dtype=np.float64)
+        if self.sequence_net is not None:  # (B, T) logits of each window's pass; the last step is the bar's
+            x = np.asarray(windows)
+            out = np.empty(len(x), dtype=np.float64)
+            for i in range(0, len(x), CHUNK):
+                chunk = np.ascontiguousarray(x[i:i + CHUNK], dtype=np.float32)
+                out[i:i + CHUNK] = self.scorer.session.run(None, {INPUT_NAME: chunk})[0][:, -1]
+            return out
         return self.scorer.logits(windows)
 
     def _sequence_pass(self, rows: np.ndarray) -> np.ndarray:

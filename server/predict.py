@@ -194,7 +194,8 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
     bundle = setup.bundle
     tail = frame.iloc[-setup.warmup_bars:]
     feats = feature_matrix(tail, bundle.feature_cfg, bundle.timeframe)
-    logit, p = bundle.score_features(feats[-bundle.window:])
+    # input_bars: the rows one logit reads (the window, or window + receptive field - 1 in sequence mode)
+    logit, p = bundle.score_features(feats[-getattr(bundle, "input_bars", bundle.window):])
     s = policy.signal(p)
     vol = policy.forecast_vol(float(feats[-1, _VOL_COL]))
     w = setup.risk.cap_weight(policy.target_weight(s, vol))

@@ -239,3 +239,17 @@ def test_onnx_batch_engine_matches_numpy_step(seq_bundle):
     np_z = b.sequence_net.logits(norm, ends)
     assert np.array_equal(np.isfinite(ort_z), np.isfinite(np_z))
     assert np.nanmax(np.abs(ort_z - np_z)) < 1e-5
+
+
+def test_windows_path_equals_batch_path(seq_bundle):
+    """logits_for_windows (explain) scores (B, input_bars, F) windows like the batch path."""
+    path, frame = seq_bundle
+    b = load_bundle(path)
+    from models.dataset import feature_matrix, window_view
+
+    feats = feature_matrix(frame, b.feature_cfg, b.timeframe)
+    z = b.predict_logit(frame).to_numpy()
+    ends = np.flatnonzero(np.isfinite(z))[::50]
+    view = window_view(b.normaliser.transform(feats), b.input_bars)
+    got = b.logits_for_windows(view[ends - b.input_bars + 1])
+    assert np.max(np.abs(got - z[ends])) < 1e-5
