@@ -97,7 +97,7 @@ class ModelConfig(_Strict):
     ensemble: int = Field(1, ge=1, le=32)  # K seeds, logits averaged before calibration (models.ensemble)
     # window: every bar's window convolved from scratch (zero padding at its start); sequence: the
     # same blocks run causally over each contiguous stretch, the head pools each bar's last
-    # ``window`` outputs (models.sequence); bundles without the key are window bundles
+    # ``window`` outputs (models.sequence_scorer); bundles without the key are window bundles
     context: Literal["window", "sequence"] = "window"
 
     @model_validator(mode="after")

@@ -97,7 +97,7 @@ class SequenceTCN(TCN):
 
     The running mean is a difference of float64 cumulative sums (exact enough over 85k steps,
     and one add per step instead of ``window``). Steps before ``window + receptive_field - 2``
-    of a stretch still see the zero padding; :mod:`models.sequence` never scores them, so a
+    of a stretch still see the zero padding; :mod:`models.sequence_scorer` never scores them, so a
     scored logit depends only on the ``window + receptive_field - 1`` input rows ending at it.
     """
 
