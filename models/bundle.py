@@ -133,7 +133,8 @@ class ModelBundle:
                 raise BundleError(f"{where}: the graph does not score a stretch ({exc.__class__.__name__}: "
                                   f"{first})") from None
             if tuple(shape) != (1, self.input_bars):
-                raise BundleError(f"{where}: the graph gives {tuple(shape)} logits for a (1, {self.input_bars}) stretch")
+                raise BundleError(f"{where}: the graph gives {tuple(shape)} logits for a "
+                                  f"(1, {self.input_bars}) stretch")
             return
         try:
             out = self.scorer.logits(np.zeros((2, self.window, len(self.feature_names)), dtype=np.float32))
