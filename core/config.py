@@ -95,6 +95,10 @@ class ModelConfig(_Strict):
     head_units: int = Field(32, ge=1, le=4096)
     head_dropout: float = Field(0.3, ge=0, lt=1)
     ensemble: int = Field(1, ge=1, le=32)  # K seeds, logits averaged before calibration (models.ensemble)
+    # window: every bar's window convolved from scratch (zero padding at its start); sequence: the
+    # same blocks run causally over each contiguous stretch, the head pools each bar's last
+    # ``window`` outputs (models.sequence_scorer); bundles without the key are window bundles
+    context: Literal["window", "sequence"] = "window"
 
     @model_validator(mode="after")
     def _blocks(self) -> "ModelConfig":

@@ -46,7 +46,9 @@ from models.dataset import (
     window_view,
 )
 from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
-from models.scorer import CHUNK, ONNX_FILE, OnnxScorer, model_signature
+from models.scorer import CHUNK, INPUT_NAME, ONNX_FILE, OnnxScorer, model_signature
+from models.sequence_scorer import WEIGHTS_FILE as SEQUENCE_WEIGHTS_FILE
+from models.sequence_scorer import SequenceNet, SequenceStep, input_bars, weights_from_bytes
 from models.streaming import BarScorer
 
 FORMAT_VERSION = 1
@@ -79,7 +81,8 @@ class ModelBundle:
     ``onnx`` is the serialised graph (bytes) of the network; ``threads`` (settable) is the
     number of worker threads of batch scoring and does not change any number."""
 
-    def __init__(self, meta: dict, onnx: bytes, path: Path | None = None) -> None:
+    def __init__(self, meta: dict, onnx: bytes, path: Path | None = None,
+                 sequence_weights: bytes | None = None) -> None:
         self.meta = meta
         self.path = path
         self.feature_names = tuple(meta["feature_names"])
@@ -89,12 +92,23 @@ class ModelBundle:
         self.label_cfg = LabelConfig(**meta["label_config"])
         self.normaliser = Normaliser.from_dict(meta["normaliser"])
         self.calibrator = Calibrator.from_dict(meta["calibrator"])
+        spec = ModelConfig.model_validate(meta["model"])
+        # window: one window per bar; sequence: one causal pass per stretch (models.sequence_scorer)
+        self.context = spec.context
+        self.sequence_net: SequenceNet | None = None
+        # input_bars: the feature rows one logit depends on (window + receptive field - 1 in sequence mode)
+        self.input_bars = input_bars(spec) if self.context == "sequence" else self.window
+        if self.context == "sequence":
+            if sequence_weights is None:
+                raise BundleError(f"{path or 'bundle'}: a sequence-mode bundle needs {SEQUENCE_WEIGHTS_FILE}")
+            where_w = f"{path / SEQUENCE_WEIGHTS_FILE}" if path else SEQUENCE_WEIGHTS_FILE
+            self.sequence_net = SequenceNet(weights_from_bytes(sequence_weights, where_w), spec, where_w)
         # min_bars: the least history that gives a probability at all (features finite over one
-        # window); history_bars: the history after which P no longer depends on where the
+        # input span); history_bars: the history after which P no longer depends on where the
         # history starts (every engine feeds this much warm-up: one warm-up everywhere).
-        self.min_bars = warmup_bars(self.feature_cfg) + self.window - 1
-        self.history_bars = max(self.min_bars, memory_bars(self.feature_cfg) + self.window)
-        self.scorer_id = sha256_bytes(onnx)
+        self.min_bars = warmup_bars(self.feature_cfg) + self.input_bars - 1
+        self.history_bars = max(self.min_bars, memory_bars(self.feature_cfg) + self.input_bars)
+        self.scorer_id = sha256_bytes(onnx + (sequence_weights or b""))
         where = f"{path / ONNX_FILE}" if path else ONNX_FILE
         self.scorer = OnnxScorer(onnx, threads=int(meta.get("threads", 1)), where=where)
         self._check_graph(where)
@@ -110,6 +124,18 @@ class ModelBundle:
         if self.scorer.signature != expected:
             raise BundleError(f"{where}: the model in bundle.json does not fit the graph (it was exported from "
                               f"another network spec, window or feature count)")
+        if self.context == "sequence":  # the graph maps (B, T, F) stretches to (B, T) logits
+            x = np.zeros((1, self.input_bars, len(self.feature_names)), dtype=np.float32)
+            try:
+                shape = self.scorer.session.run(None, {self.scorer.session.get_inputs()[0].name: x})[0].shape
+            except Exception as exc:
+                first = (str(exc).splitlines() or [""])[0][:160]
+                raise BundleError(f"{where}: the graph does not score a stretch ({exc.__class__.__name__}: "
+                                  f"{first})") from None
+            if tuple(shape) != (1, self.input_bars):
+                raise BundleError(f"{where}: the graph gives {tuple(shape)} logits for a "
+                                  f"(1, {self.input_bars}) stretch")
+            return
         try:
             out = self.scorer.logits(np.zeros((2, self.window, len(self.feature_names)), dtype=np.float32))
         except NtsError:
@@ -150,17 +176,37 @@ class ModelBundle:
         return self.calibrator(np.asarray(logits, dtype=np.float64))
 
     def logits_for_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Logits (float64) of normalised ``(B, window, F)`` windows: the one network path."""
+        """Logits (float64) of normalised ``(B, input_bars, F)`` windows: the one network path
+        (in sequence mode, the last logit of one pass over each window)."""
+        if self.sequence_net is not None:  # (B, T) logits of each window's pass; the last step is the bar's
+            x = np.asarray(windows)
+            out = np.empty(len(x), dtype=np.float64)
+            for i in range(0, len(x), CHUNK):
+                chunk = np.ascontiguousarray(x[i:i + CHUNK], dtype=np.float32)
+                out[i:i + CHUNK] = self.scorer.session.run(None, {INPUT_NAME: chunk})[0][:, -1]
+            return out
         return self.scorer.logits(windows)
+
+    def _sequence_pass(self, rows: np.ndarray) -> np.ndarray:
+        """Sequence mode's batch engine: logits of one piece of a stretch ``(T, F)`` through the
+        exported dynamic-time graph on ONNX Runtime (chosen over the numpy pass for batches: see
+        models.sequence_scorer)."""
+        x = np.ascontiguousarray(rows, dtype=np.float32)[None]
+        return np.asarray(self.scorer.session.run(None, {INPUT_NAME: x})[0][0], dtype=np.float64)
 
     def _features(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         check_frame(frame, "bundle input")
         feats = feature_matrix(frame, self.feature_cfg, self.timeframe)
-        valid = valid_window_mask(feats, segment_ids(frame.index, self.timeframe), self.window)
+        # a bar is scored iff its input_bars rows are finite and in one stretch (both modes)
+        valid = valid_window_mask(feats, segment_ids(frame.index, self.timeframe), self.input_bars)
         return feats, valid
 
-    def logits_for_features(self, feats: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Logits of the windows ending at positions ``ends`` of a raw feature matrix (batched)."""
+    def logits_for_features(self, feats: np.ndarray, ends: np.ndarray, seg: np.ndarray | None = None) -> np.ndarray:
+        """Logits of the bars at positions ``ends`` of a raw feature matrix (batched). Sequence
+        mode: one causal pass per stretch (``seg``: segment ids, splitting stretches at gaps)."""
+        if self.sequence_net is not None:
+            return self.sequence_net.logits(self.normaliser.transform(feats), ends, seg, run=self._sequence_pass,
+                                            threads=self.threads)
         view = window_view(self.normaliser.transform(feats), self.window)
         ends = np.asarray(ends, dtype=np.int64)
         out = np.empty(len(ends), dtype=np.float64)
@@ -176,7 +222,8 @@ class ModelBundle:
         out = np.full(len(frame), np.nan)
         ends = np.flatnonzero(valid)
         if len(ends):
-            out[ends] = self.logits_for_features(feats, ends)
+            seg = segment_ids(frame.index, self.timeframe) if self.sequence_net is not None else None
+            out[ends] = self.logits_for_features(feats, ends, seg)
         return pd.Series(out, index=frame.index, name="logit")
 
     def predict_proba(self, frame: pd.DataFrame) -> pd.Series:
@@ -185,20 +232,33 @@ class ModelBundle:
         return pd.Series(self.calibrate(logit.to_numpy()), index=frame.index, name="prob")
 
     def score_features(self, window: np.ndarray) -> tuple[float, float]:
-        """(logit, calibrated P) for one RAW ``(window, 12)`` feature array (e.g. from
-        ``StreamingFeatures``); ``(nan, nan)`` if any value is not finite."""
+        """(logit, calibrated P) for one RAW ``(input_bars, 12)`` feature array (e.g. from
+        ``StreamingFeatures``; input_bars = window in window mode); ``(nan, nan)`` if any value
+        is not finite."""
         arr = np.asarray(window, dtype=np.float64)
-        if arr.shape != (self.window, len(self.feature_names)):
-            raise DataError(f"score_features: expected a ({self.window}, {len(self.feature_names)}) array, "
+        if arr.shape != (self.input_bars, len(self.feature_names)):
+            raise DataError(f"score_features: expected a ({self.input_bars}, {len(self.feature_names)}) array, "
                             f"got {arr.shape}")
         if not np.isfinite(arr).all():
             return float("nan"), float("nan")
-        logit = self.scorer.logit_one(self.normaliser.transform(arr))
+        if self.sequence_net is not None:
+            logit = float(self.sequence_net.full_pass(self.normaliser.transform(arr))[-1])
+        else:
+            logit = self.scorer.logit_one(self.normaliser.transform(arr))
         return logit, float(self.calibrate(np.array([logit]))[0])
 
     def stream(self) -> BarScorer:
         """A new incremental scorer of one bar stream (paper, live, the server)."""
         return BarScorer(self)
+
+    def sequence_stepper(self) -> SequenceStep | None:
+        """Sequence mode: a fresh one-step state of the network (:class:`BarScorer` feeds it
+        normalised rows); None in window mode."""
+        return None if self.sequence_net is None else self.sequence_net.stepper()
+
+    def normalise_row(self, row: np.ndarray) -> np.ndarray:
+        """One raw feature row normalised like every batch row (float32)."""
+        return self.normaliser.transform(np.asarray(row, dtype=np.float64)[None])[0]
 
     def score_window(self, bars: pd.DataFrame) -> float:
         """Calibrated P of the LAST bar of ``bars`` (trailing candles). NaN when there is not
@@ -237,14 +297,19 @@ class ModelBundle:
 
 # ------------------------------------------------------------------- save / load
 
-def bundle_files(directory: Path, meta: dict, weights: bytes, onnx: bytes) -> dict:
-    """Write final_model.pt, model.onnx and bundle.json (with both sha256) into ``directory``."""
+def bundle_files(directory: Path, meta: dict, weights: bytes, onnx: bytes,
+                 sequence_weights: bytes | None = None) -> dict:
+    """Write final_model.pt, model.onnx (and a sequence-mode bundle's sequence_weights.npz) and
+    bundle.json (with their sha256) into ``directory``."""
     directory = Path(directory)
     (directory / WEIGHTS_FILE).write_bytes(weights)
     (directory / ONNX_FILE).write_bytes(onnx)
     meta = dict(meta)
     meta["weights_sha256"] = sha256_bytes(weights)
     meta["onnx_sha256"] = sha256_bytes(onnx)
+    if sequence_weights is not None:
+        (directory / SEQUENCE_WEIGHTS_FILE).write_bytes(sequence_weights)
+        meta["sequence_weights_sha256"] = sha256_bytes(sequence_weights)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True))
     return meta
 
@@ -404,12 +469,28 @@ def validate_meta(meta, meta_path: Path) -> None:
     _check_normaliser(meta, meta_path, len(FEATURE_NAMES))
     _check_calibrator(meta, meta_path)
     _check_spans(meta, meta_path)
-    for field, required in (("weights_sha256", True), ("onnx_sha256", False)):
+    sequence = mcfg.context == "sequence"
+    for field, required in (("weights_sha256", True), ("onnx_sha256", False),
+                            ("sequence_weights_sha256", sequence)):
         sha = meta.get(field)
         if sha is None and not required:
-            continue  # a bundle from before ONNX: refused on load with the fix (see _read_onnx)
+            continue  # a bundle from before ONNX (refused on load with the fix, see _read_onnx), or a window-mode bundle
         if not isinstance(sha, str) or len(sha) != 64:
             raise _bad(meta_path, field, "expected a 64-character hex digest")
+
+
+def _read_sequence_weights(meta: dict, directory: Path) -> bytes | None:
+    """A sequence-mode bundle's sequence_weights.npz checked against bundle.json (None in window mode)."""
+    if meta.get("model", {}).get("context", "window") != "sequence":
+        return None
+    path = directory / SEQUENCE_WEIGHTS_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    if sha256_bytes(data) != meta["sequence_weights_sha256"]:
+        raise BundleError(f"{path}: sha256 differs from bundle.json (tampered or truncated weights)")
+    return data
 
 
 def _read_onnx(meta: dict, directory: Path, weights: Path) -> bytes:
@@ -485,8 +566,9 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
     meta = read_meta(directory, weights, expected_window)
     meta_path = directory / META_FILE
     onnx = _read_onnx(meta, directory, weights)
+    sequence_weights = _read_sequence_weights(meta, directory)
     try:
-        return ModelBundle(meta, onnx, path=directory)
+        return ModelBundle(meta, onnx, path=directory, sequence_weights=sequence_weights)
     except BundleError:
         raise
     except Exception as exc:  # anything validate_meta did not foresee still ends as one line

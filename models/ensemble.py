@@ -49,7 +49,7 @@ class EnsembleModel:
                 raise BundleError(f"{self.path / rec['path']}: weights differ from ensemble.json's record")
         first = self.members[0]
         for name in ("feature_names", "window", "timeframe", "feature_cfg", "label_cfg", "threads", "min_bars",
-                     "history_bars", "training_span", "test_span"):
+                     "history_bars", "input_bars", "training_span", "test_span"):
             setattr(self, name, getattr(first, name))
         self.calibrator = Calibrator.from_dict(self.tree["calibrator"])
         shas = "".join(rec["weights_sha256"] for rec in self.tree["members"])

@@ -52,7 +52,8 @@ def explain_samples(bundle: ModelBundle, frame: pd.DataFrame, span: str = "test"
     check_frame(frame, "explain data")
     feats = feature_matrix(frame, bundle.feature_cfg, bundle.timeframe)
     labels = triple_barrier_events(frame, bundle.label_cfg, timeframe=bundle.timeframe)["label"].to_numpy(float)
-    valid = valid_window_mask(feats, segment_ids(frame.index, bundle.timeframe), bundle.window)
+    span_bars = getattr(bundle, "input_bars", bundle.window)  # rows one logit reads (sequence mode: more)
+    valid = valid_window_mask(feats, segment_ids(frame.index, bundle.timeframe), span_bars)
     ends = sample_positions(valid, labels)
     if span == "test":
         a, b = bundle.test_span
@@ -66,8 +67,8 @@ def explain_samples(bundle: ModelBundle, frame: pd.DataFrame, span: str = "test"
     y = labels[ends]
     if len(np.unique(y)) < 2:
         raise DataError(f"the {len(ends)} labelled bars in the span hold only one class; importance is undefined")
-    view = window_view(bundle.normaliser.transform(feats), bundle.window)
-    return np.ascontiguousarray(view[ends - bundle.window + 1]), y
+    view = window_view(bundle.normaliser.transform(feats), span_bars)
+    return np.ascontiguousarray(view[ends - span_bars + 1]), y
 
 
 def permutation_importance(bundle: ModelBundle, frame: pd.DataFrame, span: str = "test", repeats: int = 3,
@@ -77,7 +78,7 @@ def permutation_importance(bundle: ModelBundle, frame: pd.DataFrame, span: str =
     base_p = _score(bundle, x)
     base_auc, base_ll = auc(y, base_p), log_loss(y, base_p)
     rng = np.random.default_rng(seed)
-    w = bundle.window
+    w = x.shape[1]  # the window (input_bars in sequence mode)
     groups = [("feature", name, (slice(None), i)) for i, name in enumerate(bundle.feature_names)]
     groups += [("lag_block", f"t-{a}..t-{b - 1}", (slice(w - b, w - a), slice(None))) for a, b in lag_blocks(w)]
     rows = []

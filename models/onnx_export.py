@@ -18,6 +18,11 @@ windows must match torch's within :data:`EXPORT_TOLERANCE`, else ExportError. No
 trading path imports this module (it imports torch): a bundle from before ONNX gets its
 ``model.onnx`` once from ``nts bundle export`` (:func:`export_into_bundle`).
 
+Sequence mode (``model.context: sequence``): the graph maps stretches ``windows (B, T, F)``
+to ``logit (B, T)`` with dynamic batch AND time axes (checked the same way on stretches of
+``3 * input_bars`` rows). Trading scores sequence bundles with the numpy engine
+(:mod:`models.sequence_scorer`, faster here); the graph is the exported reference.
+
 The graph's metadata (key ``nts.model``) records the model spec, window and feature count it
 was exported from; loading refuses a bundle.json that describes another network.
 """
@@ -42,6 +47,7 @@ from core.errors import NtsError
 from core.files import atomic_path, write_text_atomic
 from models.bundle import META_FILE, read_meta, resolve_bundle_dir, sha256_bytes
 from models.scorer import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, SPEC_KEY, OnnxScorer, model_signature
+from models.sequence_scorer import input_bars
 from models.tcn import build_tcn
 
 OPSET = 18
@@ -84,16 +90,26 @@ def check_windows(window: int, n_features: int) -> np.ndarray:
     return np.random.default_rng(20240601).standard_normal((_CHECK_WINDOWS, window, n_features)).astype(np.float32)
 
 
+def _is_sequence(model_spec) -> bool:
+    get = model_spec.get if isinstance(model_spec, dict) else (lambda k, d=None: getattr(model_spec, k, d))
+    return get("context", "window") == "sequence"
+
+
 def export_onnx(model_spec, state_dict: dict, window: int, n_features: int) -> bytes:
     """The serialised ONNX graph of the network with these weights (checked against torch)."""
     net = reference_network(model_spec, state_dict, n_features)
-    example = (torch.zeros(2, window, n_features),)
+    sequence = _is_sequence(model_spec)
+    steps = 3 * input_bars(model_spec) if sequence else window
+    example = (torch.zeros(2, steps, n_features),)
+    axes = {0: torch.export.Dim("batch")}
+    if sequence:
+        axes[1] = torch.export.Dim("time", min=2)
     with tempfile.TemporaryDirectory(prefix="nts-onnx-") as tmp, _quiet_exporter(), torch.no_grad():
         path = os.path.join(tmp, "model.onnx")
         try:
             program = torch.onnx.export(net, example, dynamo=True, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], opset_version=OPSET, optimize=True,
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                                        dynamic_shapes=(axes,), verbose=False)
             program.save(path, external_data=False)
         except Exception as exc:  # the exporter raises many types
             first = (str(exc).splitlines() or [""])[0][:160]
@@ -103,10 +119,11 @@ def export_onnx(model_spec, state_dict: dict, window: int, n_features: int) -> b
     entry = graph.metadata_props.add()
     entry.key, entry.value = SPEC_KEY, model_signature(model_spec, window, n_features)
     data = graph.SerializeToString()
-    x = check_windows(window, n_features)
+    x = check_windows(steps, n_features)
     with torch.inference_mode():
         ref = net(torch.from_numpy(x)).double().numpy()
-    got = OnnxScorer(data).logits(x)
+    scorer = OnnxScorer(data)
+    got = scorer.session.run(None, {INPUT_NAME: x})[0].astype(np.float64) if sequence else scorer.logits(x)
     diff = float(np.max(np.abs(got - ref)))
     if not diff <= EXPORT_TOLERANCE:
         raise ExportError(f"the exported graph's logits differ from torch's by {diff:.3g} "

@@ -87,6 +87,7 @@ class ModelSchedule:
         self.threads = first.threads
         self.min_bars = first.min_bars
         self.history_bars = first.history_bars  # the rolling wrapper's, when rolling
+        self.input_bars = first.input_bars  # rows one logit reads (model.context: sequence reads more)
         blob = json.dumps(self.folds, sort_keys=True, default=str).encode()
         self.meta = {"kind": "schedule", "config": cfg, "label_config": first.meta.get("label_config"),
                      "feature_names": list(self.feature_names), "feature_config": first.meta.get("feature_config"),

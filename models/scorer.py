@@ -47,6 +47,8 @@ def model_signature(model_spec: Any, window: int, n_features: int) -> str:
     """Canonical JSON of the network a graph computes: model spec (a ModelConfig or its dict),
     window and feature count."""
     spec = model_spec.model_dump(mode="json") if hasattr(model_spec, "model_dump") else dict(model_spec)
+    if spec.get("context") == "window":
+        spec.pop("context")  # graphs exported before sequence mode recorded no context
     return json.dumps({"model": spec, "window": int(window), "n_features": int(n_features)}, sort_keys=True)
 
 

@@ -12,6 +12,13 @@ normaliser -> ONNX Runtime -> calibrator). It serves every streaming engine:
 * restarts: :meth:`BarScorer.prime` sets the state from warm-up bars without a feature row
   (or a network call) per bar.
 
+Sequence mode (``model.context: sequence``): the bundle's :meth:`sequence_stepper` gives a
+state that computes one new time step per layer from cached activations
+(:class:`models.sequence_scorer.SequenceStep`); each bar's normalised row is pushed into it
+(every bar, scored or not, so the state follows the stream) and a gap or a non-finite row
+restarts it. A schedule or an ensemble of sequence bundles scores the last ``input_bars``
+rows through ``score_features`` instead (one pass over them: correct, slower).
+
 Its probabilities equal the batch path's (``predict_proba``) to float32 network rounding,
 and its features equal ``compute_features`` to 1e-9 (tests on real candles).
 """
@@ -35,32 +42,41 @@ class BarScorer:
     def __init__(self, bundle: Any) -> None:
         self.bundle = bundle
         self.window = int(bundle.window)
+        # the feature rows one logit depends on (window + receptive field - 1 in sequence mode)
+        self.input_bars = int(getattr(bundle, "input_bars", self.window))
         self.features = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
-        # Ring of feature rows written twice (at k and k + window), so the last ``window`` rows
+        # Ring of feature rows written twice (at k and k + n), so the last ``n = input_bars`` rows
         # are always one contiguous slice: no per-bar np.stack of a deque (measured 21 us a bar).
-        self._ring = np.full((2 * self.window, len(bundle.feature_names)), np.nan)
-        self._next = 0  # ring slot of the next row (0 .. window-1)
-        self._count = 0  # rows of the current stretch held (capped at window)
+        self._ring = np.full((2 * self.input_bars, len(bundle.feature_names)), np.nan)
+        self._next = 0  # ring slot of the next row (0 .. n-1)
+        self._count = 0  # rows of the current stretch held (capped at n)
+        stepper = getattr(bundle, "sequence_stepper", None)
+        self.step = stepper() if callable(stepper) else None
 
     @property
     def rows(self) -> np.ndarray:
-        """The current stretch's last ``min(bars, window)`` feature rows, oldest first (read-only view)."""
-        k = self._next
-        view = self._ring[k + self.window - self._count:k + self.window]
+        """The current stretch's last ``min(bars, input_bars)`` feature rows, oldest first (read-only view)."""
+        n, k = self.input_bars, self._next
+        view = self._ring[k + n - self._count:k + n]
         view.flags.writeable = False
         return view
 
     def reset(self) -> None:
         """Forget every bar."""
         self.features.reset()
+        self._clear()
+
+    def _clear(self) -> None:
         self._count = 0
+        if self.step is not None:
+            self.step.reset()
 
     def _push(self, row: np.ndarray) -> None:
-        k = self._next
+        n, k = self.input_bars, self._next
         self._ring[k] = row
-        self._ring[k + self.window] = row
-        self._next = k + 1 if k + 1 < self.window else 0
-        if self._count < self.window:
+        self._ring[k + n] = row
+        self._next = k + 1 if k + 1 < n else 0
+        if self._count < n:
             self._count += 1
 
     def update(self, ts: Any, open: float, high: float, low: float, close: float, volume: float,
@@ -69,9 +85,14 @@ class BarScorer:
         stretch holds a full window of finite features (or when ``score`` is False)."""
         row = self.features.update(ts, open, high, low, close, volume)
         if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
-            self._count = 0
+            self._clear()
         self._push(row)
-        if not score or self._count < self.window:
+        if self.step is not None:
+            logit = self.step.push(self.bundle.normalise_row(row))  # a non-finite row restarts it
+            if not score or math.isnan(logit):
+                return _NAN2
+            return logit, float(self.bundle.calibrate(np.array([logit]))[0])
+        if not score or self._count < self.input_bars:
             return _NAN2
         # a walk-forward schedule scores with the bundle valid at this bar's time
         model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
@@ -81,10 +102,10 @@ class BarScorer:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state
         from all but the last ``window`` bars (:meth:`StreamingFeatures.prime`, no rows), the
         last ``window`` bars through :meth:`update` (their feature rows), and only the last bar
-        scored. Returns that bar's (logit, P)."""
+        scored. Returns that bar's (logit, P). (``window`` is ``input_bars`` in sequence mode.)"""
         idx, data = checked_bars(frame, COLUMNS, "BarScorer.prime")
-        self._count = 0
-        k = max(0, len(idx) - self.window)
+        self._clear()
+        k = max(0, len(idx) - self.input_bars)
         self.features.prime(frame.iloc[:k])
         out = _NAN2
         last = len(idx) - 1

@@ -90,10 +90,40 @@ class TCN(nn.Module):
         return self.head(pooled).squeeze(-1)
 
 
+class SequenceTCN(TCN):
+    """Sequence mode (``model.context: sequence``): the same blocks and head (same state_dict
+    keys, same parameter count) run causally over a contiguous stretch ``(B, T, F)``; the logit
+    of step t is the head applied to the mean of the stack's outputs ``t - window + 1 .. t``.
+
+    The running mean is a difference of float64 cumulative sums (exact enough over 85k steps,
+    and one add per step instead of ``window``). Steps before ``window + receptive_field - 2``
+    of a stretch still see the zero padding; :mod:`models.sequence_scorer` never scores them, so a
+    scored logit depends only on the ``window + receptive_field - 1`` input rows ending at it.
+    """
+
+    def __init__(self, window: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.window = int(window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, T)`` for stretches ``(B, T, F)``."""
+        h = self.conv_features(x).to(torch.float64)                      # (B, C, T)
+        c = torch.cumsum(nn.functional.pad(h, (self.window, 0)), dim=2)  # c[t + window] = sum h[..t]
+        pooled = (c[:, :, self.window:] - c[:, :, :-self.window]) / self.window
+        return self.head(pooled.to(x.dtype).transpose(1, 2)).squeeze(-1)
+
+
 def build_tcn(model_cfg, n_features: int) -> TCN:
-    """Construct the network from a ``ModelConfig`` (or a dict with the same keys)."""
+    """Construct the network from a ``ModelConfig`` (or a dict with the same keys): a
+    :class:`SequenceTCN` when its ``context`` is ``sequence``."""
     get = (lambda k: model_cfg[k]) if isinstance(model_cfg, dict) else (lambda k: getattr(model_cfg, k))
-    return TCN(
+    try:
+        context = get("context")
+    except (KeyError, AttributeError):
+        context = "window"  # a spec from before sequence mode
+    cls, extra = (SequenceTCN, {"window": int(get("window"))}) if context == "sequence" else (TCN, {})
+    return cls(
+        **extra,
         n_features=n_features,
         channels=list(get("channels")),
         kernel_size=int(get("kernel_size")),

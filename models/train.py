@@ -31,6 +31,13 @@ A validation or test span too small to fit or judge a calibrator (fewer than
 :data:`MIN_EVAL_SAMPLES` samples or :data:`MIN_EVAL_PER_CLASS` of either class) is refused
 before training.
 
+Sequence mode (``model.context: sequence``, :mod:`models.sequence_train`): the same steps,
+splits, labels, pos_weight, early stopping, calibration and baseline; only the batches differ
+(:class:`models.sequence_train.SequenceBatches`: contiguous chunks, one forward pass for many
+labelled bars, instead of :class:`WindowBatches`), a bar needs ``input_bars`` = window +
+receptive field - 1 bars of finite features (not ``window``), and the bundle also holds the
+numpy engine's ``sequence_weights.npz`` that trading scores with.
+
 Determinism: with the same data, config and seed the weights are identical on CPU
 (same thread count); ``tests/test_training.py`` checks it.
 """
@@ -58,19 +65,23 @@ from core.redact import redact_obj
 from models.baseline import LogisticBaseline
 from models.bundle import FORMAT_VERSION, ModelBundle, bundle_files, sha256_file
 from models.calibration import Calibrator, sigmoid
-from models.dataset import Normaliser, PreparedData, prepare
+from models.dataset import Normaliser, PreparedData, prepare, sample_positions, valid_window_mask
 from models.features import FEATURE_NAMES, feature_definitions_hash, memory_bars, warmup_bars
 from models.metrics import all_metrics, auc, learning_curves_png, reliability_diagram
 from models.report import write_report
 from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
 from models.onnx_export import EXPORTER, export_onnx, serialise_weights
+from models.sequence_scorer import WEIGHTS_FILE as SEQUENCE_WEIGHTS_FILE
+from models.sequence_scorer import input_bars
+from models.sequence_train import SequenceBatches, sequence_weights
 from models.tcn import build_tcn, count_parameters, gather_windows, receptive_field, torch_threads
 
 log = logging.getLogger("nts.train")
 EVAL_BATCH = 1024
 # What a bundle folder holds (one from before markers is recognised by these names).
 OUTPUT_KIND = OutputKind("bundle", files=("bundle.json", "final_model.pt", "model.onnx", "reliability.png",
-                                          "learning_curves.png", "report.html"), signature='"format_version"')
+                                          "learning_curves.png", "report.html", SEQUENCE_WEIGHTS_FILE),
+                          signature='"format_version"')
 # Smallest validation / test span worth a calibrator: Platt fits two parameters and the
 # reliability figures use 10 bins; with fewer samples (or fewer of either class) the fitted
 # probabilities and the reported ECE are noise.
@@ -110,6 +121,33 @@ def network_logits(net: torch.nn.Module, norm: torch.Tensor, ends: np.ndarray, w
     return out
 
 
+class WindowBatches:
+    """Window mode's batches: ``batch_size`` training bars drawn without replacement, each
+    with its own ``window``-bar window copied from the normalised matrix."""
+
+    def __init__(self, norm: torch.Tensor, labels: np.ndarray, train: np.ndarray, window: int, batch_size: int) -> None:
+        self.norm = norm
+        self.window = window
+        self.y_all = torch.from_numpy(labels.astype(np.float32))
+        self.train_ends = torch.from_numpy(train.astype(np.int64))
+        self.batch_size = int(batch_size)
+
+    def plan(self, gen: torch.Generator) -> list[torch.Tensor]:
+        """This epoch's batches: a permutation of the training bars cut every ``batch_size``."""
+        perm = torch.randperm(len(self.train_ends), generator=gen)
+        bs = self.batch_size
+        return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+
+    def forward(self, net: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of one batch."""
+        ends = self.train_ends[idx]
+        return net(gather_windows(self.norm, ends, self.window)), self.y_all[ends]
+
+    def logits(self, net: torch.nn.Module, ends: np.ndarray) -> np.ndarray:
+        """Eval-mode logits of the bars ``ends``."""
+        return network_logits(net, self.norm, ends, self.window)
+
+
 def weighted_bce(logits: np.ndarray, y: np.ndarray, pos_weight: float) -> float:
     """Mean BCEWithLogits with pos_weight, in numpy (matches torch's definition)."""
     z = torch.from_numpy(np.asarray(logits, dtype=np.float64))
@@ -141,16 +179,17 @@ class FitResult:
 
 
 def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, split: Split, window: int,
-                tcfg, epochs: int, pos_weight: float, seed: int, progress: bool = True) -> FitResult:
-    """AdamW + weighted BCE with early stopping on validation loss; returns the best weights."""
-    y_all = torch.from_numpy(labels.astype(np.float32))
-    train_ends = torch.from_numpy(split.train.astype(np.int64))
+                tcfg, epochs: int, pos_weight: float, seed: int, progress: bool = True,
+                batches: WindowBatches | SequenceBatches | None = None) -> FitResult:
+    """AdamW + weighted BCE with early stopping on validation loss; returns the best weights.
+    ``batches`` (default: :class:`WindowBatches`) draws the training batches and scores the
+    validation bars: the only step where window and sequence mode differ."""
+    batches = batches or WindowBatches(norm, labels, split.train, window, tcfg.batch_size)
     y_val = labels[split.val]
     opt = make_optimizer(net, tcfg)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, dtype=torch.float32))
     gen = torch.Generator().manual_seed(seed)
-    bs = int(tcfg.batch_size)
-    n = len(train_ends)
+    n = len(split.train)
     best_loss, best_state, best_epoch, bad = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
     history: list[dict] = []
     stopped = False
@@ -159,38 +198,35 @@ def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, sp
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
         net.train()
-        perm = torch.randperm(n, generator=gen)
-        n_batches = (n + bs - 1) // bs
+        plan = batches.plan(gen)
+        n_batches = len(plan)
         epoch_logits = np.empty(n, dtype=np.float64)
         epoch_y = np.empty(n, dtype=np.float64)
         total = 0.0
+        lo = 0
         # a manual bar (not an iterator wrapper) so the epoch's validation figures can still be
         # written onto it after the last batch
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        for b in range(n_batches):
-            idx = perm[b * bs:(b + 1) * bs]
-            ends = train_ends[idx]
-            x = gather_windows(norm, ends, window)
-            y = y_all[ends]
+        for b, item in enumerate(plan):
             opt.zero_grad(set_to_none=True)
-            logits = net(x)
+            logits, y = batches.forward(net, item)
             loss = loss_fn(logits, y)
             loss.backward()
             opt.step()
-            k = len(idx)
+            k = len(y)
             total += float(loss.detach()) * k
-            lo = b * bs
             epoch_logits[lo:lo + k] = logits.detach().double().numpy()
             epoch_y[lo:lo + k] = y.double().numpy()
+            lo += k
             bar.update(1)
             if progress and (b % 20 == 0 or b == n_batches - 1):
-                bar.set_postfix(loss=f"{total / (lo + k):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{total / lo:.4f}", refresh=False)
         seen += n
         train_seconds = time.perf_counter() - t_epoch
         train_loss = total / n
         train_auc = auc(epoch_y, epoch_logits)
-        val_logits = network_logits(net, norm, split.val, window)
+        val_logits = batches.logits(net, split.val)
         val_loss = weighted_bce(val_logits, y_val, pos_weight)
         val_auc = auc(y_val, val_logits)
         history.append({"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc,
@@ -264,31 +300,40 @@ class FoldOutcome:
     metrics: dict
     curves: dict
     onnx: bytes = b""
+    sequence_weights: bytes | None = None
 
 
 def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, progress: bool,
                  meta_stub: dict) -> FoldOutcome:
     window = cfg.model.window
+    span = input_bars(cfg.model) if cfg.model.context == "sequence" else window
     tcfg = cfg.training
-    # Normaliser: rows that appear in training windows only.
+    # Normaliser: rows that appear in training inputs only.
     ends = np.zeros(len(data.features))
     ends[split.train] = 1.0
-    # row r is in some training window iff a training end t lies in [r, r + window - 1]
-    rows = np.convolve(ends, np.ones(window), mode="full")[window - 1:] > 0.5
+    # row r is in some training input iff a training end t lies in [r, r + span - 1]
+    rows = np.convolve(ends, np.ones(span), mode="full")[span - 1:] > 0.5
     normaliser = Normaliser.fit(data.features, rows)
     norm = torch.from_numpy(normaliser.transform(data.features))
     pos_weight = resolve_pos_weight(tcfg.pos_weight, data.labels[split.train])
     set_seeds(tcfg.seed)
     net = build_tcn(cfg.model, n_features=data.features.shape[1])
-    fit = fit_network(net, norm, data.labels, split, window, tcfg, epochs, pos_weight, tcfg.seed, progress)
+    batches = SequenceBatches(norm, data.labels, split.train, cfg.model, tcfg.batch_size) \
+        if cfg.model.context == "sequence" else None
+    fit = fit_network(net, norm, data.labels, split, window, tcfg, epochs, pos_weight, tcfg.seed, progress,
+                      batches=batches)
 
     # The graph every engine will trade with, exported from the best weights (and checked
-    # against torch); the reported metrics come from it through the bundle's own scoring path.
+    # against torch); the reported metrics come from it through the bundle's own scoring path
+    # (in sequence mode the numpy engine, checked against torch too).
     onnx = export_onnx(cfg.model, fit.state_dict, window, data.features.shape[1])
+    seq_weights = sequence_weights(cfg.model, fit.state_dict, data.features.shape[1]) \
+        if cfg.model.context == "sequence" else None
     scorer = ModelBundle({**meta_stub, "normaliser": normaliser.to_dict(),
-                          "calibrator": {"kind": "platt", "params": {"a": 1.0, "b": 0.0}}}, onnx)
-    val_logits = scorer.logits_for_features(data.features, split.val)
-    test_logits = scorer.logits_for_features(data.features, split.test)
+                          "calibrator": {"kind": "platt", "params": {"a": 1.0, "b": 0.0}}}, onnx,
+                         sequence_weights=seq_weights)
+    val_logits = scorer.logits_for_features(data.features, split.val, data.seg)
+    test_logits = scorer.logits_for_features(data.features, split.test, data.seg)
     y_val, y_test = data.labels[split.val], data.labels[split.test]
     calibrator = Calibrator.fit(val_logits, y_val, tcfg.calibration)
     baseline = LogisticBaseline.fit(data.features, data.labels, split.train, normaliser, seed=tcfg.seed)
@@ -299,7 +344,20 @@ def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, pro
                "test": _metric_block(y_test, test_logits, calibrator, b_test, b_cal)}
     curves = {"TCN raw": (y_test, sigmoid(test_logits)), "TCN calibrated": (y_test, calibrator(test_logits)),
               "baseline calibrated": (y_test, b_cal(b_test))}
-    return FoldOutcome(split, normaliser, fit, pos_weight, calibrator, baseline, b_cal, metrics, curves, onnx)
+    return FoldOutcome(split, normaliser, fit, pos_weight, calibrator, baseline, b_cal, metrics, curves, onnx,
+                       seq_weights)
+
+
+def with_input_span(data: PreparedData, span: int, split: Split | None) -> tuple[PreparedData, Split | None]:
+    """``data`` whose valid bars need ``span`` finite bars of one stretch, and ``split`` (when
+    given) restricted to those bars."""
+    valid = valid_window_mask(data.features, data.seg, span)
+    data = PreparedData(index=data.index, features=data.features, labels=data.labels, valid_window=valid,
+                        samples=sample_positions(valid, data.labels), seg=data.seg)
+    if split is not None:
+        split = Split(train=split.train[valid[split.train]], val=split.val[valid[split.val]],
+                      test=split.test[valid[split.test]], name=split.name)
+    return data, split
 
 
 @dataclass
@@ -348,9 +406,14 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     max_samples = max_samples if max_samples is not None else tcfg.max_samples
     window = cfg.model.window
     horizon = cfg.labels.horizon
+    span = input_bars(cfg.model) if cfg.model.context == "sequence" else window
 
     with torch_threads(tcfg.threads):
-        data = prepared if prepared is not None else prepare(frame, cfg)
+        data = prepared if prepared is not None else prepare(frame, cfg, window=span)
+        if span != window:
+            # sequence mode: a sample needs `span` finite bars of its own stretch (hooks prepare
+            # with the window); a given split keeps only such samples
+            data, split = with_input_span(data, span, split)
         if len(data.samples) < 50:
             raise DataError(f"only {len(data.samples)} labelled samples with a full {window}-bar window; "
                             f"need more candles")
@@ -363,7 +426,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
             # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
             # model (tested on the most recent data, trained on everything before it)
             splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds,
-                                              min_bars=warmup_bars(cfg.features) + window - 1))
+                                              min_bars=warmup_bars(cfg.features) + span - 1))
         splits = [cap_train(s, max_samples) for s in splits]
         for split in splits:
             check_eval_spans(split, data.labels)
@@ -390,7 +453,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     final = outcomes[-1]
     split = final.split
     idx = data.index
-    min_bars = warmup_bars(cfg.features) + window - 1
+    min_bars = warmup_bars(cfg.features) + span - 1
     spans = {
         # network + normaliser + calibrator + baseline saw these bars (window history, feature warm-up
         # and label horizons included)
@@ -411,7 +474,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         "receptive_field": receptive_field(cfg.model.kernel_size, cfg.model.dilations),
         "min_bars": min_bars,
         # bars of history after which P no longer depends on where the history starts
-        "history_bars": max(min_bars, memory_bars(cfg.features) + window),
+        "history_bars": max(min_bars, memory_bars(cfg.features) + span),
+        "input_bars": span,
         "spans": spans,
         "split": split.summary(),
         "samples": {"labelled_with_window": int(len(data.samples)), "train": int(len(split.train)),
@@ -423,7 +487,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
                  "rows": int(len(idx)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
         "seed": tcfg.seed,
         # the metrics above were computed by this scorer on the graph in model.onnx
-        "scorer": {"engine": "onnxruntime", "exporter": EXPORTER},
+        "scorer": {"engine": "numpy (models.sequence_scorer)" if cfg.model.context == "sequence" else "onnxruntime",
+                   "exporter": EXPORTER},
         "epochs_max": epochs,
         "max_samples": max_samples,
         "versions": _versions(),
@@ -442,7 +507,8 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         reliability_diagram(final.curves, tmp / "reliability.png")
         learning_curves_png(final.fit.history, tmp / "learning_curves.png")
         meta["wall_seconds"] = round(time.perf_counter() - t0, 2)
-        meta = bundle_files(tmp, redact_obj(meta), serialise_weights(final.fit.state_dict), final.onnx)
+        meta = bundle_files(tmp, redact_obj(meta), serialise_weights(final.fit.state_dict), final.onnx,
+                            final.sequence_weights)
         write_report(tmp, meta)
     log.info("bundle written to %s", output)
     return TrainResult(path=output, meta=meta)
