@@ -26,6 +26,7 @@ import pandas as pd
 
 from core.ohlcv import COLUMNS, checked_bars
 from models.features import StreamingFeatures
+from models.recalibration import RollingStream, is_rolling
 
 _NAN2 = (math.nan, math.nan)
 
@@ -38,17 +39,24 @@ class BarScorer:
         self.window = int(bundle.window)
         self.features = StreamingFeatures(bundle.feature_cfg, bundle.timeframe)
         self.rows: deque[np.ndarray] = deque(maxlen=self.window)
+        # rolling calibration (calibration.mode: rolling) refits on the stream's trailing bars
+        self.rolling = (RollingStream(bundle.history_bars, bundle.ccfg, bundle.timeframe)
+                        if is_rolling(bundle) else None)
 
     def reset(self) -> None:
         """Forget every bar."""
         self.features.reset()
         self.rows.clear()
+        if self.rolling is not None:
+            self.rolling.reset()
 
     def update(self, ts: Any, open: float, high: float, low: float, close: float, volume: float,
                score: bool = True) -> tuple[float, float]:
         """Feed one closed bar (``ts`` = its open time); its (logit, P), NaN until the current
         stretch holds a full window of finite features (or when ``score`` is False)."""
         row = self.features.update(ts, open, high, low, close, volume)
+        if self.rolling is not None:
+            self.rolling.append(ts, open, high, low, close, volume)
         if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
             self.rows.clear()
         self.rows.append(row)
@@ -56,7 +64,11 @@ class BarScorer:
             return _NAN2
         # a walk-forward schedule scores with the bundle valid at this bar's time
         model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
-        return _NAN2 if model is None else model.score_features(np.stack(self.rows))
+        if model is None:
+            return _NAN2
+        if self.rolling is not None:
+            return model.score_features(np.stack(self.rows), at=ts, stream=self.rolling)
+        return model.score_features(np.stack(self.rows))
 
     def prime(self, frame: pd.DataFrame) -> tuple[float, float]:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state
@@ -67,6 +79,9 @@ class BarScorer:
         self.rows.clear()
         k = max(0, len(idx) - self.window)
         self.features.prime(frame.iloc[:k])
+        if self.rolling is not None:  # its trailing bars; the last window bars come through update()
+            self.rolling.reset()
+            self.rolling.extend(frame.iloc[max(0, k - self.rolling.rows.maxlen):k])
         out = _NAN2
         last = len(idx) - 1
         for i in range(k, len(idx)):
