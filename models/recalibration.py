@@ -21,6 +21,12 @@ scoring, on the most recent bars whose labels are already known at decision time
 * Fewer than ``min_samples`` known labels with a finite logit, or fewer than 10 of either
   class, in a block's window: that block uses the bundle's static calibrator.
 
+* Streaming (paper, live: :class:`models.streaming.BarScorer`): the scorer keeps the trailing
+  ``history_bars`` raw bars in a :class:`RollingStream`; at the first bar of each refit block
+  the scoring bundle fits that block's parameters on them with the same window, labels and
+  fit as the batch path (:func:`_block_fit`), so a session's P equals the backtest's to the
+  network's float32 rounding (``tests/test_schedule_trading.py``).
+
 The fit is plain maximum-likelihood Platt scaling (Newton steps on two parameters; a 1e-6
 ridge only keeps a separable window finite), the same model as the static Platt calibrator.
 """

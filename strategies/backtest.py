@@ -242,6 +242,8 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
                      "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(spec.policy.max_hold)},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         "signal": {**strat.signal_stats, "center": float(strat.center),
+                   # "breakeven": the centre was derived from the barriers and the taker fee
+                   "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
         "seconds": round(elapsed, 3),
