@@ -65,7 +65,7 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     click.echo(format_table(result.metrics))
     sig = run["signal"]
     if sig["scored"]:
-        rule = " (break-even of the barriers after taker fees)" if sig.get("center_rule") == "breakeven" else ""
+        rule = " (break-even of the barriers after taker fees)" if run.get("center_rule") == "breakeven" else ""
         click.echo(f"signal: {sig['decisions']:,} flat bars open to an entry; P > centre {sig['center']:.4f}{rule} on "
                    f"{sig['positive_signal']:,}, past the deadband on {sig['past_deadband']:,}; max P on those bars {sig['p_max']:.4f}")
     for trip in result.risk_trips:

@@ -241,9 +241,9 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
         "barriers": {"source": spec.barrier_source, "profit": labels.profit, "stop": labels.stop,
                      "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(spec.policy.max_hold)},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
+        # "breakeven": the signal's centre was derived from the barriers and the taker fee
+        "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
         "signal": {**strat.signal_stats, "center": float(strat.center),
-                   # "breakeven": the centre was derived from the barriers and the taker fee
-                   "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
         "seconds": round(elapsed, 3),

@@ -72,7 +72,7 @@ def test_a_schedule_trades_like_its_fold_bundle_on_the_folds_span(sched_dir, fra
     a = run_backtest(RunSpec.build(cfg, model=sched, data=frame, span=span), progress=False)
     b = run_backtest(RunSpec.build(cfg, model=one, data=frame, span=span), progress=False)
     assert a.metrics["run"]["signal"]["center"] == pytest.approx(1 / 3)
-    assert a.metrics["run"]["signal"]["center_rule"] == "breakeven"
+    assert a.metrics["run"]["center_rule"] == "breakeven"
     ta, tb = a.trades.reset_index(drop=True), b.trades.reset_index(drop=True)
     assert len(ta) == len(tb) > 5
     for col in ("entry_time", "exit_time", "side", "entry_kind", "exit_kind", "model_id"):
