@@ -65,7 +65,8 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     click.echo(format_table(result.metrics))
     sig = run["signal"]
     if sig["scored"]:
-        click.echo(f"signal: {sig['decisions']:,} flat bars open to an entry; P > centre {sig['center']:.4f} on "
+        rule = " (break-even of the barriers after taker fees)" if run.get("center_rule") == "breakeven" else ""
+        click.echo(f"signal: {sig['decisions']:,} flat bars open to an entry; P > centre {sig['center']:.4f}{rule} on "
                    f"{sig['positive_signal']:,}, past the deadband on {sig['past_deadband']:,}; max P on those bars {sig['p_max']:.4f}")
     for trip in result.risk_trips:
         click.echo(f"risk: {trip['time']} {trip['breaker']}: {trip['reason']}")

@@ -21,16 +21,26 @@ scoring, on the most recent bars whose labels are already known at decision time
 * Fewer than ``min_samples`` known labels with a finite logit, or fewer than 10 of either
   class, in a block's window: that block uses the bundle's static calibrator.
 
+* Streaming (paper, live: :class:`models.streaming.BarScorer`): the scorer keeps the trailing
+  ``history_bars`` raw bars in a :class:`RollingStream`; at the first bar of each refit block
+  the scoring bundle fits that block's parameters on them with the same window, labels and
+  fit as the batch path (:func:`_block_fit`), so a session's P equals the backtest's to the
+  network's float32 rounding (``tests/test_schedule_trading.py``).
+
 The fit is plain maximum-likelihood Platt scaling (Newton steps on two parameters; a 1e-6
 ridge only keeps a separable window finite), the same model as the static Platt calibrator.
 """
 from __future__ import annotations
+
+import math
+from collections import deque
 
 import numpy as np
 import pandas as pd
 
 from core.config import CalibrationConfig, LabelConfig
 from core.errors import BundleError
+from core.ohlcv import COLUMNS
 from core.timeframes import timeframe_seconds
 from models.calibration import Calibrator, sigmoid
 from models.labels import label_arrays
@@ -75,9 +85,7 @@ def rolling_params(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarr
     bar = timeframe_seconds(timeframe) * 1_000_000_000
     ts = pd.DatetimeIndex(index).as_unit("ns").asi8
     known_at = ts + horizon * bar           # sorted, as ts is
-    usable = np.isfinite(logits) & np.isfinite(labels)
-    if fitted_until is not None:
-        usable &= ts > fitted_until
+    usable = _usable(index, logits, labels, fitted_until)
     block_len = ccfg.refit_bars * bar
     block = ts // block_len
     a = np.full(len(ts), np.nan)
@@ -86,17 +94,32 @@ def rolling_params(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarr
     ends = np.r_[starts[1:], len(ts)]
     for lo_bar, hi_bar in zip(starts, ends):
         grid = int(block[lo_bar]) * block_len
-        lo = np.searchsorted(known_at, grid - ccfg.window_bars * bar, side="right")
-        hi = np.searchsorted(known_at, grid, side="right")
-        sel = np.flatnonzero(usable[lo:hi]) + lo
-        if len(sel) < ccfg.min_samples:
-            continue
-        y = labels[sel]
-        pos = int(y.sum())
-        if min(pos, len(y) - pos) < MIN_PER_CLASS:
-            continue
-        a[lo_bar:hi_bar], b[lo_bar:hi_bar] = fit_platt(logits[sel], y)
+        a[lo_bar:hi_bar], b[lo_bar:hi_bar] = _block_fit(grid, known_at, usable, logits, labels, ccfg, bar)
     return a, b
+
+
+def _block_fit(grid: int, known_at: np.ndarray, usable: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+               ccfg: CalibrationConfig, bar: int) -> tuple[float, float]:
+    """``(a, b)`` of the refit block starting at ``grid`` (ns): Platt on the usable bars whose
+    label became known in ``(grid - window_bars * bar, grid]``; NaN when too few (module docstring)."""
+    lo = np.searchsorted(known_at, grid - ccfg.window_bars * bar, side="right")
+    hi = np.searchsorted(known_at, grid, side="right")
+    sel = np.flatnonzero(usable[lo:hi]) + lo
+    if len(sel) < ccfg.min_samples:
+        return math.nan, math.nan
+    y = labels[sel]
+    pos = int(y.sum())
+    if min(pos, len(y) - pos) < MIN_PER_CLASS:
+        return math.nan, math.nan
+    return fit_platt(logits[sel], y)
+
+
+def _usable(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, fitted_until: int | None) -> np.ndarray:
+    """Bars a refit may use: finite logit and label, after the network's own training span."""
+    usable = np.isfinite(logits) & np.isfinite(labels)
+    if fitted_until is not None:
+        usable &= pd.DatetimeIndex(index).as_unit("ns").asi8 > fitted_until
+    return usable
 
 
 def rolling_probabilities(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
@@ -114,8 +137,9 @@ class RollingCalibrated:
 
     Same scoring surface as :class:`models.bundle.ModelBundle` for the batch paths
     (``predict_logit``, ``predict_proba``, ``score_frame``, ``score_window``); everything else
-    is the wrapped bundle's. ``score_features`` (one window, no trailing labels) is refused:
-    rolling calibration needs the trailing bars, so streaming engines call ``score_window``."""
+    is the wrapped bundle's. The streaming path (paper, live: ``score_features``) needs the
+    stream's trailing bars: :class:`models.streaming.BarScorer` keeps them in a
+    :class:`RollingStream` and passes it with the bar time; without one it is refused."""
 
     def __init__(self, bundle, ccfg: CalibrationConfig) -> None:
         self.inner = bundle
@@ -154,9 +178,77 @@ class RollingCalibrated:
             return float("nan")
         return float(self.score_frame(tail)[1][-1])
 
-    def score_features(self, window: np.ndarray, *args, **kwargs):
-        """Refused (see class docstring)."""
-        raise BundleError("rolling calibration needs the trailing bars: score with score_window(bars)")
+    def score_features(self, window: np.ndarray, at=None, stream: "RollingStream | None" = None
+                       ) -> tuple[float, float]:
+        """(logit, P) of one raw feature window of the bar opening at ``at``, calibrated with the
+        Platt parameters :meth:`block_params` fits on ``stream``'s trailing bars for ``at``'s
+        refit block (once per block); the static calibrator where that fit falls back."""
+        if stream is None or at is None:
+            raise BundleError("rolling calibration needs the trailing bars: score with score_window(bars), or "
+                              "through models.streaming.BarScorer (it keeps them)")
+        logit, static = self.inner.score_features(window)
+        a, b = stream.params(self, at)
+        return logit, (static if math.isnan(a) else float(sigmoid(a * logit + b)))
+
+    def block_params(self, frame: pd.DataFrame, grid: int) -> tuple[float, float]:
+        """``(a, b)`` of the refit block starting at ``grid`` (ns) from the bars of ``frame``
+        (the stream's trailing bars): this bundle's logits and the known labels through the same
+        functions as :meth:`score_frame`; NaN when the static calibrator applies."""
+        logit = self.inner.predict_logit(frame).to_numpy()
+        labels = known_labels(frame, self.inner.label_cfg, self.inner.timeframe)
+        bar = timeframe_seconds(self.inner.timeframe) * 1_000_000_000
+        known_at = frame.index.as_unit("ns").asi8 + self.inner.label_cfg.horizon * bar
+        usable = _usable(frame.index, logit, labels, self._fitted_until)
+        return _block_fit(grid, known_at, usable, logit, labels, self.ccfg, bar)
+
+
+class RollingStream:
+    """The trailing raw bars of one bar stream, for rolling calibration while streaming.
+
+    :class:`models.streaming.BarScorer` appends every bar; :meth:`params` returns the Platt
+    parameters of the refit block holding a bar, fitted by the scoring model's
+    :meth:`RollingCalibrated.block_params` on these bars once per (model, block) -- the same
+    window, labels and fit as the batch path (a schedule's new fold refits on its own logits)."""
+
+    def __init__(self, history_bars: int, ccfg: CalibrationConfig, timeframe: str) -> None:
+        self.rows: deque[tuple] = deque(maxlen=int(history_bars))
+        self.block_len = ccfg.refit_bars * timeframe_seconds(timeframe) * 1_000_000_000
+        self._key: tuple[int, int] | None = None
+        self._ab = (math.nan, math.nan)
+
+    def reset(self) -> None:
+        """Forget every bar."""
+        self.rows.clear()
+        self._key, self._ab = None, (math.nan, math.nan)
+
+    def append(self, ts, open: float, high: float, low: float, close: float, volume: float) -> None:
+        """Keep one closed bar (``ts`` = its open time)."""
+        self.rows.append((pd.Timestamp(ts).value, open, high, low, close, volume))
+
+    def extend(self, frame: pd.DataFrame) -> None:
+        """Keep the bars of ``frame`` (warm-up)."""
+        for ts, row in zip(frame.index.as_unit("ns").asi8, frame[list(COLUMNS)].to_numpy(dtype="float64")):
+            self.rows.append((int(ts), *row.tolist()))
+
+    def frame(self) -> pd.DataFrame:
+        """The kept bars as a canonical OHLCV frame."""
+        data = np.array([r[1:] for r in self.rows], dtype="float64").reshape(-1, len(COLUMNS))
+        index = pd.DatetimeIndex(pd.to_datetime([r[0] for r in self.rows], unit="ns", utc=True))
+        return pd.DataFrame(data, index=index, columns=list(COLUMNS))
+
+    def params(self, model: RollingCalibrated, at) -> tuple[float, float]:
+        """``(a, b)`` for the bar opening at ``at`` scored by ``model``."""
+        grid = (pd.Timestamp(at).value // self.block_len) * self.block_len
+        key = (id(model), grid)
+        if key != self._key:
+            self._ab = model.block_params(self.frame(), grid)
+            self._key = key
+        return self._ab
+
+
+def is_rolling(model) -> bool:
+    """True when ``model`` (a bundle wrapper or a schedule) calibrates in rolling mode."""
+    return isinstance(model, RollingCalibrated) or getattr(getattr(model, "ccfg", None), "mode", None) == "rolling"
 
 
 def calibration_config_of(meta: dict) -> CalibrationConfig:

@@ -173,13 +173,32 @@ class ModelSchedule:
         bundle = self.for_time(bars.index[-1])
         return float("nan") if bundle is None else bundle.score_window(bars)
 
-    def score_features(self, window: np.ndarray, at=None) -> tuple[float, float]:
+    def score_features(self, window: np.ndarray, at=None, stream=None) -> tuple[float, float]:
         """(logit, P) of one raw feature window with the bundle valid at ``at`` (the last fold when
-        None: the newest bundle, for a live bar after the schedule's last span start)."""
+        None: the newest bundle, for a live bar after the schedule's last span start). In rolling
+        mode ``stream`` (:class:`models.recalibration.RollingStream`) holds the trailing bars."""
         bundle = self.bundle(len(self.folds) - 1) if at is None else self.for_time(at)
         if bundle is None:
             return float("nan"), float("nan")
+        if stream is not None:
+            return bundle.score_features(window, at=at, stream=stream)
         return bundle.score_features(window)
+
+
+def model_ids_of(model, index: pd.DatetimeIndex) -> np.ndarray:
+    """Id of the model that scores each bar of ``index`` (what journals and trade lists name per
+    decision): a schedule's fold name ("" before its first span); for a bundle or an ensemble
+    its folder name (the folder of a ``final_model.pt``); "" for a model without a path."""
+    if isinstance(model, ModelSchedule):
+        return model.model_ids(index)
+    path = getattr(model, "path", None)
+    name = "" if not path else (Path(path).parent.name if Path(path).suffix == ".pt" else Path(path).name)
+    return np.full(len(index), name, dtype=object)
+
+
+def model_id_at(model, ts) -> str:
+    """:func:`model_ids_of` for one bar open time ``ts``."""
+    return str(model_ids_of(model, pd.DatetimeIndex([_ts(ts)]))[0])
 
 
 def is_schedule(path: str | Path) -> bool:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from core.ohlcv import COLUMNS, checked_bars
 from models.features import StreamingFeatures
+from models.recalibration import RollingStream, is_rolling
 
 _NAN2 = (math.nan, math.nan)
 
@@ -52,6 +53,9 @@ class BarScorer:
         self._count = 0  # rows of the current stretch held (capped at n)
         stepper = getattr(bundle, "sequence_stepper", None)
         self.step = stepper() if callable(stepper) else None
+        # rolling calibration (calibration.mode: rolling) refits on the stream's trailing bars
+        self.rolling = (RollingStream(bundle.history_bars, bundle.ccfg, bundle.timeframe)
+                        if is_rolling(bundle) else None)
 
     @property
     def rows(self) -> np.ndarray:
@@ -65,6 +69,8 @@ class BarScorer:
         """Forget every bar."""
         self.features.reset()
         self._clear()
+        if self.rolling is not None:
+            self.rolling.reset()
 
     def _clear(self) -> None:
         self._count = 0
@@ -84,6 +90,8 @@ class BarScorer:
         """Feed one closed bar (``ts`` = its open time); its (logit, P), NaN until the current
         stretch holds a full window of finite features (or when ``score`` is False)."""
         row = self.features.update(ts, open, high, low, close, volume)
+        if self.rolling is not None:
+            self.rolling.append(ts, open, high, low, close, volume)
         if self.features.bars_in_stretch == 1:  # first bar of a new stretch (start or after a gap)
             self._clear()
         self._push(row)
@@ -96,7 +104,11 @@ class BarScorer:
             return _NAN2
         # a walk-forward schedule scores with the bundle valid at this bar's time
         model = self.bundle.for_time(ts) if hasattr(self.bundle, "for_time") else self.bundle
-        return _NAN2 if model is None else model.score_features(self.rows)
+        if model is None:
+            return _NAN2
+        if self.rolling is not None:
+            return model.score_features(self.rows, at=ts, stream=self.rolling)
+        return model.score_features(self.rows)
 
     def prime(self, frame: pd.DataFrame) -> tuple[float, float]:
         """Reset, then take the state after the bars of ``frame``: the recursive feature state
@@ -107,6 +119,9 @@ class BarScorer:
         self._clear()
         k = max(0, len(idx) - self.input_bars)
         self.features.prime(frame.iloc[:k])
+        if self.rolling is not None:  # its trailing bars; the last window bars come through update()
+            self.rolling.reset()
+            self.rolling.extend(frame.iloc[max(0, k - self.rolling.rows.maxlen):k])
         out = _NAN2
         last = len(idx) - 1
         for i in range(k, len(idx)):

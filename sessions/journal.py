@@ -92,8 +92,12 @@ _FLOAT_TAG = "$float"  # JSON tag for non-finite floats: {"$float": "nan" | "inf
 _BAR_FLOATS = ("close", "prob", "signal", "weight", "position", "avg_price", "cash", "equity")
 _TABLES = ("meta", "session", "intents", "order_events", "fills", "bars", "gaps", "events", "halts")
 # Tables other modules may add to a journal file; accepted, never required: the notification
-# outbox and its read cursors (sessions/outbox.py).
-OPTIONAL_TABLES = ("outbox", "outbox_cursor")
+# outbox and its read cursors (sessions/outbox.py), and the model id per journaled bar
+# (created by the first record_bar that names one: journals written before it stay readable).
+OPTIONAL_TABLES = ("outbox", "outbox_cursor", "bar_models")
+# The model (bundle, or the walk-forward fold) that scored each journaled bar's decision.
+_BAR_MODELS_SQL = ("CREATE TABLE IF NOT EXISTS bar_models (bar_time INTEGER PRIMARY KEY REFERENCES bars (bar_time), "
+                   "model_id TEXT NOT NULL)")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -268,6 +272,7 @@ class Checkpoint:
     risk_state: dict[str, Any]
     strategy_state: dict[str, Any]
     recorded_at: int
+    model_id: str | None = None  # model that scored the bar (a schedule's fold); None in older journals
 
 
 @dataclass(frozen=True)
@@ -915,10 +920,12 @@ class Journal:
     # ------------------------------------------------------------------ bars
     def record_bar(self, bar_time: Any, close: float, prob: float, signal: float, weight: float,
                    position: float, avg_price: float, cash: float, equity: float, breaker_state: str,
-                   risk_state: dict[str, Any], strategy_state: dict[str, Any]) -> None:
+                   risk_state: dict[str, Any], strategy_state: dict[str, Any], model_id: str | None = None) -> None:
         """Checkpoint one closed bar in one transaction. ``bar_time`` must be later than the last
         journaled bar (the caller never delivers a bar twice). NaN/inf round-trip exactly, in
-        the columns and in the state dicts (e.g. RiskManager.state_dict()'s ``peak=-inf``)."""
+        the columns and in the state dicts (e.g. RiskManager.state_dict()'s ``peak=-inf``).
+        ``model_id``: the model that scored the bar's decision (a walk-forward schedule's fold
+        name), kept in the optional ``bar_models`` table; None (or "") records none."""
         ms = to_ms(bar_time, "bar_time")
         values = []
         for name, v in zip(_BAR_FLOATS, (close, prob, signal, weight, position, avg_price, cash, equity)):
@@ -941,6 +948,9 @@ class Journal:
                 " breaker_state, risk_state, strategy_state, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (ms, *values, breaker_state, risk_json, strat_json, _now_ms()))
+            if model_id:
+                self._conn.execute(_BAR_MODELS_SQL)
+                self._conn.execute("INSERT INTO bar_models (bar_time, model_id) VALUES (?, ?)", (ms, str(model_id)))
 
     @staticmethod
     def _checkpoint(row: sqlite3.Row) -> Checkpoint:
@@ -950,9 +960,15 @@ class Journal:
         d["risk_state"], d["strategy_state"] = loads(d["risk_state"]), loads(d["strategy_state"])
         return Checkpoint(**d)
 
+    def _bars_sql(self) -> str:
+        """SELECT of the bars with their model id (NULL when the journal has no bar_models table)."""
+        if self._q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bar_models'"):
+            return "SELECT b.*, m.model_id FROM bars b LEFT JOIN bar_models m USING (bar_time)"
+        return "SELECT b.*, NULL AS model_id FROM bars b"
+
     def last_checkpoint(self) -> Checkpoint | None:
         """The latest bar checkpoint (what a restart restores), or None before the first bar."""
-        rows = self._q("SELECT * FROM bars ORDER BY bar_time DESC LIMIT 1")
+        rows = self._q(self._bars_sql() + " ORDER BY bar_time DESC LIMIT 1")
         return self._checkpoint(rows[0]) if rows else None
 
     def last_bar(self) -> int | None:
@@ -962,9 +978,9 @@ class Journal:
     def bars(self, since: Any = None) -> list[Checkpoint]:
         """All checkpoints (or those after ``since``) in time order."""
         if since is None:
-            rows = self._q("SELECT * FROM bars ORDER BY bar_time")
+            rows = self._q(self._bars_sql() + " ORDER BY bar_time")
         else:
-            rows = self._q("SELECT * FROM bars WHERE bar_time > ? ORDER BY bar_time", (to_ms(since, "since"),))
+            rows = self._q(self._bars_sql() + " WHERE bar_time > ? ORDER BY bar_time", (to_ms(since, "since"),))
         return [self._checkpoint(r) for r in rows]
 
     def record_gap(self, start: Any, end: Any, bars_missing: int) -> None:

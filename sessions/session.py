@@ -429,7 +429,8 @@ class SessionRecorder(bt.Analyzer):
                 strategy_state["session"]["broker"] = broker.state_dict()
             self.journal.record_bar(bar.ms, float(strat.data.close[0]), p, s, w, float(pos.size),
                                     float(pos.price) if pos.size else math.nan, float(broker.getcash()),
-                                    float(broker.getvalue()), breaker, risk.state_dict(), strategy_state)
+                                    float(broker.getvalue()), breaker, risk.state_dict(), strategy_state,
+                                    model_id=strat.model_id() if hasattr(strat, "model_id") else None)
         if live and self._halt_trip:
             # after the bar's transaction (no network inside it): besides the strategy's own
             # flatten, cancel every open order of the session the exchange still has

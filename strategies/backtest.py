@@ -36,6 +36,7 @@ from core.files import OutputKind, output_dir
 from core.redact import redact, redact_obj
 from core.timeframes import ns_to_bt_num, timeframe_seconds
 from strategies.analyzers import EquityCurve, FillLog, round_trips
+from strategies.base import trade_model_ids
 from strategies.bt_broker import apply_costs
 from strategies.hooks import user_code
 from strategies.metrics import summarize
@@ -216,6 +217,7 @@ def collect_result(spec: RunSpec, strat: Any, elapsed: float) -> BacktestResult:
     fills: pd.DataFrame = strat.analyzers.fills.get_analysis()
     equity = eq_all.loc[eq_all.index >= span.start]
     trades = round_trips(fills, data.index, last_close=float(data["close"].iloc[-1]))
+    trades["model_id"] = trade_model_ids(trades, fills, getattr(strat, "entry_models", {}))
     trips = [t.to_dict() for t in strat.risk.trips]
     metrics = summarize(equity["equity"], equity["position"], fills, trades,
                         data["close"].loc[equity.index], spec.cfg.execution.cash, spec.timeframe)
@@ -239,6 +241,8 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
         "barriers": {"source": spec.barrier_source, "profit": labels.profit, "stop": labels.stop,
                      "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(spec.policy.max_hold)},
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
+        # "breakeven": the signal's centre was derived from the barriers and the taker fee
+        "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),

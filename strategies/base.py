@@ -82,6 +82,7 @@ from core.timeframes import (
 )
 from indicators.bt_features import RealisedVol, VolForecast, feed_frame, history_vols
 from strategies.hooks import _OWN_PACKAGES, HOOK_ARGS, HookArrays, VectorHooks, engine_only_overrides, evaluate_hooks
+from models.schedule import model_id_at
 
 STATE_VERSION = 1
 _EXECTYPES = {"Market": bt.Order.Market, "Limit": bt.Order.Limit, "Stop": bt.Order.Stop}
@@ -140,6 +141,8 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self._hook_history: tuple[pd.DataFrame, np.ndarray, np.ndarray] | None = None  # bars, P, forecast
         self._hook_offset = 0                     # rows of history before the fed bars in the hook arrays
         self._restore: dict[str, Any] | None = None
+        # entry order ref -> id of the model that scored its decision bar (trade list's model_id)
+        self.entry_models: dict[int, str] = {}
         if self.p.state is not None:
             self.load_state(self.p.state)
 
@@ -181,6 +184,14 @@ class ModelStrategy(VectorHooks, bt.Strategy):
     def forecast_vol(self) -> float:
         """Annualised volatility forecast of the current bar."""
         return float(self.vol_forecast[0])
+
+    def model_id(self) -> str:
+        """Id of the model that scored the current bar (:func:`models.schedule.model_id_at`: a
+        walk-forward schedule's fold, else the bundle's folder name); "" without a model."""
+        model = getattr(getattr(self, "tcn", None), "bundle", None)
+        if model is None:
+            return ""
+        return model_id_at(model, bt_num_to_timestamp(self.data.datetime[0]))
 
     @property
     def signal_stats(self) -> dict[str, Any]:
@@ -313,6 +324,7 @@ class ModelStrategy(VectorHooks, bt.Strategy):
             tp_sl = {"stop": a.stop, "take_profit": a.take_profit}
             self._submit_bracket(a.long, a.size, bt.Order.Limit if a.limit else bt.Order.Market,
                                  a.price if a.limit else None, tp_sl)
+            self.entry_models[self._entry.ref] = self.model_id()
             self._entry_submit_bar = self._bar
             self._ref_price = a.price
 
@@ -574,6 +586,14 @@ def _line_values(line: Any, n: int) -> np.ndarray:
 def _iso(num: float) -> str:
     """ISO text of a backtrader date number (UTC)."""
     return bt_num_to_timestamp(num).isoformat()
+
+
+def trade_model_ids(trades: pd.DataFrame, fills: pd.DataFrame, entry_models: dict[int, str]) -> list[str]:
+    """Per trade, the id of the model that scored its entry decision: trades opened by an entry
+    order take, in order, the entry fills' order refs (the strategy enters only when flat, so
+    each entry fill opens one trade); other trades (a restored position) get ""."""
+    refs = iter(fills.loc[fills["kind"] == "entry", "ref"].tolist())
+    return [entry_models.get(next(refs, None), "") if kind == "entry" else "" for kind in trades["entry_kind"]]
 
 
 def strategy_params(cfg: Config, bundle: Any = None, barriers: str = "bundle", costs: Costs | None = None,
