@@ -17,7 +17,8 @@ $(STAMP): setup.cfg pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	# one worker per file: module fixtures (trained bundles, sweeps) are built once, not on each worker
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

@@ -77,3 +77,16 @@ def fast_bundle(tmp_path_factory) -> Path:
     return cached_bundle("fast", f"synthetic_ohlcv(2500, seed=13) {FAST}",
                          _train(lambda: synthetic_ohlcv(2500, seed=13), FAST),
                          tmp_path_factory.mktemp("bundles") / "fast")
+
+
+# Files whose tests take the longest CPU time (profile of 2026-12-04, --durations): started first
+# so that under `--dist loadfile` no worker picks one of them up last while the other idles.
+HEAVY_FIRST = ("test_walkforward.py", "test_training.py", "test_runspec.py", "test_sweep.py", "test_live.py",
+               "test_paper_session.py", "test_server_session.py", "test_backtest_cli.py", "test_scorer.py",
+               "test_server.py", "test_simulator_parity.py", "test_multisymbol.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the heavy files first; the order inside a file is kept (a stable sort by file rank)."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
