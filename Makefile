@@ -16,8 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
+# --dist loadfile: one worker per test file, so module fixtures (trained bundles, sweeps) are
+# built once, not once on each worker
 test: $(STAMP)
-	# one worker per file: module fixtures (trained bundles, sweeps) are built once, not on each worker
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 demo: $(STAMP)
