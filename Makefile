@@ -16,8 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
+# --dist loadfile: one worker per test file, so module fixtures (trained bundles, sweeps) are
+# built once, not once on each worker
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

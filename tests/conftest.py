@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.synthetic import synthetic_ohlcv
+from fixtures.bundle_cache import cached_bundle
 
 @pytest.fixture(autouse=True, scope="session")
 def _logs_in_a_temp_dir(tmp_path_factory):
@@ -41,15 +42,51 @@ def candles():
     return synthetic_ohlcv(3000, seed=7, gaps={1500: 10})
 
 
+def _train(frame_fn, overrides):
+    """Trainer for fixtures.bundle_cache: ``frame_fn()`` bars, default config plus ``overrides``."""
+    def train(out: Path) -> None:
+        from core.config import load_config
+        from models.train import train_bundle
+
+        train_bundle(frame_fn(), load_config(None, overrides), out, progress=False)
+    return train
+
+
+TINY = ["training.epochs=2", "training.batch_size=128", "training.threads=1"]
+FAST = ["training.epochs=1", "training.batch_size=128", "training.threads=1", "model.window=32",
+        "features.ewma_vol_fast_span=12", "features.ewma_vol_slow_span=24",
+        "features.rsi_window=8", "features.volume_z_window=48"]
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A model bundle trained end to end (2 epochs, default network) on 3,000 generated bars
-    with one 10-bar gap; returns the bundle directory. Takes a few seconds, once per session."""
-    from core.config import load_config
-    from models.train import train_bundle
+    with one 10-bar gap; returns the bundle directory (this session's own copy). Trained once
+    per code version and shared by the xdist workers (tests/fixtures/bundle_cache.py)."""
+    return cached_bundle("tiny", f"synthetic_ohlcv(3000, seed=11, gaps={{1800: 10}}) {TINY}",
+                         _train(lambda: synthetic_ohlcv(3000, seed=11, gaps={1800: 10}), TINY),
+                         tmp_path_factory.mktemp("bundles") / "tiny")
 
-    frame = synthetic_ohlcv(3000, seed=11, gaps={1800: 10})
-    cfg = load_config(None, ["training.epochs=2", "training.batch_size=128", "training.threads=1"])
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    train_bundle(frame, cfg, out, progress=False)
-    return out
+
+@pytest.fixture(scope="session")
+def fast_bundle(tmp_path_factory) -> Path:
+    """A bundle with short feature memories (warm-up ~360 bars instead of 1,391) and a 32-bar
+    window, for the tests that start many sessions: each start feeds the whole warm-up through
+    the streaming path, so this keeps starts cheap. 1 epoch on 2,500 generated bars (seed 13);
+    cached like ``tiny_bundle``. A test module that defines its own ``fast_bundle`` overrides it."""
+    return cached_bundle("fast", f"synthetic_ohlcv(2500, seed=13) {FAST}",
+                         _train(lambda: synthetic_ohlcv(2500, seed=13), FAST),
+                         tmp_path_factory.mktemp("bundles") / "fast")
+
+
+# Files whose tests take the longest CPU time (profile of 2026-12-04, --durations): started first
+# so that under `--dist loadfile` no worker picks one of them up last while the other idles.
+HEAVY_FIRST = ("test_walkforward.py", "test_training.py", "test_runspec.py", "test_sweep.py", "test_live.py",
+               "test_paper_session.py", "test_server_session.py", "test_backtest_cli.py", "test_scorer.py",
+               "test_server.py", "test_simulator_parity.py", "test_multisymbol.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the heavy files first; the order inside a file is kept (a stable sort by file rank)."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
