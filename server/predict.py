@@ -304,7 +304,7 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
     else:
         scorer = BarScorer(setup.bundle)
         out = scorer.prime(tail)
-        row = scorer.rows[-1] if scorer.rows else None
+        row = scorer.rows[-1] if len(scorer.rows) else None
     last = tail.iloc[-1:]
     scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
     return decide_flat(setup, policy, scored, last)

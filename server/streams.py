@@ -93,7 +93,7 @@ class StreamRegistry:
         scorer = BarScorer(self.setup.bundle)
         out = scorer.prime(tail)
         last = tail.iloc[-1:]
-        scored = scored_bar(scorer.rows[-1] if scorer.rows else None, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
+        scored = scored_bar(scorer.rows[-1] if len(scorer.rows) else None, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
         pred = decide_flat(self.setup, policy, scored, last)
         stream = BarStream(id=secrets.token_hex(12), symbol=symbol, policy=policy, scorer=scorer,
                            last_ns=int(tail.index.asi8[-1]), bars=len(tail), used=self.clock())

@@ -62,7 +62,7 @@ class WindowCache:
             scorer = BarScorer(self.bundle)
             out = scorer.prime(tail)
             self.misses += 1
-        row = scorer.rows[-1].copy() if scorer.rows else None
+        row = scorer.rows[-1].copy() if len(scorer.rows) else None
         if self.size > 0:
             key = _digest(ts[1:], values[1:])
             with self._lock:

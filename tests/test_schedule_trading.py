@@ -187,7 +187,7 @@ def test_paper_journals_the_fold_per_bar_and_rolling_p_equals_the_backtest(sched
     with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
         client = make_exchange("binance", url=ex.url, timeout_ms=5000)
         client.enableRateLimit = False
-        sess = PaperSession(cfg, sched_dir, state, store=CCXTStore(exchange=client, sleep=lambda _: None),
+        sess = PaperSession.create(cfg, sched_dir, state, store=CCXTStore(exchange=client, sleep=lambda _: None),
                             sleep=lambda _: ex.advance(bars=1), install_signals=False, emit=lambda _: None)
         sess.on_bar = lambda bar, fills: sess.stop_event.set() if bar.ms >= e.value // 1_000_000 else None
         sess.run()

@@ -92,7 +92,7 @@ def _resume_and_compare(frame, cfg, tmp_path, full, saver, when: pd.Timestamp, c
     glued = round_trips(pd.concat([full.fills.iloc[:n_fills], res.fills], ignore_index=True), frame.index,
                         last_close=float(frame["close"].iloc[-1]))
     pd.testing.assert_frame_equal(glued.drop(columns=["entry_bar", "exit_bar"]),
-                                  full.trades.drop(columns=["entry_bar", "exit_bar"]), rtol=1e-12)
+                                  full.trades.drop(columns=["entry_bar", "exit_bar", "model_id"], errors="ignore"), rtol=1e-12)
     assert resumed.risk.state_dict()["trips"] == saver.risk.state_dict()["trips"]
     assert resumed.signal_stats == pytest.approx(saver.signal_stats, nan_ok=True)
     return len(after)
