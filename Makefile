@@ -19,7 +19,7 @@ setup: $(STAMP)
 # --dist loadfile: one worker per test file, so module fixtures (trained bundles, sweeps) are
 # built once, not once on each worker
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
