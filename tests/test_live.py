@@ -120,10 +120,13 @@ def venue(frame: pd.DataFrame, start: pd.Timestamp, **kwargs) -> ReplayExchange:
     return ReplayExchange(frame, start=start, api_key=KEY, api_secret=SECRET, **kwargs)
 
 
-def client_for(ex: ReplayExchange, timeout_ms: int = 5000, keys: bool = True) -> ccxt.Exchange:
+def client_for(ex: ReplayExchange, timeout_ms: int = 5000, keys: bool = True,
+               recv_window_ms: int | None = None) -> ccxt.Exchange:
     c = make_exchange("binance", url=ex.url, timeout_ms=timeout_ms, api_key_env=KEY_ENV if keys else None,
                       secret_env=SECRET_ENV if keys else None)
     c.enableRateLimit = False  # 127.0.0.1 only
+    if recv_window_ms is not None:
+        c.options["recvWindow"] = recv_window_ms
     return c
 
 
@@ -469,7 +472,11 @@ def test_429_5xx_and_timeouts_make_no_duplicates_and_no_crash(tmp_path, fast_bun
         ex.inject("slow", delay_s=1.5, times=1, path="/api/v3/openOrders", skip=4)
         ex.inject("drop", times=1, path="/api/v3/orderList", method="DELETE")
         ex.inject("status", status=429, retry_after=0, times=4, path="/api/v3/klines", skip=20)
-        store = store_for(ex, timeout_ms=1000)
+        # A lost answer is waited out for real here: the store's in-flight window (recvWindow
+        # + 1 s) must pass on the venue's clock, or the slow order (answered after 1.5 s) could
+        # still execute after the resend. A 1.2 s recvWindow keeps the waits short.
+        store = CCXTStore(exchange=client_for(ex, timeout_ms=1000, recv_window_ms=1200), backoff_s=0.0,
+                          inflight_step_s=0.3)
         res = run_live(fast_bundle, cfg, tmp_path / "faulty.db", ex, stop_ms=ms(e), store=store)
         outcomes = [r.outcome for r in ex.requests]
         assert not ex.faults, "every injected fault fired"
