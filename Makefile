@@ -16,10 +16,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-# --dist loadfile: one worker per test file, so module fixtures (trained bundles, sweeps) are
-# built once, not once on each worker
+# Two workers, not -n auto: xdist's auto count asks psutil for the host's physical cores, which
+# in a container can be far more than the CPUs granted (every worker holds torch, numba and a
+# trained bundle: ~1.4 GB). --dist loadfile: one worker per test file, so module fixtures
+# (trained bundles, sweeps) are built once, not once on each worker. --durations: the slowest
+# tests show at the end of the CI log.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
