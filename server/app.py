@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -136,6 +136,21 @@ async def _read_body(request: Request, model: Any) -> Any:
     return _parse(model, raw)
 
 
+async def _in_threadpool(request: Request, model: type[BaseModel], work: Callable[[Any], Response]) -> Any:
+    """The body parsed as ``model`` (or the response that refuses it), then ``work(body)`` run
+    in the threadpool: scoring is CPU-bound and must not hold the event loop."""
+    body = await _read_body(request, model)
+    if isinstance(body, Response):
+        return body
+    return await run_in_threadpool(work, body)
+
+
+def _scoring_refusal(loc: list[str | int], where: str, exc: NtsError) -> JSONResponse:
+    """422 for candles or policy overrides the scoring path refused: the field named is
+    ``policy`` when the message is about the policy, else the candles (``where``)."""
+    return _refusal([*loc, "policy" if "policy" in str(exc) else where], str(exc))
+
+
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
     """The body parsed straight from its bytes by pydantic (one pass, no intermediate dicts:
     several times faster than decoding then validating ~1,400 candles); a refusal is the
@@ -241,27 +256,21 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
     @app.post("/predict", tags=["inference"], dependencies=read, response_model=Prediction, responses=_R,
               summary="The backtest's decision on the last of these bars", openapi_extra=_body(PredictRequest))
     async def predict(request: Request) -> Any:
-        body = await _read_body(request, PredictRequest)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_predict_one, body)
+        return await _in_threadpool(request, PredictRequest, _predict_one)
 
     def _predict_one(body: PredictRequest) -> Response:
         try:
             frame = request_frame(body, setup)
             out = predict_frame(setup, frame, body.policy, app.state.window_cache)
         except NtsError as exc:
-            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
+            return _scoring_refusal(["body"], body.where, exc)
         metrics.predicted(out)
         return Response(out.model_dump_json(), media_type="application/json")
 
     @app.post("/predict/batch", tags=["inference"], dependencies=read, response_model=BatchResponse, responses=_R,
               summary="Several symbols or windows in one call", openapi_extra=_body(BatchRequest))
     async def predict_batch(request: Request) -> Any:
-        body = await _read_body(request, BatchRequest)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_predict_many, body)
+        return await _in_threadpool(request, BatchRequest, _predict_many)
 
     def _predict_many(body: BatchRequest) -> Response:
         results = []
@@ -270,8 +279,7 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
                 frame = request_frame(item, setup, where=f"items[{i}].")
                 out = predict_frame(setup, frame, item.policy, app.state.window_cache)
             except NtsError as exc:
-                field = "policy" if "policy" in str(exc) else item.where
-                return _refusal(["body", "items", i, field], str(exc))
+                return _scoring_refusal(["body", "items", i], item.where, exc)
             metrics.predicted(out)
             results.append(BatchResult(**out.model_dump(), symbol=item.symbol))
         return Response(BatchResponse(results=results).model_dump_json(), media_type="application/json")
@@ -303,10 +311,7 @@ def _stream_routes(app: FastAPI, streams: StreamRegistry, read: list, metrics: M
               summary="Open a bar stream: the warm-up once, the decision on its last bar",
               openapi_extra=_body(StreamOpen))
     async def open_stream(request: Request) -> Any:
-        body = await _read_body(request, StreamOpen)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_open, body)
+        return await _in_threadpool(request, StreamOpen, _open)
 
     def _open(body: StreamOpen) -> Response:
         try:
@@ -316,7 +321,7 @@ def _stream_routes(app: FastAPI, streams: StreamRegistry, read: list, metrics: M
         except StreamsFull as exc:
             return JSONResponse({"detail": str(exc)}, status_code=429)
         except NtsError as exc:
-            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
+            return _scoring_refusal(["body"], body.where, exc)
         return answer(pred, stream, StreamOpened, idle_expiry_s=streams.idle_s)
 
     @app.post("/streams/{stream_id}/bars", tags=["streams"], dependencies=read, response_model=StreamPrediction,
