@@ -199,32 +199,13 @@ def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, sp
         t_epoch = time.perf_counter()
         net.train()
         plan = batches.plan(gen)
-        n_batches = len(plan)
-        epoch_logits = np.empty(n, dtype=np.float64)
-        epoch_y = np.empty(n, dtype=np.float64)
-        total = 0.0
-        lo = 0
         # a manual bar (not an iterator wrapper) so the epoch's validation figures can still be
         # written onto it after the last batch
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+        bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        for b, item in enumerate(plan):
-            opt.zero_grad(set_to_none=True)
-            logits, y = batches.forward(net, item)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            opt.step()
-            k = len(y)
-            total += float(loss.detach()) * k
-            epoch_logits[lo:lo + k] = logits.detach().double().numpy()
-            epoch_y[lo:lo + k] = y.double().numpy()
-            lo += k
-            bar.update(1)
-            if progress and (b % 20 == 0 or b == n_batches - 1):
-                bar.set_postfix(loss=f"{total / lo:.4f}", refresh=False)
+        train_loss, epoch_y, epoch_logits = _train_epoch(net, batches, plan, opt, loss_fn, n, bar, progress)
         seen += n
         train_seconds = time.perf_counter() - t_epoch
-        train_loss = total / n
         train_auc = auc(epoch_y, epoch_logits)
         val_logits = batches.logits(net, split.val)
         val_loss = weighted_bce(val_logits, y_val, pos_weight)
@@ -248,6 +229,32 @@ def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, sp
     net.load_state_dict(best_state)
     return FitResult(state_dict=best_state, history=history, best_epoch=best_epoch, stopped_early=stopped,
                      seconds=secs, samples_per_s=seen / secs if secs > 0 else float("nan"))
+
+
+def _train_epoch(net: torch.nn.Module, batches: WindowBatches | SequenceBatches, plan: list,
+                 opt: torch.optim.Optimizer, loss_fn: torch.nn.Module, n: int, bar: tqdm,
+                 progress: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """One optimiser step per batch of ``plan`` (``n`` training samples in all); returns the
+    epoch's mean training loss, and the targets and logits it saw, batch by batch."""
+    epoch_logits = np.empty(n, dtype=np.float64)
+    epoch_y = np.empty(n, dtype=np.float64)
+    total = 0.0
+    lo = 0
+    for b, item in enumerate(plan):
+        opt.zero_grad(set_to_none=True)
+        logits, y = batches.forward(net, item)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        opt.step()
+        k = len(y)
+        total += float(loss.detach()) * k
+        epoch_logits[lo:lo + k] = logits.detach().double().numpy()
+        epoch_y[lo:lo + k] = y.double().numpy()
+        lo += k
+        bar.update(1)
+        if progress and (b % 20 == 0 or b == len(plan) - 1):
+            bar.set_postfix(loss=f"{total / lo:.4f}", refresh=False)
+    return total / n, epoch_y, epoch_logits
 
 
 def _span(index: pd.DatetimeIndex, a: int, b: int) -> list[str]:
