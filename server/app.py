@@ -356,88 +356,97 @@ def _who(request: Request) -> str:
     return f"api token holder from {client}"
 
 
+_API = "/api/v1"
+
+
+def _no_journal() -> JSONResponse:
+    """409: the session has not opened its journal yet."""
+    return JSONResponse({"detail": "the session has no journal yet (still starting)"}, status_code=409)
+
+
 def _operator_routes(app: FastAPI, host: SessionHost, read: list, control: list) -> None:
-    prefix = "/api/v1"
+    """The status page and the operator API of the hosted paper/live session."""
+    _operator_read_routes(app, host, read)
+    _operator_control_routes(app, host, control)
 
-    def journal_or_409():
-        j = host.reader()
-        if j is None:
-            return None
-        return j
 
-    def no_journal() -> JSONResponse:
-        return JSONResponse({"detail": "the session has no journal yet (still starting)"}, status_code=409)
+def _operator_read_routes(app: FastAPI, host: SessionHost, read: list) -> None:
+    """Status page, status, trades, fills, bars, equity and journal (read token)."""
 
     @app.get("/", tags=["operator"], dependencies=read, response_class=HTMLResponse, responses=_R,
              summary="Status page (refreshes itself)")
     def status_page() -> HTMLResponse:
         return HTMLResponse(render_status_page(host))
 
-    @app.get(f"{prefix}/status", tags=["operator"], dependencies=read, responses=_R,
+    @app.get(f"{_API}/status", tags=["operator"], dependencies=read, responses=_R,
              summary="Position, equity, working orders, breakers, halt and why")
     def status() -> dict[str, Any]:
         return views.session_status(host)
 
-    @app.get(f"{prefix}/trades", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
+    @app.get(f"{_API}/trades", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
     def trades() -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else {"trades": views.trades(j)}
+        j = host.reader()
+        return _no_journal() if j is None else {"trades": views.trades(j)}
 
-    @app.get(f"{prefix}/fills", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
+    @app.get(f"{_API}/fills", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
     def fills(limit: int = Query(100, ge=1, le=10_000)) -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else {"fills": views.fills(j, limit)}
+        j = host.reader()
+        return _no_journal() if j is None else {"fills": views.fills(j, limit)}
 
-    @app.get(f"{prefix}/bars", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/bars", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Journaled bars (decisions, position, equity), paged")
     def bars(offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000),
              order: Literal["asc", "desc"] = "asc") -> Any:
-        if journal_or_409() is None:
-            return no_journal()
+        if host.reader() is None:
+            return _no_journal()
         return views.bars_page(host.state, offset, limit, newest_first=order == "desc")
 
-    @app.get(f"{prefix}/equity", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/equity", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Equity per bar, paged")
     def equity(offset: int = Query(0, ge=0, le=10**9), limit: int = Query(1000, ge=1, le=1000)) -> Any:
-        if journal_or_409() is None:
-            return no_journal()
+        if host.reader() is None:
+            return _no_journal()
         page = views.bars_page(host.state, offset, limit)
         page["bars"] = [{"time": b["time"], "equity": b["equity"], "position": b["position"]} for b in page["bars"]]
         return page
 
-    @app.get(f"{prefix}/journal", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/journal", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Journal summary and recent events")
     def journal() -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else views.journal_summary(j)
+        j = host.reader()
+        return _no_journal() if j is None else views.journal_summary(j)
 
-    @app.post(f"{prefix}/pause", tags=["operator"], dependencies=control, responses=_CONTROL,
+
+def _operator_control_routes(app: FastAPI, host: SessionHost, control: list) -> None:
+    """Pause, unpause, flatten, resume and stop (control token; each is journaled by the host)."""
+
+    @app.post(f"{_API}/pause", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="No new entries (exits still run)")
     def pause(request: Request, body: Reason | None = None) -> Any:
         changed = host.pause((body.reason if body else "") or "paused by operator", _who(request))
         return {"paused": True, "changed": changed}
 
-    @app.post(f"{prefix}/unpause", tags=["operator"], dependencies=control, responses=_CONTROL)
+    @app.post(f"{_API}/unpause", tags=["operator"], dependencies=control, responses=_CONTROL)
     def unpause(request: Request) -> Any:
         return {"paused": False, "changed": host.unpause(_who(request))}
 
-    @app.post(f"{prefix}/flatten", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/flatten", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Close the position at market at the next bar and halt")
     def flatten(request: Request, body: Reason | None = None) -> Any:
         try:
             return host.flatten((body.reason if body else "") or "no reason given", _who(request))
         except JournalError:
-            return no_journal()
+            return _no_journal()
 
-    @app.post(f"{prefix}/resume", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/resume", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Clear a halt (the reason is journaled, as with nts resume)")
     def resume(request: Request, body: ResumeReason) -> Any:
         try:
             return host.resume(body.reason, _who(request))
         except JournalError:
-            return no_journal()
+            return _no_journal()
 
-    @app.post(f"{prefix}/stop", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/stop", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Stop the session (the bar in progress completes) and the server")
     def stop() -> Any:
         host.stop()
