@@ -486,7 +486,7 @@ def _read_sequence_weights(meta: dict, directory: Path) -> bytes | None:
     return _verified_bytes(directory / SEQUENCE_WEIGHTS_FILE, meta["sequence_weights_sha256"], "weights")
 
 
-def _read_onnx(meta: dict, directory: Path, weights: Path) -> bytes:
+def _read_onnx(meta: dict, directory: Path) -> bytes:
     """model.onnx checked against bundle.json's sha256."""
     if meta.get("onnx_sha256") is None:
         raise BundleError(f"{directory}: a bundle from before ONNX (bundle.json records no model.onnx): run "
@@ -559,7 +559,7 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
     directory, weights = resolve_bundle_dir(path)
     meta = read_meta(directory, weights, expected_window)
     meta_path = directory / META_FILE
-    onnx = _read_onnx(meta, directory, weights)
+    onnx = _read_onnx(meta, directory)
     sequence_weights = _read_sequence_weights(meta, directory)
     try:
         return ModelBundle(meta, onnx, path=directory, sequence_weights=sequence_weights)
