@@ -1,5 +1,5 @@
 """Helpers the benchmark scripts share: where the real candles are, which bars to time, a
-best-of timer and a bundle to score with.
+best-of timer, a wall + CPU timer and a bundle to score with.
 
 Not a benchmark itself (``make bench`` runs ``bench_*.py`` only). The scripts import it as
 ``from _timing import ...``: Python puts a script's own folder first on ``sys.path``.
@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the scripts run as files, from any folder
@@ -23,6 +23,8 @@ from core.synthetic import synthetic_ohlcv  # noqa: E402
 #: the real BTC/USDT 15m candles, beside the repository (absent on a fresh machine)
 REAL = ROOT.parent / "shared" / "data" / "btc_usdt_15m.csv.gz"
 
+T = TypeVar("T")
+
 
 def best_of(fn: Callable[[], Any], repeat: int) -> float:
     """Shortest wall time of ``repeat`` calls (the run least disturbed by other processes)."""
@@ -32,6 +34,14 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """``fn()``'s result, the wall seconds it took and the process CPU seconds (all threads:
+    the rate a busy core reaches, whatever else the machine runs)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_frame(bars: int | None = None, generated: int = 100_000) -> tuple[Any, str]:

@@ -18,24 +18,18 @@ pipeline fed a precomputed probability.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import backtrader as bt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _timing import bench_bundle, bench_frame, best_of, timed  # puts the repository on sys.path
 from core.config import load_config  # noqa: E402
 from core.costs import Costs  # noqa: E402
-from core.ohlcv import load_ohlcv  # noqa: E402
-from core.synthetic import synthetic_ohlcv  # noqa: E402
+from models.bundle import load_bundle  # noqa: E402
 from strategies.backtest import frame_feed, run_backtest  # noqa: E402
 from strategies.base import ModelStrategy  # noqa: E402
 from strategies.bt_broker import apply_costs  # noqa: E402
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
 
 
 class SmaCross(bt.Strategy):
@@ -59,28 +53,20 @@ class PrecomputedP(ModelStrategy):
         return self.data.prob
 
 
-def run_sma(frame, cfg) -> float:
-    t0 = time.perf_counter()
+def run_sma(frame, cfg) -> None:
+    """The SMA(5/20) crossover backtest over ``frame`` (same feed, costs and runonce mode)."""
     cerebro = bt.Cerebro(stdstats=False, runonce=True, preload=True)
     cerebro.adddata(frame_feed(frame))
     apply_costs(cerebro, Costs.from_config(cfg), cash=cfg.execution.cash)
     cerebro.addstrategy(SmaCross)
     cerebro.run()
-    return time.perf_counter() - t0
 
 
-def run_tcn(frame, cfg, bundle, cache_dir: Path) -> tuple[float, dict]:
-    t0 = time.perf_counter()
+def run_tcn(frame, cfg, bundle, cache_dir: Path) -> dict:
+    """The library's TCN backtest over the whole of ``frame``; its metrics."""
     res = run_backtest(bundle, frame, cfg, start=frame.index[0], allow_in_sample=True, progress=False,
                        prob_cache=cache_dir)
-    return time.perf_counter() - t0, res.metrics
-
-
-def _with_cpu(fn):
-    """(fn's result, process CPU seconds it took)."""
-    c0 = time.process_time()
-    out = fn()
-    return out, time.process_time() - c0
+    return res.metrics
 
 
 def main() -> None:
@@ -91,53 +77,32 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = load_config()
-    if REAL.exists():
-        frame, source = load_ohlcv(REAL), f"real {REAL.name}"
-    else:
-        frame, source = synthetic_ohlcv(100_000, seed=1, gaps={40_000: 50}), "generated"
-    if args.bars:
-        frame = frame.iloc[-args.bars:]
-    from models.bundle import load_bundle
-
-    if args.model:
-        bundle = load_bundle(args.model)
-    else:
-        from models.train import train_bundle
-
-        tmp = Path(tempfile.mkdtemp(prefix="nts-bench-")) / "bundle"
-        tcfg = load_config(None, ["training.epochs=1", "training.batch_size=256", "training.threads=2",
-                                  "training.max_samples=2000"])
-        print("training a small bundle on generated bars (not timed) ...", flush=True)
-        train_bundle(synthetic_ohlcv(4000, seed=11), tcfg, tmp, progress=False)
-        bundle = load_bundle(tmp)
+    frame, source = bench_frame(args.bars)
+    # a --model that is not a bundle is refused (bench_bundle alone would train one instead)
+    bundle = load_bundle(args.model) if args.model else bench_bundle(None)
     print(f"bars: {len(frame):,} ({source}); bundle window {bundle.window}, min_bars {bundle.min_bars}, "
           f"scoring threads {bundle.threads}, history_bars {bundle.history_bars}")
 
     # Interleaved rounds (SMA, first TCN run, cached TCN run), so a change of the machine's load
     # during the benchmark hits every kind of run alike. First run: an empty probability cache
     # (the network scores every window); cached run: the cache the round's first run left.
+    # each run: (metrics, wall seconds, CPU seconds)
     sma_runs, tcn_runs, cached_runs = [], [], []
     for _ in range(args.repeats):
         cache = Path(tempfile.mkdtemp(prefix="nts-bench-cache-"))
-        sma_runs.append(_with_cpu(lambda: run_sma(frame, cfg)))
-        tcn_runs.append(_with_cpu(lambda: run_tcn(frame, cfg, bundle, cache)))
-        cached_runs.append(_with_cpu(lambda: run_tcn(frame, cfg, bundle, cache)))
-    assert all(r[0][1]["run"]["probabilities"].startswith("probability cache") for r in cached_runs)
-    sma, sma_cpu = min(sma_runs)
-    (tcn, m), tcn_cpu = min(tcn_runs, key=lambda r: r[0][0])
-    (cached, _), cached_cpu = min(cached_runs, key=lambda r: r[0][0])
+        sma_runs.append(timed(lambda: run_sma(frame, cfg)))
+        tcn_runs.append(timed(lambda: run_tcn(frame, cfg, bundle, cache)))
+        cached_runs.append(timed(lambda: run_tcn(frame, cfg, bundle, cache)))
+    assert all(r[0]["run"]["probabilities"].startswith("probability cache") for r in cached_runs)
+    _, sma, sma_cpu = min(sma_runs, key=lambda r: r[1])
+    m, tcn, tcn_cpu = min(tcn_runs, key=lambda r: r[1])
+    _, cached, cached_cpu = min(cached_runs, key=lambda r: r[1])
     m = m["strategy"]
-    score = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        prob = bundle.predict_proba(frame)
-        score.append(time.perf_counter() - t0)
-    with_p = frame.assign(prob=prob.to_numpy())
-    pipe = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        run_backtest(None, with_p, cfg, strategy=PrecomputedP, start=frame.index[0], progress=False)
-        pipe.append(time.perf_counter() - t0)
+    probs = {}
+    score = best_of(lambda: probs.__setitem__("p", bundle.predict_proba(frame)), args.repeats)
+    with_p = frame.assign(prob=probs["p"].to_numpy())
+    pipe = best_of(lambda: run_backtest(None, with_p, cfg, strategy=PrecomputedP, start=frame.index[0],
+                                        progress=False), args.repeats)
     print(f"SMA(5/20) crossover backtest : {sma:8.2f} s  ({len(frame) / sma:,.0f} bars/s)")
     print(f"TCN strategy full backtest   : {tcn:8.2f} s  ({len(frame) / tcn:,.0f} bars/s; "
           f"{m['trades']} trades)")
@@ -147,8 +112,8 @@ def main() -> None:
     print(f"  CPU seconds of the same runs (all threads): SMA {sma_cpu:.2f}, first {tcn_cpu:.2f} "
           f"({tcn_cpu / sma_cpu:.2f}x), cached {cached_cpu:.2f} ({cached_cpu / sma_cpu:.2f}x)")
     print(f"  of which: batch TCN scoring (bundle.predict_proba, {len(frame):,} bars, ONNX Runtime on "
-          f"{bundle.threads} worker threads): {min(score):.2f} s = {len(frame) / min(score):,.0f} bars/s")
-    print(f"  same pipeline with precomputed P (no network): {min(pipe):.2f} s = {min(pipe) / sma:.2f}x SMA")
+          f"{bundle.threads} worker threads): {score:.2f} s = {len(frame) / score:,.0f} bars/s")
+    print(f"  same pipeline with precomputed P (no network): {pipe:.2f} s = {pipe / sma:.2f}x SMA")
 
 
 if __name__ == "__main__":

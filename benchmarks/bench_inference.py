@@ -21,26 +21,18 @@ Without ``--model`` a bundle of the default network size is trained on generated
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.config import load_config  # noqa: E402
-from core.ohlcv import load_ohlcv  # noqa: E402
-from core.synthetic import synthetic_ohlcv  # noqa: E402
+from _timing import bench_bundle, bench_frame, best_of, timed  # puts the repository on sys.path
 from models.bundle import load_bundle  # noqa: E402
 from models.dataset import window_view  # noqa: E402
 from models.labels import triple_barrier_events  # noqa: E402
 from models.metrics import auc  # noqa: E402
 from models.onnx_export import reference_network  # noqa: E402
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "btc_usdt_15m.csv.gz"
 
 
 def macs_per_window(model: dict, window: int, n_features: int) -> int:
@@ -59,14 +51,8 @@ def gemm_peak_gflops(threads: int = 2, n: int = 1024) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    best = best_of(lambda: torch.mm(a, b), 5)
     return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _pct(ns: list[int]) -> str:
@@ -119,17 +105,13 @@ def bench_batch(bundle, net, frame, repeats: int, macs: int) -> tuple[np.ndarray
     out = {}
     for threads in (1, 2):
         bundle.threads = threads
-        runs = []
-        for _ in range(repeats):
-            c0 = time.process_time()
-            wall = _timed(lambda: out.__setitem__("ort", bundle.scorer.logits(windows)))
-            runs.append((wall, time.process_time() - c0))
+        runs = [timed(lambda: out.__setitem__("ort", bundle.scorer.logits(windows)))[1:] for _ in range(repeats)]
         secs, cpu_secs = min(runs)
         report(f"ORT network only, {threads} worker thread(s)", secs, True)
         # CPU seconds of the process: the rate a busy core reaches, whatever else the machine runs
         print(f"{'':<46}  CPU {cpu_secs:6.2f} s = {n / cpu_secs:,.0f} windows per CPU-second, "
               f"{n / cpu_secs * 2 * macs / 1e9:.1f} GFLOP/s a busy core")
-    secs = min(_timed(lambda: out.__setitem__("proba", bundle.predict_proba(frame))) for _ in range(repeats))
+    secs = best_of(lambda: out.__setitem__("proba", bundle.predict_proba(frame)), repeats)
     report("ORT predict_proba (features+windows+net), 2 thr", secs, False)
     torch.set_num_threads(2)
 
@@ -140,7 +122,7 @@ def bench_batch(bundle, net, frame, repeats: int, macs: int) -> tuple[np.ndarray
                 res[i:i + 128] = net(torch.from_numpy(windows[i:i + 128])).double().numpy()
         out["torch"] = res
 
-    secs = min(_timed(torch_all) for _ in range(repeats))
+    secs = best_of(torch_all, repeats)
     report("torch network only, 2 intra-op threads", secs, True)
     return ends, out["ort"], out["torch"]
 
@@ -152,23 +134,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--single", type=int, default=3000, help="single-window calls timed")
     args = ap.parse_args()
-    if REAL.exists():
-        frame, source = load_ohlcv(REAL), f"real {REAL.name}"
-    else:
-        frame, source = synthetic_ohlcv(100_000, seed=1, gaps={40_000: 50}), "generated"
-    if args.bars:
-        frame = frame.iloc[-args.bars:]
-    if args.model:
-        model = Path(args.model)
-    else:
-        from models.train import train_bundle
-
-        model = Path(tempfile.mkdtemp(prefix="nts-bench-")) / "bundle"
-        cfg = load_config(None, ["training.epochs=1", "training.batch_size=256", "training.threads=2",
-                                 "training.max_samples=2000"])
-        print("training a bundle of the default size on generated bars (not timed) ...", flush=True)
-        train_bundle(synthetic_ohlcv(4000, seed=11), cfg, model, progress=False)
-    bundle = load_bundle(model)
+    frame, source = bench_frame(args.bars)
+    # a --model that is not a bundle is refused (bench_bundle alone would train one instead)
+    bundle = load_bundle(args.model) if args.model else bench_bundle(None)
     state = torch.load(Path(bundle.path) / "final_model.pt", map_location="cpu", weights_only=True)
     net = reference_network(bundle.meta["model"], state, len(bundle.feature_names))
     macs = macs_per_window(bundle.meta["model"], bundle.window, len(bundle.feature_names))

@@ -350,21 +350,44 @@ def validate_ohlcv(
     report = report or DataReport(source="<frame>")
     report.timeframe = timeframe
     src = report.source
+    frame = _canonical_frame(frame, src)
+    _check_values(frame, src)
+    # first among the time checks: an impossible time explains any disorder that follows from it
+    _check_possible_times(frame, src)
+    frame = _drop_exact_duplicates(frame, src, fix, report)
+    frame = _sort_rows(frame, src, fix, report)
+    step_ns = _check_grid(frame, timeframe, src)
+    report.gaps = _gaps(frame.index, step_ns)
+    report.rows = len(frame)
+    report.start = frame.index[0] if len(frame) else None
+    report.end = frame.index[-1] if len(frame) else None
+    report.zero_volume_bars = int((frame["volume"].to_numpy() == 0).sum())
+    return frame, report
+
+
+def _utc_ns(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """``index`` in UTC (naive = UTC) at ns resolution: pandas 3 keeps the parsed resolution
+    (ms, s, ...) and the integer arithmetic on ``asi8`` here assumes ns."""
+    idx = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    return idx.as_unit("ns")
+
+
+def _canonical_frame(frame: pd.DataFrame, src: str) -> pd.DataFrame:
+    """The ``COLUMNS`` of ``frame`` as float64 on a UTC ns index named ``timestamp``."""
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{src}: missing column(s) {', '.join(missing)}")
     if not isinstance(frame.index, pd.DatetimeIndex):
         raise DataError(f"{src}: index must be a DatetimeIndex of bar open times")
     frame = frame[list(COLUMNS)].astype("float64")
-    if frame.index.tz is None:
-        frame.index = frame.index.tz_localize("UTC")
-    else:
-        frame.index = frame.index.tz_convert("UTC")
-    # pandas 3 keeps the parsed resolution (ms, s, ...); integer arithmetic below assumes ns.
-    frame.index = frame.index.as_unit("ns")
+    frame.index = _utc_ns(frame.index)
     frame.index.name = "timestamp"
-    values = frame.to_numpy()
+    return frame
 
+
+def _check_values(frame: pd.DataFrame, src: str) -> None:
+    """Refuse a non-finite value, a negative volume, a non-positive price or inconsistent OHLC."""
+    values = frame.to_numpy()
     bad = ~np.isfinite(values)
     if bad.any():
         r, c = np.argwhere(bad)[0]
@@ -381,48 +404,68 @@ def validate_ohlcv(
     if (l > np.minimum(o, c)).any():
         raise DataError(f"{src}: low > min(open, close) at {_where(frame, l > np.minimum(o, c))}")
 
-    ts = frame.index.asi8  # ns
-    # first among the time checks: an impossible time explains any disorder that follows from it
-    if len(ts):
-        now = pd.Timestamp.now(tz="UTC")
-        early = ts < EARLIEST_CANDLE.value
-        if early.any():
-            raise DataError(f"{src}: timestamp {frame.index[early][0]} at {_where(frame, early)} is before "
-                            f"{EARLIEST_CANDLE:%Y-%m-%d}: not an exchange candle (epoch seconds read as "
-                            "milliseconds, or the wrong time column?)")
-        late = ts > now.value
-        if late.any():
-            raise DataError(f"{src}: timestamp {frame.index[late][0]} at {_where(frame, late)} is in the future "
-                            f"(now {now:%Y-%m-%d %H:%M} UTC): not an exchange candle (wrong time unit or column?)")
-    dup = frame.index.duplicated(keep="first")
-    if dup.any():
-        if not fix:
-            raise DataError(
-                f"{src}: duplicate timestamp {frame.index[dup][0]} at {_where(frame, dup)}; "
-                f"{int(dup.sum())} duplicates in all ({FIX_HINT})"
-            )
-        full_dup = frame.reset_index().duplicated(keep="first").to_numpy()
-        conflicting = dup & ~full_dup
-        if conflicting.any():
-            raise DataError(
-                f"{src}: duplicate timestamp {frame.index[conflicting][0]} with different values at "
-                f"{_where(frame, conflicting)}; refusing to choose one"
-            )
-        report.fixes.append(f"dropped {int(dup.sum())} exact duplicate rows (first at {frame.index[dup][0]})")
-        frame = frame[~dup]
-        ts = frame.index.asi8
-    if len(ts) > 1 and (np.diff(ts) < 0).any():
-        if not fix:
-            bad_pos = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
-            raise DataError(
-                f"{src}: timestamps not sorted at row {bad_pos + 1} ({frame.index[bad_pos]} after "
-                f"{frame.index[bad_pos - 1]}); {FIX_HINT}"
-            )
-        n_out = int((np.diff(ts) < 0).sum())
-        frame = frame.sort_index(kind="stable")
-        report.fixes.append(f"sorted {n_out} out-of-order rows")
-        ts = frame.index.asi8
 
+def _check_possible_times(frame: pd.DataFrame, src: str) -> None:
+    """Refuse a bar that opens before :data:`EARLIEST_CANDLE` or after now: not an exchange
+    candle (a wrong time unit or column)."""
+    ts = frame.index.asi8  # ns
+    if not len(ts):
+        return
+    now = pd.Timestamp.now(tz="UTC")
+    early = ts < EARLIEST_CANDLE.value
+    if early.any():
+        raise DataError(f"{src}: timestamp {frame.index[early][0]} at {_where(frame, early)} is before "
+                        f"{EARLIEST_CANDLE:%Y-%m-%d}: not an exchange candle (epoch seconds read as "
+                        "milliseconds, or the wrong time column?)")
+    late = ts > now.value
+    if late.any():
+        raise DataError(f"{src}: timestamp {frame.index[late][0]} at {_where(frame, late)} is in the future "
+                        f"(now {now:%Y-%m-%d %H:%M} UTC): not an exchange candle (wrong time unit or column?)")
+
+
+def _drop_exact_duplicates(frame: pd.DataFrame, src: str, fix: bool, report: DataReport) -> pd.DataFrame:
+    """Refuse repeated timestamps; with ``fix`` drop the exact duplicate rows (reported) but
+    still refuse duplicates that disagree in values."""
+    dup = frame.index.duplicated(keep="first")
+    if not dup.any():
+        return frame
+    if not fix:
+        raise DataError(
+            f"{src}: duplicate timestamp {frame.index[dup][0]} at {_where(frame, dup)}; "
+            f"{int(dup.sum())} duplicates in all ({FIX_HINT})"
+        )
+    full_dup = frame.reset_index().duplicated(keep="first").to_numpy()
+    conflicting = dup & ~full_dup
+    if conflicting.any():
+        raise DataError(
+            f"{src}: duplicate timestamp {frame.index[conflicting][0]} with different values at "
+            f"{_where(frame, conflicting)}; refusing to choose one"
+        )
+    report.fixes.append(f"dropped {int(dup.sum())} exact duplicate rows (first at {frame.index[dup][0]})")
+    return frame[~dup]
+
+
+def _sort_rows(frame: pd.DataFrame, src: str, fix: bool, report: DataReport) -> pd.DataFrame:
+    """Refuse rows out of time order; with ``fix`` sort them (stable, reported)."""
+    ts = frame.index.asi8
+    if len(ts) <= 1 or not (np.diff(ts) < 0).any():
+        return frame
+    if not fix:
+        bad_pos = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
+        raise DataError(
+            f"{src}: timestamps not sorted at row {bad_pos + 1} ({frame.index[bad_pos]} after "
+            f"{frame.index[bad_pos - 1]}); {FIX_HINT}"
+        )
+    n_out = int((np.diff(ts) < 0).sum())
+    frame = frame.sort_index(kind="stable")
+    report.fixes.append(f"sorted {n_out} out-of-order rows")
+    return frame
+
+
+def _check_grid(frame: pd.DataFrame, timeframe: str, src: str) -> int:
+    """Refuse a bar off the ``timeframe`` grid, or bars typically spaced wider than it;
+    return the step in ns."""
+    ts = frame.index.asi8
     step_ns = timeframe_seconds(timeframe) * 1_000_000_000
     off_grid = (ts % step_ns) != 0
     if off_grid.any():
@@ -430,7 +473,6 @@ def validate_ohlcv(
             f"{src}: timestamp {frame.index[off_grid][0]} at {_where(frame, off_grid)} is not aligned to "
             f"the {timeframe} grid (wrong timeframe?)"
         )
-    gaps: list[Gap] = []
     if len(ts) > 2:
         # Aligned but sparser than declared (e.g. 1h bars checked as 15m) would otherwise
         # pass as "every bar followed by a gap": the typical step must be the timeframe.
@@ -438,17 +480,17 @@ def validate_ohlcv(
         if typical != step_ns:
             raise DataError(f"{src}: typical bar spacing is {pd.Timedelta(typical)}, expected {timeframe} "
                             f"(wrong timeframe?)")
-    if len(ts) > 1:
-        steps = np.diff(ts)  # multiples of the step: every timestamp is on the grid
-        for pos in np.flatnonzero(steps > step_ns):
-            gaps.append(Gap(after=frame.index[pos], before=frame.index[pos + 1],
-                            missing=int(steps[pos] // step_ns) - 1))
-    report.gaps = gaps
-    report.rows = len(frame)
-    report.start = frame.index[0] if len(frame) else None
-    report.end = frame.index[-1] if len(frame) else None
-    report.zero_volume_bars = int((frame["volume"].to_numpy() == 0).sum())
-    return frame, report
+    return step_ns
+
+
+def _gaps(index: pd.DatetimeIndex, step_ns: int) -> list[Gap]:
+    """The runs of missing bars in a sorted, unique, on-grid ``index``."""
+    ts = index.asi8
+    if len(ts) <= 1:
+        return []
+    steps = np.diff(ts)  # multiples of the step: every timestamp is on the grid
+    return [Gap(after=index[pos], before=index[pos + 1], missing=int(steps[pos] // step_ns) - 1)
+            for pos in np.flatnonzero(steps > step_ns)]
 
 
 def checked_bars(frame: pd.DataFrame, columns: tuple[str, ...] = COLUMNS,
@@ -468,8 +510,7 @@ def checked_bars(frame: pd.DataFrame, columns: tuple[str, ...] = COLUMNS,
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
     if not isinstance(frame.index, pd.DatetimeIndex):
         raise DataError(f"{where}: index must be a DatetimeIndex of bar open times")
-    idx = frame.index.tz_localize("UTC") if frame.index.tz is None else frame.index.tz_convert("UTC")
-    idx = idx.as_unit("ns")
+    idx = _utc_ns(frame.index)
     ts = idx.asi8
     if len(ts) > 1 and (np.diff(ts) <= 0).any():
         pos = int(np.flatnonzero(np.diff(ts) <= 0)[0]) + 1

@@ -483,17 +483,10 @@ def _read_sequence_weights(meta: dict, directory: Path) -> bytes | None:
     """A sequence-mode bundle's sequence_weights.npz checked against bundle.json (None in window mode)."""
     if meta.get("model", {}).get("context", "window") != "sequence":
         return None
-    path = directory / SEQUENCE_WEIGHTS_FILE
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-    if sha256_bytes(data) != meta["sequence_weights_sha256"]:
-        raise BundleError(f"{path}: sha256 differs from bundle.json (tampered or truncated weights)")
-    return data
+    return _verified_bytes(directory / SEQUENCE_WEIGHTS_FILE, meta["sequence_weights_sha256"], "weights")
 
 
-def _read_onnx(meta: dict, directory: Path, weights: Path) -> bytes:
+def _read_onnx(meta: dict, directory: Path) -> bytes:
     """model.onnx checked against bundle.json's sha256."""
     if meta.get("onnx_sha256") is None:
         raise BundleError(f"{directory}: a bundle from before ONNX (bundle.json records no model.onnx): run "
@@ -501,12 +494,18 @@ def _read_onnx(meta: dict, directory: Path, weights: Path) -> bytes:
     path = directory / ONNX_FILE
     if not path.is_file():
         raise BundleError(f"{directory}: {ONNX_FILE} is missing (bundle.json records its sha256)")
+    return _verified_bytes(path, meta["onnx_sha256"], "graph")
+
+
+def _verified_bytes(path: Path, sha256: str, what: str) -> bytes:
+    """The bytes of ``path``, refused (one line naming the file) unless it can be read and its
+    sha256 is the one bundle.json records; ``what`` names the content in the refusal."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-    if sha256_bytes(data) != meta["onnx_sha256"]:
-        raise BundleError(f"{path}: sha256 differs from bundle.json (tampered or truncated graph)")
+    if sha256_bytes(data) != sha256:
+        raise BundleError(f"{path}: sha256 differs from bundle.json (tampered or truncated {what})")
     return data
 
 
@@ -542,12 +541,7 @@ def read_meta(directory: Path, weights: Path, expected_window: int | None = None
     window = meta["window"]
     if expected_window is not None and int(expected_window) != window:
         raise BundleError(f"{meta_path}: bundle window {window} differs from the expected {expected_window}")
-    try:
-        digest = sha256_file(weights)
-    except OSError as exc:
-        raise BundleError(f"{weights}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-    if digest != meta["weights_sha256"]:
-        raise BundleError(f"{weights}: sha256 differs from bundle.json (tampered or truncated weights)")
+    _verified_bytes(weights, meta["weights_sha256"], "weights")
     return meta
 
 
@@ -565,7 +559,7 @@ def load_bundle(path: str | Path, expected_window: int | None = None) -> ModelBu
     directory, weights = resolve_bundle_dir(path)
     meta = read_meta(directory, weights, expected_window)
     meta_path = directory / META_FILE
-    onnx = _read_onnx(meta, directory, weights)
+    onnx = _read_onnx(meta, directory)
     sequence_weights = _read_sequence_weights(meta, directory)
     try:
         return ModelBundle(meta, onnx, path=directory, sequence_weights=sequence_weights)

@@ -20,8 +20,6 @@ spinning threads collapse when a core is taken (the same finding as torch's Open
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import BundleError
+from core.worker_pool import run_each
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "windows"
@@ -116,13 +115,7 @@ class OnnxScorer:
         def score(i: int) -> None:
             out[i:i + CHUNK] = self._run(np.ascontiguousarray(x[i:i + CHUNK], dtype=np.float32))
 
-        workers = min(self._threads, os.cpu_count() or 1, len(starts))
-        if workers <= 1:
-            for i in starts:
-                score(i)
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="nts-score") as pool:
-                list(pool.map(score, starts))
+        run_each(score, starts, self._threads, "nts-score")
         return out
 
     def logit_one(self, window: np.ndarray) -> float:

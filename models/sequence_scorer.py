@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from core.errors import BundleError
+from core.worker_pool import run_each
 
 WEIGHTS_FILE = "sequence_weights.npz"
 # Scored bars per piece of batch scoring (module docstring): small enough to stay in cache and
@@ -193,13 +192,7 @@ class SequenceNet:
             lo = s + k * PIECE                        # first input row: burn rows before the piece's first bar
             out[mine] = run(norm[lo:int(ends[mine].max()) + 1])[ends[mine] - lo]
 
-        workers = min(int(threads), os.cpu_count() or 1, len(keys))
-        if workers <= 1:
-            for key in keys:
-                score(key)
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="nts-seq") as pool:
-                list(pool.map(score, keys))
+        run_each(score, keys, threads, "nts-seq")
         return out
 
     def stepper(self) -> "SequenceStep":

@@ -199,32 +199,13 @@ def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, sp
         t_epoch = time.perf_counter()
         net.train()
         plan = batches.plan(gen)
-        n_batches = len(plan)
-        epoch_logits = np.empty(n, dtype=np.float64)
-        epoch_y = np.empty(n, dtype=np.float64)
-        total = 0.0
-        lo = 0
         # a manual bar (not an iterator wrapper) so the epoch's validation figures can still be
         # written onto it after the last batch
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
+        bar = tqdm(total=len(plan), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        for b, item in enumerate(plan):
-            opt.zero_grad(set_to_none=True)
-            logits, y = batches.forward(net, item)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            opt.step()
-            k = len(y)
-            total += float(loss.detach()) * k
-            epoch_logits[lo:lo + k] = logits.detach().double().numpy()
-            epoch_y[lo:lo + k] = y.double().numpy()
-            lo += k
-            bar.update(1)
-            if progress and (b % 20 == 0 or b == n_batches - 1):
-                bar.set_postfix(loss=f"{total / lo:.4f}", refresh=False)
+        train_loss, epoch_y, epoch_logits = _train_epoch(net, batches, plan, opt, loss_fn, n, bar, progress)
         seen += n
         train_seconds = time.perf_counter() - t_epoch
-        train_loss = total / n
         train_auc = auc(epoch_y, epoch_logits)
         val_logits = batches.logits(net, split.val)
         val_loss = weighted_bce(val_logits, y_val, pos_weight)
@@ -248,6 +229,32 @@ def fit_network(net: torch.nn.Module, norm: torch.Tensor, labels: np.ndarray, sp
     net.load_state_dict(best_state)
     return FitResult(state_dict=best_state, history=history, best_epoch=best_epoch, stopped_early=stopped,
                      seconds=secs, samples_per_s=seen / secs if secs > 0 else float("nan"))
+
+
+def _train_epoch(net: torch.nn.Module, batches: WindowBatches | SequenceBatches, plan: list,
+                 opt: torch.optim.Optimizer, loss_fn: torch.nn.Module, n: int, bar: tqdm,
+                 progress: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """One optimiser step per batch of ``plan`` (``n`` training samples in all); returns the
+    epoch's mean training loss, and the targets and logits it saw, batch by batch."""
+    epoch_logits = np.empty(n, dtype=np.float64)
+    epoch_y = np.empty(n, dtype=np.float64)
+    total = 0.0
+    lo = 0
+    for b, item in enumerate(plan):
+        opt.zero_grad(set_to_none=True)
+        logits, y = batches.forward(net, item)
+        loss = loss_fn(logits, y)
+        loss.backward()
+        opt.step()
+        k = len(y)
+        total += float(loss.detach()) * k
+        epoch_logits[lo:lo + k] = logits.detach().double().numpy()
+        epoch_y[lo:lo + k] = y.double().numpy()
+        lo += k
+        bar.update(1)
+        if progress and (b % 20 == 0 or b == len(plan) - 1):
+            bar.set_postfix(loss=f"{total / lo:.4f}", refresh=False)
+    return total / n, epoch_y, epoch_logits
 
 
 def _span(index: pd.DatetimeIndex, a: int, b: int) -> list[str]:
@@ -306,7 +313,7 @@ class FoldOutcome:
 def _train_split(data: PreparedData, split: Split, cfg: Config, epochs: int, progress: bool,
                  meta_stub: dict) -> FoldOutcome:
     window = cfg.model.window
-    span = input_bars(cfg.model) if cfg.model.context == "sequence" else window
+    span = _input_span(cfg)
     tcfg = cfg.training
     # Normaliser: rows that appear in training inputs only.
     ends = np.zeros(len(data.features))
@@ -404,57 +411,89 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     tcfg = cfg.training
     epochs = int(epochs or tcfg.epochs)
     max_samples = max_samples if max_samples is not None else tcfg.max_samples
-    window = cfg.model.window
-    horizon = cfg.labels.horizon
-    span = input_bars(cfg.model) if cfg.model.context == "sequence" else window
 
     with torch_threads(tcfg.threads):
-        data = prepared if prepared is not None else prepare(frame, cfg, window=span)
-        if span != window:
-            # sequence mode: a sample needs `span` finite bars of its own stretch (hooks prepare
-            # with the window); a given split keeps only such samples
-            data, split = with_input_span(data, span, split)
-        if len(data.samples) < 50:
-            raise DataError(f"only {len(data.samples)} labelled samples with a full {window}-bar window; "
-                            f"need more candles")
-        log.info("%d bars, %d labelled samples with valid windows", len(data.index), len(data.samples))
-        if split is not None:
-            splits = [split]
-        elif tcfg.split == "walk_forward":
-            splits = [walk_forward_split(data.samples, horizon, tcfg.embargo, tcfg.val_fraction, tcfg.test_fraction)]
-        else:
-            # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
-            # model (tested on the most recent data, trained on everything before it)
-            splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds,
-                                              min_bars=warmup_bars(cfg.features) + span - 1))
-        splits = [cap_train(s, max_samples) for s in splits]
-        for split in splits:
-            check_eval_spans(split, data.labels)
-
-        model_dict = cfg.model.model_dump(mode="json")
-        meta_stub = {
-            "format_version": FORMAT_VERSION,
-            "feature_names": list(FEATURE_NAMES),
-            "feature_hash": feature_definitions_hash(cfg.features),
-            "feature_config": cfg.features.model_dump(mode="json"),
-            "timeframe": cfg.data.timeframe,
-            "window": window,
-            "model": model_dict,
-            "label_config": cfg.labels.model_dump(mode="json"),
-            "threads": tcfg.threads,
-            "config": config_to_dict(cfg),
-            "spans": {"training": None, "test": None},
-        }
+        data, split = _training_data(frame, cfg, prepared, split)
+        splits = _splits(data, cfg, split, max_samples)
+        meta_stub = _meta_stub(cfg)
         outcomes = []
         for k, split in enumerate(splits):
             if len(splits) > 1:
                 log.info("fold %d/%d: %s", k + 1, len(splits), split.summary())
             outcomes.append(_train_split(data, split, cfg, epochs, progress, meta_stub))
-    final = outcomes[-1]
-    split = final.split
-    idx = data.index
-    min_bars = warmup_bars(cfg.features) + span - 1
-    spans = {
+    meta = _bundle_meta(meta_stub, outcomes, data, cfg, data_path, epochs, max_samples)
+    if meta_hook is not None:
+        meta.update(meta_hook(outcomes[-1], data))
+    meta = _write_bundle(output, meta, outcomes[-1], data_path, overwrite, t0)
+    log.info("bundle written to %s", output)
+    return TrainResult(path=output, meta=meta)
+
+
+def _input_span(cfg: Config) -> int:
+    """Bars one sample's input needs: the window, or in sequence mode window + receptive
+    field - 1 (:func:`models.sequence_train.input_bars`)."""
+    return input_bars(cfg.model) if cfg.model.context == "sequence" else cfg.model.window
+
+
+def _training_data(frame: pd.DataFrame, cfg: Config, prepared: PreparedData | None,
+                   split: Split | None) -> tuple[PreparedData, Split | None]:
+    """Features, labels and valid samples (``prepared`` when given), and ``split`` restricted
+    to the samples with a full input span; fewer than 50 samples are refused."""
+    window = cfg.model.window
+    span = _input_span(cfg)
+    data = prepared if prepared is not None else prepare(frame, cfg, window=span)
+    if span != window:
+        # sequence mode: a sample needs `span` finite bars of its own stretch (hooks prepare
+        # with the window); a given split keeps only such samples
+        data, split = with_input_span(data, span, split)
+    if len(data.samples) < 50:
+        raise DataError(f"only {len(data.samples)} labelled samples with a full {window}-bar window; "
+                        f"need more candles")
+    log.info("%d bars, %d labelled samples with valid windows", len(data.index), len(data.samples))
+    return data, split
+
+
+def _splits(data: PreparedData, cfg: Config, split: Split | None, max_samples: int | None) -> list[Split]:
+    """The given ``split`` or the configured ones (walk-forward, or purged k-fold), capped to
+    ``max_samples`` training samples, each with validation/test spans checked."""
+    tcfg = cfg.training
+    horizon = cfg.labels.horizon
+    if split is not None:
+        splits = [split]
+    elif tcfg.split == "walk_forward":
+        splits = [walk_forward_split(data.samples, horizon, tcfg.embargo, tcfg.val_fraction, tcfg.test_fraction)]
+    else:
+        # every fold is trained and reported in meta["cv"]; the bundle keeps the last fold's
+        # model (tested on the most recent data, trained on everything before it)
+        splits = list(purged_kfold_splits(data.samples, horizon, tcfg.embargo, tcfg.folds,
+                                          min_bars=warmup_bars(cfg.features) + _input_span(cfg) - 1))
+    splits = [cap_train(s, max_samples) for s in splits]
+    for s in splits:
+        check_eval_spans(s, data.labels)
+    return splits
+
+
+def _meta_stub(cfg: Config) -> dict:
+    """The bundle.json entries that scoring needs, known before training (features, window,
+    model, labels, config)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "feature_names": list(FEATURE_NAMES),
+        "feature_hash": feature_definitions_hash(cfg.features),
+        "feature_config": cfg.features.model_dump(mode="json"),
+        "timeframe": cfg.data.timeframe,
+        "window": cfg.model.window,
+        "model": cfg.model.model_dump(mode="json"),
+        "label_config": cfg.labels.model_dump(mode="json"),
+        "threads": cfg.training.threads,
+        "config": config_to_dict(cfg),
+        "spans": {"training": None, "test": None},
+    }
+
+
+def _spans(idx: pd.DatetimeIndex, split: Split, min_bars: int, horizon: int) -> dict:
+    """First and last bar each span of ``split`` used, label horizons included."""
+    return {
         # network + normaliser + calibrator + baseline saw these bars (window history, feature warm-up
         # and label horizons included)
         "training": _span(idx, int(min(split.train[0], split.val[0])) - min_bars + 1,
@@ -463,6 +502,17 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         "validation": _span(idx, int(split.val[0]), int(split.val[-1]) + horizon),
         "test": _span(idx, int(split.test[0]), int(split.test[-1]) + horizon),
     }
+
+
+def _bundle_meta(meta_stub: dict, outcomes: list[FoldOutcome], data: PreparedData, cfg: Config,
+                 data_path: str | Path | None, epochs: int, max_samples: int | None) -> dict:
+    """bundle.json of the last fold's model: scoring entries, spans, data, metrics, curves,
+    versions (and every fold's test metrics under ``cv`` for k-fold)."""
+    final = outcomes[-1]
+    split = final.split
+    idx = data.index
+    span = _input_span(cfg)
+    min_bars = warmup_bars(cfg.features) + span - 1
     net = build_tcn(cfg.model, n_features=len(FEATURE_NAMES))
     meta = {
         **meta_stub,
@@ -476,7 +526,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         # bars of history after which P no longer depends on where the history starts
         "history_bars": max(min_bars, memory_bars(cfg.features) + span),
         "input_bars": span,
-        "spans": spans,
+        "spans": _spans(idx, split, min_bars, cfg.labels.horizon),
         "split": split.summary(),
         "samples": {"labelled_with_window": int(len(data.samples)), "train": int(len(split.train)),
                     "val": int(len(split.val)), "test": int(len(split.test)),
@@ -485,7 +535,7 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         "data": {"path": str(data_path) if data_path else None,
                  "sha256": sha256_file(data_path) if data_path else None,
                  "rows": int(len(idx)), "start": idx[0].isoformat(), "end": idx[-1].isoformat()},
-        "seed": tcfg.seed,
+        "seed": cfg.training.seed,
         # the metrics above were computed by this scorer on the graph in model.onnx
         "scorer": {"engine": "numpy (models.sequence_scorer)" if cfg.model.context == "sequence" else "onnxruntime",
                    "exporter": EXPORTER},
@@ -500,9 +550,13 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
     }
     if len(outcomes) > 1:
         meta["cv"] = [{"split": o.split.summary(), "test": o.metrics["test"]} for o in outcomes]
-    if meta_hook is not None:
-        meta.update(meta_hook(final, data))
+    return meta
 
+
+def _write_bundle(output: Path, meta: dict, final: FoldOutcome, data_path: str | Path | None, overwrite: bool,
+                  t0: float) -> dict:
+    """Write the bundle folder (plots, weights, ONNX graph, bundle.json, report) into a temp
+    folder renamed into place last; returns bundle.json as written (redacted, with hashes)."""
     with output_dir(output, OUTPUT_KIND, inputs=[data_path], overwrite=overwrite) as tmp:
         reliability_diagram(final.curves, tmp / "reliability.png")
         learning_curves_png(final.fit.history, tmp / "learning_curves.png")
@@ -510,5 +564,4 @@ def train_bundle(frame: pd.DataFrame, cfg: Config, output: str | Path, data_path
         meta = bundle_files(tmp, redact_obj(meta), serialise_weights(final.fit.state_dict), final.onnx,
                             final.sequence_weights)
         write_report(tmp, meta)
-    log.info("bundle written to %s", output)
-    return TrainResult(path=output, meta=meta)
+    return meta

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -136,6 +136,21 @@ async def _read_body(request: Request, model: Any) -> Any:
     return _parse(model, raw)
 
 
+async def _in_threadpool(request: Request, model: type[BaseModel], work: Callable[[Any], Response]) -> Any:
+    """The body parsed as ``model`` (or the response that refuses it), then ``work(body)`` run
+    in the threadpool: scoring is CPU-bound and must not hold the event loop."""
+    body = await _read_body(request, model)
+    if isinstance(body, Response):
+        return body
+    return await run_in_threadpool(work, body)
+
+
+def _scoring_refusal(loc: list[str | int], where: str, exc: NtsError) -> JSONResponse:
+    """422 for candles or policy overrides the scoring path refused: the field named is
+    ``policy`` when the message is about the policy, else the candles (``where``)."""
+    return _refusal([*loc, "policy" if "policy" in str(exc) else where], str(exc))
+
+
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
     """The body parsed straight from its bytes by pydantic (one pass, no intermediate dicts:
     several times faster than decoding then validating ~1,400 candles); a refusal is the
@@ -241,27 +256,21 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
     @app.post("/predict", tags=["inference"], dependencies=read, response_model=Prediction, responses=_R,
               summary="The backtest's decision on the last of these bars", openapi_extra=_body(PredictRequest))
     async def predict(request: Request) -> Any:
-        body = await _read_body(request, PredictRequest)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_predict_one, body)
+        return await _in_threadpool(request, PredictRequest, _predict_one)
 
     def _predict_one(body: PredictRequest) -> Response:
         try:
             frame = request_frame(body, setup)
             out = predict_frame(setup, frame, body.policy, app.state.window_cache)
         except NtsError as exc:
-            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
+            return _scoring_refusal(["body"], body.where, exc)
         metrics.predicted(out)
         return Response(out.model_dump_json(), media_type="application/json")
 
     @app.post("/predict/batch", tags=["inference"], dependencies=read, response_model=BatchResponse, responses=_R,
               summary="Several symbols or windows in one call", openapi_extra=_body(BatchRequest))
     async def predict_batch(request: Request) -> Any:
-        body = await _read_body(request, BatchRequest)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_predict_many, body)
+        return await _in_threadpool(request, BatchRequest, _predict_many)
 
     def _predict_many(body: BatchRequest) -> Response:
         results = []
@@ -270,8 +279,7 @@ def _inference_routes(app: FastAPI, setup: ServeSetup, ready: threading.Event, r
                 frame = request_frame(item, setup, where=f"items[{i}].")
                 out = predict_frame(setup, frame, item.policy, app.state.window_cache)
             except NtsError as exc:
-                field = "policy" if "policy" in str(exc) else item.where
-                return _refusal(["body", "items", i, field], str(exc))
+                return _scoring_refusal(["body", "items", i], item.where, exc)
             metrics.predicted(out)
             results.append(BatchResult(**out.model_dump(), symbol=item.symbol))
         return Response(BatchResponse(results=results).model_dump_json(), media_type="application/json")
@@ -303,10 +311,7 @@ def _stream_routes(app: FastAPI, streams: StreamRegistry, read: list, metrics: M
               summary="Open a bar stream: the warm-up once, the decision on its last bar",
               openapi_extra=_body(StreamOpen))
     async def open_stream(request: Request) -> Any:
-        body = await _read_body(request, StreamOpen)
-        if isinstance(body, Response):
-            return body
-        return await run_in_threadpool(_open, body)
+        return await _in_threadpool(request, StreamOpen, _open)
 
     def _open(body: StreamOpen) -> Response:
         try:
@@ -316,7 +321,7 @@ def _stream_routes(app: FastAPI, streams: StreamRegistry, read: list, metrics: M
         except StreamsFull as exc:
             return JSONResponse({"detail": str(exc)}, status_code=429)
         except NtsError as exc:
-            return _refusal(["body", "policy" if "policy" in str(exc) else body.where], str(exc))
+            return _scoring_refusal(["body"], body.where, exc)
         return answer(pred, stream, StreamOpened, idle_expiry_s=streams.idle_s)
 
     @app.post("/streams/{stream_id}/bars", tags=["streams"], dependencies=read, response_model=StreamPrediction,
@@ -351,88 +356,97 @@ def _who(request: Request) -> str:
     return f"api token holder from {client}"
 
 
+_API = "/api/v1"
+
+
+def _no_journal() -> JSONResponse:
+    """409: the session has not opened its journal yet."""
+    return JSONResponse({"detail": "the session has no journal yet (still starting)"}, status_code=409)
+
+
 def _operator_routes(app: FastAPI, host: SessionHost, read: list, control: list) -> None:
-    prefix = "/api/v1"
+    """The status page and the operator API of the hosted paper/live session."""
+    _operator_read_routes(app, host, read)
+    _operator_control_routes(app, host, control)
 
-    def journal_or_409():
-        j = host.reader()
-        if j is None:
-            return None
-        return j
 
-    def no_journal() -> JSONResponse:
-        return JSONResponse({"detail": "the session has no journal yet (still starting)"}, status_code=409)
+def _operator_read_routes(app: FastAPI, host: SessionHost, read: list) -> None:
+    """Status page, status, trades, fills, bars, equity and journal (read token)."""
 
     @app.get("/", tags=["operator"], dependencies=read, response_class=HTMLResponse, responses=_R,
              summary="Status page (refreshes itself)")
     def status_page() -> HTMLResponse:
         return HTMLResponse(render_status_page(host))
 
-    @app.get(f"{prefix}/status", tags=["operator"], dependencies=read, responses=_R,
+    @app.get(f"{_API}/status", tags=["operator"], dependencies=read, responses=_R,
              summary="Position, equity, working orders, breakers, halt and why")
     def status() -> dict[str, Any]:
         return views.session_status(host)
 
-    @app.get(f"{prefix}/trades", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
+    @app.get(f"{_API}/trades", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
     def trades() -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else {"trades": views.trades(j)}
+        j = host.reader()
+        return _no_journal() if j is None else {"trades": views.trades(j)}
 
-    @app.get(f"{prefix}/fills", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
+    @app.get(f"{_API}/fills", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]})
     def fills(limit: int = Query(100, ge=1, le=10_000)) -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else {"fills": views.fills(j, limit)}
+        j = host.reader()
+        return _no_journal() if j is None else {"fills": views.fills(j, limit)}
 
-    @app.get(f"{prefix}/bars", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/bars", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Journaled bars (decisions, position, equity), paged")
     def bars(offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000),
              order: Literal["asc", "desc"] = "asc") -> Any:
-        if journal_or_409() is None:
-            return no_journal()
+        if host.reader() is None:
+            return _no_journal()
         return views.bars_page(host.state, offset, limit, newest_first=order == "desc")
 
-    @app.get(f"{prefix}/equity", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/equity", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Equity per bar, paged")
     def equity(offset: int = Query(0, ge=0, le=10**9), limit: int = Query(1000, ge=1, le=1000)) -> Any:
-        if journal_or_409() is None:
-            return no_journal()
+        if host.reader() is None:
+            return _no_journal()
         page = views.bars_page(host.state, offset, limit)
         page["bars"] = [{"time": b["time"], "equity": b["equity"], "position": b["position"]} for b in page["bars"]]
         return page
 
-    @app.get(f"{prefix}/journal", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
+    @app.get(f"{_API}/journal", tags=["operator"], dependencies=read, responses={**_R, 409: _CONTROL[409]},
              summary="Journal summary and recent events")
     def journal() -> Any:
-        j = journal_or_409()
-        return no_journal() if j is None else views.journal_summary(j)
+        j = host.reader()
+        return _no_journal() if j is None else views.journal_summary(j)
 
-    @app.post(f"{prefix}/pause", tags=["operator"], dependencies=control, responses=_CONTROL,
+
+def _operator_control_routes(app: FastAPI, host: SessionHost, control: list) -> None:
+    """Pause, unpause, flatten, resume and stop (control token; each is journaled by the host)."""
+
+    @app.post(f"{_API}/pause", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="No new entries (exits still run)")
     def pause(request: Request, body: Reason | None = None) -> Any:
         changed = host.pause((body.reason if body else "") or "paused by operator", _who(request))
         return {"paused": True, "changed": changed}
 
-    @app.post(f"{prefix}/unpause", tags=["operator"], dependencies=control, responses=_CONTROL)
+    @app.post(f"{_API}/unpause", tags=["operator"], dependencies=control, responses=_CONTROL)
     def unpause(request: Request) -> Any:
         return {"paused": False, "changed": host.unpause(_who(request))}
 
-    @app.post(f"{prefix}/flatten", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/flatten", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Close the position at market at the next bar and halt")
     def flatten(request: Request, body: Reason | None = None) -> Any:
         try:
             return host.flatten((body.reason if body else "") or "no reason given", _who(request))
         except JournalError:
-            return no_journal()
+            return _no_journal()
 
-    @app.post(f"{prefix}/resume", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/resume", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Clear a halt (the reason is journaled, as with nts resume)")
     def resume(request: Request, body: ResumeReason) -> Any:
         try:
             return host.resume(body.reason, _who(request))
         except JournalError:
-            return no_journal()
+            return _no_journal()
 
-    @app.post(f"{prefix}/stop", tags=["operator"], dependencies=control, responses=_CONTROL,
+    @app.post(f"{_API}/stop", tags=["operator"], dependencies=control, responses=_CONTROL,
               summary="Stop the session (the bar in progress completes) and the server")
     def stop() -> Any:
         host.stop()
