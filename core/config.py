@@ -117,7 +117,9 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0, lt=1)
     patience: int = Field(3, ge=1, le=1000)
     split: Literal["walk_forward", "purged_kfold"] = "walk_forward"
-    folds: int = Field(5, ge=2, le=100)
+    # purged k-fold holds out a test fold and its neighbour for validation: 3 folds at least
+    # leave one to train on
+    folds: int = Field(5, ge=3, le=100)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     embargo: int = Field(8, ge=0, le=100000)

@@ -117,7 +117,7 @@ def purged_kfold_splits(samples: np.ndarray, horizon: int, embargo: int, folds: 
     s = _check(samples, horizon, embargo)
     if min_bars < 1:
         raise ValueError(f"min_bars ({min_bars}) must be >= 1")
-    if folds < 2 or len(s) < 3 * folds:
+    if folds < 3 or len(s) < 3 * folds:
         raise DataError(f"too few labelled samples ({len(s)}) for {folds} folds")
     after = max(int(embargo), int(min_bars))
     parts = np.array_split(s, folds)

@@ -73,6 +73,8 @@ def test_set_overrides_parse_yaml_values():
         ("labels.profit", r"expected key.path=value"),
         ("strategy.center=0", r"'strategy.center'"),
         ("labels.profit.deep=1", r"unknown key 'labels.profit'"),
+        # purged k-fold needs a fold left to train on besides the test and validation folds
+        ("training.folds=2", r"'training.folds'.*greater than or equal to 3"),
     ],
 )
 def test_bad_overrides_are_refused(override, pattern):
