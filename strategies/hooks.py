@@ -63,6 +63,15 @@ class VectorHooks:
 
     policy: Policy
 
+    #: Trailing bars (the bar itself included) the hooks need to compute a bar's value exactly,
+    #: freqtrade's ``startup_candle_count``: paper and live evaluate the hooks over that many
+    #: bars only, so a bar costs the same after a week as after an hour. The defaults are
+    #: per-bar rules (1). A class that overrides a hook declares its own (an int, or a property
+    #: reading ``self.p``); one that does not gets None (:func:`declared_lookback`): the whole
+    #: history on every bar, always right but slower with every bar. ``nts strategy check``
+    #: verifies the number.
+    hook_lookback: int | None = 1
+
     def signal(self, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray:
         """s in [-1, 1] per bar from the calibrated probability ``p`` (0 = no edge)."""
         return self.policy.signals(p)
@@ -100,9 +109,14 @@ class UserCodeError(NtsError):
     redacted: user text such as an exception message may hold a secret)."""
 
 
-# Packages whose code is nts's or its libraries' own: a failure inside them is not the user's.
-_OWN_PACKAGES = frozenset({"core", "models", "indicators", "strategies", "sweeps", "brokers", "sessions", "venues",
-                           "server", "cli", "backtrader", "builtins", "abc"})
+#: Packages whose code is nts's or its libraries' own: a failure inside them is not the user's.
+OWN_PACKAGES = frozenset({"core", "models", "indicators", "strategies", "sweeps", "brokers", "sessions", "venues",
+                          "server", "cli", "backtrader", "builtins", "abc"})
+
+
+def is_own_class(klass: type) -> bool:
+    """True when ``klass`` is nts's or one of its libraries' (not a user's class)."""
+    return klass.__module__.split(".")[0] in OWN_PACKAGES
 
 
 def strategy_label(strategy: Any) -> str:
@@ -133,7 +147,7 @@ def user_files(strategy_cls: type) -> frozenset[str]:
     and its libraries): a traceback through one of them is the user's failure."""
     files = set()
     for klass in strategy_cls.__mro__:
-        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+        if is_own_class(klass):
             continue
         try:
             source = inspect.getsourcefile(klass)
@@ -180,6 +194,34 @@ HOOK_ARGS: dict[str, tuple[str, ...]] = {"signal": ("p", "bars"), "entry_allowed
                                          "target_weight": ("s", "fvol", "bars")}
 
 
+def _owner_index(mro: tuple[type, ...], name: str) -> int | None:
+    return next((i for i, klass in enumerate(mro) if name in vars(klass)), None)
+
+
+def declared_lookback(strategy: Any) -> int | None:
+    """``strategy``'s ``hook_lookback`` (an instance: a property may read ``self.p``), or None
+    when a class overrides a hook below the class that declared it (a user's subclass that
+    overrides ``signal`` does not inherit its parent's lookback: its hook may look further
+    back). A value that is not a whole number of bars >= 1 is one :class:`UserCodeError` line."""
+    mro = type(strategy).__mro__
+    declared_at = _owner_index(mro, "hook_lookback")
+    hooks_at = [i for i in (_owner_index(mro, name) for name in HOOK_ARGS) if i is not None]
+    if declared_at is None or (hooks_at and min(hooks_at) < declared_at):
+        return None
+    try:
+        value = strategy.hook_lookback
+    except (NtsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's property
+        raise user_error(strategy, "hook_lookback", exc) from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserCodeError(f"strategy {strategy_label(strategy)}: hook_lookback is {value!r}: give the bars the hooks "
+                            "look back as a whole number >= 1 (1: the bar itself), or None for the whole history")
+    return int(value)
+
+
 def hook_signature_problems(strategy_cls: type) -> list[str]:
     """One line per hook that ``strategy_cls`` (or a user's base of it) overrides with
     parameters the engines cannot call, e.g. the old scalar ``signal(self, p)``."""
@@ -206,7 +248,7 @@ def engine_only_overrides(strategy_cls: type, base: type) -> list[str]:
     sweep's compiled kernel) cannot, so such a strategy must not be swept as if it could."""
     found = []
     for klass in strategy_cls.__mro__:
-        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+        if is_own_class(klass):
             break
         for name, value in vars(klass).items():
             # functions only: backtrader's metaclass puts params/lines classes into every subclass
