@@ -278,32 +278,43 @@ def checked_array(strategy: Any, name: str, value: Any, bars: pd.DataFrame, kind
     """``value`` returned by hook ``name`` as a contiguous float64 (``kind="float"``) or bool
     array of one value per bar; refused with one :class:`UserCodeError` line when it has
     another shape, holds no numbers, holds NaN (floats: on a bar where ``known`` is True; bool
-    hooks: anywhere, NaN would read as True) or infinities."""
+    hooks: anywhere, NaN would read as True) or infinities. Runs on every bar of a session,
+    so the common cases (a bool array; floats all finite) return after one test."""
     n = len(bars)
-    label = f"strategy {strategy_label(strategy)}: hook {name}()"
     try:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"dtype {arr.dtype}")
+        if arr.dtype.kind == "b" and kind == "bool" and arr.shape == (n,):
+            return arr.copy()  # a bool array holds no NaN
         arr = arr.astype("float64")
     except (TypeError, ValueError) as exc:
-        raise UserCodeError(f"{label} returned {type(value).__name__} ({exc}), expected numbers, one per bar") from None
+        raise UserCodeError(f"{_label(strategy, name)} returned {type(value).__name__} ({exc}), expected numbers, "
+                            "one per bar") from None
     if arr.shape != (n,):
-        raise UserCodeError(f"{label} returned shape {arr.shape}, expected ({n},): one value per bar")
+        raise UserCodeError(f"{_label(strategy, name)} returned shape {arr.shape}, expected ({n},): one value per bar")
+    if kind == "float" and np.isfinite(arr).all():
+        return arr  # no NaN, no infinity (astype made it a contiguous copy)
     nan = np.isnan(arr)
     if kind == "bool":
         if nan.any():
-            raise UserCodeError(f"{label} returned NaN on {int(nan.sum())} bars (first {_first_time(bars, nan)}): "
-                                "return True/False per bar")
+            raise UserCodeError(f"{_label(strategy, name)} returned NaN on {int(nan.sum())} bars (first "
+                                f"{_first_time(bars, nan)}): return True/False per bar")
         return np.ascontiguousarray(arr != 0.0)
     bad = nan & (known if known is not None else True)
     if bad.any():
-        raise UserCodeError(f"{label} returned NaN on {int(bad.sum())} bars where the probability is known (first "
-                            f"{_first_time(bars, bad)}): return 0 for no position, NaN is not silently flat")
+        raise UserCodeError(f"{_label(strategy, name)} returned NaN on {int(bad.sum())} bars where the probability "
+                            f"is known (first {_first_time(bars, bad)}): return 0 for no position, NaN is not "
+                            "silently flat")
     inf = np.isinf(arr)
     if inf.any():
-        raise UserCodeError(f"{label} returned an infinity on {int(inf.sum())} bars (first {_first_time(bars, inf)})")
+        raise UserCodeError(f"{_label(strategy, name)} returned an infinity on {int(inf.sum())} bars (first "
+                            f"{_first_time(bars, inf)})")
     return np.ascontiguousarray(arr)
+
+
+def _label(strategy: Any, name: str) -> str:
+    return f"strategy {strategy_label(strategy)}: hook {name}()"
 
 
 def _input_array(name: str, value: Any, n: int) -> np.ndarray:
@@ -317,7 +328,7 @@ def signal_array(strategy: Any, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray
     """Hook ``signal`` through the safe path, checked: NaN where P is known and values outside
     [-1, 1] are refused."""
     s = checked_array(strategy, "signal", call_hook(strategy, "signal", p, bars), bars, "float", known=~np.isnan(p))
-    out = np.abs(np.nan_to_num(s)) > 1.0 + 1e-12
+    out = np.abs(s) > 1.0 + 1e-12  # NaN compares False (allowed where P is unknown); infinities are refused above
     if out.any():
         i = int(np.flatnonzero(out)[0])
         raise UserCodeError(f"strategy {strategy_label(strategy)}: hook signal() returned {s[i]:g} on "
