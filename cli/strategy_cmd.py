@@ -52,6 +52,8 @@ def check(cfg, strategy: str, data_path: str, model_path: str | None, bars: int,
     lookback = report.lookback
     for miss in lookback.misses[:SHOWN]:
         click.echo(f"lookback: {miss.line()}")
+    if len(lookback.misses) > SHOWN:
+        click.echo(f"... and {len(lookback.misses) - SHOWN:,} more")
     if lookback.ok:
         click.echo(lookback.summary(report.strategy))
     if not report.ok:

@@ -9,9 +9,11 @@ A new strategy overrides one of the vectorised hooks of :class:`strategies.hooks
 
 and, for the inputs, ``make_probability()`` (the line of P per bar) and ``make_vol_forecast()``.
 The hooks are evaluated by :func:`strategies.hooks.evaluate_hooks` over the fed bars: once
-per backtest (the feed is preloaded, the indicators computed), over the history so far on
-every bar in paper and live sessions (bars arrive one by one; the value of the last bar is
-used). The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy`
+per backtest (the feed is preloaded, the indicators computed), and on every bar in paper and
+live sessions (bars arrive one by one; the value of the last bar is used) over the trailing
+``hook_lookback`` bars the strategy declares (:func:`strategies.hooks.declared_lookback`: 1
+for the default per-bar rules), so a bar costs the same after weeks as after an hour; a
+strategy that overrides a hook without declaring one gets the whole history on every bar. The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy`
 (param ``policy``, built once by :meth:`Policy.from_config`).
 
 Each bar (from ``trade_start`` on) the risk manager (:class:`core.risk.RiskManager`) gates
@@ -31,10 +33,11 @@ risk manager state and signal statistics.
 Primed warm-up (paper and live sessions, :func:`primes_history`): param ``history`` holds
 the warm-up bars before the first bar backtrader feeds (a canonical OHLCV frame). The
 indicators start from their state after those bars in one vectorised step (their param
-``history``) instead of ~1,400 ``next()`` calls; the hooks still see every bar: when a
-strategy overrides a hook (which may look back), they are evaluated over ``history`` + the
-fed bars, with the history's P and forecast from the batch path (the backtest's numbers for
-those bars); the default hooks are per-bar rules, so they need only the fed bars.
+``history``) instead of ~1,400 ``next()`` calls; the hooks still see every bar they need:
+when the fed bars are fewer than the declared lookback (all of them when none is declared),
+the history's last bars come first, with their P and forecast from the batch path (the
+backtest's numbers for those bars); the default hooks are per-bar rules, so they need only
+the current bar.
 """
 from __future__ import annotations
 
