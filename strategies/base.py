@@ -13,8 +13,9 @@ per backtest (the feed is preloaded, the indicators computed), and on every bar 
 live sessions (bars arrive one by one; the value of the last bar is used) over the trailing
 ``hook_lookback`` bars the strategy declares (:func:`strategies.hooks.declared_lookback`: 1
 for the default per-bar rules), so a bar costs the same after weeks as after an hour; a
-strategy that overrides a hook without declaring one gets the whole history on every bar. The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy`
-(param ``policy``, built once by :meth:`Policy.from_config`).
+strategy that overrides a hook without declaring one gets the whole history on every bar.
+The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy` (param
+``policy``, built once by :meth:`Policy.from_config`).
 
 Each bar (from ``trade_start`` on) the risk manager (:class:`core.risk.RiskManager`) gates
 the account and the one decision step :func:`core.decision.decide` -- the compiled function

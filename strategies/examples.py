@@ -3,8 +3,9 @@
 Hooks take whole arrays over the bars (``bars``: the OHLCV frame, UTC ``DatetimeIndex``) and
 return one value per bar; a value at bar t may use bars up to t only (``nts strategy check``
 proves it). Each declares ``hook_lookback``, the trailing bars its hook needs, so paper and
-live evaluate it over that many bars only (the check verifies the number too). Run one with ``nts backtest|sweep|paper --strategy night_only ...``; your own as
-``--strategy mypkg.mymodule:MyStrategy`` or ``--strategy path/to/file.py:MyStrategy``.
+live evaluate it over that many bars only (the check verifies the number too). Run one with
+``nts backtest|sweep|paper --strategy night_only ...``; your own as ``--strategy
+mypkg.mymodule:MyStrategy`` or ``--strategy path/to/file.py:MyStrategy``.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ In the spirit of freqtrade's ``populate_*`` methods, every hook takes whole arra
 a span as a DataFrame with a UTC ``DatetimeIndex`` and ``open/high/low/close/volume``
 columns) and returns one value per bar. The same function serves every engine: it is
 evaluated once over the span in backtest and sweep, and over the trailing ``hook_lookback``
-bars in paper and live (the whole history when a hook is overridden without one); :func:`evaluate_hooks` is the only caller, so a lookahead check of it covers every
-engine.
+bars in paper and live (the whole history when a hook is overridden without one);
+:func:`evaluate_hooks` is the only caller, so a lookahead check of it covers every engine.
 
 =========================================  ==================================================
 hook                                       default

@@ -112,13 +112,13 @@ def strategy_file(tmp_path_factory):
     path.write_text(
         "import numpy as np\nfrom strategies.tcn import TCNStrategy\n\n\n"
         "class Mean50(TCNStrategy):\n"
-        "    hook_lookback = LOOKBACK\n\n"
+        "    hook_lookback = 50\n\n"
         "    def entry_allowed(self, bars):\n"
         "        c = bars['close']\n"
         "        return (c > c.rolling(50, min_periods=50).mean()).to_numpy()\n\n\n"
         "class Declared50(Mean50):\n    hook_lookback = 50\n\n\n"
         "class Declared10(Mean50):\n    hook_lookback = 10\n\n\n"
-        "class Undeclared(Mean50):\n    hook_lookback = None\n".replace("LOOKBACK", "50"))
+        "class Undeclared(Mean50):\n    hook_lookback = None\n")
     data = path.with_name("bars.csv")
     write_ohlcv_csv(synthetic_ohlcv(700, seed=4), data)
     return path, data
@@ -133,7 +133,8 @@ def test_cli_verifies_the_lookback_in_one_line(strategy_file):
     path, data = strategy_file
     ok = _check(path, data, "Declared50")
     assert ok.exit_code == 0, ok.output
-    assert "ok: hook_lookback = 50: the trailing 50 bars give the whole history's values at 40 sampled bars" in ok.output
+    assert ("ok: hook_lookback = 50: the trailing 50 bars give the whole history's values at 40 sampled bars"
+            in ok.output)
     short = _check(path, data, "Declared10")
     assert short.exit_code == 2, short.output
     lines = short.output.strip().splitlines()
