@@ -19,11 +19,12 @@ Usage: .venv/bin/python benchmarks/bench_paper.py [--model artifacts/tcn_v1] [--
 5. **Hooks over a growing session** (``--growth-at 200,2000``): a primed TCN strategy in
    backtrader's live mode (the session's path: warm-up history as param ``history``, then bar
    by bar), per-bar times after 200 and after 2,000 fed bars (``--growth-window`` bars each):
-   the whole bar, the strategy's decision (``next()``: risk, hooks, decision step, orders; wall
-   and this thread's CPU time) and the hooks' evaluation alone, for the default strategy and
-   for one with an overridden hook (``CalmOnly``, 768-bar lookback), each before (the whole
-   history on every bar, the span rule before ``hook_lookback``) and after (the declared
-   lookback), in the same run. Before grows with the session, after stays flat.
+   the strategy's decision (``next()``: risk, hooks, decision step, orders; wall and this
+   thread's CPU time) and the hooks' evaluation alone, for the default strategy and for one
+   with an overridden hook (``CalmOnly``, 768-bar lookback), each before (the whole history on
+   every bar, the span rule before ``hook_lookback``) and after (the declared lookback), both
+   in one cerebro (bar by bar in turn). Then a full garbage collection with those objects
+   alive, plain and after ``gc.freeze()`` (what a session does after its warm-up).
 6. **Restart** (``--restarts``): ``nts paper`` as a fresh subprocess resuming its journal
    against the replay exchange, from spawn to the first new bar journaled ("paper restart to
    first new bar, process start included", goal <= 3 s), beside the same restart of a
@@ -216,7 +217,9 @@ def _timed_strategy(base: type, whole_history: bool) -> type:
 
 def bench_hook_growth(bundle, cfg, warm: int, at: list[int], window: int) -> list[str]:
     """Lines of part 5 (module docstring): per-bar times at the fed-bar counts ``at``
-    (``window`` bars each) for the default strategy and CalmOnly, whole history vs lookback."""
+    (``window`` bars each) for the default strategy and CalmOnly, whole history vs lookback.
+    Both variants of a strategy run in one cerebro, so backtrader hands them each bar in turn
+    and a change of the machine's load hits both alike."""
     import backtrader as bt
 
     from strategies.backtest import FrameFeed, frame_feed
@@ -232,37 +235,51 @@ def bench_hook_growth(bundle, cfg, warm: int, at: list[int], window: int) -> lis
     frame = synthetic_ohlcv(warm + fed, seed=7, start="2024-01-01")
     history, bars = frame.iloc[:warm - 1], frame.iloc[warm - 1:]
     lines = []
+    q = lambda a: f"{np.median(a):.3f}/{np.percentile(a, 99):.3f}"  # noqa: E731
     for base in (TCNStrategy, CalmOnly):
+        feed = frame_feed(bars)
+        feed.__class__ = LiveFrame
+        cerebro = bt.Cerebro(stdstats=False)
+        cerebro.adddata(feed)
+        params = strategy_params(cfg, bundle=bundle, trade_start=frame.index[warm], timeframe=bundle.timeframe)
+        params.update(bundle=bundle, history=history)
         for whole in (True, False):
-            stamps: list[int] = []
-
-            class Stamp(bt.Analyzer):
-                def next(self) -> None:
-                    stamps.append(time.perf_counter_ns())
-
-            feed = frame_feed(bars)
-            feed.__class__ = LiveFrame
-            cerebro = bt.Cerebro(stdstats=False)
-            cerebro.adddata(feed)
-            params = strategy_params(cfg, bundle=bundle, trade_start=frame.index[warm], timeframe=bundle.timeframe)
-            params.update(bundle=bundle, history=history)
             cerebro.addstrategy(_timed_strategy(base, whole), **params)
-            cerebro.addanalyzer(Stamp)
-            strat = cerebro.run()[0]
-            # fed bar 0 is the last warm-up bar, bar k the k-th traded one; next() runs on the last
-            # len(strat.times) fed bars, the analyzer's stamps close every fed bar
+        for strat, whole in zip(cerebro.run(), (True, False)):
+            # fed bar 0 is the last warm-up bar, bar k the k-th traded one; next() ran on the
+            # last len(strat.times) fed bars
             times = np.asarray(strat.times, dtype="float64") / 1e6
-            first = len(stamps) - len(times)
-            bar_ms = np.diff(np.asarray(stamps, dtype="float64"), prepend=np.nan) / 1e6
+            first = len(bars) - len(times)
             label = f"{base.__name__} ({'whole history' if whole else 'hook_lookback'})"
             for k in at:
                 t = times[k - first:k - first + window]
-                b = bar_ms[k:k + window]
-                q = lambda a: f"{np.median(a):.3f}/{np.percentile(a, 99):.3f}"  # noqa: E731
-                lines.append(f"hooks growth {label:<36} after {k:>5} bars: bar {q(b)} ms, decision next() {q(t[:, 0])}"
-                             f" ms (CPU {q(t[:, 1])}), hooks {q(t[:, 2])} ms (median/p99 of {len(t)} bars); "
+                lines.append(f"hooks growth {label:<36} after {k:>5} bars: decision next() {q(t[:, 0])} ms "
+                             f"(CPU {q(t[:, 1])}), hooks {q(t[:, 2])} ms (median/p99 of {len(t)} bars); "
                              f"load {os.getloadavg()[0]:.1f}")
+    lines.append(gc_freeze_line())  # the last run's strategies, indicators and bundle are still alive
     return lines
+
+
+def gc_freeze_line(rounds: int = 5) -> str:
+    """A full collection's time with everything alive now, plain and after ``gc.freeze()``
+    (what a session does after its warm-up: sessions.session.freeze_warmup), median of ``rounds``."""
+    def collect() -> float:
+        out = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            gc.collect()
+            out.append(time.perf_counter() - t0)
+        return float(np.median(out)) * 1e3
+
+    tracked = len(gc.get_objects())
+    plain = collect()
+    gc.freeze()
+    try:
+        frozen = collect()
+    finally:
+        gc.unfreeze()
+    return (f"full garbage collection with a session's objects alive ({tracked:,} tracked): {plain:.1f} ms; "
+            f"after gc.freeze(): {frozen:.2f} ms (median of {rounds}); load {os.getloadavg()[0]:.1f}")
 
 
 def _journal_bars(state: Path) -> int:
