@@ -158,7 +158,8 @@ def test_builtins_pass_their_declared_lookback_on_real_candles(real_candles):
 @pytest.mark.timeout(240)
 def test_declared_lookback_trades_as_the_backtest_on_paper(tmp_path, fast_bundle):
     """Paper with the hooks over their 50 trailing bars (history rows included at first) equals
-    the backtest fill for fill; the undeclared class sees the whole, growing history."""
+    the backtest fill for fill, also stopped and resumed half-way; the undeclared class sees the
+    whole, growing history and trades the same."""
     cfg = make_cfg(tmp_path)
     fast = load_bundle(fast_bundle)
     warm = warmup_bars_for(fast, cfg)
@@ -176,6 +177,12 @@ def test_declared_lookback_trades_as_the_backtest_on_paper(tmp_path, fast_bundle
     assert len(rows) >= 145 and set(rows) == {LOOK}  # the window, never the history
     # the warm-up's objects are frozen while it trades, unfrozen once the session ended
     assert all(frozen > 0 for _, frozen in Declared50.seen) and gc.get_freeze_count() == 0
+    # stopped and resumed: the resumed warm-up ends at the checkpoint, the window reaches into it
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        run_session(fast_bundle, cfg, tmp_path / "r.db", ex, stop_ms=ms(frame.index[warm + 70]), strategy=Declared50)
+        resumed = run_session(fast_bundle, cfg, tmp_path / "r.db", ex, stop_ms=ms(e), strategy=Declared50)
+    assert resumed.resumed and resumed.warmup_bars == warm
+    assert_same_as_backtest(journal_view(tmp_path / "r.db"), bt_res, s, e, min_fills=4)
     Undeclared.seen.clear()
     with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
         run_session(fast_bundle, cfg, tmp_path / "u.db", ex, stop_ms=ms(e), strategy=Undeclared)
