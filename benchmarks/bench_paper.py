@@ -16,7 +16,16 @@ Usage: .venv/bin/python benchmarks/bench_paper.py [--model artifacts/tcn_v1] [--
    client, the exchange clock stepped one bar per wait (no idle time): bars/s end to end
    (two HTTP requests per bar, the simulated broker, one journal transaction per bar with
    fsync), plus the start-up (the primed warm-up).
-4. **Restart** (``--restarts``): ``nts paper`` as a fresh subprocess resuming its journal
+5. **Hooks over a growing session** (``--growth-at 200,2000``): a primed TCN strategy in
+   backtrader's live mode (the session's path: warm-up history as param ``history``, then bar
+   by bar), per-bar times after 200 and after 2,000 fed bars (``--growth-window`` bars each):
+   the strategy's decision (``next()``: risk, hooks, decision step, orders; wall and this
+   thread's CPU time) and the hooks' evaluation alone, for the default strategy and for one
+   with an overridden hook (``CalmOnly``, 768-bar lookback), each before (the whole history on
+   every bar, the span rule before ``hook_lookback``) and after (the declared lookback), both
+   in one cerebro (bar by bar in turn). Then a full garbage collection with those objects
+   alive, plain and after ``gc.freeze()`` (what a session does after its warm-up).
+6. **Restart** (``--restarts``): ``nts paper`` as a fresh subprocess resuming its journal
    against the replay exchange, from spawn to the first new bar journaled ("paper restart to
    first new bar, process start included", goal <= 3 s), beside the same restart of a
    strategy fed every warm-up bar through backtrader (the baseline, same run) and the cost
@@ -172,6 +181,107 @@ def bench_session(bundle_dir: Path, cfg, warm: int, n: int) -> tuple[float, floa
     return startup, rate, len(stamps)
 
 
+def _timed_strategy(base: type, whole_history: bool) -> type:
+    """``base`` timing its ``next()`` (wall, CPU) and its hook evaluations per bar; with
+    ``whole_history`` it evaluates the hooks over every bar on every bar, as before
+    ``hook_lookback``: the fed bars, and the primed history too when a hook is overridden."""
+    from strategies.hooks import HOOK_ARGS, VectorHooks
+
+    default_hooks = all(getattr(base, h) is getattr(VectorHooks, h) for h in HOOK_ARGS)
+
+    class Timed(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[tuple[int, int, int]] = []   # (next wall ns, next CPU ns, hooks ns) per bar
+            self._hooks_ns = 0
+
+        def hook_values(self):
+            t0 = time.perf_counter_ns()
+            out = super().hook_values()
+            self._hooks_ns += time.perf_counter_ns() - t0
+            return out
+
+        def next(self) -> None:
+            self._hooks_ns = 0
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            super().next()
+            self.times.append((time.perf_counter_ns() - t0, time.thread_time_ns() - c0, self._hooks_ns))
+
+        if whole_history:
+            def _hook_span(self, n: int) -> tuple[int, int]:
+                return n, 0 if default_hooks or self.p.history is None else len(self.p.history)
+
+    Timed.__name__ = Timed.__qualname__ = f"{base.__name__}{'Whole' if whole_history else 'Lookback'}"
+    return Timed
+
+
+def bench_hook_growth(bundle, cfg, warm: int, at: list[int], window: int) -> list[str]:
+    """Lines of part 5 (module docstring): per-bar times at the fed-bar counts ``at``
+    (``window`` bars each) for the default strategy and CalmOnly, whole history vs lookback.
+    Both variants of a strategy run in one cerebro, so backtrader hands them each bar in turn
+    and a change of the machine's load hits both alike."""
+    import backtrader as bt
+
+    from strategies.backtest import FrameFeed, frame_feed
+    from strategies.base import strategy_params
+    from strategies.examples import CalmOnly
+    from strategies.tcn import TCNStrategy
+
+    class LiveFrame(FrameFeed):
+        def islive(self) -> bool:
+            return True
+
+    fed = max(at) + window + 1
+    frame = synthetic_ohlcv(warm + fed, seed=7, start="2024-01-01")
+    history, bars = frame.iloc[:warm - 1], frame.iloc[warm - 1:]
+    lines = []
+    q = lambda a: f"{np.median(a):.3f}/{np.percentile(a, 99):.3f}"  # noqa: E731
+    for base in (TCNStrategy, CalmOnly):
+        feed = frame_feed(bars)
+        feed.__class__ = LiveFrame
+        cerebro = bt.Cerebro(stdstats=False)
+        cerebro.adddata(feed)
+        params = strategy_params(cfg, bundle=bundle, trade_start=frame.index[warm], timeframe=bundle.timeframe)
+        params.update(bundle=bundle, history=history)
+        for whole in (True, False):
+            cerebro.addstrategy(_timed_strategy(base, whole), **params)
+        for strat, whole in zip(cerebro.run(), (True, False)):
+            # fed bar 0 is the last warm-up bar, bar k the k-th traded one; next() ran on the
+            # last len(strat.times) fed bars
+            times = np.asarray(strat.times, dtype="float64") / 1e6
+            first = len(bars) - len(times)
+            label = f"{base.__name__} ({'whole history' if whole else 'hook_lookback'})"
+            for k in at:
+                t = times[k - first:k - first + window]
+                lines.append(f"hooks growth {label:<36} after {k:>5} bars: decision next() {q(t[:, 0])} ms "
+                             f"(CPU {q(t[:, 1])}), hooks {q(t[:, 2])} ms (median/p99 of {len(t)} bars); "
+                             f"load {os.getloadavg()[0]:.1f}")
+    lines.append(gc_freeze_line())  # the last run's strategies, indicators and bundle are still alive
+    return lines
+
+
+def gc_freeze_line(rounds: int = 5) -> str:
+    """A full collection's time with everything alive now, plain and after ``gc.freeze()``
+    (what a session does after its warm-up: sessions.session.freeze_warmup), median of ``rounds``."""
+    def collect() -> float:
+        out = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            gc.collect()
+            out.append(time.perf_counter() - t0)
+        return float(np.median(out)) * 1e3
+
+    tracked = len(gc.get_objects())
+    plain = collect()
+    gc.freeze()
+    try:
+        frozen = collect()
+    finally:
+        gc.unfreeze()
+    return (f"full garbage collection with a session's objects alive ({tracked:,} tracked): {plain:.1f} ms; "
+            f"after gc.freeze(): {frozen:.2f} ms (median of {rounds}); load {os.getloadavg()[0]:.1f}")
+
+
 def _journal_bars(state: Path) -> int:
     from sessions.journal import Journal, JournalError
 
@@ -289,7 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bars", type=int, default=2000, help="Bars timed for the per-bar decision.")
     ap.add_argument("--session-bars", type=int, default=300, help="Bars of the replay session.")
     ap.add_argument("--restarts", type=int, default=3, help="Restarts of nts paper timed (0: skip).")
-    ap.add_argument("--restart-only", action="store_true", help="Time the restarts only (part 4).")
+    ap.add_argument("--restart-only", action="store_true", help="Time the restarts only (part 6).")
+    ap.add_argument("--growth-at", default="200,2000", help="Fed-bar counts timed in part 5 (comma-separated).")
+    ap.add_argument("--growth-window", type=int, default=100, help="Bars timed at each count of part 5.")
+    ap.add_argument("--growth-only", action="store_true", help="Time part 5 only.")
     args = ap.parse_args(argv)
     cfg = load_config(None, ["strategy.center=0.3", "strategy.deadband=0"])
     tmp = None
@@ -306,7 +419,14 @@ def main(argv: list[str] | None = None) -> None:
     warm = warmup_bars_for(bundle, cfg)
     frame = synthetic_ohlcv(warm + args.bars, seed=5, start="2024-03-01")
     print(f"bundle {model} (window {bundle.window}, warm-up {warm} bars); scorer ONNX Runtime, 1 thread a window")
-    if not args.restart_only:
+    if args.growth_only or not args.restart_only:
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        for line in bench_hook_growth(bundle, cfg, warm, [int(k) for k in args.growth_at.split(",")],
+                                      args.growth_window):
+            print(line, flush=True)
+    if args.growth_only:
+        pass
+    elif not args.restart_only:
         pauses = GcPauses()
         gc.callbacks.append(pauses)
         try:
@@ -324,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         startup, rate, n = bench_session(model, cfg, warm, args.session_bars)
         print(f"replay session: {rate:,.1f} bars/s over {n} bars (ccxt + replay exchange + broker + journal); "
               f"start-up {startup:.2f} s incl. {warm} warm-up bars (primed)")
-    if args.restarts:
+    if args.restarts and not args.growth_only:
         sets = ["strategy.center=0.3", "strategy.deadband=0", "risk.kill_switch_file=/nonexistent/KILL"]
         with tempfile.TemporaryDirectory() as base_dir:
             baseline_file = Path(base_dir) / "fed_every_bar.py"

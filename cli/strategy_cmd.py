@@ -27,11 +27,13 @@ def strategy_group() -> None:
 def check(cfg, strategy: str, data_path: str, model_path: str | None, bars: int, prefixes: int) -> None:
     """Fail when a hook of STRATEGY (name, module:Class or file.py:Class) peeks at later bars:
     every hook is evaluated on growing prefixes of the bars and each bar whose value changes
-    once later bars are appended is reported (hook, bar, both values)."""
+    once later bars are appended is reported (hook, bar, both values). Then its declared
+    hook_lookback is verified: at sampled bars the hooks see only that many trailing bars
+    (as in paper and live) and must give the whole history's values."""
     from core.ohlcv import load_ohlcv
     from models.loading import as_bundle
     from models.prob_cache import default_cache_dir
-    from strategies.lookahead import LookaheadError, check_strategy
+    from strategies.lookahead import LookaheadError, LookbackError, check_strategy
 
     log = setup_logging("strategy")
     bundle = as_bundle(model_path) if model_path else None
@@ -43,12 +45,21 @@ def check(cfg, strategy: str, data_path: str, model_path: str | None, bars: int,
     log.info("strategy check %s on %s: %d peeks", strategy, data_path, len(report.peeks))
     if report.ok:
         click.echo("ok: no hook value changed when later bars were appended")
-        return
     for peek in report.peeks[:SHOWN]:
         click.echo(f"lookahead: {peek.line()}")
     if len(report.peeks) > SHOWN:
         click.echo(f"... and {len(report.peeks) - SHOWN:,} more")
-    count = f"{'at least ' if report.capped else ''}{len(report.peeks):,}"
-    hooks = ", ".join(f"{h}()" for h in report.hooks())
-    raise LookaheadError(f"strategy {report.strategy} peeks at later bars: {hooks} changed on {count} (hook, bar) "
-                         "values when later bars were appended")
+    lookback = report.lookback
+    for miss in lookback.misses[:SHOWN]:
+        click.echo(f"lookback: {miss.line()}")
+    if len(lookback.misses) > SHOWN:
+        click.echo(f"... and {len(lookback.misses) - SHOWN:,} more")
+    if lookback.ok:
+        click.echo(lookback.summary(report.strategy))
+    if not report.ok:
+        count = f"{'at least ' if report.capped else ''}{len(report.peeks):,}"
+        hooks = ", ".join(f"{h}()" for h in report.hooks())
+        raise LookaheadError(f"strategy {report.strategy} peeks at later bars: {hooks} changed on {count} (hook, bar) "
+                             "values when later bars were appended")
+    if not lookback.ok:
+        raise LookbackError(lookback.summary(report.strategy))

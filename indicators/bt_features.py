@@ -46,16 +46,18 @@ _OHLCV = ("open", "high", "low", "close", "volume")
 _OHLCV_INDEX = pd.Index(_OHLCV)
 
 
-def feed_frame(data) -> pd.DataFrame:
+def feed_frame(data, last: int | None = None) -> pd.DataFrame:
     """The canonical OHLCV frame of a (preloaded) backtrader data feed: UTC bar open times,
-    float64 open/high/low/close/volume. Used once per run by the batch indicators, and on every
-    bar of a live feed by the strategy's hooks (so it is built as one float64 block: ~4x faster
-    than a frame from a dict of columns, with the same values, dtypes and contiguous columns)."""
+    float64 open/high/low/close/volume; with ``last``, of its last ``last`` bars only. Used once
+    per run by the batch indicators, and on every bar of a live feed by the strategy's hooks
+    (over their trailing ``hook_lookback`` bars; built as one float64 block: ~4x faster than a
+    frame from a dict of columns, with the same values, dtypes and contiguous columns)."""
     n = data.buflen()
-    idx = pd.DatetimeIndex(bt_num_to_ns(_np(data.datetime)[:n]), tz="UTC", name="timestamp")
-    block = np.empty((len(_OHLCV), n))
+    a = 0 if last is None else max(0, n - last)
+    idx = pd.DatetimeIndex(bt_num_to_ns(_np(data.datetime)[a:n]), tz="UTC", name="timestamp")
+    block = np.empty((len(_OHLCV), n - a))
     for row, name in zip(block, _OHLCV):
-        row[:] = _np(getattr(data, name))[:n]
+        row[:] = _np(getattr(data, name))[a:n]
     return pd.DataFrame(block.T, index=idx, columns=_OHLCV_INDEX, copy=False)
 
 

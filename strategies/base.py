@@ -9,10 +9,13 @@ A new strategy overrides one of the vectorised hooks of :class:`strategies.hooks
 
 and, for the inputs, ``make_probability()`` (the line of P per bar) and ``make_vol_forecast()``.
 The hooks are evaluated by :func:`strategies.hooks.evaluate_hooks` over the fed bars: once
-per backtest (the feed is preloaded, the indicators computed), over the history so far on
-every bar in paper and live sessions (bars arrive one by one; the value of the last bar is
-used). The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy`
-(param ``policy``, built once by :meth:`Policy.from_config`).
+per backtest (the feed is preloaded, the indicators computed), and on every bar in paper and
+live sessions (bars arrive one by one; the value of the last bar is used) over the trailing
+``hook_lookback`` bars the strategy declares (:func:`strategies.hooks.declared_lookback`: 1
+for the default per-bar rules), so a bar costs the same after weeks as after an hour; a
+strategy that overrides a hook without declaring one gets the whole history on every bar.
+The defaults call the vectorised rules of the strategy's :class:`core.policy.Policy` (param
+``policy``, built once by :meth:`Policy.from_config`).
 
 Each bar (from ``trade_start`` on) the risk manager (:class:`core.risk.RiskManager`) gates
 the account and the one decision step :func:`core.decision.decide` -- the compiled function
@@ -31,10 +34,11 @@ risk manager state and signal statistics.
 Primed warm-up (paper and live sessions, :func:`primes_history`): param ``history`` holds
 the warm-up bars before the first bar backtrader feeds (a canonical OHLCV frame). The
 indicators start from their state after those bars in one vectorised step (their param
-``history``) instead of ~1,400 ``next()`` calls; the hooks still see every bar: when a
-strategy overrides a hook (which may look back), they are evaluated over ``history`` + the
-fed bars, with the history's P and forecast from the batch path (the backtest's numbers for
-those bars); the default hooks are per-bar rules, so they need only the fed bars.
+``history``) instead of ~1,400 ``next()`` calls; the hooks still see every bar they need:
+when the fed bars are fewer than the declared lookback (all of them when none is declared),
+the history's last bars come first, with their P and forecast from the batch path (the
+backtest's numbers for those bars); the default hooks are per-bar rules, so they need only
+the current bar.
 """
 from __future__ import annotations
 
@@ -81,7 +85,14 @@ from core.timeframes import (
     timestamp_to_bt_num,
 )
 from indicators.bt_features import RealisedVol, VolForecast, feed_frame, history_vols
-from strategies.hooks import _OWN_PACKAGES, HOOK_ARGS, HookArrays, VectorHooks, engine_only_overrides, evaluate_hooks
+from strategies.hooks import (
+    HookArrays,
+    VectorHooks,
+    declared_lookback,
+    engine_only_overrides,
+    evaluate_hooks,
+    is_own_class,
+)
 from models.schedule import model_id_at
 
 STATE_VERSION = 1
@@ -139,7 +150,8 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self._hooks: HookArrays | None = None     # the hooks' values over the fed bars
         self._hooks_n = -1                        # ... evaluated over this many bars
         self._hook_history: tuple[pd.DataFrame, np.ndarray, np.ndarray] | None = None  # bars, P, forecast
-        self._hook_offset = 0                     # rows of history before the fed bars in the hook arrays
+        self._hook_offset = 0                     # row of the first fed bar in the hook arrays
+        self._lookback: int | None = 0            # declared_lookback(self), resolved on first use (0: not yet)
         self._restore: dict[str, Any] | None = None
         # entry order ref -> id of the model that scored its decision bar (trade list's model_id)
         self.entry_models: dict[int, str] = {}
@@ -205,36 +217,53 @@ class ModelStrategy(VectorHooks, bt.Strategy):
             self._stats[k] = float(stats[name])
 
     def hook_values(self) -> HookArrays:
-        """The hooks' values over the bars fed so far (:func:`strategies.hooks.evaluate_hooks`
-        over the feed, P from the probability line, the forecast from the vol-forecast line).
-        A preloaded backtest feed is evaluated once; a live feed grows by one bar per call,
-        and is evaluated again over its whole history (the last bar's values are used)."""
+        """The hooks' values (:func:`strategies.hooks.evaluate_hooks`, P from the probability
+        line, the forecast from the vol-forecast line) over the bars :meth:`_hook_span` picks:
+        a preloaded backtest feed is evaluated once over all of it; a live feed grows by one
+        bar per call and is evaluated again, over its trailing ``hook_lookback`` bars (the
+        primed history's included when the fed bars are fewer), or -- lookback not declared --
+        over the whole history. Read a bar's row with :meth:`_hook_row`."""
         n = self.data.buflen()
         if self._hooks is None or self._hooks_n != n:
-            bars, prob, fvol = feed_frame(self.data), _line_values(self.prob, n), _line_values(self.vol_forecast, n)
-            history = self._history_for_hooks()
-            if history is not None:
-                bars = pd.concat([history[0], bars])
-                prob, fvol = np.concatenate([history[1], prob]), np.concatenate([history[2], fvol])
+            fed, hist = self._hook_span(n)
+            bars = feed_frame(self.data, last=fed)
+            prob, fvol = _line_tail(self.prob, n, fed), _line_tail(self.vol_forecast, n, fed)
+            if hist:
+                h_bars, h_prob, h_fvol = self._history_for_hooks()
+                bars = pd.concat([h_bars.iloc[-hist:], bars])
+                prob, fvol = np.concatenate([h_prob[-hist:], prob]), np.concatenate([h_fvol[-hist:], fvol])
             self._hooks = evaluate_hooks(self, bars, prob, fvol)
             self._hooks_n = n
+            self._hook_offset = hist - (n - fed)  # row of fed bar 0 (negative: before the window)
         return self._hooks
 
-    def _history_for_hooks(self) -> tuple[pd.DataFrame, np.ndarray, np.ndarray] | None:
-        """The primed history's (bars, P, forecast) for the hooks, computed once; None when there
-        is none or every hook is the default per-bar rule (a bar's value needs that bar only)."""
-        history = self.p.history
-        if history is None or not len(history) or all(getattr(type(self), name) is getattr(VectorHooks, name)
-                                                         for name in HOOK_ARGS):
-            return None
+    def _hook_span(self, n: int) -> tuple[int, int]:
+        """(fed bars, primed history bars) the hooks are evaluated over, the newest of each:
+        every fed bar of a preloaded feed (the current bar is not its last), the trailing
+        ``hook_lookback`` bars of a growing one (the current bar is its newest), and of the
+        history what the first evaluated bar needs (all of it without a declared lookback)."""
+        if self._lookback == 0:
+            self._lookback = declared_lookback(self)
+        lookback = self._lookback
+        history = 0 if self.p.history is None else len(self.p.history)
+        if lookback is None:
+            return n, history
+        if len(self.data) == n:  # a growing feed: the current bar is the newest
+            fed = min(n, lookback)
+            return fed, min(history, lookback - fed)
+        return n, min(history, lookback - 1)
+
+    def _history_for_hooks(self) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The primed history's (bars, P, forecast) for the hooks, computed once (the batch
+        path: the backtest's numbers for those bars)."""
         if self._hook_history is None:
+            history = self.p.history
             fvol = history_vols(history, self.p.feature_cfg, self.policy.timeframe)
             self._hook_history = (history, np.asarray(self.history_probability(), dtype="float64"), fvol)
-            self._hook_offset = len(history)
         return self._hook_history
 
     def _hook_row(self) -> int:
-        """Row of the current bar in :meth:`hook_values` (after the history rows, if any)."""
+        """Row of the current bar in :meth:`hook_values`."""
         self.hook_values()
         return self._hook_offset + len(self.data) - 1
 
@@ -563,7 +592,7 @@ def primes_history(strategy_cls: type) -> bool:
     if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, ModelStrategy) and strategy_cls.primable):
         return False
     for klass in strategy_cls.__mro__:
-        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+        if is_own_class(klass):
             break
         if "__init__" in vars(klass):
             return False
@@ -574,12 +603,13 @@ def _alive(order: bt.Order | None) -> bool:
     return order is not None and bool(order.alive())
 
 
-def _line_values(line: Any, n: int) -> np.ndarray:
-    """The first ``n`` values of a backtrader line (or single-line indicator) as float64 (NaN
+def _line_tail(line: Any, n: int, k: int) -> np.ndarray:
+    """Values ``n - k .. n - 1`` of a backtrader line (or single-line indicator) as float64 (NaN
     past what it holds yet)."""
     arr = np.frombuffer(line.array, dtype="float64") if len(line.array) else np.zeros(0)
-    out = np.full(n, np.nan)
-    out[:min(n, len(arr))] = arr[:n]
+    out = np.full(k, np.nan)
+    part = arr[n - k:n]
+    out[:len(part)] = part
     return out
 
 

@@ -2,8 +2,10 @@
 
 Hooks take whole arrays over the bars (``bars``: the OHLCV frame, UTC ``DatetimeIndex``) and
 return one value per bar; a value at bar t may use bars up to t only (``nts strategy check``
-proves it). Run one with ``nts backtest|sweep|paper --strategy night_only ...``; your own as
-``--strategy mypkg.mymodule:MyStrategy`` or ``--strategy path/to/file.py:MyStrategy``.
+proves it). Each declares ``hook_lookback``, the trailing bars its hook needs, so paper and
+live evaluate it over that many bars only (the check verifies the number too). Run one with
+``nts backtest|sweep|paper --strategy night_only ...``; your own as ``--strategy
+mypkg.mymodule:MyStrategy`` or ``--strategy path/to/file.py:MyStrategy``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from strategies.tcn import TCNStrategy
 class NightOnly(TCNStrategy):
     """Enter only between 00:00 and 06:00 UTC (bar open time)."""
 
+    hook_lookback = 1  # the bar's own time
+
     def entry_allowed(self, bars: pd.DataFrame) -> np.ndarray:
         return bars.index.hour < 6
 
@@ -25,6 +29,12 @@ class CalmOnly(TCNStrategy):
     week's average (a volatility filter; needs a week of history before its first entry)."""
 
     params = (("vol_bars", 96), ("mean_bars", 672))
+
+    @property
+    def hook_lookback(self) -> int:
+        """A return needs the previous close, a volatility ``vol_bars`` returns, the mean
+        ``mean_bars`` volatilities: ``vol_bars + mean_bars`` bars in all."""
+        return self.p.vol_bars + self.p.mean_bars
 
     def entry_allowed(self, bars: pd.DataFrame) -> np.ndarray:
         r = np.log(bars["close"]).diff()
@@ -38,6 +48,15 @@ class TrendFollow(TCNStrategy):
     filter; on spot, where shorts are off, it trades longs in up-trends only)."""
 
     params = (("ema_bars", 200),)
+
+    @property
+    def hook_lookback(self) -> int:
+        """An EMA never forgets, but the weight of bars older than 10 spans is below
+        ``(1 - 2 / (span + 1)) ** (10 * span)`` (< 3e-9 for any span >= 10): the EMA over the
+        last 10 spans differs from the whole history's by that fraction of the gap between the
+        first close and the EMA, far below a tick, so the above/below test agrees (the check
+        verifies it on the bars it samples)."""
+        return 10 * self.p.ema_bars
 
     def signal(self, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray:
         s = super().signal(p, bars)

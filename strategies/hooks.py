@@ -3,9 +3,9 @@
 In the spirit of freqtrade's ``populate_*`` methods, every hook takes whole arrays (the bars of
 a span as a DataFrame with a UTC ``DatetimeIndex`` and ``open/high/low/close/volume``
 columns) and returns one value per bar. The same function serves every engine: it is
-evaluated once over the span in backtest and sweep, and over the trailing history in paper
-and live; :func:`evaluate_hooks` is the only caller, so a lookahead check of it covers every
-engine.
+evaluated once over the span in backtest and sweep, and over the trailing ``hook_lookback``
+bars in paper and live (the whole history when a hook is overridden without one);
+:func:`evaluate_hooks` is the only caller, so a lookahead check of it covers every engine.
 
 =========================================  ==================================================
 hook                                       default
@@ -63,6 +63,15 @@ class VectorHooks:
 
     policy: Policy
 
+    #: Trailing bars (the bar itself included) the hooks need to compute a bar's value exactly,
+    #: freqtrade's ``startup_candle_count``: paper and live evaluate the hooks over that many
+    #: bars only, so a bar costs the same after a week as after an hour. The defaults are
+    #: per-bar rules (1). A class that overrides a hook declares its own (an int, or a property
+    #: reading ``self.p``); one that does not gets None (:func:`declared_lookback`): the whole
+    #: history on every bar, always right but slower with every bar. ``nts strategy check``
+    #: verifies the number.
+    hook_lookback: int | None = 1
+
     def signal(self, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray:
         """s in [-1, 1] per bar from the calibrated probability ``p`` (0 = no edge)."""
         return self.policy.signals(p)
@@ -100,9 +109,14 @@ class UserCodeError(NtsError):
     redacted: user text such as an exception message may hold a secret)."""
 
 
-# Packages whose code is nts's or its libraries' own: a failure inside them is not the user's.
-_OWN_PACKAGES = frozenset({"core", "models", "indicators", "strategies", "sweeps", "brokers", "sessions", "venues",
-                           "server", "cli", "backtrader", "builtins", "abc"})
+#: Packages whose code is nts's or its libraries' own: a failure inside them is not the user's.
+OWN_PACKAGES = frozenset({"core", "models", "indicators", "strategies", "sweeps", "brokers", "sessions", "venues",
+                          "server", "cli", "backtrader", "builtins", "abc"})
+
+
+def is_own_class(klass: type) -> bool:
+    """True when ``klass`` is nts's or one of its libraries' (not a user's class)."""
+    return klass.__module__.split(".")[0] in OWN_PACKAGES
 
 
 def strategy_label(strategy: Any) -> str:
@@ -133,7 +147,7 @@ def user_files(strategy_cls: type) -> frozenset[str]:
     and its libraries): a traceback through one of them is the user's failure."""
     files = set()
     for klass in strategy_cls.__mro__:
-        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+        if is_own_class(klass):
             continue
         try:
             source = inspect.getsourcefile(klass)
@@ -180,6 +194,34 @@ HOOK_ARGS: dict[str, tuple[str, ...]] = {"signal": ("p", "bars"), "entry_allowed
                                          "target_weight": ("s", "fvol", "bars")}
 
 
+def _owner_index(mro: tuple[type, ...], name: str) -> int | None:
+    return next((i for i, klass in enumerate(mro) if name in vars(klass)), None)
+
+
+def declared_lookback(strategy: Any) -> int | None:
+    """``strategy``'s ``hook_lookback`` (an instance: a property may read ``self.p``), or None
+    when a class overrides a hook below the class that declared it (a user's subclass that
+    overrides ``signal`` does not inherit its parent's lookback: its hook may look further
+    back). A value that is not a whole number of bars >= 1 is one :class:`UserCodeError` line."""
+    mro = type(strategy).__mro__
+    declared_at = _owner_index(mro, "hook_lookback")
+    hooks_at = [i for i in (_owner_index(mro, name) for name in HOOK_ARGS) if i is not None]
+    if declared_at is None or (hooks_at and min(hooks_at) < declared_at):
+        return None
+    try:
+        value = strategy.hook_lookback
+    except (NtsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's property
+        raise user_error(strategy, "hook_lookback", exc) from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserCodeError(f"strategy {strategy_label(strategy)}: hook_lookback is {value!r}: give the bars the hooks "
+                            "look back as a whole number >= 1 (1: the bar itself), or None for the whole history")
+    return int(value)
+
+
 def hook_signature_problems(strategy_cls: type) -> list[str]:
     """One line per hook that ``strategy_cls`` (or a user's base of it) overrides with
     parameters the engines cannot call, e.g. the old scalar ``signal(self, p)``."""
@@ -206,7 +248,7 @@ def engine_only_overrides(strategy_cls: type, base: type) -> list[str]:
     sweep's compiled kernel) cannot, so such a strategy must not be swept as if it could."""
     found = []
     for klass in strategy_cls.__mro__:
-        if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+        if is_own_class(klass):
             break
         for name, value in vars(klass).items():
             # functions only: backtrader's metaclass puts params/lines classes into every subclass
@@ -236,32 +278,43 @@ def checked_array(strategy: Any, name: str, value: Any, bars: pd.DataFrame, kind
     """``value`` returned by hook ``name`` as a contiguous float64 (``kind="float"``) or bool
     array of one value per bar; refused with one :class:`UserCodeError` line when it has
     another shape, holds no numbers, holds NaN (floats: on a bar where ``known`` is True; bool
-    hooks: anywhere, NaN would read as True) or infinities."""
+    hooks: anywhere, NaN would read as True) or infinities. Runs on every bar of a session,
+    so the common cases (a bool array; floats all finite) return after one test."""
     n = len(bars)
-    label = f"strategy {strategy_label(strategy)}: hook {name}()"
     try:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"dtype {arr.dtype}")
+        if arr.dtype.kind == "b" and kind == "bool" and arr.shape == (n,):
+            return arr.copy()  # a bool array holds no NaN
         arr = arr.astype("float64")
     except (TypeError, ValueError) as exc:
-        raise UserCodeError(f"{label} returned {type(value).__name__} ({exc}), expected numbers, one per bar") from None
+        raise UserCodeError(f"{_label(strategy, name)} returned {type(value).__name__} ({exc}), expected numbers, "
+                            "one per bar") from None
     if arr.shape != (n,):
-        raise UserCodeError(f"{label} returned shape {arr.shape}, expected ({n},): one value per bar")
+        raise UserCodeError(f"{_label(strategy, name)} returned shape {arr.shape}, expected ({n},): one value per bar")
+    if kind == "float" and np.isfinite(arr).all():
+        return arr  # no NaN, no infinity (astype made it a contiguous copy)
     nan = np.isnan(arr)
     if kind == "bool":
         if nan.any():
-            raise UserCodeError(f"{label} returned NaN on {int(nan.sum())} bars (first {_first_time(bars, nan)}): "
-                                "return True/False per bar")
+            raise UserCodeError(f"{_label(strategy, name)} returned NaN on {int(nan.sum())} bars (first "
+                                f"{_first_time(bars, nan)}): return True/False per bar")
         return np.ascontiguousarray(arr != 0.0)
     bad = nan & (known if known is not None else True)
     if bad.any():
-        raise UserCodeError(f"{label} returned NaN on {int(bad.sum())} bars where the probability is known (first "
-                            f"{_first_time(bars, bad)}): return 0 for no position, NaN is not silently flat")
+        raise UserCodeError(f"{_label(strategy, name)} returned NaN on {int(bad.sum())} bars where the probability "
+                            f"is known (first {_first_time(bars, bad)}): return 0 for no position, NaN is not "
+                            "silently flat")
     inf = np.isinf(arr)
     if inf.any():
-        raise UserCodeError(f"{label} returned an infinity on {int(inf.sum())} bars (first {_first_time(bars, inf)})")
+        raise UserCodeError(f"{_label(strategy, name)} returned an infinity on {int(inf.sum())} bars (first "
+                            f"{_first_time(bars, inf)})")
     return np.ascontiguousarray(arr)
+
+
+def _label(strategy: Any, name: str) -> str:
+    return f"strategy {strategy_label(strategy)}: hook {name}()"
 
 
 def _input_array(name: str, value: Any, n: int) -> np.ndarray:
@@ -275,7 +328,7 @@ def signal_array(strategy: Any, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray
     """Hook ``signal`` through the safe path, checked: NaN where P is known and values outside
     [-1, 1] are refused."""
     s = checked_array(strategy, "signal", call_hook(strategy, "signal", p, bars), bars, "float", known=~np.isnan(p))
-    out = np.abs(np.nan_to_num(s)) > 1.0 + 1e-12
+    out = np.abs(s) > 1.0 + 1e-12  # NaN compares False (allowed where P is unknown); infinities are refused above
     if out.any():
         i = int(np.flatnonzero(out)[0])
         raise UserCodeError(f"strategy {strategy_label(strategy)}: hook signal() returned {s[i]:g} on "

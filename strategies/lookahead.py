@@ -10,6 +10,12 @@ Each hook is checked on its own inputs: ``signal`` and ``entry_allowed`` on the 
 bars and probabilities, ``target_weight`` on the prefix of the whole span's signal (so a peeking
 ``signal`` is not blamed on ``target_weight``). Hooks run through the one safe call path
 (:func:`strategies.hooks.call_hook`), so a failing hook is reported as the user's error.
+
+It also verifies the strategy's declared ``hook_lookback`` (:func:`check_lookback`): paper and
+live evaluate the hooks over that many trailing bars only, so at sampled bars the hooks are
+evaluated on exactly those bars and each value is compared with the whole history's; a
+difference is a :class:`LookbackMiss` (the declaration is too short). A strategy that overrides
+a hook without declaring one is told so (the whole history on every bar, slower every bar).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from core.errors import DataError, NtsError
 from core.policy import Policy
 from models.features import compute_features
 from models.prob_cache import cached_scores
-from strategies.hooks import allowed_array, hook_instance, signal_array, weight_array
+from strategies.hooks import allowed_array, declared_lookback, hook_instance, signal_array, weight_array
 from strategies.registry import resolve_strategy
 
 # Values closer than this (relative, and absolute near 0) count as equal: a rolling sum
@@ -36,6 +42,10 @@ ATOL = 1e-12
 
 class LookaheadError(NtsError):
     """A strategy hook uses bars after the one it decides for."""
+
+
+class LookbackError(NtsError):
+    """A strategy's hooks need more trailing bars than its ``hook_lookback`` declares."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,58 @@ class Peek:
 
 
 @dataclass(frozen=True)
+class LookbackMiss:
+    """One hook value that differs when only the declared trailing bars are given."""
+
+    hook: str
+    bar: int                    # position of the bar in the checked bars
+    time: pd.Timestamp
+    on_window: float            # value with the trailing ``lookback`` bars only
+    on_full: float              # value with every bar up to it
+    lookback: int
+
+    def line(self) -> str:
+        """One line for the report."""
+        return (f"hook {self.hook}() at bar {self.bar} ({self.time}): {self.on_window:g} from its trailing "
+                f"{self.lookback} bars, {self.on_full:g} from the whole history")
+
+
+@dataclass(frozen=True)
+class LookbackReport:
+    """What :func:`check_lookback` found (``lookback`` None: not declared, nothing checked)."""
+
+    lookback: int | None
+    sampled: int                          # bars whose value was recomputed on their window
+    misses: tuple[LookbackMiss, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every sampled value equals the whole history's."""
+        return not self.misses
+
+    def hooks(self) -> list[str]:
+        """Names of the hooks whose value differed, in the order first found."""
+        return list(dict.fromkeys(m.hook for m in self.misses))
+
+    def summary(self, strategy: str) -> str:
+        """The one line the check prints about the lookback."""
+        if self.lookback is None:
+            return (f"note: {strategy} declares no hook_lookback for its hooks: paper and live evaluate them over "
+                    "the whole history on every bar (slower with every bar); declare the bars they look back as "
+                    "the class attribute hook_lookback")
+        if not self.sampled:
+            return (f"note: hook_lookback = {self.lookback} is not shorter than the bars checked: not verified "
+                    "(give more --bars)")
+        if self.ok:
+            return (f"ok: hook_lookback = {self.lookback}: the trailing {self.lookback} bars give the whole "
+                    f"history's values at {self.sampled} sampled bars")
+        return (f"strategy {strategy}: hook_lookback = {self.lookback} is too short: "
+                + ", ".join(f"{h}()" for h in self.hooks())
+                + f" changed at {len(self.misses)} of {self.sampled} sampled bars when given only the trailing "
+                f"{self.lookback} bars")
+
+
+@dataclass(frozen=True)
 class LookaheadReport:
     """What :func:`check_lookahead` found."""
 
@@ -67,6 +129,7 @@ class LookaheadReport:
     first: pd.Timestamp | None = None     # first and last bar checked
     last: pd.Timestamp | None = None
     probabilities: str = ""               # where P came from ("the model ..." or "synthetic ...")
+    lookback: LookbackReport | None = None  # the declared hook_lookback's check (check_strategy)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +199,34 @@ def check_lookahead(hooks: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.n
                            first=bars.index[0] if len(bars) else None, last=bars.index[-1] if len(bars) else None)
 
 
+def check_lookback(hooks: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.ndarray, lookback: int | None, *,
+                   samples: int = 100, max_misses: int = 1000) -> LookbackReport:
+    """Verify ``lookback`` (the declared ``hook_lookback`` of ``hooks``): at up to ``samples``
+    bars t evenly spaced among those with more than ``lookback`` bars before them, evaluate the
+    hooks on bars ``t - lookback + 1 .. t`` only (as paper and live do) and compare the value of
+    bar t with the whole span's (``target_weight`` on the whole span's signal, as in
+    :func:`check_lookahead`, so each hook answers for itself)."""
+    if lookback is None:
+        return LookbackReport(None, 0)
+    prob = np.ascontiguousarray(prob, dtype="float64")
+    fvol = np.ascontiguousarray(fvol, dtype="float64")
+    n = len(bars)
+    if n <= lookback:
+        return LookbackReport(lookback, 0)
+    full = _hook_values(hooks, bars, prob, fvol, None)
+    ends = np.unique(np.linspace(lookback, n - 1, max(1, samples)).round().astype(np.int64))
+    misses: list[LookbackMiss] = []
+    for t in ends:
+        t = int(t)
+        a = t - lookback + 1
+        part = _hook_values(hooks, bars.iloc[a:t + 1], prob[a:t + 1], fvol[a:t + 1], full["signal"][a:t + 1])
+        for name, values in part.items():
+            if _changed(values[-1:], full[name][t:t + 1])[0] and len(misses) < max_misses:
+                misses.append(LookbackMiss(hook=name, bar=t, time=bars.index[t], on_window=float(values[-1]),
+                                           on_full=float(full[name][t]), lookback=lookback))
+    return LookbackReport(lookback, len(ends), tuple(misses))
+
+
 def neutral_probabilities(n: int, center: float, seed: int = 0) -> np.ndarray:
     """A fixed pseudo-random P per bar around ``center`` (half-way to 0 and 1 at most): hook
     inputs with both signs of signal when no model is given. Bar t's value never depends on
@@ -149,7 +240,8 @@ def check_strategy(strategy: Any, frame: pd.DataFrame, cfg: Config, bundle: Any 
     """:func:`check_lookahead` of ``strategy`` (name, ``module:Class``, ``file.py:Class`` or
     class) on the last ``bars`` bars of ``frame``: P from ``bundle`` when given (else
     :func:`neutral_probabilities`), the volatility forecast the engines use, the policy of
-    ``cfg`` (and the bundle)."""
+    ``cfg`` (and the bundle); its ``lookback`` holds :func:`check_lookback` of the declared
+    ``hook_lookback`` at ``prefixes`` sampled bars."""
     cls = resolve_strategy(strategy)
     if bars < 3:
         raise DataError(f"--bars {bars}: the check needs at least 3 bars")
@@ -165,5 +257,7 @@ def check_strategy(strategy: Any, frame: pd.DataFrame, cfg: Config, bundle: Any 
         source = "synthetic, around the policy's centre (give --model for the bundle's)"
     features = bundle.feature_cfg if bundle is not None else cfg.features
     fvol = policy.forecast_vols(compute_features(data, features, timeframe=policy.timeframe)["ewma_vol_fast"].to_numpy())
-    report = check_lookahead(hook_instance(cls, policy), data, prob, fvol, prefixes=prefixes)
-    return dataclasses.replace(report, probabilities=source)
+    hooks = hook_instance(cls, policy)
+    report = check_lookahead(hooks, data, prob, fvol, prefixes=prefixes)
+    lookback = check_lookback(hooks, data, prob, fvol, declared_lookback(hooks), samples=prefixes)
+    return dataclasses.replace(report, probabilities=source, lookback=lookback)
