@@ -73,7 +73,9 @@ def fast_bundle(tmp_path_factory) -> Path:
     """A bundle with short feature memories (warm-up ~360 bars instead of 1,391) and a 32-bar
     window, for the tests that start many sessions: each start feeds the whole warm-up through
     the streaming path, so this keeps starts cheap. 1 epoch on 2,500 generated bars (seed 13);
-    cached like ``tiny_bundle``. A test module that defines its own ``fast_bundle`` overrides it."""
+    cached like ``tiny_bundle``. The live, paper, clock, ban and protection tests all use this one
+    (each used to train its own twin per module). A test module that defines its own
+    ``fast_bundle`` overrides it."""
     return cached_bundle("fast", f"synthetic_ohlcv(2500, seed=13) {FAST}",
                          _train(lambda: synthetic_ohlcv(2500, seed=13), FAST),
                          tmp_path_factory.mktemp("bundles") / "fast")

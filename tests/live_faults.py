@@ -20,7 +20,6 @@ from test_live import (  # noqa: F401  (fixtures and helpers, re-exported)
     _keys,
     assert_consistent,
     calm_frame,
-    fast_bundle,
     make_cfg,
     ms,
     run_live,

@@ -21,7 +21,6 @@ from live_faults import (  # noqa: F401  (fixtures)
     SECRET_ENV,
     _keys,
     calm_frame,
-    fast_bundle,
     fault_session,
     warm,
 )

@@ -17,7 +17,7 @@ from brokers.ccxt_store import CCXTStore
 from cli.main import cli
 from core.synthetic import synthetic_ohlcv
 from venues.replay import ReplayExchange
-from test_live import KEY, KEY_ENV, SECRET, SECRET_ENV, _keys, calm_frame, fast_bundle, make_cfg, ms, run_live, venue, warm  # noqa: F401
+from test_live import KEY, KEY_ENV, SECRET, SECRET_ENV, _keys, calm_frame, make_cfg, ms, run_live, venue, warm  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 SYM = "BTC/USDT"

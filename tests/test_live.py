@@ -89,20 +89,6 @@ def _keys(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fast_bundle(tmp_path_factory) -> Path:
-    """A bundle with short feature memories (warm-up ~360 bars) and a 32-bar window, as in
-    tests/test_paper_session.py: each session start feeds the whole warm-up."""
-    from models.train import train_bundle
-
-    cfg = load_config(None, ["training.epochs=1", "training.batch_size=128", "training.threads=1", "model.window=32",
-                             "features.ewma_vol_fast_span=12", "features.ewma_vol_slow_span=24",
-                             "features.rsi_window=8", "features.volume_z_window=48"])
-    out = tmp_path_factory.mktemp("bundles") / "fast"
-    train_bundle(synthetic_ohlcv(2500, seed=13), cfg, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def warm(fast_bundle) -> int:
     return warmup_bars_for(load_bundle(fast_bundle), load_config(None, SETS))
 

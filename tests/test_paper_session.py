@@ -58,21 +58,6 @@ def bundle(tiny_bundle):
     return load_bundle(tiny_bundle)
 
 
-@pytest.fixture(scope="module")
-def fast_bundle(tmp_path_factory) -> Path:
-    """A bundle with short feature memories (warm-up ~360 bars instead of 1,391) and a 32-bar
-    window, for the tests that start many sessions: each start feeds the whole warm-up
-    through the streaming path, so this keeps restarts cheap. 1 epoch on generated bars."""
-    from models.train import train_bundle
-
-    cfg = load_config(None, ["training.epochs=1", "training.batch_size=128", "training.threads=1", "model.window=32",
-                             "features.ewma_vol_fast_span=12", "features.ewma_vol_slow_span=24",
-                             "features.rsi_window=8", "features.volume_z_window=48"])
-    out = tmp_path_factory.mktemp("bundles") / "fast"
-    train_bundle(synthetic_ohlcv(2500, seed=13), cfg, out, progress=False)
-    return out
-
-
 def make_cfg(tmp_path: Path, *extra: str):
     return load_config(None, [*SETS, f"risk.kill_switch_file={tmp_path / 'KILL'}", *extra])
 

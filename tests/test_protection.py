@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from live_faults import _keys, calm_frame, fast_bundle, fault_session, make_cfg, warm  # noqa: F401  (fixtures)
+from live_faults import _keys, calm_frame, fault_session, make_cfg, warm  # noqa: F401  (fixtures)
 
 TF_MS = 900_000
 REFUSE = {"code": -2010, "msg": "Account has insufficient balance for requested action."}
