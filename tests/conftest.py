@@ -1,7 +1,16 @@
 """Shared fixtures: generated candles everywhere, the real candles when ../shared/data exists."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One intra-op thread per test process (set before anything imports torch; inherited by the CLI
+# subprocesses the tests start). `make test` runs 2 xdist workers on 2 cores: torch's default of
+# one OpenMP thread per core gave each worker 2 threads, and on a busy machine a parallel region
+# waits (spinning) for a descheduled thread (test_training's fit_network tests, which train
+# outside train_bundle's 1-thread scope, took 3-30 s for the same 3 fits depending on load).
+# Results do not depend on it: tests that compare runs compare runs of the same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
