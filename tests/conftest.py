@@ -90,11 +90,14 @@ def fast_bundle(tmp_path_factory) -> Path:
                          tmp_path_factory.mktemp("bundles") / "fast")
 
 
-# Files whose tests take the longest CPU time (profile of 2026-12-04, --durations): started first
-# so that under `--dist loadfile` no worker picks one of them up last while the other idles.
-HEAVY_FIRST = ("test_walkforward.py", "test_training.py", "test_runspec.py", "test_sweep.py", "test_live.py",
-               "test_paper_session.py", "test_server_session.py", "test_backtest_cli.py", "test_scorer.py",
-               "test_server.py", "test_simulator_parity.py", "test_multisymbol.py")
+# Files whose tests take the longest (per-file CPU and wall, 2026-12-04, testspeed2's report):
+# started first so that under `--dist loadfile` no worker picks one of them up last while the
+# other idles. test_live and test_paper_session lead: besides their CPU they wait on real clocks
+# (SIGKILL/restart tests of `nts live` / `nts paper` subprocesses on an accelerated replay clock,
+# 1.5-3 min wall each file), and those waits overlap best with the other worker's CPU work.
+HEAVY_FIRST = ("test_live.py", "test_paper_session.py", "test_walkforward.py", "test_sweep.py",
+               "test_simulator_parity.py", "test_training.py", "test_runspec.py", "test_multisymbol.py",
+               "test_server_session.py", "test_backtest_cli.py", "test_scorer.py", "test_server.py")
 
 
 def pytest_collection_modifyitems(config, items):
