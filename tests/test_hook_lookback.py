@@ -38,13 +38,39 @@ def _above_mean(bars: pd.DataFrame, n: int) -> np.ndarray:
     return (c > c.rolling(n, min_periods=n).mean()).to_numpy()
 
 
+# gc.get_freeze_count() as of the last gc.freeze()/gc.unfreeze() (the only calls that change
+# it): read after each of them by _watch_gc_freeze below, so a hook call records it in O(1).
+# gc.get_freeze_count() itself walks the whole permanent generation (CPython 3.11): ~50 ms per
+# call with a test worker's heap frozen, and called on every hook call the paper test took
+# 60-140 s instead of ~15.
+FROZEN = [0]
+
+
+@pytest.fixture(autouse=True)
+def _watch_gc_freeze(monkeypatch):
+    """Wrap gc.freeze/gc.unfreeze (the session calls them through the module) to keep FROZEN."""
+    real_freeze, real_unfreeze = gc.freeze, gc.unfreeze
+
+    def freeze():
+        real_freeze()
+        FROZEN[0] = gc.get_freeze_count()
+
+    def unfreeze():
+        real_unfreeze()
+        FROZEN[0] = gc.get_freeze_count()
+
+    FROZEN[0] = gc.get_freeze_count()
+    monkeypatch.setattr(gc, "freeze", freeze)
+    monkeypatch.setattr(gc, "unfreeze", unfreeze)
+
+
 class Undeclared(TCNStrategy):
     """Longs only above the 50-bar mean of the close, no hook_lookback: the whole history."""
 
-    seen: list[tuple[int, int]] = []   # (rows the hook got, gc.get_freeze_count()) per call
+    seen: list[tuple[int, int]] = []   # (rows the hook got, gc.get_freeze_count() then) per call
 
     def signal(self, p, bars):
-        type(self).seen.append((len(bars), gc.get_freeze_count()))
+        type(self).seen.append((len(bars), FROZEN[0]))
         s = super().signal(p, bars)
         return np.where(_above_mean(bars, LOOK), np.maximum(s, 0.0), np.minimum(s, 0.0))
 
