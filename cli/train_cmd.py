@@ -169,7 +169,8 @@ def _train_schedule(cfg, entries, output: str, start, workers, scheduler, epochs
     kind = f", {k}-member seed ensembles" if k > 1 else ""
     click.echo(f"schedule {result.path}: trained {len(result.trained)} of {len(folds)} folds in "
                f"{result.wall_seconds:.0f} s ({result.schedule['label_scale']}{kind})")
-    click.echo("| fold | valid from | valid until | TCN AUC | log loss | Brier | ECE | baseline AUC | base rate | n | s |")
+    click.echo("| fold | valid from | valid until | TCN AUC | log loss | Brier | ECE | baseline AUC | base rate | n "
+               "| s |")
     click.echo("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in folds:
         t = f["metrics"]["test"]

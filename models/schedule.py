@@ -14,7 +14,9 @@ The schedule offers the bundle's scoring surface (``predict_logit``, ``predict_p
 or a schedule for a path. :meth:`ModelSchedule.model_ids` names the fold used per bar (for the
 decision journal). Each fold's bars are scored on a sub-frame that starts
 ``history_bars`` bars before the fold's first bar, so a bar's P depends on its own bundle and
-on bars up to itself only. The schedule imports no torch: bundles do the scoring.
+on bars up to itself only. A fold trained with ``model.ensemble: K`` is a seed ensemble
+(:class:`models.ensemble.EnsembleModel`: mean member logit, the fold's one calibrator), scored
+the same way. The schedule imports no torch: bundles do the scoring.
 """
 from __future__ import annotations
 

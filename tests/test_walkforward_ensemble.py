@@ -130,7 +130,8 @@ def test_dask_folds_equal_sequential_folds_and_extension_trains_only_the_new_fol
         assert a == b, key
     more = build_schedule(_inputs(frame), cfg_k(2), out)
     assert more.trained == ["fold_20240220"] and more.schedule["folds"][3]["ensemble"]["k"] == 2
-    assert [f["weights_sha256"] for f in more.schedule["folds"][:3]] == [f["weights_sha256"] for f in seq.schedule["folds"]]
+    kept = [f["weights_sha256"] for f in more.schedule["folds"][:3]]
+    assert kept == [f["weights_sha256"] for f in seq.schedule["folds"]]
 
 
 _CHILD = """
@@ -157,3 +158,23 @@ def test_backtest_on_an_ensemble_schedule_names_the_fold_and_never_imports_torch
     trades = pd.read_csv(tmp_path / "bt" / "trades.csv")
     assert len(trades) > 3 and set(trades["model_id"]) <= {f["name"] for f in result.schedule["folds"]}
     assert trades["model_id"].nunique() >= 2
+
+
+def test_run_config_rolling_recalibrates_every_ensemble_fold_causally(ens, frame):
+    """``calibration.mode: rolling`` in the run config (RunSpec: every engine) on a schedule
+    trained static: each fold's ensemble gets causal rolling Platt on its mean logit."""
+    from models.recalibration import RollingCalibrated
+    from strategies.runspec import RunSpec
+
+    out, _ = ens
+    data = frame.iloc[:CUT]
+    rolling = ["calibration.mode=rolling", "calibration.window_bars=300", "calibration.refit_bars=24",
+               "calibration.min_samples=100"]
+    sched = RunSpec.build(load_config(None, SMALL + rolling), model=out).bundle
+    assert isinstance(sched, ModelSchedule) and sched.ccfg.mode == "rolling"
+    assert isinstance(sched.bundle(1), RollingCalibrated) and isinstance(sched.bundle(1).inner, EnsembleModel)
+    full = sched.predict_proba(data).to_numpy()
+    np.testing.assert_array_equal(sched.predict_proba(data.iloc[:4000]).to_numpy(), full[:4000])
+    static = load_model(out).predict_proba(data).to_numpy()
+    ok = np.isfinite(full) & np.isfinite(static)
+    assert ok.sum() > 1500 and np.mean(np.abs(full[ok] - static[ok]) > 1e-4) > 0.5
