@@ -153,9 +153,9 @@ def run_fold(job: FoldJob) -> dict:
     training path, spans by time), and return its schedule entry."""
     t0 = time.perf_counter()
     p = job.plan
-    kw = dict(cuts=_cuts(job), test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name,
-              epochs=job.epochs, max_samples=job.max_samples, progress=False)
     try:
+        kw = dict(cuts=_cuts(job), test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name,
+                  epochs=job.epochs, max_samples=job.max_samples, progress=False)
         if job.cfg.model.ensemble > 1:
             meta, extra = _ensemble_meta(train_pooled_ensemble(job.inputs, job.cfg, job.output, **kw), job.output)
         else:

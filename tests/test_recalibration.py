@@ -198,3 +198,16 @@ def test_backtest_cli_honours_calibration_mode_rolling(fast_bundle, tmp_path):
         runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["run"]
     assert runs["static"]["calibration"] == "static" and runs["rolling"]["calibration"] == "rolling"
     assert runs["static"]["signal"]["p_max"] != runs["rolling"]["signal"]["p_max"]
+
+
+def test_run_config_rolling_is_refused_for_a_sequence_bundle():
+    """Its streaming scorer (the one-step state) calibrates statically: one line, not a silent mix."""
+    from types import SimpleNamespace
+
+    from core.errors import ConfigError
+    from models.loading import with_run_calibration
+
+    seq = SimpleNamespace(meta={"model": {"context": "sequence"}})
+    with pytest.raises(ConfigError, match="calibration.mode=rolling: not available for a model.context=sequence"):
+        with_run_calibration(seq, CCFG)
+    assert with_run_calibration(seq, CalibrationConfig()) is seq  # static: the model as trained
