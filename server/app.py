@@ -185,7 +185,7 @@ def _openapi_with_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> N
 def _warm(setup: ServeSetup, ready: threading.Event) -> None:
     """Score one synthetic window through the whole path (first calls compile and allocate)."""
     try:
-        if setup.lookback is None:  # every request is refused (ServeSetup.min_bars): warm the scorer alone
+        if setup.refusal is not None:  # every request is refused (ServeSetup.min_bars): warm the scorer alone
             BarScorer(setup.bundle).prime(synthetic_ohlcv(setup.warmup_bars, seed=1))
         else:
             predict_frame(setup, synthetic_ohlcv(setup.min_bars, seed=1))

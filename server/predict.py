@@ -16,8 +16,9 @@ One pipeline, nothing re-implemented here:
   defaults), else the strategy's declared ``hook_lookback`` bars ending at it, the earlier
   ones with their P and forecast from :mod:`server.hook_trail` (a request then carries the
   warm-up plus ``hook_lookback - 1`` bars: :attr:`ServeSetup.min_bars`), the weight capped
-  by the :class:`core.risk.RiskManager`; order type and barrier prices by the :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy`
-  reads on a flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
+  by the :class:`core.risk.RiskManager`; order type and barrier prices by the
+  :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy` reads on a
+  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
 
 Bars come as rows (``bars``: one object per candle) or as columns (``columns``: one array per
 field, several times cheaper to parse for a 1,400-bar warm-up); both are refused by the same

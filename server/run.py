@@ -67,6 +67,10 @@ def build_app(opts: ServeOptions, echo: Callable[[str], None] | None = None) -> 
     _check(opts, auth)
     cfg = load_config(opts.config, opts.overrides)
     setup = build_setup(cfg, opts.model, opts.barriers, opts.strategy)
+    if setup.refusal is not None:
+        if opts.mode == "inference":  # a server that would refuse every prediction is refused at start
+            raise ConfigError(f"{setup.refusal} (nothing was served)")
+        log.warning("the inference routes refuse every request: %s", setup.refusal)
     host = None
     if opts.mode in MODES:
         state = opts.state or f"state/{opts.mode}.db"

@@ -4,6 +4,8 @@ the answers equal the backtest's per-bar values bar for bar; too few bars and an
 lookback are refused with one line naming the strategy."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
 from server.app import create_app
 from server.auth import Auth
+from server.run import ServeOptions, build_app
 from server.setup import build_setup
 from strategies.backtest import run_backtest, warmup_bars_for
 from strategies.tcn import TCNStrategy
@@ -97,7 +100,8 @@ def test_lookback_hooks_equal_the_backtest_bar_by_bar(fast_bundle):
     with TestClient(create_app(setup, Auth(None))) as c:
         wait_ready(c)
         assert c.get("/model").json()["strategy"] == {"name": "LookbackTCN", "hook_lookback": LOOKBACK,
-                                                      "overridden_hooks": ["signal", "entry_allowed"]}
+                                                      "overridden_hooks": ["signal", "entry_allowed"],
+                                                      "refusal": None}
         rows = rows_of(frame)
         # the stream: opened with the bars up to the first compared one, then one bar per call
         opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first + 1 - need:first + 1])})
@@ -140,21 +144,28 @@ def test_too_few_bars_and_undeclared_lookbacks_refused(fast_bundle):
                                    f"{LOOKBACK}) ending at the bar to score")
         assert c.post("/predict", json={"columns": columns_of(frame)}).status_code == 200
         assert c.get("/model").json()["warmup"]["request_bars"] == setup.min_bars
-    undeclared = build_setup(cfg, fast_bundle, strategy=Undeclared)
-    assert undeclared.lookback is None
-    with TestClient(create_app(undeclared, Auth(None))) as c:
-        wait_ready(c)
-        for route in ("/predict", "/streams"):
-            r = c.post(route, json={"columns": columns_of(frame)})
-            assert r.status_code == 422, r.text
-            msg = r.json()["detail"][0]["msg"]
-            assert msg.startswith("strategy Undeclared overrides the hook(s) entry_allowed without declaring "
-                                  "hook_lookback") and "declare hook_lookback" in msg
     # a builtin that looks back: the bars it needs are the warm-up plus its lookback
     calm = build_setup(cfg, fast_bundle, strategy="calm_only")
     assert calm.lookback == 96 + 672 and calm.min_bars == calm.warmup_bars + 767
 
 
-def test_strategies_the_server_cannot_answer_for_are_refused(fast_bundle):
-    with pytest.raises(ConfigError, match="strategy RecordingLookback: nts serve answers with the bundle's TCN"):
-        build_setup(load_config(None), fast_bundle, strategy=RecordingLookback)
+@pytest.mark.parametrize("name, why", [
+    ("Undeclared", "strategy Undeclared overrides the hook(s) entry_allowed without declaring hook_lookback"),
+    ("RecordingLookback", "strategy RecordingLookback: the server answers with the bundle's TCN probability and "
+                          "the strategy's vectorised hooks only"),
+])
+def test_strategies_the_server_cannot_answer_for(fast_bundle, name, why):
+    """Refused at start when the server only serves inference; with a session the session
+    runs and the inference routes refuse every request with the same line."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(why)}.*\\(nothing was served\\)$"):
+        build_app(ServeOptions(model=str(fast_bundle), strategy=f"test_server_hooks:{name}"))
+    setup = build_setup(load_config(None), fast_bundle, strategy=f"test_server_hooks:{name}")
+    assert setup.refusal.startswith(why)
+    frame = synthetic_ohlcv(setup.warmup_bars + LOOKBACK, seed=6, start="2024-06-01")
+    with TestClient(create_app(setup, Auth(None))) as c:
+        wait_ready(c)
+        assert c.get("/model").json()["strategy"]["refusal"] == setup.refusal
+        for route in ("/predict", "/streams"):
+            r = c.post(route, json={"columns": columns_of(frame)})
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"][0]["msg"] == setup.refusal
