@@ -318,7 +318,8 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
     """The decision on the last bar of ``frame`` (a frame :func:`checked_frame` accepted): its
     last warm-up bars scored by a :class:`BarScorer` -- primed from them, or taken from
     ``cache`` when it consumed all but the last of them -- then :func:`decide_flat`, after the
-    hooks' trail (:func:`trail_of`) when the strategy's hooks look back."""
+    hooks' trail when the strategy's hooks look back (:func:`trail_of`, or the one ``cache``
+    kept from a request one bar earlier)."""
     policy = effective_policy(setup, overrides)
     need = setup.min_bars  # refuses a strategy without a declared lookback
     if len(frame) < need:
@@ -331,7 +332,15 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
         out = scorer.prime(tail)
         row = scorer.rows[-1] if len(scorer.rows) else None
     last = tail.iloc[-1:]
-    # per-bar hooks (the defaults) see the scored bar alone: no frame of history per request
-    trail = trail_of(setup.bundle, frame.iloc[-need:], setup.lookback) if need > len(tail) else None
     scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, need)
-    return decide_flat(setup, policy, scored, last, trail)
+    if need == len(tail):  # per-bar hooks (the defaults) see the scored bar alone: no frame of history
+        return decide_flat(setup, policy, scored, last)
+    window = frame.iloc[-need:]
+    trail = cache.take_trail(window) if cache is not None else None
+    if trail is None:
+        trail = trail_of(setup.bundle, window, setup.lookback)
+    pred = decide_flat(setup, policy, scored, last, trail)
+    if cache is not None:  # a window one bar later finds this trail with this bar in it
+        trail.push(int(last.index.asi8[0]), last.to_numpy()[0], scored.p, policy.forecast_vol(scored.ewma_vol))
+        cache.keep_trail(window, trail)
+    return pred

@@ -116,12 +116,15 @@ def test_lookback_hooks_equal_the_backtest_bar_by_bar(fast_bundle):
         assert {a["side"] for a in answers} >= {"buy", None}
         trail = c.app.state.streams.get(sid).trail
         assert len(trail) == LOOKBACK - 1 and trail.ts_ns[-1] == frame.index[first + 59].value  # fixed size
-        # /predict and /predict/batch: exactly the bars needed, or more
-        for k in range(0, 60, 7):
+        # /predict and /predict/batch: exactly the bars needed, or more; a window one bar after
+        # the previous one takes that request's trail from the cache (the batch path otherwise)
+        cache = c.app.state.window_cache
+        for k in (0, 1, 2, 3, 10, 17, 30, 31, 32, 45, 46, 59):
             end = first + k + 1
             out = c.post("/predict", json={"bars": rows[end - need - (k % 3):end]})
             assert out.status_code == 200, out.text
             _same(out.json(), log[k])
+        assert cache.trail_hits == 6
         item = {"columns": columns_of(frame.iloc[first + 1 - need:first + 1])}
         batch = c.post("/predict/batch", json={"items": [item]})
         _same(batch.json()["results"][0], log[0])
