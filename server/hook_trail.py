@@ -18,6 +18,8 @@ With the default hooks (lookback 1) there is no trail and the hooks see the scor
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -58,7 +60,7 @@ class HookTrail:
         self.fvol[:-1], self.fvol[-1] = self.fvol[1:], fvol
 
 
-def trail_of(bundle, tail: pd.DataFrame, lookback: int) -> HookTrail | None:
+def trail_of(bundle: Any, tail: pd.DataFrame, lookback: int) -> HookTrail | None:
     """The trail of the last bar of ``tail`` (checked, contiguous bars holding at least the
     warm-up plus ``lookback - 1``): its ``lookback - 1`` bars before that bar, their P and
     forecast by the batch path over ``tail`` without its last bar. None for ``lookback`` 1."""
