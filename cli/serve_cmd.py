@@ -37,7 +37,8 @@ def _echo(line: str) -> None:
 @click.option("--symbol", default=None, help="Market, e.g. BTC/USDT (default: data.symbol).")
 @click.option("--exchange-url", default=None, help="Base URL override, e.g. a replay exchange http://127.0.0.1:8765.")
 @click.option("--strategy", "strategy_name", default="tcn", show_default=True,
-              help="Session strategy: a builtin name or module.path:ClassName (as in nts paper).")
+              help="Strategy /predict and the bar streams answer with, and the session trades: a builtin "
+                   "name or module.path:ClassName (as in nts paper).")
 @click.option("--max-bars", type=click.IntRange(min=1), default=None, help="Session: stop after this many bars.")
 @click.option("--allow-model-change", is_flag=True, help="Resume a journal started with other weights or settings.")
 @click.option("--i-understand-live-trading", "acknowledged", is_flag=True, help="Required with --mode live.")
@@ -71,6 +72,6 @@ def serve(model_path: str, host: str, port: int, mode: str, token_env: str, work
     if mode == "live":
         session.update(acknowledged=True, max_capital=max_capital)
     opts = ServeOptions(model=model_path, host=host, port=port, mode=mode, config=config_path,
-                        overrides=list(overrides), barriers=barriers, token_env=token_env, max_body=max_body,
+                        overrides=list(overrides), barriers=barriers, strategy=strategy_name, token_env=token_env, max_body=max_body,
                         workers=workers, state=state, notify=notify_path, session=session if mode != "inference" else {})
     run_server(opts, echo=_echo)

@@ -48,9 +48,9 @@ def train(cfg, data_paths: tuple[str, ...], universe_path: str | None, output: s
         raise ConfigError("give --data FILE (repeatable) or --universe FILE")
     if (workers is not None or scheduler is not None) and not walk_forward:
         raise ConfigError("--workers / --scheduler train walk-forward folds in parallel: add --walk-forward")
-    if cfg.model.ensemble > 1 and (walk_forward or len(entries) > 1 or entries[0][0] is not None):
-        raise ConfigError("model.ensemble > 1 trains a seed ensemble from one --data file; walk-forward schedules and "
-                          "pooled symbols train one network per bundle (set model.ensemble=1)")
+    if cfg.model.ensemble > 1 and not walk_forward and (len(entries) > 1 or entries[0][0] is not None):
+        raise ConfigError("model.ensemble > 1 trains a seed ensemble from one --data file or per --walk-forward fold; "
+                          "pooled symbols without --walk-forward train one network (set model.ensemble=1)")
     if walk_forward or train_window or step or start:
         if not walk_forward:
             raise ConfigError("--train-window, --step and --start belong to --walk-forward")
@@ -165,16 +165,19 @@ def _train_schedule(cfg, entries, output: str, start, workers, scheduler, epochs
     if not result.trained:
         click.echo(f"schedule {result.path}: up to date ({len(folds)} folds; no new validity span in the data)")
         return
+    k = result.schedule.get("ensemble", 1)
+    kind = f", {k}-member seed ensembles" if k > 1 else ""
     click.echo(f"schedule {result.path}: trained {len(result.trained)} of {len(folds)} folds in "
-               f"{result.wall_seconds:.0f} s ({result.schedule['label_scale']})")
-    click.echo("| fold | valid from | valid until | TCN AUC | log loss | Brier | ECE | baseline AUC | base rate | n |")
-    click.echo("|---|---|---|---|---|---|---|---|---|---|")
+               f"{result.wall_seconds:.0f} s ({result.schedule['label_scale']}{kind})")
+    click.echo("| fold | valid from | valid until | TCN AUC | log loss | Brier | ECE | baseline AUC | base rate | n "
+               "| s |")
+    click.echo("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in folds:
         t = f["metrics"]["test"]
         c, b = t["tcn"]["calibrated"], t["baseline"]["calibrated"]
         click.echo(f"| {f['name']} | {f['valid_from'][:10]} | {f['valid_until'][:10]} | {c['auc']:.4f} | "
                    f"{c['log_loss']:.4f} | {c['brier']:.4f} | {c['ece']:.4f} | {b['auc']:.4f} | "
-                   f"{c['base_rate']:.4f} | {c['n']:,} |")
+                   f"{c['base_rate']:.4f} | {c['n']:,} | {f['wall_seconds']:.0f} |")
 
 
 @click.command("explain")

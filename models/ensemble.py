@@ -1,8 +1,9 @@
 """Seed ensembles (``model.ensemble: K``): K networks, logits averaged before calibration.
 
-Training (:func:`models.ensemble_train.train_ensemble`): the data are prepared and split ONCE; member k is an
-ordinary bundle (``models.train.train_bundle``, the one training path) trained on that same
-split with ``training.seed + k``, written to ``members/m<k>/``. The ensemble's logit is the
+Training (:mod:`models.ensemble_train`): the data are prepared and split ONCE; member k is an
+ordinary bundle (the one training path: ``train_bundle``, or ``train_pooled_bundle`` for a
+walk-forward fold) trained on that same split with ``training.seed + k``, written to
+``members/m<k>/``. The ensemble's logit is the
 mean of the members' raw logits; ONE calibrator (``training.calibration``) is fitted on the
 mean logits of the validation span -- the members' own calibrators are not used. Test
 metrics are reported for the ensemble and for every member, with each member's training
@@ -11,8 +12,9 @@ time, so the gain and its cost sit side by side in ``ensemble.json``.
 Scoring (:class:`EnsembleModel`) offers the bundle's surface (``predict_logit``,
 ``predict_proba``, ``calibrate``, ``score_features``, ``score_window``, ``meta``, spans,
 ``window``, ``min_bars``, ``history_bars`` ...); :func:`models.schedule.load_model` returns it
-for a folder holding ``ensemble.json``. Walk-forward schedules and pooled symbols train one
-network per bundle for now (they refuse ``model.ensemble > 1``).
+for a folder holding ``ensemble.json``, and a walk-forward fold trained with ``model.ensemble: K``
+is such a folder (:class:`models.schedule.ModelSchedule` loads it). ``nts train`` with several
+``--data`` files and no ``--walk-forward`` still trains one network (it refuses K > 1).
 """
 from __future__ import annotations
 
@@ -52,9 +54,8 @@ class EnsembleModel:
                      "history_bars", "input_bars", "training_span", "test_span"):
             setattr(self, name, getattr(first, name))
         self.calibrator = Calibrator.from_dict(self.tree["calibrator"])
-        shas = "".join(rec["weights_sha256"] for rec in self.tree["members"])
         self.meta = {**first.meta, "calibrator": self.tree["calibrator"], "ensemble": self.tree,
-                     "weights_sha256": hashlib.sha256(shas.encode()).hexdigest()}
+                     "weights_sha256": ensemble_weights_sha256(self.tree["members"])}
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Ensemble calibrator on mean logits."""
@@ -80,6 +81,12 @@ class EnsembleModel:
         if len(tail) < self.min_bars:
             return float("nan")
         return float(self.predict_proba(tail).to_numpy()[-1])
+
+
+def ensemble_weights_sha256(members: list[dict]) -> str:
+    """The ensemble's identity: sha256 over its members' weight hashes, in member order."""
+    shas = "".join(rec["weights_sha256"] for rec in members)
+    return hashlib.sha256(shas.encode()).hexdigest()
 
 
 def is_ensemble(path: str | Path) -> bool:

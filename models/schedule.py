@@ -14,7 +14,9 @@ The schedule offers the bundle's scoring surface (``predict_logit``, ``predict_p
 or a schedule for a path. :meth:`ModelSchedule.model_ids` names the fold used per bar (for the
 decision journal). Each fold's bars are scored on a sub-frame that starts
 ``history_bars`` bars before the fold's first bar, so a bar's P depends on its own bundle and
-on bars up to itself only. The schedule imports no torch: bundles do the scoring.
+on bars up to itself only. A fold trained with ``model.ensemble: K`` is a seed ensemble
+(:class:`models.ensemble.EnsembleModel`: mean member logit, the fold's one calibrator), scored
+the same way. The schedule imports no torch: bundles do the scoring.
 """
 from __future__ import annotations
 
@@ -101,7 +103,7 @@ class ModelSchedule:
         """The (loaded once) bundle of fold ``k``, wrapped for rolling calibration when configured."""
         if k not in self._bundles:
             fold = self.folds[k]
-            b = load_bundle(self.path / fold["bundle"])
+            b = _load_fold_model(self.path / fold["bundle"])
             if b.meta.get("weights_sha256") != fold["weights_sha256"]:
                 raise BundleError(f"{self.path / fold['bundle']}: weights differ from schedule.json's record")
             if k and b.window != self.window:
@@ -185,6 +187,11 @@ class ModelSchedule:
         return bundle.score_features(window)
 
 
+def _load_fold_model(path: Path):
+    """A fold's model: a bundle, or a seed ensemble (``model.ensemble: K`` folds)."""
+    return EnsembleModel(path) if is_ensemble(path) else load_bundle(path)
+
+
 def model_ids_of(model, index: pd.DatetimeIndex) -> np.ndarray:
     """Id of the model that scores each bar of ``index`` (what journals and trade lists name per
     decision): a schedule's fold name ("" before its first span); for a bundle or an ensemble
@@ -211,7 +218,7 @@ def load_model(path: str | Path):
     (:class:`models.ensemble.EnsembleModel`) or a :class:`ModelSchedule`."""
     if is_schedule(path):
         return ModelSchedule(path)
-    if is_ensemble(path):
-        return EnsembleModel(path)
+    if is_ensemble(path):  # rolling as its members were trained, on the ensemble's mean logit
+        return with_calibration(EnsembleModel(path))
     return with_calibration(load_bundle(path))
 

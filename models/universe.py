@@ -219,21 +219,33 @@ def label_scale_text(cfg: Config) -> str:
     return describe_barriers(cfg.labels)
 
 
-def train_pooled_bundle(inputs: list[SymbolInput], cfg: Config, output: str | Path, *,
-                        cuts: tuple[int, int] | None = None, test_end: int | None = None,
-                        train_start: int | None = None, name: str = "by_time", epochs: int | None = None,
-                        max_samples: int | None = None, progress: bool = True, overwrite: bool = False):
-    """Train one bundle on the stacked symbols with spans by time (``cuts`` = validation and test
-    start times in ns; default: the configured fractions of all pooled samples)."""
-    paths = [i.path for i in inputs]
-    check_output_dir(output, OUTPUT_KIND, inputs=paths, overwrite=overwrite)
+def pooled_split(inputs: list[SymbolInput], cfg: Config, cuts: tuple[int, int] | None = None,
+                 test_end: int | None = None, train_start: int | None = None, name: str = "by_time",
+                 max_samples: int | None = None) -> tuple[PooledData, Split]:
+    """The stacked preparation of ``inputs`` and its split by time (``cuts`` = validation and test
+    start times in ns; default: the configured fractions of all pooled samples), the training
+    span capped to the ``max_samples`` most recent samples (default ``training.max_samples``)."""
     pooled = prepare_pooled(inputs, cfg)
     if cuts is None:
         cuts = pooled_cuts(pooled, cfg.training.val_fraction, cfg.training.test_fraction)
     split = time_split(pooled, cfg.labels.horizon, cfg.training.embargo, cuts[0], cuts[1], test_end=test_end,
                        train_start=train_start, name=name)
     max_samples = max_samples if max_samples is not None else cfg.training.max_samples
-    split = cap_train_by_time(split, pooled, max_samples)
+    return pooled, cap_train_by_time(split, pooled, max_samples)
+
+
+def train_pooled_bundle(inputs: list[SymbolInput], cfg: Config, output: str | Path, *,
+                        cuts: tuple[int, int] | None = None, test_end: int | None = None,
+                        train_start: int | None = None, name: str = "by_time", epochs: int | None = None,
+                        max_samples: int | None = None, progress: bool = True, overwrite: bool = False,
+                        prepared: tuple[PooledData, Split] | None = None):
+    """Train one bundle on the stacked symbols with spans by time (:func:`pooled_split`);
+    ``prepared``: a ``(pooled, split)`` already made by it (the members of a seed ensemble
+    share one)."""
+    paths = [i.path for i in inputs]
+    check_output_dir(output, OUTPUT_KIND, inputs=paths, overwrite=overwrite)
+    pooled, split = prepared or pooled_split(inputs, cfg, cuts, test_end, train_start, name, max_samples)
+    max_samples = max_samples if max_samples is not None else cfg.training.max_samples
     return train_bundle(None, cfg, output, data_path=None, epochs=epochs, max_samples=max_samples,
                         progress=progress, overwrite=overwrite, prepared=pooled.data, split=split,
                         meta_hook=pooled_metrics_hook(pooled, inputs, cfg))

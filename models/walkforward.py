@@ -9,6 +9,13 @@ is trained with ``models.universe.train_pooled_bundle`` on the samples with open
 usual purge and embargo between the three spans. Nothing at or after ``start_k`` reaches the
 network, normaliser, calibrator or baseline: only the test metrics look at the span.
 
+Seed ensembles (``model.ensemble: K > 1``): each fold is a K-member ensemble
+(``models.ensemble_train.train_pooled_ensemble``: the same split for every member, seeds
+``training.seed + k``, mean logits before ONE calibrator fitted on the validation span);
+its folder holds ``ensemble.json`` + ``members/m<k>/`` and its schedule entry an ``ensemble``
+record (per-member seed, weights, seconds and test metrics beside the ensemble's). A schedule
+never mixes K values: extending one with another ``model.ensemble`` is refused.
+
 A fold is trained once the data cover its whole validity span. Each fold gets a slice of
 every input (``history_bars`` of warm-up before its training window, ``horizon`` bars after
 its validity span for the test labels); the slice's sha256 is recorded, so extending a
@@ -20,7 +27,7 @@ default, or on Dask (``mapper`` from :func:`dask_fold_mapper`, the sweeps' ``--w
 ``--scheduler`` option). Training is seeded and runs ``training.threads`` threads in every
 job, so the bundles are identical either way (a test compares the weights' sha256).
 
-Output: ``schedule.json`` (format, config, config hash, train window, step, inputs, and per
+Output: ``schedule.json`` (format, config, config hash, train window, step, ensemble K, inputs, and per
 fold: validity span, training span, bundle folder, slice sha256 per input, test metrics)
 and ``folds/<name>/`` bundles; built in a temp folder and renamed into place
 (``core.files.output_dir``), so an interrupted run never leaves a complete-looking schedule.
@@ -42,6 +49,9 @@ from core.config import Config, config_to_dict, parse_period
 from core.errors import DataError
 from core.files import check_output_dir, output_dir, write_text_atomic
 from core.timeframes import timeframe_seconds
+from models.bundle import load_bundle
+from models.ensemble import ensemble_weights_sha256
+from models.ensemble_train import train_pooled_ensemble
 from models.features import memory_bars, warmup_bars
 from models.prob_cache import frame_sha256
 from models.schedule import OUTPUT_KIND, SCHEDULE_FILE, read_schedule_json
@@ -139,16 +149,19 @@ def _ns(t: pd.Timestamp) -> int:
 
 
 def run_fold(job: FoldJob) -> dict:
-    """Train one fold's bundle (the one training path, spans by time) and return its schedule entry."""
+    """Train one fold's bundle, or its seed ensemble when ``model.ensemble > 1`` (the one
+    training path, spans by time), and return its schedule entry."""
     t0 = time.perf_counter()
     p = job.plan
     try:
-        result = train_pooled_bundle(job.inputs, job.cfg, job.output, cuts=_cuts(job),
-                                     test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name,
-                                     epochs=job.epochs, max_samples=job.max_samples, progress=False)
+        kw = dict(cuts=_cuts(job), test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name,
+                  epochs=job.epochs, max_samples=job.max_samples, progress=False)
+        if job.cfg.model.ensemble > 1:
+            meta, extra = _ensemble_meta(train_pooled_ensemble(job.inputs, job.cfg, job.output, **kw), job.output)
+        else:
+            meta, extra = train_pooled_bundle(job.inputs, job.cfg, job.output, **kw).meta, {}
     except DataError as exc:
         raise DataError(f"{p.name} (valid {p.valid_from:%Y-%m-%d} .. {p.valid_until:%Y-%m-%d}): {exc}") from None
-    meta = result.meta
     return {
         "name": p.name, "bundle": f"folds/{p.name}",
         "valid_from": p.valid_from.isoformat(), "valid_until": p.valid_until.isoformat(),
@@ -158,8 +171,27 @@ def run_fold(job: FoldJob) -> dict:
         "inputs": [{**i.describe(), "slice_sha256": frame_sha256(i.frame)} for i in job.inputs],
         "samples": meta["samples"], "metrics": {"test": meta["metrics"]["test"]},
         "per_symbol": meta.get("per_symbol", {}), "best_epoch": meta["training"]["best_epoch"],
-        "wall_seconds": round(time.perf_counter() - t0, 2),
+        **extra, "wall_seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _ensemble_meta(tree: dict, folder: str) -> tuple[dict, dict]:
+    """A seed-ensemble fold seen as one bundle's meta (spans and samples of its members, which
+    share one split; the ensemble's weights identity, calibrator and TCN test metrics; the
+    baseline's from member 0) and the fold entry's ``ensemble`` record (K, per-member seed,
+    weights, seconds and test metrics: the gain and its cost side by side)."""
+    first = load_bundle(Path(folder) / tree["members"][0]["path"]).meta
+    ens = tree["metrics"]["test"]["ensemble"]
+    raw, cal = ens["raw"], ens["calibrated"]
+    test = {**first["metrics"]["test"], "auc": cal["auc"], "brier_raw": raw["brier"], "brier_calibrated": cal["brier"],
+            "ece_raw": raw["ece"], "ece_calibrated": cal["ece"], "log_loss_raw": raw["log_loss"],
+            "log_loss_calibrated": cal["log_loss"], "tcn": {"raw": raw, "calibrated": cal}}
+    meta = {**first, "weights_sha256": ensemble_weights_sha256(tree["members"]), "calibrator": tree["calibrator"],
+            "metrics": {"test": test}, "per_symbol": tree["per_symbol"],
+            "training": {"best_epoch": [m["best_epoch"] for m in tree["members"]]}}
+    record = {"k": tree["k"], "members": tree["members"], "member_test": tree["metrics"]["test"]["members"],
+              "seconds": tree["seconds"]}
+    return meta, {"ensemble": record}
 
 
 def _cuts(job: FoldJob) -> tuple[int, int]:
@@ -222,6 +254,11 @@ def _existing(output: str | Path) -> dict | None:
 
 def _check_extension(old: dict, cfg: Config, train_window: str, step: str, plans: list[FoldPlan],
                      jobs_by_name: dict[str, FoldJob], where: str) -> None:
+    k_old = int(((old.get("config") or {}).get("model") or {}).get("ensemble", 1))
+    if k_old != cfg.model.ensemble:  # before the config hash: name the one difference that matters
+        raise DataError(f"{where}: its folds were trained with model.ensemble={k_old}, this run asks for "
+                        f"model.ensemble={cfg.model.ensemble}; a schedule never mixes K values: set "
+                        f"model.ensemble={k_old} or write a new schedule folder")
     if old["config_hash"] != config_hash(cfg):
         raise DataError(f"{where}: was trained with another config (config_hash differs); write a new schedule "
                         "folder or use the same config")
@@ -244,8 +281,6 @@ def build_schedule(inputs: list[SymbolInput], cfg: Config, output: str | Path, *
                    engine: str = "sequential", overwrite: bool = False) -> ScheduleResult:
     """Train (or extend) a walk-forward schedule in ``output`` (module docstring)."""
     t0 = time.perf_counter()
-    if cfg.model.ensemble > 1:
-        raise DataError("walk-forward folds train one network each: set model.ensemble=1")
     paths = [i.path for i in inputs]
     check_output_dir(output, OUTPUT_KIND, inputs=paths, overwrite=overwrite)
     tw, step = cfg.training.train_window, cfg.training.step
@@ -284,6 +319,7 @@ def build_schedule(inputs: list[SymbolInput], cfg: Config, output: str | Path, *
                                                "wall_seconds": wall}]
         schedule = {
             "schedule_format": SCHEDULE_FORMAT, "timeframe": cfg.data.timeframe, "train_window": tw, "step": step,
+            "ensemble": int(cfg.model.ensemble),
             "config_hash": config_hash(cfg), "config": config_to_dict(cfg), "label_scale": label_scale_text(cfg),
             "inputs": [i.describe() for i in inputs], "folds": folds, "runs": runs,
         }

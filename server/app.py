@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from core.errors import NtsError
 from core.redact import redact
 from core.synthetic import synthetic_ohlcv
+from models.streaming import BarScorer
 from sessions.journal import JournalError
 from server.auth import Auth, require_control, require_read
 from server.host import SessionHost
@@ -184,8 +185,10 @@ def _openapi_with_bodies(app: FastAPI, models: tuple[type[BaseModel], ...]) -> N
 def _warm(setup: ServeSetup, ready: threading.Event) -> None:
     """Score one synthetic window through the whole path (first calls compile and allocate)."""
     try:
-        frame = synthetic_ohlcv(setup.warmup_bars, seed=1)
-        predict_frame(setup, frame)
+        if setup.refusal is not None:  # every request is refused (ServeSetup.min_bars): warm the scorer alone
+            BarScorer(setup.bundle).prime(synthetic_ohlcv(setup.warmup_bars, seed=1))
+        else:
+            predict_frame(setup, synthetic_ohlcv(setup.min_bars, seed=1))
     except Exception:  # noqa: BLE001 - warming must not kill the server; /predict reports real errors
         log.warning("warm-up prediction failed", exc_info=True)
     ready.set()

@@ -12,9 +12,13 @@ One pipeline, nothing re-implemented here:
 * signal, weight (vol scaling, deadband, clip, max position) and entry permission by the
   served strategy's own vectorised hooks (:func:`strategies.hooks.evaluate_hooks` on the
   instance :meth:`strategies.runspec.RunSpec.hooks` gives, the policy of the server's
-  RunSpec), the weight capped by the :class:`core.risk.RiskManager`; order type and barrier
-  prices by the :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy`
-  reads on a flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
+  RunSpec) over the bars they look back on: the scored bar alone for per-bar hooks (the
+  defaults), else the strategy's declared ``hook_lookback`` bars ending at it, the earlier
+  ones with their P and forecast from :mod:`server.hook_trail` (a request then carries the
+  warm-up plus ``hook_lookback - 1`` bars: :attr:`ServeSetup.min_bars`), the weight capped
+  by the :class:`core.risk.RiskManager`; order type and barrier prices by the
+  :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy` reads on a
+  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
 
 Bars come as rows (``bars``: one object per candle) or as columns (``columns``: one array per
 field, several times cheaper to parse for a 1,400-bar warm-up); both are refused by the same
@@ -38,6 +42,7 @@ from core.errors import ConfigError, DataError
 from core.ohlcv import DataReport, validate_ohlcv
 from models.features import FEATURE_NAMES
 from models.streaming import BarScorer
+from server.hook_trail import HookTrail, trail_of
 from server.setup import ServeSetup
 from server.window_cache import WindowCache
 from strategies.hooks import evaluate_hooks
@@ -210,26 +215,36 @@ def checked_frame(stamps: list[int | str], values: np.ndarray, setup: ServeSetup
         raise DataError(f"{where}: gap of {g.missing} missing bars between row {row} ({g.after}) and row "
                         f"{row + 1} ({g.before}); send contiguous bars")
     if len(frame) < min_bars:
-        raise DataError(f"{where}: {len(frame)} bars, the model needs at least {min_bars} "
-                        f"(its warm-up) ending at the bar to score")
+        raise DataError(f"{where}: {len(frame)} bars, {_needs(setup, min_bars)} ending at the bar to score")
     return frame
 
 
+def _needs(setup: ServeSetup, min_bars: int) -> str:
+    """What ``min_bars`` is made of, for the refusal of a request that carries fewer."""
+    if min_bars <= setup.warmup_bars or setup.lookback is None:
+        return f"the model needs at least {min_bars} (its warm-up)"
+    return (f"strategy {setup.strategy} needs at least {min_bars}: the model's warm-up ({setup.warmup_bars}) and the "
+            f"{setup.lookback - 1} bars before it that its hooks look back on (hook_lookback = {setup.lookback})")
+
+
 def bars_frame(bars: list[Bar], setup: ServeSetup, where: str = "bars") -> pd.DataFrame:
-    """The canonical frame of candle rows, checked as :func:`checked_frame` (at least the warm-up)."""
+    """The canonical frame of candle rows, checked as :func:`checked_frame` (at least
+    :attr:`ServeSetup.min_bars`: the warm-up and the hooks' lookback)."""
+    min_bars = setup.min_bars
     values = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], dtype=np.float64).reshape(-1, 5)
-    return checked_frame([b.timestamp for b in bars], values, setup, where, setup.warmup_bars)
+    return checked_frame([b.timestamp for b in bars], values, setup, where, min_bars)
 
 
 def columns_frame(cols: Columns, setup: ServeSetup, where: str = "columns") -> pd.DataFrame:
     """The canonical frame of candle columns (equal lengths), checked as :func:`checked_frame`."""
+    min_bars = setup.min_bars
     n = len(cols.timestamp)
     for name in ("open", "high", "low", "close", "volume"):
         if len(getattr(cols, name)) != n:
             raise DataError(f"{where}.{name}: {len(getattr(cols, name))} values, but {where}.timestamp has {n} "
                             "(every column holds one value per bar)")
     values = np.array([cols.open, cols.high, cols.low, cols.close, cols.volume], dtype=np.float64).T.reshape(-1, 5)
-    return checked_frame(cols.timestamp, values, setup, where, setup.warmup_bars)
+    return checked_frame(cols.timestamp, values, setup, where, min_bars)
 
 
 def request_frame(body: CandlesBody, setup: ServeSetup, where: str = "") -> pd.DataFrame:
@@ -273,13 +288,19 @@ def scored_bar(row: np.ndarray | None, time: pd.Timestamp, close: float, out: tu
                   bars_used=bars_used)
 
 
-def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFrame) -> Prediction:
+def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFrame,
+                trail: HookTrail | None = None) -> Prediction:
     """The decision of a flat account on ``bar`` (the scored bar, one row): the served
-    strategy's hooks on it (:func:`evaluate_hooks`), the risk cap, order type and barriers."""
+    strategy's hooks (:func:`evaluate_hooks`) on it -- after the bars of ``trail`` when its
+    hooks look back -- the risk cap, order type and barriers."""
     vol = policy.forecast_vol(scored.ewma_vol)
-    h = evaluate_hooks(setup.hooks(policy), bar, np.array([scored.p]), np.array([vol]))
-    s, allowed = float(h.signal[0]), bool(h.allowed[0])
-    w = float(setup.risk.cap_weight(float(h.weight[0])))
+    if trail is None:
+        h = evaluate_hooks(setup.hooks(policy), bar, np.array([scored.p]), np.array([vol]))
+    else:
+        bars, prob, fvol = trail.hook_inputs(int(bar.index.asi8[-1]), bar.to_numpy()[-1], scored.p, vol)
+        h = evaluate_hooks(setup.hooks(policy), bars, prob, fvol)
+    s, allowed = float(h.signal[-1]), bool(h.allowed[-1])
+    w = float(setup.risk.cap_weight(float(h.weight[-1])))
     tp, sl = policy.barrier_prices(scored.close, w >= 0.0)
     enter = allowed and w != 0.0
     t = scored.time
@@ -296,8 +317,13 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
                   cache: WindowCache | None = None) -> Prediction:
     """The decision on the last bar of ``frame`` (a frame :func:`checked_frame` accepted): its
     last warm-up bars scored by a :class:`BarScorer` -- primed from them, or taken from
-    ``cache`` when it consumed all but the last of them -- then :func:`decide_flat`."""
+    ``cache`` when it consumed all but the last of them -- then :func:`decide_flat`, after the
+    hooks' trail when the strategy's hooks look back (:func:`trail_of`, or the one ``cache``
+    kept from a request one bar earlier)."""
     policy = effective_policy(setup, overrides)
+    need = setup.min_bars  # refuses a strategy without a declared lookback
+    if len(frame) < need:
+        raise DataError(f"{len(frame)} bars, {_needs(setup, need)} ending at the bar to score")
     tail = frame.iloc[-setup.warmup_bars:]
     if cache is not None:
         out, row = cache.score(tail)
@@ -306,5 +332,15 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
         out = scorer.prime(tail)
         row = scorer.rows[-1] if len(scorer.rows) else None
     last = tail.iloc[-1:]
-    scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
-    return decide_flat(setup, policy, scored, last)
+    scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, need)
+    if need == len(tail):  # per-bar hooks (the defaults) see the scored bar alone: no frame of history
+        return decide_flat(setup, policy, scored, last)
+    window = frame.iloc[-need:]
+    trail = cache.take_trail(window) if cache is not None else None
+    if trail is None:
+        trail = trail_of(setup.bundle, window, setup.lookback)
+    pred = decide_flat(setup, policy, scored, last, trail)
+    if cache is not None:  # a window one bar later finds this trail with this bar in it
+        trail.push(int(last.index.asi8[0]), last.to_numpy()[0], scored.p, policy.forecast_vol(scored.ewma_vol))
+        cache.keep_trail(window, trail)
+    return pred

@@ -42,6 +42,7 @@ class ServeOptions:
     config: str | None = None
     overrides: list[str] = field(default_factory=list)
     barriers: str = "bundle"
+    strategy: str = "tcn"                   # the strategy /predict and the streams answer with
     token_env: str = DEFAULT_TOKEN_ENV
     max_body: int = MAX_BODY_BYTES
     workers: int = 1
@@ -65,7 +66,11 @@ def build_app(opts: ServeOptions, echo: Callable[[str], None] | None = None) -> 
     auth = Auth.from_env(opts.token_env)
     _check(opts, auth)
     cfg = load_config(opts.config, opts.overrides)
-    setup = build_setup(cfg, opts.model, opts.barriers)
+    setup = build_setup(cfg, opts.model, opts.barriers, opts.strategy)
+    if setup.refusal is not None:
+        if opts.mode == "inference":  # a server that would refuse every prediction is refused at start
+            raise ConfigError(f"{setup.refusal} (nothing was served)")
+        log.warning("the inference routes refuse every request: %s", setup.refusal)
     host = None
     if opts.mode in MODES:
         state = opts.state or f"state/{opts.mode}.db"

@@ -12,6 +12,13 @@ timeframe); anything else (a repeat, an older bar, a gap) is refused with one 42
 leaves the stream as it was -- after a gap the client opens a new stream. At most
 ``max_streams`` streams are open; a stream idle for ``idle_s`` seconds is closed; each
 stream has its own lock (two calls on one stream never interleave).
+
+A strategy whose hooks look back (``hook_lookback`` L > 1) needs the warm-up plus L - 1 bars
+at the opening (:attr:`server.setup.ServeSetup.min_bars`; fewer is refused with one line
+naming the strategy, L and the count); the stream then keeps its last L - 1 bars with their
+P and forecast (:class:`server.hook_trail.HookTrail`, a fixed size: a stream costs the same
+after a month as after an hour) and evaluates the hooks over them and the new bar, as a
+paper session over its trailing ``hook_lookback`` bars.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import pandas as pd
 
 from core.errors import DataError, NtsError
 from models.streaming import BarScorer
+from server.hook_trail import HookTrail, trail_of
 from server.predict import Bar, Prediction, Scored, checked_frame, decide_flat, scored_bar
 from server.setup import ServeSetup
 
@@ -54,6 +62,7 @@ class BarStream:
     last_ns: int
     bars: int
     used: float
+    trail: HookTrail | None = None  # the bars before the last one the hooks look back on (None: per-bar hooks)
     lock: threading.Lock = field(default_factory=threading.Lock)
     broken: bool = False
 
@@ -93,10 +102,16 @@ class StreamRegistry:
         scorer = BarScorer(self.setup.bundle)
         out = scorer.prime(tail)
         last = tail.iloc[-1:]
-        scored = scored_bar(scorer.rows[-1] if len(scorer.rows) else None, tail.index[-1], float(last["close"].iloc[0]), out, len(tail))
-        pred = decide_flat(self.setup, policy, scored, last)
+        need = self.setup.min_bars
+        trail = trail_of(self.setup.bundle, frame.iloc[-need:], self.setup.lookback) if need > len(tail) else None
+        used = need
+        scored = scored_bar(scorer.rows[-1] if len(scorer.rows) else None, tail.index[-1],
+                            float(last["close"].iloc[0]), out, used)
+        pred = decide_flat(self.setup, policy, scored, last, trail)
+        if trail is not None:
+            trail.push(int(tail.index.asi8[-1]), last.to_numpy()[0], scored.p, policy.forecast_vol(scored.ewma_vol))
         stream = BarStream(id=secrets.token_hex(12), symbol=symbol, policy=policy, scorer=scorer,
-                           last_ns=int(tail.index.asi8[-1]), bars=len(tail), used=self.clock())
+                           last_ns=int(tail.index.asi8[-1]), bars=used, used=self.clock(), trail=trail)
         with self._lock:
             if len(self._streams) >= self.max_streams:  # filled while this one was priming
                 raise StreamsFull(f"{len(self._streams)} streams are open, the limit is {self.max_streams}")
@@ -143,7 +158,11 @@ class StreamRegistry:
                 raise
             stream.last_ns, stream.bars, stream.used = t_ns, stream.bars + 1, self.clock()
             scored: Scored = scored_bar(stream.scorer.rows[-1], t, c, out, stream.bars)
-            return stream, decide_flat(self.setup, stream.policy, scored, frame)
+            try:
+                return stream, decide_flat(self.setup, stream.policy, scored, frame, stream.trail)
+            finally:  # the scorer has taken the bar: the trail takes it too, even when a hook refused it
+                if stream.trail is not None:
+                    stream.trail.push(t_ns, frame.to_numpy()[0], scored.p, stream.policy.forecast_vol(scored.ewma_vol))
 
     def _check_next(self, stream: BarStream, t_ns: int) -> None:
         expected = stream.last_ns + self.step_ns

@@ -9,6 +9,13 @@ scorer from its bars (:meth:`BarScorer.prime`), exactly as without a cache. A re
 has consumed more history than the request carries; the warm-up is by definition the history
 after which older bars no longer move P (:attr:`models.bundle.ModelBundle.history_bars`), so
 both answers agree to ~1e-12 (tested to 1e-9). Bounded (least recently used dropped).
+
+A strategy whose hooks look back (``hook_lookback`` L > 1) also needs the trail of the L - 1
+bars before the scored one with their P and forecast (:class:`server.hook_trail.HookTrail`,
+built by the batch path over the request's bars: far more work than scoring one bar). The
+cache keeps those trails the same way, keyed by the request's bars but the last: a client
+sliding its window one bar later gets the trail of its previous request with that request's
+scored bar pushed in, as a stream keeps it (:meth:`take_trail`, :meth:`keep_trail`).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from models.streaming import BarScorer
+from server.hook_trail import HookTrail
 
 #: default number of cached scorers (each a few kB)
 CACHE_SIZE = 32
@@ -42,6 +50,8 @@ class WindowCache:
         self.hits = 0
         self.misses = 0
         self._lru: OrderedDict[bytes, BarScorer] = OrderedDict()
+        self._trails: OrderedDict[bytes, HookTrail] = OrderedDict()
+        self.trail_hits = 0
         self._lock = threading.Lock()
 
     def score(self, tail: pd.DataFrame) -> tuple[tuple[float, float], np.ndarray | None]:
@@ -71,3 +81,26 @@ class WindowCache:
                 while len(self._lru) > self.size:
                     self._lru.popitem(last=False)
         return out, row
+
+    def take_trail(self, window: pd.DataFrame) -> HookTrail | None:
+        """The trail kept for the last bar of ``window`` (the request's last ``warm-up + L - 1``
+        bars), taken out of the cache; None when no request one bar earlier left one."""
+        if self.size <= 0:
+            return None
+        key = _digest(window.index.asi8[:-1], window.to_numpy(dtype=np.float64)[:-1])
+        with self._lock:
+            trail = self._trails.pop(key, None)
+        self.trail_hits += trail is not None
+        return trail
+
+    def keep_trail(self, window: pd.DataFrame, trail: HookTrail) -> None:
+        """Keep ``trail`` -- the scored last bar of ``window`` already pushed into it -- for a
+        request one bar later."""
+        if self.size <= 0:
+            return
+        key = _digest(window.index.asi8[1:], window.to_numpy(dtype=np.float64)[1:])
+        with self._lock:
+            self._trails[key] = trail
+            self._trails.move_to_end(key)
+            while len(self._trails) > self.size:
+                self._trails.popitem(last=False)

@@ -35,6 +35,7 @@ from core.errors import DataError
 from core.files import OutputKind, output_dir
 from core.redact import redact, redact_obj
 from core.timeframes import ns_to_bt_num, timeframe_seconds
+from models.recalibration import is_rolling
 from strategies.analyzers import EquityCurve, FillLog, round_trips
 from strategies.base import trade_model_ids
 from strategies.bt_broker import apply_costs
@@ -246,6 +247,8 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
+        # how P was calibrated (the model's own mode, or rolling asked by the run config)
+        "calibration": None if bundle is None else ("rolling" if is_rolling(bundle) else "static"),
         "seconds": round(elapsed, 3),
     }
 

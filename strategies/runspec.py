@@ -2,7 +2,9 @@
 
 ``RunSpec.build`` resolves everything a run needs, in one place and in the order of the
 cheapest refusal first: the strategy class (:func:`strategies.registry.resolve_strategy`),
-the model bundle (:func:`models.loading.as_bundle`), the traded barriers
+the model bundle (:func:`models.loading.as_bundle`; ``calibration.mode: rolling`` in the run
+config puts causal rolling recalibration on top of it: :func:`models.loading.with_run_calibration`),
+the traded barriers
 (:func:`core.policy.traded_labels`), the costs, the policy with the strategy's overrides, the
 one warm-up (:func:`warmup_bars_for`) and -- when bars are given -- the span and the bars fed
 (:func:`resolve_span`). Backtest (:func:`strategies.backtest.run_backtest`) and sweep
@@ -33,7 +35,7 @@ from core.errors import DataError, NtsError
 from core.policy import Policy, traded_labels
 from core.risk import RiskManager
 from models.features import memory_bars
-from models.loading import as_bundle
+from models.loading import as_bundle, with_run_calibration
 from strategies.base import POLICY_FIELDS, apply_overrides
 from strategies.hooks import hook_instance
 from strategies.registry import resolve_strategy
@@ -153,6 +155,8 @@ class RunSpec:
         strategy_cls = resolve_strategy(strategy)
         takes_bundle = "bundle" in strategy_cls.params._getkeys()
         bundle = as_bundle(model) if (takes_bundle or model is not None) else None
+        # calibration.mode: rolling in the run config recalibrates any model causally (models.loading)
+        bundle = with_run_calibration(bundle, cfg.calibration) if bundle is not None else None
         labels, source = traded_labels(cfg, bundle, barriers)  # refuses mismatched labels first
         costs = costs if costs is not None else Costs.from_config(cfg)
         kwargs = dict(strategy_kwargs or {})

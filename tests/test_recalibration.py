@@ -144,3 +144,70 @@ def test_rolling_bundle_is_causal_on_bars(rolling_bundle):
         model.score_features(np.zeros((16, 12)))
     with pytest.raises(BundleError):
         model.calibrate(np.zeros(3))
+
+
+# --------------------------------------------------------------- calibration.mode at trade time
+ROLLING_RUN = ["calibration.mode=rolling", "calibration.window_bars=300", "calibration.refit_bars=24",
+               "calibration.min_samples=100"]
+
+
+def test_run_config_rolling_recalibrates_a_static_bundle_causally(fast_bundle):
+    """``--set calibration.mode=rolling`` on a run (RunSpec: backtest, sweep, paper, live, server)
+    puts causal rolling Platt on top of a bundle trained static: P at bar t is unchanged when
+    later bars are appended, the refits are really in use, and the stream equals the batch."""
+    from models.streaming import BarScorer
+    from strategies.runspec import RunSpec
+
+    frame = synthetic_ohlcv(3000, seed=12, start="2024-03-01")
+    plain = RunSpec.build(load_config(None), model=fast_bundle)
+    assert not isinstance(plain.bundle, RollingCalibrated)  # the default run keeps the trained (static) mode
+    cfg = load_config(None, ROLLING_RUN)
+    spec = RunSpec.build(cfg, model=fast_bundle)
+    model = spec.bundle
+    assert isinstance(model, RollingCalibrated) and model.ccfg == cfg.calibration
+    assert spec.warmup > plain.warmup  # the rolling window's history is fed before the first traded bar
+    full = model.predict_proba(frame).to_numpy()
+    for cut in (1200, 2000, 2700):
+        np.testing.assert_array_equal(model.predict_proba(frame.iloc[:cut]).to_numpy(), full[:cut])
+    static = plain.bundle.predict_proba(frame).to_numpy()
+    ok = np.isfinite(full)
+    assert ok.sum() > 2000 and np.mean(np.abs(full[ok] - static[ok]) > 1e-4) > 0.5
+    scorer = BarScorer(model)
+    first = model.history_bars + 10
+    scorer.prime(frame.iloc[:first])
+    got = [scorer.update(ts, *row)[1] for ts, row in zip(frame.index[first:], frame.to_numpy()[first:])]
+    np.testing.assert_allclose(got, full[first:], atol=1e-5, rtol=0)
+
+
+def test_backtest_cli_honours_calibration_mode_rolling(fast_bundle, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from core.ohlcv import write_ohlcv_csv
+
+    data = tmp_path / "syn_usdt_15m.csv"
+    write_ohlcv_csv(synthetic_ohlcv(3000, seed=12, start="2024-03-01"), data)
+    runs = {}
+    for name, sets in (("static", []), ("rolling", ROLLING_RUN)):
+        args = ["backtest", "--model", str(fast_bundle), "--data", str(data), "--output", str(tmp_path / name),
+                "--quiet", "--start", "2024-03-10"] + [x for s in sets for x in ("--set", s)]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["run"]
+    assert runs["static"]["calibration"] == "static" and runs["rolling"]["calibration"] == "rolling"
+    assert runs["static"]["signal"]["p_max"] != runs["rolling"]["signal"]["p_max"]
+
+
+def test_run_config_rolling_is_refused_for_a_sequence_bundle():
+    """Its streaming scorer (the one-step state) calibrates statically: one line, not a silent mix."""
+    from types import SimpleNamespace
+
+    from core.errors import ConfigError
+    from models.loading import with_run_calibration
+
+    seq = SimpleNamespace(meta={"model": {"context": "sequence"}})
+    with pytest.raises(ConfigError, match="calibration.mode=rolling: not available for a model.context=sequence"):
+        with_run_calibration(seq, CCFG)
+    assert with_run_calibration(seq, CalibrationConfig()) is seq  # static: the model as trained

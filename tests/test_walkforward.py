@@ -193,7 +193,7 @@ def test_indicator_streaming_equals_batch_with_a_schedule(schedule_dir, frame):
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "2"], "add --walk-forward"),
     (["--train-window", "6M"], "belong to --walk-forward"),
-    (["--walk-forward", "--set", "model.ensemble=2"], "model.ensemble > 1"),
+    (["--data", "y.csv", "--set", "model.ensemble=2"], "pooled symbols without --walk-forward"),
     (["--walk-forward", "--step", "0M"], "not a length"),
 ])
 def test_cli_refuses_inconsistent_walk_forward_options(tmp_path, extra, message):
