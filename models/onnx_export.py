@@ -54,6 +54,8 @@ OPSET = 18
 EXPORTER = f"torch.onnx dynamo, opset {OPSET}"
 # ORT vs torch, float32 logits of the check windows (the issue's bar is 1e-5 on real candles)
 EXPORT_TOLERANCE = 1e-5
+# node metadata the exporter fills with "File \"/abs/path/models/tcn.py\", line ..."
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 _CHECK_WINDOWS = 64
 
 
@@ -115,6 +117,7 @@ def export_onnx(model_spec, state_dict: dict, window: int, n_features: int) -> b
             first = (str(exc).splitlines() or [""])[0][:160]
             raise ExportError(f"ONNX export failed ({exc.__class__.__name__}: {first})") from None
         graph = onnx.load(path)
+    _drop_source_locations(graph.graph)
     # record the network the graph computes (checked against bundle.json on load)
     entry = graph.metadata_props.add()
     entry.key, entry.value = SPEC_KEY, model_signature(model_spec, window, n_features)
@@ -129,6 +132,20 @@ def export_onnx(model_spec, state_dict: dict, window: int, n_features: int) -> b
         raise ExportError(f"the exported graph's logits differ from torch's by {diff:.3g} "
                           f"(tolerance {EXPORT_TOLERANCE:g})")
     return data
+
+
+def _drop_source_locations(graph: onnx.GraphProto) -> None:
+    """Remove the exporter's per-node Python stack traces: they name the absolute path of the
+    checkout that trained the model (a local path in every shared bundle, and bytes that
+    differ between two checkouts of the same code). The other node metadata stays."""
+    for node in graph.node:
+        keep = [m for m in node.metadata_props if m.key != STACK_TRACE_KEY]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _drop_source_locations(sub)
 
 
 def export_bytes_for_bundle(meta: dict, weights: Path) -> bytes:
