@@ -95,7 +95,8 @@ def fast_bundle(tmp_path_factory) -> Path:
 # other idles. test_live and test_paper_session lead: besides their CPU they wait on real clocks
 # (SIGKILL/restart tests of `nts live` / `nts paper` subprocesses on an accelerated replay clock,
 # 1.5-3 min wall each file), and those waits overlap best with the other worker's CPU work.
-HEAVY_FIRST = ("test_live.py", "test_paper_session.py", "test_walkforward.py", "test_sweep.py",
+HEAVY_FIRST = ("test_live.py", "test_paper_session.py", "test_walkforward.py", "test_walkforward_ensemble.py",
+               "test_sweep.py",
                "test_simulator_parity.py", "test_training.py", "test_runspec.py", "test_multisymbol.py",
                "test_server_session.py", "test_backtest_cli.py", "test_scorer.py", "test_server.py")
 
