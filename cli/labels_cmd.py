@@ -2,16 +2,40 @@
 from __future__ import annotations
 
 import click
+import numpy as np
+import pandas as pd
 
 from cli.common import config_options, overwrite_option, setup_logging
 from core.config import Config
 from core.errors import DataError
 from core.ohlcv import load_ohlcv
-from models.labels import breakeven_probability, label_summary, triple_barrier_events, write_events_csv
+from core.config import LabelConfig
+from models.labels import (breakeven_probability, describe_barriers, label_summary, triple_barrier_events,
+                           vol_barrier_factors, write_events_csv)
 
 
 def _pct(x: float, signed: bool = False) -> str:
     return f"{x * 100:+.4f}%" if signed else f"{x * 100:.2f}%"
+
+
+def _barrier_widths(frame: pd.DataFrame, lc: LabelConfig, timeframe: str) -> tuple[float, float, list[str]]:
+    """(profit, stop) widths the break-even P is computed at, and the lines describing the
+    barriers. Fixed barriers: the configured percentages. Volatility-scaled ones differ bar by
+    bar, so the widths are their medians over the bars that have a forecast (and the lines say so)."""
+    if lc.scale != "vol":
+        return lc.profit, lc.stop, [f"barriers:      profit +{_pct(lc.profit)}, stop -{_pct(lc.stop)}, "
+                                    f"horizon {lc.horizon} bars, tie -> {lc.tie}"]
+    up, dn = vol_barrier_factors(frame, lc, timeframe)
+    ok = np.isfinite(up) & np.isfinite(dn)
+    if not ok.any():
+        raise DataError(f"no bar has a volatility forecast for the barriers (EWMA span {lc.vol_span}): "
+                        "give more candles")
+    profit, stop = up[ok] - 1.0, 1.0 - dn[ok]
+    q = lambda a: f"{_pct(float(np.quantile(a, 0.05)))} .. {_pct(float(np.quantile(a, 0.95)))}"
+    return float(np.median(profit)), float(np.median(stop)), [
+        f"barriers:      {describe_barriers(lc)}, tie -> {lc.tie}",
+        f"widths:        median profit +{_pct(float(np.median(profit)))} (5-95%: {q(profit)}), median stop "
+        f"-{_pct(float(np.median(stop)))} (5-95%: {q(stop)}) over {int(ok.sum()):,} bars"]
 
 
 @click.command("labels")
@@ -36,12 +60,13 @@ def labels(data_path: str, output: str | None, overwrite: bool, cfg: Config) -> 
     if output is not None:
         write_events_csv(events, output, inputs=[data_path], overwrite=overwrite)
     fee = cfg.execution.taker_fee
-    be_fee = breakeven_probability(lc.profit, lc.stop, fee)
-    be_zero = breakeven_probability(lc.profit, lc.stop, 0.0)
+    profit, stop, barrier_lines = _barrier_widths(frame, lc, cfg.data.timeframe)
+    be_fee = breakeven_probability(profit, stop, fee)
+    be_zero = breakeven_probability(profit, stop, 0.0)
     log.info("labels %s: %s", data_path, s)
     click.echo(f"file:          {data_path}")
-    click.echo(f"barriers:      profit +{_pct(lc.profit)}, stop -{_pct(lc.stop)}, horizon {lc.horizon} bars, "
-               f"tie -> {lc.tie}")
+    for line in barrier_lines:
+        click.echo(line)
     click.echo(f"rows:          {s['rows']:,}")
     click.echo(f"labelled:      {s['labelled']:,} ({s['unlabelled']:,} without a full gap-free horizon)")
     click.echo(f"base rate:     {s['base_rate']:.4f} (share of label 1 = profit first)")
@@ -50,7 +75,8 @@ def labels(data_path: str, output: str | None, overwrite: bool, cfg: Config) -> 
                    f"mean gross return {_pct(s['mean_gross_return'][kind], signed=True)}")
     click.echo(f"mean exit:     {s['mean_exit_offset']:.2f} bars; mean gross return of all labelled "
                f"{_pct(s['mean_gross_return_all'], signed=True)}")
-    click.echo(f"break-even P:  {be_fee:.4f} after fees (taker {_pct(fee)} per side, round trip "
+    at = " at the median widths" if lc.scale == "vol" else ""
+    click.echo(f"break-even P:  {be_fee:.4f} after fees{at} (taker {_pct(fee)} per side, round trip "
                f"{_pct(2 * fee)}); {be_zero:.4f} with zero fees")
     if output is not None:
         click.echo(f"wrote:         {len(events):,} rows (one per bar) to {output}")

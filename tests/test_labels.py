@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli.main import cli
-from core.config import LabelConfig
+from core.config import LabelConfig, load_config
 from core.errors import ConfigError, DataError
 from core.ohlcv import write_ohlcv_csv
 from core.synthetic import synthetic_ohlcv
@@ -21,6 +21,7 @@ from models.labels import (
     label_events_reference,
     label_summary,
     triple_barrier_events,
+    vol_barrier_factors,
 )
 
 STEP = pd.Timedelta("15min")
@@ -248,3 +249,24 @@ def test_cli_labels(tmp_path):
     assert res2.exit_code == 0 and "break-even P:  0.2857 after fees" in res2.output
     bad = CliRunner().invoke(cli, ["labels", "--data", str(tmp_path / "nope.csv")])
     assert bad.exit_code == 2 and "error:" in bad.output and "not found" in bad.output
+
+
+def test_cli_labels_describes_volatility_scaled_barriers(tmp_path):
+    """labels.scale: vol: the barriers line says how they are set (not the unused fixed
+    percentages), the widths line gives their median and 5-95% range, and the break-even P is
+    computed at the median widths and says so."""
+    frame = synthetic_ohlcv(3000, seed=21)
+    path = tmp_path / "c.csv"
+    write_ohlcv_csv(frame, path)
+    res = CliRunner().invoke(cli, ["labels", "--data", str(path), "--set", "labels.scale=vol"])
+    assert res.exit_code == 0, res.output
+    lc = load_config(None, ["labels.scale=vol"]).labels
+    up, dn = vol_barrier_factors(frame, lc)
+    ok = np.isfinite(up)
+    profit, stop = float(np.median(up[ok] - 1)), float(np.median(1 - dn[ok]))
+    assert "volatility-scaled barriers: profit +1.4 x, stop -0.7 x" in res.output and "+0.80%" not in res.output
+    assert f"median profit +{profit * 100:.2f}%" in res.output and f"median stop -{stop * 100:.2f}%" in res.output
+    be = breakeven_probability(profit, stop, 0.001)
+    assert f"break-even P:  {be:.4f} after fees at the median widths" in res.output
+    s = label_summary(triple_barrier_events(frame, lc))
+    assert f"base rate:     {s['base_rate']:.4f}" in res.output
