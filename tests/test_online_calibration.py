@@ -178,3 +178,22 @@ def test_bundle_scores_are_causal_and_start_at_the_training_span_end(tiny_bundle
     # OPS has moved away from the static calibrator by the end of the frame
     logit = bundle.predict_logit(frame).to_numpy()
     assert np.nanmean(np.abs(ops[-500:] - bundle.calibrate(logit[-500:]))) > 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rolling_platt_fit_does_not_diverge_on_a_narrow_inverted_logit_range(seed):
+    """Found by the OPS comparison: on a real fold (BTC 2024-08, AUC 0.44) the rolling refit's
+    undamped Newton sent b to 1e8 (ECE 0.50, log loss 13.7). Logits of a narrow range whose
+    ranking is inverted reproduce it; the damped fit reaches the maximum likelihood."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(1.5, 0.4, 1500)
+    y = (rng.random(1500) < sigmoid(-0.6 * z - 1.0)).astype(float)
+    a, b = fit_platt(z, y)
+    ref = Calibrator.fit(z, y, "platt").params
+
+    def nll(a, b):
+        u = a * z + b
+        return float(np.sum(np.logaddexp(0.0, u) - y * u))
+
+    assert abs(a) < 5 and abs(b) < 5
+    assert nll(a, b) <= nll(ref["a"], ref["b"]) + 1e-6
