@@ -1,4 +1,4 @@
-"""Online Platt scaling (OPS) and calibeating by tracking (TOPS), evaluation only.
+"""Online Platt scaling (OPS), calibeating by tracking (TOPS) and by hedging (HOPS), evaluation only.
 
 Gupta & Ramdas, "Online Platt Scaling with Calibeating" (ICML 2023). Compared by
 ``models.schedule_report`` with the static calibrator and rolling Platt refits
@@ -35,7 +35,17 @@ it starts; :func:`online_scores` cuts frames that way.
 **TOPS (calibeating by tracking).** The OPS forecast is binned into ``bins`` equal-width bins
 of [0, 1]. At bar t the output is the mean outcome of the known, usable past bars whose OPS
 forecast fell into the same bin as ``P_ops(t)``, once that bin holds ``min_bin`` of them;
-below that the OPS forecast itself. Hedging (HOPS) is not built.
+below that the OPS forecast itself.
+
+**HOPS (calibeating by hedging).** Per OPS bin, a separate Foster (1999) calibrated forecaster
+on the grid ``0, 1/m, .., 1`` (``m = bins``): with ``d_i`` the sum of ``y - i/m`` over the known
+outcomes of the bars that bin forecast ``i/m``, it picks the first ``i`` with ``d_i >= 0 >=
+d_{i+1}`` and forecasts ``i/m`` with probability ``-d_{i+1} / (d_i - d_{i+1})``, else
+``(i+1)/m``. The draw is one uniform per bar from a seeded generator in bar order (so the
+forecast is reproducible and appending bars never changes an earlier one). Below ``min_bin``
+known outcomes in the bin, the OPS forecast (the bin's forecaster runs, and learns from its
+own picks, from the first bar). HOPS is randomised and forecasts on a 0.1 grid:
+it targets calibration, not log loss or Brier.
 """
 from __future__ import annotations
 
@@ -166,15 +176,54 @@ def tracking(ts: np.ndarray, known_at: np.ndarray, forecast: np.ndarray, labels:
     return out
 
 
+def _foster_pick(d: np.ndarray, u: float) -> int:
+    """Grid index Foster's forecaster picks for deficits ``d`` (``d[0] >= 0 >= d[-1]``) and draw ``u``."""
+    i = int(np.flatnonzero((d[:-1] >= 0) & (d[1:] <= 0))[0])
+    denom = d[i] - d[i + 1]
+    if denom == 0:
+        return i
+    return i if u < -d[i + 1] / denom else i + 1
+
+
+def hedging(ts: np.ndarray, known_at: np.ndarray, forecast: np.ndarray, labels: np.ndarray,
+            usable: np.ndarray, cfg: OnlineConfig, seed: int = 0) -> np.ndarray:
+    """Calibeating by hedging (module docstring): per bar, the grid value Foster's forecaster of
+    ``forecast``'s bin picks; ``forecast`` itself while the bin holds fewer than ``cfg.min_bin``
+    known outcomes."""
+    m = cfg.bins
+    bin_of = np.clip(np.nan_to_num(forecast * cfg.bins, nan=0.0).astype(int), 0, cfg.bins - 1)
+    draws = np.random.default_rng(seed).random(len(ts))
+    deficit = np.zeros((cfg.bins, m + 1))
+    count = np.zeros(cfg.bins)
+    picked = np.zeros(len(ts), dtype=int)
+    queue = np.flatnonzero(usable & np.isfinite(forecast))
+    nxt = 0
+    out = forecast.astype(np.float64, copy=True)
+    for t in range(len(ts)):
+        while nxt < len(queue) and known_at[queue[nxt]] <= ts[t]:
+            s = queue[nxt]
+            deficit[bin_of[s], picked[s]] += labels[s] - picked[s] / m
+            count[bin_of[s]] += 1
+            nxt += 1
+        if not np.isfinite(forecast[t]):
+            continue
+        k = bin_of[t]
+        picked[t] = _foster_pick(deficit[k], draws[t])
+        if count[k] >= cfg.min_bin:
+            out[t] = picked[t] / m
+    return out
+
+
 def online_probabilities(index: pd.DatetimeIndex, logits: np.ndarray, labels: np.ndarray, horizon: int,
                          timeframe: str, calibrator: Calibrator, fitted_until: int | None,
-                         cfg: OnlineConfig = OnlineConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """``(P_ops, P_tops)`` per bar of a frame scored by one model (module docstring)."""
+                         cfg: OnlineConfig = OnlineConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P_ops, P_tops, P_hops)`` per bar of a frame scored by one model (module docstring)."""
     ts = pd.DatetimeIndex(index).as_unit("ns").asi8
     known_at = known_at_ns(index, horizon, timeframe)
     usable = usable_bars(index, logits, labels, fitted_until)
     p_ops = ops_probabilities(ts, known_at, logits, labels, usable, start_params(calibrator), cfg)
-    return p_ops, tracking(ts, known_at, p_ops, labels, usable, cfg)
+    return (p_ops, tracking(ts, known_at, p_ops, labels, usable, cfg),
+            hedging(ts, known_at, p_ops, labels, usable, cfg))
 
 
 def training_end(model) -> int | None:
@@ -184,8 +233,8 @@ def training_end(model) -> int | None:
 
 
 def model_online_scores(model, frame: pd.DataFrame, cfg: OnlineConfig = OnlineConfig()
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """``(P_ops, P_tops)`` per bar of ``frame`` for one bundle or seed ensemble (static calibrator
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P_ops, P_tops, P_hops)`` per bar of ``frame`` for one bundle or seed ensemble (static calibrator
     ``model.calibrator``). The online state starts ``history_bars`` before the end of the
     model's training span (or at the frame's start when that is later): bars before it get NaN."""
     fitted_until = training_end(model)
@@ -196,25 +245,24 @@ def model_online_scores(model, frame: pd.DataFrame, cfg: OnlineConfig = OnlineCo
     sub = frame.iloc[lo:]
     logits = model.predict_logit(sub).to_numpy().astype(np.float64)
     labels = known_labels(sub, model.label_cfg, model.timeframe)
-    p_ops, p_tops = online_probabilities(sub.index, logits, labels, model.label_cfg.horizon, model.timeframe,
-                                         model.calibrator, fitted_until, cfg)
+    scores = online_probabilities(sub.index, logits, labels, model.label_cfg.horizon, model.timeframe,
+                                  model.calibrator, fitted_until, cfg)
     pad = np.full(lo, np.nan)
-    return np.r_[pad, p_ops], np.r_[pad, p_tops]
+    return tuple(np.r_[pad, p] for p in scores)
 
 
 def online_scores(model, frame: pd.DataFrame, cfg: OnlineConfig = OnlineConfig()
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(P_ops, P_tops)`` per bar of ``frame`` for a bundle, an ensemble or a schedule. A
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(P_ops, P_tops, P_hops)`` per bar of ``frame`` for a bundle, an ensemble or a schedule. A
     schedule (anything with ``fold_positions``) runs each fold's own OPS/TOPS from its own
     training-span end and keeps it for the bars of that fold's validity span."""
     if not hasattr(model, "fold_positions"):
         return model_online_scores(model, frame, cfg)
-    p_ops = np.full(len(frame), np.nan)
-    p_tops = np.full(len(frame), np.nan)
+    out = tuple(np.full(len(frame), np.nan) for _ in range(3))
     k_of = model.fold_positions(frame.index)
     for k in np.unique(k_of[k_of >= 0]):
         pos = np.flatnonzero(k_of == k)
         a, b = int(pos[0]), int(pos[-1]) + 1
-        o, t = model_online_scores(model.bundle(int(k)), frame.iloc[:b], cfg)
-        p_ops[a:b], p_tops[a:b] = o[a:], t[a:]
-    return p_ops, p_tops
+        for dst, src in zip(out, model_online_scores(model.bundle(int(k)), frame.iloc[:b], cfg)):
+            dst[a:b] = src[a:]
+    return out

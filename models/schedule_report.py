@@ -3,10 +3,10 @@ and overall, per symbol.
 
 For every symbol file and every fold, the samples are the bars of the fold's validity span
 with a full window and a label (the same definition as a bundle's test span). Each is scored
-by the fold's bundle (the schedule), calibrated four ways -- the static calibrator fitted at
+by the fold's bundle (the schedule), calibrated five ways -- the static calibrator fitted at
 training; causal rolling Platt refits (``models.recalibration``, the config's ``calibration``
 window and refit interval); online Platt scaling (OPS) and OPS calibeaten by tracking (TOPS)
-(``models.online_calibration``, evaluation only) -- and by the fold's logistic baseline (its
+and by hedging (HOPS) (``models.online_calibration``, evaluation only) -- and by the fold's logistic baseline (its
 stored coefficients and calibrator). Figures: AUC, log loss, Brier, ECE (10 bins), mean P,
 base rate, n for each calibrator; plus ECE per calendar month for each.
 
@@ -62,7 +62,7 @@ def _fold_baseline(static: ModelSchedule, frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
-CALIBRATORS = ("static", "rolling", "ops", "tops")
+CALIBRATORS = ("static", "rolling", "ops", "tops", "hops")
 
 
 def _single_model(path: Path):
@@ -75,10 +75,10 @@ def _schedule_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig) 
     baseline; plus the mask of bars the report keeps (inside a fold's validity span)."""
     static = ModelSchedule(path, calibration=CalibrationConfig(mode="static"))
     rolling = ModelSchedule(path, calibration=ccfg.model_copy(update={"mode": "rolling"}))
-    ops, tops = online_scores(static, frame)
+    ops, tops, hops = online_scores(static, frame)
     cols = {"fold": static.model_ids(frame.index), "label": known_labels(frame, static.label_cfg, static.timeframe),
             "static": static.score_frame(frame)[1], "rolling": rolling.score_frame(frame)[1], "ops": ops,
-            "tops": tops, "baseline": _fold_baseline(static, frame)}
+            "tops": tops, "hops": hops, "baseline": _fold_baseline(static, frame)}
     # the last fold is reported over its own validity span only (what the schedule tested)
     keep = (cols["fold"] != "") & (frame.index < pd.Timestamp(static.folds[-1]["valid_until"]))
     return cols, keep
@@ -97,10 +97,10 @@ def _model_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig
         frame = frame.iloc[max(0, first_after - rolling.history_bars):]
     test_from, test_to = model.test_span
     inside = (frame.index >= test_from) & (frame.index <= test_to)
-    ops, tops = online_scores(model, frame)
+    ops, tops, hops = online_scores(model, frame)
     cols = {"fold": np.where(inside, path.name, ""), "label": known_labels(frame, model.label_cfg, model.timeframe),
             "static": model.calibrate(model.predict_logit(frame).to_numpy()), "rolling": rolling.score_frame(frame)[1],
-            "ops": ops, "tops": tops, "baseline": baseline_probabilities(model, frame)}
+            "ops": ops, "tops": tops, "hops": hops, "baseline": baseline_probabilities(model, frame)}
     return cols, inside, frame.index
 
 
@@ -202,10 +202,12 @@ def to_markdown(rep: dict) -> str:
              "", *_table(rep, _COLS, "{}"), "",
              f"Calibrators compared (static, rolling Platt, online Platt scaling OPS: ONS gamma {onl['gamma']}, "
              f"TOPS: OPS calibeaten by tracking in {onl['bins']} bins once a bin holds {onl['min_bin']} known "
-             f"outcomes; log_loss / brier without a suffix are the static calibrator's).", "",
+             f"outcomes, HOPS: OPS calibeaten by hedging, Foster's randomised forecaster per bin on a "
+             f"1/{onl['bins']} grid; log_loss / brier without a suffix are the static calibrator's).", "",
              *_table(rep, _CAL_COLS, "{}"), "",
              "| symbol | month | n | base rate | mean P static | ECE static | mean P rolling | ECE rolling | "
-             "mean P OPS | ECE OPS | mean P TOPS | ECE TOPS |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "mean P OPS | ECE OPS | mean P TOPS | ECE TOPS | mean P HOPS | ECE HOPS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rep["monthly"]:
         lines.append(f"| {m['symbol']} | {m['month']} | {m['n']:,} | {m['base_rate']:.4f} | " + " | ".join(
             f"{m['mean_p_' + c]:.4f} | {m['ece_' + c]:.4f}" for c in CALIBRATORS) + " |")

@@ -36,7 +36,7 @@ def sched(tmp_path_factory):
     return root / "wf", data, frame
 
 
-def test_report_compares_the_four_calibrators_per_fold_overall_and_month(sched):
+def test_report_compares_the_calibrators_per_fold_overall_and_month(sched):
     path, data, frame = sched
     rep = evaluate(path, [str(data)])
     folds = ModelSchedule(path).folds
@@ -51,7 +51,7 @@ def test_report_compares_the_four_calibrators_per_fold_overall_and_month(sched):
     k_last = len(folds) - 1
     bundle = ModelSchedule(path).bundle(k_last)
     end = frame.index.searchsorted(pd.Timestamp(folds[k_last]["valid_until"]))
-    ops, tops = model_online_scores(bundle, frame.iloc[:end])
+    ops, tops, _ = model_online_scores(bundle, frame.iloc[:end])
     start = frame.index.searchsorted(pd.Timestamp(folds[k_last]["valid_from"]))
     y = known_labels(frame, bundle.label_cfg, bundle.timeframe)[start:end]  # the report labels on the whole file
     ok = np.isfinite(y) & np.isfinite(ops[start:])
