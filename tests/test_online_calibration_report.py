@@ -86,3 +86,29 @@ def test_report_cli_refuses_a_folder_that_is_no_model_in_one_line(sched, tmp_pat
     main(["--model", str(sched[0]), "--data", str(data), "--output", str(tmp_path / "ok")])
     rep = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert rep["online"]["gamma"] == 0.1 and (tmp_path / "ok" / "report.md").read_text().startswith("Schedule")
+
+
+def test_report_of_a_seed_ensemble_schedule_and_of_one_ensemble_fold(tmp_path):
+    """Ensemble folds (``model.ensemble: 2``) are scored like bundles: mean member logit, the
+    fold's one calibrator as the static start of OPS."""
+    frame = synthetic_ohlcv(4800, seed=3, gaps={3000: 5})
+    data = tmp_path / "syn_usdt_15m.csv"
+    frame.rename_axis("timestamp").to_csv(data)
+    out = tmp_path / "wfe"
+    build_schedule([SymbolInput("SYN/USDT", str(data), frame, None)],
+                   load_config(None, SMALL + ["model.ensemble=2"]), out)
+    rep = evaluate(out, [str(data)])
+    assert len(rep["folds"]) == len(ModelSchedule(out).folds) >= 2
+    assert all(np.isfinite(r[f"ece_{c}"]) for r in rep["folds"] for c in CALIBRATORS)
+    sched = ModelSchedule(out)
+    ens = sched.bundle(0)
+    assert type(ens).__name__ == "EnsembleModel"
+    one = evaluate(out / sched.folds[0]["bundle"], [str(data)])
+    assert one["folds"][0]["n"] > 500 and np.isfinite(one["folds"][0]["ece_hops"])
+    # OPS of an ensemble starts at the ensemble's own calibrator: equal to it on the first bars
+    # after the training span (no label after it is known yet), different later
+    ops = model_online_scores(ens, frame)[0]
+    static = ens.predict_proba(frame).to_numpy()
+    first = int(frame.index.searchsorted(pd.Timestamp(ens.meta["spans"]["train"][1]), side="right"))
+    np.testing.assert_allclose(ops[first:first + 8], static[first:first + 8], rtol=1e-9)
+    assert np.nanmax(np.abs(ops[first + 200:] - static[first + 200:])) > 1e-4
