@@ -17,9 +17,9 @@ by the Online Newton Step for the logistic loss, one update per label:
 
 Choices (the paper's published defaults, as far as we could establish them): ``gamma = 0.1``,
 ``D = 1`` (so ``A_0 = 100 I``: the first steps are at most about a tenth of a plain gradient
-step, which keeps the static start), ``radius = 100`` (it never binds on real logits). No
-forgetting: ``A`` grows with every label, so late steps shrink like ``1/n`` -- OPS drifts
-more slowly than the 30-day rolling window, which is the honest comparison asked for.
+step, which keeps the static start), ``radius = 100`` (far from binding: real Platt
+parameters are of order 1). No forgetting: ``A`` grows with every label, so late steps shrink
+like ``1/n`` and OPS drifts more slowly than the 30-day rolling window (README: measured).
 
 **Which labels, when.** The same rule as rolling recalibration: the label of bar s (from
 :func:`models.recalibration.known_labels`) is used at bar t only when ``ts[s] + horizon * bar
