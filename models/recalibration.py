@@ -50,19 +50,37 @@ _RIDGE = 1e-6
 
 
 def fit_platt(z: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
-    """Maximum-likelihood ``(a, b)`` of ``P = sigmoid(a z + b)`` by Newton's method."""
-    a, b = 1.0, 0.0
+    """Maximum-likelihood ``(a, b)`` of ``P = sigmoid(a z + b)`` by damped Newton steps.
+
+    A full Newton step from ``(1, 0)`` can overshoot and diverge (logits of a narrow range whose
+    ranking is inverted sent ``b`` to 1e8 on real data); each step is halved until the
+    penalised negative log-likelihood does not increase."""
+    theta = np.array([1.0, 0.0])
     x = np.column_stack([z, np.ones_like(z)])
+    loss = _platt_loss(theta, x, y)
     for _ in range(iters):
-        p = sigmoid(a * z + b)
+        p = sigmoid(x @ theta)
         w = p * (1.0 - p)
-        grad = x.T @ (p - y) + _RIDGE * np.array([a, b])
+        grad = x.T @ (p - y) + _RIDGE * theta
         hess = (x * w[:, None]).T @ x + _RIDGE * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
+        for _ in range(60):
+            new_loss = _platt_loss(theta - step, x, y)
+            if new_loss <= loss:
+                break
+            step = step / 2.0
+        else:
+            break  # no decrease along the Newton direction: at the optimum to float precision
+        theta, loss = theta - step, new_loss
         if np.abs(step).max() < 1e-10:
             break
-    return float(a), float(b)
+    return float(theta[0]), float(theta[1])
+
+
+def _platt_loss(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """Negative log-likelihood of Platt parameters plus the ridge (stable for any logit)."""
+    u = x @ theta
+    return float(np.sum(np.logaddexp(0.0, u) - y * u) + 0.5 * _RIDGE * theta @ theta)
 
 
 def known_labels(frame: pd.DataFrame, label_cfg: LabelConfig, timeframe: str) -> np.ndarray:
