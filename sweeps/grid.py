@@ -186,14 +186,20 @@ CONFIG_KEYS: dict[str, str] = {
 }
 
 
-def replay_sets(row: Mapping[str, Any]) -> list[str]:
+# Volatility-scaled barriers (labels.scale: vol): the profit and stop axes are multiples.
+VOL_CONFIG_KEYS: dict[str, str] = {**CONFIG_KEYS, "profit": "labels.vol_profit", "stop": "labels.vol_stop"}
+
+
+def replay_sets(row: Mapping[str, Any], vol_scaled: bool = False) -> list[str]:
     """The ``--set KEY=VALUE`` overrides under which ``nts backtest`` trades a sweep row (with
-    ``--barriers config`` so profit and stop come from the config, not the bundle)."""
+    ``--barriers config`` so profit and stop come from the config, not the bundle); for a
+    volatility-scaled policy the profit/stop axes are ``labels.vol_profit/vol_stop``."""
+    keys = VOL_CONFIG_KEYS if vol_scaled else CONFIG_KEYS
     out = []
     for axis in AXES:
         v = row[axis]
         text = v if isinstance(v, str) else (str(int(v)) if axis == "max_hold" else repr(float(v)))
-        out.append(f"{CONFIG_KEYS[axis]}={text}")
+        out.append(f"{keys[axis]}={text}")
     return out
 
 
