@@ -3,8 +3,10 @@
 A grid is one list of values per axis; the sweep runs every combination. Axes and their
 ranges (a scalar in the file means a one-value axis; values keep the order written)::
 
-    profit            take-profit barrier, fraction of the entry price, (0, 1)
-    stop              stop barrier, fraction of the entry price, (0, 1)
+    profit            take-profit barrier, fraction of the entry price, (0, 1); for a
+                      volatility-scaled policy (labels.scale: vol) a multiple of the decision
+                      bar's sigma_t * sqrt(horizon), (0, 100] (load_grid's barrier_scale)
+    stop              stop barrier, the same unit as profit
     max_hold          time exit in bars after entry, integer in [1, 1000]
     deadband          |r| below this -> no position, [0, 1)
     center            signal centre: a probability in (0, 1) or the string ``breakeven``
@@ -104,6 +106,16 @@ class GridAxes(_Strict):
         if v is None or (isinstance(v, list) and not v):
             raise ValueError("empty axis")
         return v if isinstance(v, list) else [v]
+
+
+Multiple = Annotated[float, Field(gt=0, le=100)]  # as labels.vol_profit / vol_stop
+
+
+class VolGridAxes(GridAxes):
+    """The axes of a volatility-scaled policy: profit and stop are multiples of the bar's width."""
+
+    profit: list[Multiple] | None = None
+    stop: list[Multiple] | None = None
 
 
 class SweepConfig(_Strict):
@@ -328,7 +340,14 @@ def _read_sweep_tree(src: Path, overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
-def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: str) -> list[tuple[str, tuple]]:
+class VolSweepConfig(SweepConfig):
+    """The sweep file of a volatility-scaled policy (:class:`VolGridAxes`)."""
+
+    grid: VolGridAxes = Field(default_factory=VolGridAxes)
+
+
+def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: str,
+               model: type[SweepConfig] = SweepConfig) -> list[tuple[str, tuple]]:
     """Every axis's values: as given, else the main config's default (checked against the
     sweep's range); refuses unknown default axes and repeated values."""
     unknown = sorted(set(defaults) - set(AXES))
@@ -340,7 +359,7 @@ def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: st
             vals = given[name]
         elif name in defaults:
             try:  # the main config's value must also fit the sweep's range
-                vals = getattr(SweepConfig.model_validate({"grid": {name: defaults[name]}}).grid, name)
+                vals = getattr(model.model_validate({"grid": {name: defaults[name]}}).grid, name)
             except ValidationError as err:
                 raise ConfigError(_format_error(err, "sweep default from the main config")) from None
         else:
@@ -354,8 +373,12 @@ def load_grid(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    barrier_scale: str = "fixed",
 ) -> Grid:
     """Load and validate a sweep file (default: configs/sweep.yaml) plus overrides.
+
+    ``barrier_scale``: the swept policy's barrier rule; with ``"vol"`` the profit and stop
+    axes are multiples of the bar's width (:class:`VolGridAxes`), else fractions.
 
     ``overrides`` replace whole axes or settings (``"deadband=0,0.1,0.3"``, ``"blocks=8"``).
     ``defaults`` gives one value for every axis the file and overrides leave out (see
@@ -366,11 +389,12 @@ def load_grid(
     tree = _read_sweep_tree(src, overrides)
     source = str(src) + (" + overrides" if overrides else "")
     try:
-        cfg = SweepConfig.model_validate(tree)
+        model = VolSweepConfig if barrier_scale == "vol" else SweepConfig
+        cfg = model.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
     given = {name: getattr(cfg.grid, name) for name in AXES if getattr(cfg.grid, name) is not None}
-    axes = _grid_axes(given, dict(defaults or {}), source)
+    axes = _grid_axes(given, dict(defaults or {}), source, model)
     grid = Grid(
         axes=tuple(axes),
         swept=tuple(n for n in AXES if n in given),

@@ -181,3 +181,77 @@ def test_simulate_refuses_a_vol_policy_without_widths():
     frame = synthetic_ohlcv(50, seed=2)
     with pytest.raises(ValueError, match="barrier widths"):
         simulate(pol, load_config(None, []).risk, frame, np.full(50, 0.9), np.full(50, 0.5), np.full(50, 0.1), 1e4)
+
+
+# ----------------------------------------------------------------------------- sweep and paper
+SWEEP_SETS = ["strategy.center=0.3", "strategy.deadband=0.0", "execution.taker_fee=0.001",
+              "execution.maker_fee=0.0005", "execution.slippage_bps=3.0", *VOL_SETS]
+VOL_GRID = """\
+grid:
+  profit: [0.9, 1.2, 2.0]   # multiples of sigma_t*sqrt(horizon) for a vol-scaled policy
+  stop: [0.8, 1.5]
+  max_hold: [6]
+  limit_confidence: [0.05, 1.0]
+blocks: 8
+folds: 2
+top: 3
+"""
+
+
+@pytest.mark.timeout(300)
+def test_sweep_rows_of_a_vol_policy_match_backtrader(tiny_bundle, tmp_path):
+    from models.bundle import load_bundle
+    from sweeps.engine import axis_defaults, prepare_span, run_sweep
+    from sweeps.grid import load_grid, replay_sets
+    from sweeps.report import barrier_rule_text, manifest
+
+    from test_sweep import _compare
+
+    bundle = load_bundle(tiny_bundle)
+    frame = synthetic_ohlcv(4000, seed=11, gaps={1800: 10})
+    cfg = load_config(None, SWEEP_SETS)
+    cache = tmp_path / "cache"
+    # a fixed-barrier bundle traded with the config's vol-scaled barriers (the explicit opt-in)
+    data = prepare_span(bundle, frame, cfg, barriers="config", cache_dir=cache, blocks=8, folds=2)
+    assert data.policy.vol_scaled and data.inputs.width is not None
+    np.testing.assert_array_equal(data.inputs.width, policy_widths(data.frame, data.policy))
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(VOL_GRID)
+    with pytest.raises(ConfigError, match=r"grid\.profit\[1\]: 1\.2 must be < 1"):
+        load_grid(grid_file, [], axis_defaults(data))  # read as fractions, the multiples are refused
+    result = run_sweep(data, load_grid(grid_file, [], axis_defaults(data), barrier_scale="vol"))
+    t = result.table
+    assert "multiples of the decision bar's sigma_t*sqrt(6)" in barrier_rule_text(result)
+    assert manifest(result, command="test")["barriers"]["rule"] == "vol"
+    # other multiples are other trades (the axes really move the barriers)
+    assert t["trades"].nunique() > 1 and t["exits_take_profit"].nunique() > 1
+    assert np.isfinite(t["base_rate"]).all() and np.isfinite(t["breakeven_p"]).all()
+    for profit, stop, lc in ((1.2, 0.8, 1.0), (2.0, 1.5, 0.05), (0.9, 0.8, 0.05)):
+        row = int(t.index[(t["profit"] == profit) & (t["stop"] == stop) & (t["limit_confidence"] == lc)][0])
+        row_cfg = load_config(None, [*SWEEP_SETS, *replay_sets(t.loc[row], vol_scaled=True)])
+        assert row_cfg.labels.vol_profit == profit and row_cfg.labels.scale == "vol"
+        bt = run_backtest(bundle, frame, row_cfg, progress=False, barriers="config", prob_cache=cache)
+        assert bt.metrics["run"]["barriers"]["rule"] == "vol" and bt.metrics["run"]["barriers"]["profit"] == profit
+        assert _compare(result, row, bt) > 5
+
+
+@pytest.mark.timeout(240)
+def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle):
+    from models.bundle import load_bundle
+    from strategies.backtest import warmup_bars_for
+    from venues.replay import ReplayExchange
+
+    from test_paper_session import TF, assert_same_as_backtest, journal_view, make_cfg, ms, run_session
+
+    fast = load_bundle(fast_bundle)
+    cfg = make_cfg(tmp_path, *VOL_SETS, "labels.vol_profit=0.9", "labels.vol_stop=0.9")
+    warm = warmup_bars_for(fast, cfg)
+    frame = synthetic_ohlcv(warm + 260, seed=29, start="2024-03-01")
+    s, e = frame.index[warm + 10], frame.index[warm + 249]
+    bt_res = run_backtest(fast, frame, cfg, start=s, end=e + TF, progress=False, allow_in_sample=True,
+                          barriers="config")
+    assert bt_res.metrics["run"]["barriers"]["rule"] == "vol"
+    with ReplayExchange(frame, start=s + pd.Timedelta("1min")) as ex:
+        run_session(fast_bundle, cfg, tmp_path / "vol.db", ex, stop_ms=ms(e), barriers="config")
+    assert_same_as_backtest(journal_view(tmp_path / "vol.db"), bt_res, s, e, min_fills=6)
+    assert {"take_profit", "stop"} & set(bt_res.trades["exit_kind"])  # barrier exits were traded
