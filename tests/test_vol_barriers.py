@@ -255,3 +255,21 @@ def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle
         run_session(fast_bundle, cfg, tmp_path / "vol.db", ex, stop_ms=ms(e), barriers="config")
     assert_same_as_backtest(journal_view(tmp_path / "vol.db"), bt_res, s, e, min_fills=6)
     assert {"take_profit", "stop"} & set(bt_res.trades["exit_kind"])  # barrier exits were traded
+
+
+def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
+    from server.predict import predict_frame
+    from server.setup import build_setup
+
+    cfg = load_config(None, [*VOL_SETS, "strategy.center=breakeven"])
+    setup = build_setup(cfg, tiny_bundle, barriers="config")
+    assert setup.policy.vol_scaled
+    frame = synthetic_ohlcv(setup.min_bars + 40, seed=31, start="2024-05-01")
+    widths = barrier_widths(frame, 6, 14)  # over more bars than a request carries: the same numbers
+    for end in (setup.min_bars, setup.min_bars + 17, setup.min_bars + 40):
+        pred = predict_frame(setup, frame.iloc[end - setup.min_bars:end])
+        w, close = widths[end - 1], float(frame["close"].iloc[end - 1])
+        assert pred.barriers.take_profit == pytest.approx(close * (1.0 + 1.2 * w), rel=1e-12)
+        assert pred.barriers.stop == pytest.approx(close * (1.0 - 0.8 * w), rel=1e-12)
+        # the break-even centre of this bar's widths, not a fixed number
+        assert pred.center == pytest.approx((0.8 * w + 0.002) / (2.0 * w), rel=1e-9)
