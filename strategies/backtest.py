@@ -242,7 +242,10 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
         "barriers": barriers_record(spec),
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         # "breakeven": the signal's centre was derived from the barriers and the taker fee
-        "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
+        # "breakeven per bar": of each bar's volatility-scaled widths (signal.center then names
+        # only the fee-free ratio stop / (profit + stop))
+        "center_rule": ("breakeven per bar" if spec.policy.per_bar_center else "breakeven")
+        if spec.policy.breakeven_center else "fixed",
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
