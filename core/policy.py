@@ -12,6 +12,8 @@ ewma vol -> forecast        :func:`annualised_vol`                  :func:`annua
 s, forecast -> weight w     :func:`weight_from_signal`              :func:`weights_from_signals`
 confidence -> limit?        :func:`use_limit`                       :func:`use_limits`
 ref price -> barriers       :func:`barrier_prices`                  :func:`barrier_prices_array`
+sigma -> barrier width      :func:`barrier_width`                   :func:`barrier_widths_of`
+width -> break-even centre  :func:`breakeven_center`                :func:`breakeven_centers`
 ==========================  ======================================  ==========================================
 
 The scalar forms are numba functions (:func:`core.jit.kernel`: compiled on first use, cached): backtrader's :class:`strategies.base.ModelStrategy`

@@ -18,7 +18,9 @@ One pipeline, nothing re-implemented here:
   warm-up plus ``hook_lookback - 1`` bars: :attr:`ServeSetup.min_bars`), the weight capped
   by the :class:`core.risk.RiskManager`; order type and barrier prices by the
   :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy` reads on a
-  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
+  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0, width)``,
+  the width of volatility-scaled barriers from :func:`models.labels.policy_widths` over the
+  request's bars, the centre per bar when it is their break-even).
 
 Bars come as rows (``bars``: one object per candle) or as columns (``columns``: one array per
 field, several times cheaper to parse for a 1,400-bar warm-up); both are refused by the same
