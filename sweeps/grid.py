@@ -108,7 +108,17 @@ class GridAxes(_Strict):
         return v if isinstance(v, list) else [v]
 
 
-Multiple = Annotated[float, Field(gt=0, le=100)]  # as labels.vol_profit / vol_stop
+MIN_MULTIPLE = 0.05  # below: a fraction of the price written for fixed barriers, not a multiple
+
+
+def _multiple(v: float) -> float:
+    if v < MIN_MULTIPLE:
+        raise ValueError(f"must be a multiple of the bar's sigma_t*sqrt(horizon) (>= {MIN_MULTIPLE:g}, e.g. 1.4): "
+                         "a volatility-scaled model's profit/stop axes are not fractions of the price")
+    return v
+
+
+Multiple = Annotated[float, Field(gt=0, le=100), AfterValidator(_multiple)]  # as labels.vol_profit / vol_stop
 
 
 class VolGridAxes(GridAxes):

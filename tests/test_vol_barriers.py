@@ -219,6 +219,8 @@ def test_sweep_rows_of_a_vol_policy_match_backtrader(tiny_bundle, tmp_path):
     grid_file.write_text(VOL_GRID)
     with pytest.raises(ConfigError, match=r"grid\.profit\[1\]: 1\.2 must be < 1"):
         load_grid(grid_file, [], axis_defaults(data))  # read as fractions, the multiples are refused
+    with pytest.raises(ConfigError, match=r"sweep\.yaml: grid\.profit\[0\]: 0\.006 must be a multiple of the bar"):
+        load_grid(None, [], axis_defaults(data), barrier_scale="vol")  # the default file's fractions, refused
     result = run_sweep(data, load_grid(grid_file, [], axis_defaults(data), barrier_scale="vol"))
     t = result.table
     assert "multiples of the decision bar's sigma_t*sqrt(6)" in barrier_rule_text(result)
