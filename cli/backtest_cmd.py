@@ -60,12 +60,17 @@ def backtest(cfg, model_path: str, data_path: str, output: str, start: str | Non
     click.echo(f"strategy {run['strategy']}  span {run['start']} .. {run['end']} ({run['bars']:,} bars)"
                + ("  [IN-SAMPLE]" if run["in_sample"] else ""))
     b = run["barriers"]
-    click.echo(f"barriers ({b['source']}): profit {b['profit']:g}, stop {b['stop']:g}, horizon {b['horizon']}, "
-               f"max hold {b['max_hold']}, tie {b['tie']}")
+    if b.get("rule") == "vol":  # multiples of the bar's width, not fractions: say so
+        click.echo(f"barriers ({b['source']}): {b['text']}, max hold {b['max_hold']}, tie {b['tie']}")
+    else:
+        click.echo(f"barriers ({b['source']}): profit {b['profit']:g}, stop {b['stop']:g}, horizon {b['horizon']}, "
+                   f"max hold {b['max_hold']}, tie {b['tie']}")
     click.echo(format_table(result.metrics))
     sig = run["signal"]
     if sig["scored"]:
-        rule = " (break-even of the barriers after taker fees)" if run.get("center_rule") == "breakeven" else ""
+        rule = {"breakeven": " (break-even of the barriers after taker fees)",
+                "breakeven per bar": " (fee-free ratio; traded: the break-even of each bar's widths after fees)"
+                }.get(run.get("center_rule"), "")
         click.echo(f"signal: {sig['decisions']:,} flat bars open to an entry; P > centre {sig['center']:.4f}{rule} on "
                    f"{sig['positive_signal']:,}, past the deadband on {sig['past_deadband']:,}; max P on those bars {sig['p_max']:.4f}")
     for trip in result.risk_trips:

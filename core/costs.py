@@ -24,7 +24,9 @@ broker on the next bar.
   ``_slip_up/_slip_down(..., lim=True)`` with ``slip_match``). A limit filled mid-bar keeps its
   price exactly. (So a limit never fills worse than its limit, but may give up the open's
   improvement up to ``s``.)
-* **Exits** are the triple barriers around the entry reference price (the signal close):
+* **Exits** are the triple barriers around the entry reference price (the signal close; their
+  distances are the policy's profit/stop times the decision bar's barrier width, 1 for fixed
+  barriers, ``sigma_t * sqrt(horizon)`` for ``labels.scale: vol``, :mod:`core.policy`):
   a take profit (limit order: the limit rules above, marketable at the open when the bar
   gaps through it) and a stop (stop order: becomes a market order when touched; at
   ``O`` slipped when the bar opens through it, else at the stop price slipped,

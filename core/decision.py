@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from core.jit import kernel
-from core.policy import POLICY_VECTOR, barrier_prices, use_limit
+from core.policy import POLICY_VECTOR, barrier_prices, barriers_usable, use_limit
 from core.risk import ALLOW, REDUCE, cap_weight
 
 # Order kinds (the ``kind`` tag of every order and fill).
@@ -96,6 +96,7 @@ class BarSignal(NamedTuple):
     w: float             # target weight before the gate's cap
     allowed: bool        # entry_allowed hook
     in_window: bool      # inside the span's entry window (bar <= last entry bar)
+    width: float = 1.0   # barrier width factor of the bar (1.0: fixed barriers)
 
 
 class Rules(NamedTuple):
@@ -107,6 +108,9 @@ class Rules(NamedTuple):
     profit: float
     stop: float
     tp_first: bool       # tie rule: the take profit is submitted first (wins a bar touching both)
+    # a bar's profit width must exceed this for an entry: 2 x taker fee for volatility-scaled
+    # barriers (core.policy.barriers_usable), -inf for fixed ones (no check)
+    min_profit_width: float = -math.inf
 
 
 class Actions(NamedTuple):
@@ -130,13 +134,15 @@ class Actions(NamedTuple):
 _P = {name: i for i, name in enumerate(POLICY_VECTOR)}
 _MAX_HOLD, _TIF, _LIMIT_CONF = _P["max_hold"], _P["limit_tif_bars"], _P["limit_confidence"]
 _PROFIT, _STOP, _TIE_PROFIT = _P["profit"], _P["stop"], _P["tie_profit"]
+_VOL_SCALED, _TAKER = _P["vol_scaled"], _P["taker_fee"]
+_NO_MIN = -math.inf
 
 
 @kernel
 def rules_of(prm: np.ndarray) -> Rules:
     """The step's :class:`Rules` of a policy row (:data:`core.policy.POLICY_VECTOR`)."""
     return Rules(int(prm[_MAX_HOLD]), int(prm[_TIF]), prm[_LIMIT_CONF], prm[_PROFIT], prm[_STOP],
-                 prm[_TIE_PROFIT] != 0.0)
+                 prm[_TIE_PROFIT] != 0.0, 2.0 * prm[_TAKER] if prm[_VOL_SCALED] != 0.0 else _NO_MIN)
 
 
 @kernel
@@ -164,9 +170,11 @@ def _entry(g: Gate, st: SymbolState, sig: BarSignal, rules: Rules) -> Actions:
     mask = A_DECIDED
     size = abs(w) * st.equity / st.close
     long = w > 0
-    tp, sl = barrier_prices(st.close, long, rules.profit, rules.stop)
+    profit = rules.profit * sig.width
+    stop = rules.stop * sig.width
+    tp, sl = barrier_prices(st.close, long, profit, stop)
     limit = use_limit(abs(sig.s), rules.limit_confidence)
-    if w != 0.0 and size > 0:
+    if w != 0.0 and size > 0 and barriers_usable(profit, stop, rules.min_profit_width):
         mask |= A_ENTER
     return Actions(mask, K_ENTRY, WHY_SIGNAL, 0.0, 0.0, long, size, limit, st.close, tp, sl, rules.tp_first, w)
 

@@ -12,6 +12,8 @@ ewma vol -> forecast        :func:`annualised_vol`                  :func:`annua
 s, forecast -> weight w     :func:`weight_from_signal`              :func:`weights_from_signals`
 confidence -> limit?        :func:`use_limit`                       :func:`use_limits`
 ref price -> barriers       :func:`barrier_prices`                  :func:`barrier_prices_array`
+sigma -> barrier width      :func:`barrier_width`                   :func:`barrier_widths_of`
+width -> break-even centre  :func:`breakeven_center`                :func:`breakeven_centers`
 ==========================  ======================================  ==========================================
 
 The scalar forms are numba functions (:func:`core.jit.kernel`: compiled on first use, cached): backtrader's :class:`strategies.base.ModelStrategy`
@@ -29,8 +31,20 @@ no engine re-implements a rule. Definitions:
   ``w = clip(r, -1, 1) * max_position``; ``w < 0`` -> 0 unless ``allow_short``; a missing,
   non-finite or non-positive forecast -> 0 (cannot size without it).
 * **Order type**: a limit order at the signal close when ``|s| >= limit_confidence``, else market.
-* **Barriers**: long ``(ref * (1 + profit), ref * (1 - stop))``, short
-  ``(ref * (1 - profit), ref * (1 + stop))`` as (take profit, stop).
+* **Barriers**: long ``(ref * (1 + profit_t), ref * (1 - stop_t))``, short
+  ``(ref * (1 - profit_t), ref * (1 + stop_t))`` as (take profit, stop), with
+  ``profit_t = profit * width_t`` and ``stop_t = stop * width_t``. The barrier width
+  ``width_t`` is a per-bar input beside the volatility forecast: 1 with ``labels.scale:
+  fixed`` (``profit``/``stop`` are the fixed fractions, exactly as before), and with
+  ``labels.scale: vol`` the labeller's ``sigma_t * sqrt(horizon)`` of the decision bar
+  (:func:`barrier_width`; ``profit``/``stop`` are then the multiples ``vol_profit`` /
+  ``vol_stop``), so the traded barriers equal the labelled ones at the decision bar. They
+  are set once, at entry, for the life of the trade. A volatility-scaled entry needs a
+  finite positive width and a profit width above the round-trip taker fee (else no entry).
+* **Break-even centre** (``center: breakeven``): fixed barriers, one number,
+  :func:`breakeven_probability`; volatility-scaled barriers, per bar,
+  ``(stop_t + 2 fee) / (profit_t + stop_t)`` (:func:`breakeven_center`; NaN -- no signal --
+  where the profit width does not cover the fee).
 
 How orders fill is stated in :mod:`core.costs`; the risk manager's caps and breakers are :mod:`core.risk`.
 """
@@ -51,6 +65,7 @@ from core.timeframes import bars_per_year, timeframe_seconds
 
 BARRIER_SOURCES = ("bundle", "config")
 TIES = ("stop", "profit")
+BARRIER_SCALES = ("fixed", "vol")
 
 
 # ----------------------------------------------------------------------------- break-even
@@ -72,6 +87,41 @@ def breakeven_probability(profit: float, stop: float, fee_rate: float = 0.0) -> 
         raise ConfigError(f"profit barrier {profit} does not cover the round-trip fee {2.0 * fee_rate}: "
                           "no win rate breaks even")
     return (stop + 2.0 * fee_rate) / (profit + stop)
+
+
+@kernel(inline=True)
+def breakeven_center(profit: float, stop: float, fee_rate: float) -> float:
+    """:func:`breakeven_probability` of one bar's barrier widths, NaN instead of a refusal
+    where it is undefined (a profit width not above the round-trip fee, a non-positive or
+    missing width): such a bar gets no signal, hence no entry."""
+    if not (profit > 2.0 * fee_rate and stop > 0.0):  # NaN fails too
+        return math.nan
+    return (stop + 2.0 * fee_rate) / (profit + stop)
+
+
+@kernel(inline=True)
+def barriers_usable(profit: float, stop: float, min_profit: float) -> bool:
+    """True when a bar's barrier widths (``profit``/``stop`` already times the bar's width) can
+    be traded: ``min_profit`` -inf (fixed barriers) always; else (volatility-scaled, ``min_profit``
+    = the round-trip taker fee) a known width whose profit exceeds it (NaN fails)."""
+    return min_profit == -math.inf or (profit > min_profit and stop > 0.0)
+
+
+@kernel(inline=True)
+def barrier_width(sigma: float, horizon: int) -> float:
+    """The volatility-scaled barrier width of a bar: ``sigma_t * sqrt(horizon)``, ``sigma_t`` the
+    EWMA volatility of 1-bar log returns (span ``labels.vol_span``) -- the labeller's
+    definition (:func:`models.labels.barrier_widths` computes it over bars with this rule)."""
+    return sigma * math.sqrt(float(horizon))
+
+
+@kernel
+def barrier_widths_of(sigma: np.ndarray, horizon: int) -> np.ndarray:
+    """:func:`barrier_width` over an array of volatilities."""
+    out = np.empty(sigma.shape[0])
+    for i in range(sigma.shape[0]):
+        out[i] = barrier_width(sigma[i], horizon)
+    return out
 
 
 # ----------------------------------------------------------------------------- scalar rules (njit)
@@ -141,6 +191,25 @@ def signals_from_probabilities(p: np.ndarray, center: float) -> np.ndarray:
 
 
 @kernel
+def signals_at_centers(p: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """:func:`signal_from_probability` with a per-bar centre; a NaN centre gives 0 (no signal)."""
+    out = np.empty(p.shape[0])
+    for i in range(p.shape[0]):
+        c = centers[i]
+        out[i] = 0.0 if c != c else signal_from_probability(p[i], c)
+    return out
+
+
+@kernel
+def breakeven_centers(width: np.ndarray, profit: float, stop: float, fee_rate: float) -> np.ndarray:
+    """:func:`breakeven_center` of every bar's widths ``profit * width_t``, ``stop * width_t``."""
+    out = np.empty(width.shape[0])
+    for i in range(width.shape[0]):
+        out[i] = breakeven_center(profit * width[i], stop * width[i], fee_rate)
+    return out
+
+
+@kernel
 def annualised_vols(ewma_vol: np.ndarray, ann_factor: float) -> np.ndarray:
     """:func:`annualised_vol` over an array."""
     out = np.empty(ewma_vol.shape[0])
@@ -187,6 +256,9 @@ def annualisation_factor(timeframe: str) -> float:
 # ----------------------------------------------------------------------------- barriers traded
 
 def _labels_text(lab: LabelConfig) -> str:
+    if lab.scale == "vol":
+        return (f"scale=vol vol_profit={lab.vol_profit:g} vol_stop={lab.vol_stop:g} vol_span={lab.vol_span} "
+                f"horizon={lab.horizon} tie={lab.tie}")
     return f"profit={lab.profit:g} stop={lab.stop:g} horizon={lab.horizon} tie={lab.tie}"
 
 
@@ -197,17 +269,14 @@ def traded_labels(cfg: Config, bundle: Any = None, barriers: str = "bundle") -> 
     With a model bundle the model predicts the bundle's label event, so the default
     (``barriers="bundle"``) trades ``bundle.label_cfg`` and refuses (ConfigError, one line
     naming both) a ``cfg.labels`` that differs from it; ``barriers="config"`` is the explicit
-    opt-in to trade ``cfg.labels`` anyway. Without a bundle: ``cfg.labels``.
+    opt-in to trade ``cfg.labels`` anyway. Without a bundle: ``cfg.labels``. Both barrier
+    rules are traded (``labels.scale: fixed`` percentages, ``vol`` multiples of the bar's
+    volatility over the horizon; see the module docstring).
     """
     if barriers not in BARRIER_SOURCES:
         raise ConfigError(f"barriers must be one of {', '.join(BARRIER_SOURCES)} (got {barriers!r})")
     bundle_labels = getattr(bundle, "label_cfg", None) if bundle is not None else None
     chosen = cfg.labels if bundle_labels is None or barriers == "config" else bundle_labels
-    if getattr(chosen, "scale", "fixed") != "fixed":
-        # the policy and every simulator trade fixed percentages; a volatility-scaled model's
-        # label event is another question, so it is refused rather than traded wrongly
-        raise ConfigError("volatility-scaled barriers (labels.scale: vol) are not traded yet: the policy's exits "
-                          "are fixed percentages; train with labels.scale: fixed to trade the model")
     if bundle_labels is None or barriers == "config":
         return cfg.labels, "config"
     if bundle_labels.model_dump() != cfg.labels.model_dump():
@@ -217,13 +286,20 @@ def traded_labels(cfg: Config, bundle: Any = None, barriers: str = "bundle") -> 
     return bundle_labels, "bundle"
 
 
+def _scalar_center(profit: float, stop: float, fee_rate: float, scaled: bool) -> float:
+    """The one-number break-even centre: of the fixed barriers after fees; of volatility-scaled
+    barriers, their fee-free limit ``stop / (profit + stop)`` (the traded centre is then per
+    bar, :meth:`Policy.centers`; this number only names the ratio)."""
+    return breakeven_probability(profit, stop, 0.0 if scaled else fee_rate)
+
+
 # ----------------------------------------------------------------------------- the policy
 
 # Column order of Policy.to_array(): the parameter row the reference kernel (and a sweep
 # over many rows) reads. Append only; core.simulator indexes it by these names.
 POLICY_VECTOR = ("center", "target_vol", "deadband", "max_position", "allow_short", "limit_confidence",
                  "limit_tif_bars", "profit", "stop", "tie_profit", "max_hold", "taker_fee", "maker_fee",
-                 "slippage", "bar_ns")
+                 "slippage", "bar_ns", "vol_scaled")
 
 
 @dataclass(frozen=True)
@@ -252,6 +328,12 @@ class Policy:
     timeframe: str                # bar length, e.g. "15m"
     ann_factor: float             # sqrt(bars per year) of the timeframe
     breakeven_center: bool        # center was "breakeven": re-derived when barriers/fees change
+    # barrier rule (labels.scale): "fixed" -> profit/stop are fractions of the entry price;
+    # "vol" -> multiples of the bar's width sigma_t * sqrt(barrier_horizon), sigma_t the EWMA
+    # vol of span vol_span (see barrier_width); the centre is then per bar when breakeven
+    barrier_scale: Literal["fixed", "vol"] = "fixed"
+    barrier_horizon: int = 8      # labels.horizon (the width's sqrt(horizon); not the time exit)
+    vol_span: int = 20            # labels.vol_span
 
     def __post_init__(self) -> None:
         for name in ("center", "target_vol", "deadband", "max_position", "limit_confidence", "profit", "stop",
@@ -260,13 +342,16 @@ class Policy:
             if not math.isfinite(value):
                 raise ConfigError(f"policy.{name} must be finite (got {value})")
             object.__setattr__(self, name, value)
-        for name in ("limit_tif_bars", "max_hold"):
+        for name in ("limit_tif_bars", "max_hold", "barrier_horizon", "vol_span"):
             value = getattr(self, name)
             if int(value) != value or int(value) < 1:
                 raise ConfigError(f"policy.{name} must be a positive integer (got {value!r})")
             object.__setattr__(self, name, int(value))
         object.__setattr__(self, "allow_short", bool(self.allow_short))
         object.__setattr__(self, "breakeven_center", bool(self.breakeven_center))
+        if self.barrier_scale not in BARRIER_SCALES:
+            raise ConfigError(f"policy.barrier_scale must be one of {', '.join(BARRIER_SCALES)} "
+                              f"(got {self.barrier_scale!r})")
         if self.tie not in TIES:
             raise ConfigError(f"policy.tie must be one of {', '.join(TIES)} (got {self.tie!r})")
         if not 0.0 < self.center < 1.0:
@@ -287,14 +372,17 @@ class Policy:
         timeframe = bundle.timeframe if bundle is not None else cfg.data.timeframe
         breakeven = s.center == "breakeven"
         ex = cfg.execution
-        center = breakeven_probability(lab.profit, lab.stop, ex.taker_fee) if breakeven else float(s.center)
+        scaled = lab.scale == "vol"
+        profit, stop = (lab.vol_profit, lab.vol_stop) if scaled else (lab.profit, lab.stop)
+        center = _scalar_center(profit, stop, ex.taker_fee, scaled) if breakeven else float(s.center)
         return cls(center=center, target_vol=s.target_vol, deadband=s.deadband,
                    max_position=min(s.max_position, cfg.risk.max_position), allow_short=s.allow_short,
                    limit_confidence=s.limit_confidence, limit_tif_bars=s.limit_tif_bars,
-                   profit=lab.profit, stop=lab.stop, tie=lab.tie,
+                   profit=profit, stop=stop, tie=lab.tie,
                    max_hold=s.max_hold if s.max_hold is not None else lab.horizon,
                    taker_fee=ex.taker_fee, maker_fee=ex.maker_fee, slippage_bps=ex.slippage_bps,
-                   timeframe=timeframe, ann_factor=annualisation_factor(timeframe), breakeven_center=breakeven)
+                   timeframe=timeframe, ann_factor=annualisation_factor(timeframe), breakeven_center=breakeven,
+                   barrier_scale=lab.scale, barrier_horizon=lab.horizon, vol_span=lab.vol_span)
 
     @classmethod
     def default(cls) -> "Policy":
@@ -308,7 +396,7 @@ class Policy:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(f"unknown policy field(s): {', '.join(sorted(unknown))}")
-        resolve = bool({"profit", "stop", "taker_fee", "breakeven_center"} & set(changes))
+        resolve = bool({"profit", "stop", "taker_fee", "breakeven_center", "barrier_scale"} & set(changes))
         if "center" in changes:
             if changes["center"] == "breakeven":
                 changes["center"] = self.center  # placeholder, resolved below
@@ -319,7 +407,7 @@ class Policy:
         if "timeframe" in changes and "ann_factor" not in changes:
             new = dataclasses.replace(new, ann_factor=annualisation_factor(new.timeframe))
         if new.breakeven_center and resolve:
-            new = dataclasses.replace(new, center=breakeven_probability(new.profit, new.stop, new.taker_fee))
+            new = dataclasses.replace(new, center=_scalar_center(new.profit, new.stop, new.taker_fee, new.vol_scaled))
         return new
 
     def with_costs(self, costs: Costs) -> "Policy":
@@ -338,6 +426,23 @@ class Policy:
         return self.slippage_bps / 1e4
 
     @property
+    def vol_scaled(self) -> bool:
+        """True when the barriers are multiples of the bar's volatility width (``labels.scale: vol``)."""
+        return self.barrier_scale == "vol"
+
+    @property
+    def per_bar_center(self) -> bool:
+        """True when the centre is re-derived on every bar (break-even of volatility-scaled barriers)."""
+        return self.breakeven_center and self.vol_scaled
+
+    def describe_barriers(self) -> str:
+        """One line naming the traded barrier rule (every report that shows barriers says it)."""
+        if self.vol_scaled:
+            return (f"volatility-scaled: take profit +{self.profit:g} x, stop -{self.stop:g} x sigma_t*sqrt("
+                    f"{self.barrier_horizon}) (EWMA vol span {self.vol_span}) of the decision bar")
+        return f"fixed: take profit +{self.profit:.3%}, stop -{self.stop:.3%} of the entry price"
+
+    @property
     def tie_profit(self) -> bool:
         """True when the take profit wins a bar that touches both barriers."""
         return self.tie == "profit"
@@ -350,7 +455,7 @@ class Policy:
     def to_array(self) -> np.ndarray:
         """The parameter row of the reference kernel, columns :data:`POLICY_VECTOR`."""
         values = {"tie_profit": float(self.tie_profit), "slippage": self.slippage, "bar_ns": float(self.bar_ns),
-                  "allow_short": float(self.allow_short)}
+                  "allow_short": float(self.allow_short), "vol_scaled": float(self.vol_scaled)}
         return np.array([values[k] if k in values else float(getattr(self, k)) for k in POLICY_VECTOR])
 
     def to_dict(self) -> dict[str, Any]:
@@ -375,14 +480,41 @@ class Policy:
         """Limit entry at the close for this confidence ``|s|`` (:func:`use_limit`)."""
         return bool(use_limit(float(confidence), self.limit_confidence))
 
-    def barrier_prices(self, ref: float, long: bool) -> tuple[float, float]:
-        """(take_profit, stop) around ``ref`` (:func:`barrier_prices`)."""
-        return barrier_prices(float(ref), bool(long), self.profit, self.stop)
+    def barrier_prices(self, ref: float, long: bool, width: float = 1.0) -> tuple[float, float]:
+        """(take_profit, stop) around ``ref`` (:func:`barrier_prices`) for the bar's barrier
+        ``width`` (1 for fixed barriers; NaN prices where a scaled width is unknown)."""
+        return barrier_prices(float(ref), bool(long), self.profit * float(width), self.stop * float(width))
+
+    def usable_width(self, width: float) -> bool:
+        """True when an entry may be opened at a bar of barrier ``width`` (:func:`barriers_usable`)."""
+        w = float(width)
+        return bool(barriers_usable(self.profit * w, self.stop * w, self.min_profit_width))
+
+    @property
+    def min_profit_width(self) -> float:
+        """The profit width an entry must exceed: 2 x taker fee (volatility-scaled), -inf (fixed)."""
+        return 2.0 * self.taker_fee if self.vol_scaled else -math.inf
+
+    def centers(self, width: np.ndarray | None) -> np.ndarray | None:
+        """The per-bar centres of a break-even, volatility-scaled policy over the bars' widths
+        (:func:`breakeven_centers`); None when the centre is one number (:attr:`center`)."""
+        if not self.per_bar_center:
+            return None
+        if width is None:
+            raise ConfigError("a break-even centre of volatility-scaled barriers is per bar: pass the bars' "
+                              "barrier widths (bars['barrier_width'] in a hook)")
+        return breakeven_centers(np.ascontiguousarray(width, dtype="float64"), self.profit, self.stop,
+                                 self.taker_fee)
 
     # ------------------------------------------------------------ the rules (vectorised)
-    def signals(self, p: np.ndarray) -> np.ndarray:
-        """:meth:`signal` over an array."""
-        return signals_from_probabilities(np.ascontiguousarray(p, dtype="float64"), self.center)
+    def signals(self, p: np.ndarray, width: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`signal` over an array; with a per-bar centre (:meth:`centers`) the bars'
+        barrier ``width`` is required."""
+        p = np.ascontiguousarray(p, dtype="float64")
+        centers = self.centers(width)
+        if centers is None:
+            return signals_from_probabilities(p, self.center)
+        return signals_at_centers(p, centers)
 
     def forecast_vols(self, ewma_vol: np.ndarray) -> np.ndarray:
         """:meth:`forecast_vol` over an array."""

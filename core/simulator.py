@@ -835,12 +835,14 @@ def _record_trip(trips, nt, values):
 
 
 @kernel
-def _decide_and_apply(b, g, i, bars, sig, span, prm, stats):
-    """The decision step on bar ``i`` and its actions on the book; True when the run stops here."""
+def _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width):
+    """The decision step on bar ``i`` and its actions on the book; True when the run stops here.
+    ``width``: barrier widths per bar (None: 1.0, fixed barriers)."""
     p = sig.prob[i]
     close_i = bars.close[i]
     st = symbol_state(b, i, bars.t_ns, close_i, np.int64(prm[P_BAR_NS]))
-    a = decide(g, st, BarSignal(p, sig.signal[i], sig.weight[i], sig.allowed[i], i <= span.end), rules_of(prm))
+    w_i = 1.0 if width is None else width[i]
+    a = decide(g, st, BarSignal(p, sig.signal[i], sig.weight[i], sig.allowed[i], i <= span.end, w_i), rules_of(prm))
     if a.mask & A_DECIDED:
         count_decision(stats, p, sig.signal[i], a.weight)
     apply_actions(b, a, (i, close_i))
@@ -852,9 +854,12 @@ def _decide_and_apply(b, g, i, bars, sig, span, prm, stats):
 
 # ----------------------------------------------------------------------------- the kernel
 @kernel
-def simulate_kernel(bars, sig, span, prm, rsk, out):
+def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
     """One strategy run over the bars (see the module docstring); returns
     ``(n_fills, n_bars, n_trips)``.
+
+    ``width``: the barrier width factor of every bar (:mod:`core.policy`; a float64 array of
+    the bars' length), None for fixed barriers (1.0 on every bar).
 
     ``bars`` (:class:`Bars`), ``sig`` (:class:`Signals`: the hooks' P, s, w, allowed per bar),
     ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`).
@@ -914,7 +919,7 @@ def simulate_kernel(bars, sig, span, prm, rsk, out):
             elif pos == 0 and si[SI_ENTRY] < 0 and not flatten and weight[i] == 0.0:
                 count_decision(stats, p, signal[i], 0.0)  # an entry decision for no position: counted only
             else:
-                stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats)
+                stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width)
         equity[i, 0] = bk[B_VALUE]
         equity[i, 1] = bk[B_CASH]
         equity[i, 2] = bk[B_POS]
@@ -937,11 +942,12 @@ def allocate_buffers(n_bars: int, fills: int | None = None, trips: int = 256) ->
                    stats=np.zeros(len(STAT_FIELDS)), risk_state=new_risk_state())
 
 
-def default_signals(policy: Policy, prob: Any, fvol: Any) -> Signals:
+def default_signals(policy: Policy, prob: Any, fvol: Any, width: Any = None) -> Signals:
     """The default hooks' values (:class:`strategies.hooks.VectorHooks`): the policy's signal
-    and weight of every bar, every bar allowed."""
+    (per-bar centre from ``width`` where the policy has one) and weight of every bar, every
+    bar allowed."""
     p = np.ascontiguousarray(np.asarray(prob, dtype="float64"))
-    s = policy.signals(p)
+    s = policy.signals(p, None if width is None else np.asarray(width, dtype="float64"))
     return Signals(p, s, policy.target_weights(s, np.asarray(fvol, dtype="float64")), np.ones(len(p), dtype=np.bool_))
 
 
@@ -987,7 +993,7 @@ def _bar_index(index: pd.DatetimeIndex, when: Any, side: str, default: int) -> i
 
 def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: Any, fvol: Any, rvol: Any,
              cash: float, *, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
-             kill_switch_file: str | None = None, signals: Signals | None = None) -> SimResult:
+             kill_switch_file: str | None = None, signals: Signals | None = None, width: Any = None) -> SimResult:
     """Run :func:`simulate_kernel` on ``frame`` (canonical OHLCV, UTC index) and return the
     tables ``run_backtest`` reports.
 
@@ -998,20 +1004,26 @@ def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: An
     timestamps -- decisions from the first bar at or after ``start`` (give the first bar on
     which the strategy's ``next()`` runs: after its indicators' warm-up), entries up to the
     last bar at or before ``end``. ``kill_bar``: first bar index with the kill switch on;
-    ``kill_switch_file`` only names it in the trip's reason.
+    ``kill_switch_file`` only names it in the trip's reason. ``width``: the barrier width
+    per bar (:func:`models.labels.policy_widths`; required for a volatility-scaled policy,
+    1.0 everywhere when omitted for fixed barriers).
     """
+    if width is None and policy.vol_scaled:
+        raise ValueError("simulate: a volatility-scaled policy needs the bars' barrier widths (width=...)")
     bars = bars_of(frame, rvol)
+    width = None if width is None else np.ascontiguousarray(np.asarray(width, dtype="float64"))
     idx = pd.DatetimeIndex(bars.t_ns, tz="UTC")
     n = len(frame)
-    sig = signals if signals is not None else default_signals(policy, prob, fvol)
-    for name, x in (("rvol", bars.rvol), *zip(Signals._fields, sig)):
+    sig = signals if signals is not None else default_signals(policy, prob, fvol, width)
+    per_bar = [("rvol", bars.rvol), *zip(Signals._fields, sig)] + ([] if width is None else [("width", width)])
+    for name, x in per_bar:
         if x.shape != (n,):
             raise ValueError(f"simulate: {name} has shape {x.shape}, the frame {n} bars")
     i0 = max(0, _bar_index(idx, start, "left", 0))
     i1 = _bar_index(idx, end, "right", n - 1)
     buf = allocate_buffers(n)
     span = Span(i0, i1, -1 if kill_bar is None else int(kill_bar), float(cash), bool(coc))
-    nf, n_bars, nt = simulate_kernel(bars, sig, span, policy.to_array(), risk_vector(risk_cfg), buf)
+    nf, n_bars, nt = simulate_kernel(bars, sig, span, policy.to_array(), risk_vector(risk_cfg), buf, width)
     stats = buf.stats
     if stats[S_FILL_OVF] or stats[S_TRIP_OVF]:
         raise RuntimeError("simulate: output buffers overflowed")  # allocate_buffers sizes them for n bars

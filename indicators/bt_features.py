@@ -10,6 +10,10 @@ strategy sees the same numbers the model was trained on.
   volatility-targeted sizing, computed by the policy's rule
   (:func:`core.policy.annualised_vol` / :func:`core.policy.annualised_vols`). Unit: fraction
   per year (0.5 = 50% annualised).
+* :class:`BarrierWidth` -- the volatility-scaled barrier width ``sigma_t * sqrt(horizon)`` of
+  ``labels.scale: vol`` (:func:`models.labels.barrier_widths` in ``once()``, a
+  :class:`models.features.StreamingFeatures` with span ``vol_span`` in ``next()``: the labeller's
+  sigma_t, computed on its own span even where it differs from ``features.ewma_vol_fast_span``).
 * :class:`RealisedVol` -- realised daily volatility for the risk manager
   (:func:`core.risk.realised_daily_vol`).
 
@@ -27,7 +31,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from core.policy import annualisation_factor, annualised_vol, annualised_vols
+from core.policy import annualisation_factor, annualised_vol, annualised_vols, barrier_width
 from core.risk import realised_daily_vol
 from core.timeframes import (
     bt_num_to_ns,
@@ -35,6 +39,7 @@ from core.timeframes import (
     timeframe_seconds,
 )
 from models.features import FEATURE_NAMES, StreamingFeatures, compute_features, segment_ids
+from models.labels import barrier_widths, width_feature_config
 
 
 def _np(line) -> np.ndarray:
@@ -150,6 +155,36 @@ class VolForecast(_BatchOnce):
         row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
                                   d.close[0], d.volume[0])
         self.lines.vol[0] = annualised_vol(float(row[self._col]), self._ann)
+
+    prenext = next
+
+
+def history_widths(history: pd.DataFrame, horizon: int, vol_span: int, timeframe: str) -> np.ndarray:
+    """:class:`BarrierWidth`'s values over ``history`` (its batch definition, ``once()``)."""
+    return barrier_widths(history, horizon, vol_span, timeframe)
+
+
+class BarrierWidth(_BatchOnce):
+    """Volatility-scaled barrier width per bar, ``sigma_t * sqrt(horizon)`` (module docstring)."""
+
+    lines = ("width",)
+    # history: bars before the first fed one, primed in one step (module docstring)
+    params = (("horizon", 8), ("vol_span", 20), ("timeframe", "15m"), ("history", None))
+
+    def __init__(self) -> None:
+        self._stream = StreamingFeatures(width_feature_config(self.p.vol_span), self.p.timeframe)
+        self._col = FEATURE_NAMES.index("ewma_vol_fast")
+        if self.p.history is not None:
+            self._stream.prime(self.p.history)
+
+    def _compute_full(self) -> dict[str, np.ndarray]:
+        return {"width": history_widths(feed_frame(self.data), self.p.horizon, self.p.vol_span, self.p.timeframe)}
+
+    def next(self) -> None:
+        d = self.data
+        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
+                                  d.close[0], d.volume[0])
+        self.lines.width[0] = barrier_width(float(row[self._col]), int(self.p.horizon))
 
     prenext = next
 

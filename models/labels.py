@@ -37,6 +37,7 @@ from core.config import FeatureConfig, LabelConfig
 from core.errors import DataError
 from core.files import atomic_path, check_output_file
 from core.ohlcv import checked_bars
+from core.policy import Policy, barrier_widths_of
 from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
 from models.features import compute_features
@@ -159,15 +160,35 @@ def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
                          c.tie == "stop")
 
 
+def width_feature_config(vol_span: int) -> FeatureConfig:
+    """The feature config whose ``ewma_vol_fast`` is the barriers' ``sigma_t`` (span ``vol_span``):
+    batch (:func:`barrier_widths`) and streaming (:class:`indicators.bt_features.BarrierWidth`,
+    a :class:`models.features.StreamingFeatures` on it) read the same definition."""
+    return FeatureConfig(ewma_vol_fast_span=int(vol_span))
+
+
+def barrier_widths(frame: pd.DataFrame, horizon: int, vol_span: int, timeframe: str = "15m") -> np.ndarray:
+    """Per bar the volatility-scaled barrier width ``w_t = sigma_t * sqrt(horizon)``
+    (:func:`core.policy.barrier_width`), ``sigma_t`` the causal EWMA volatility of 1-bar log
+    returns (the ``ewma_vol_fast`` feature's definition with span ``vol_span``: NaN in its
+    warm-up and again after every gap). The labeller and every trading engine use it."""
+    sigma = compute_features(frame, width_feature_config(vol_span), timeframe)["ewma_vol_fast"]
+    return barrier_widths_of(np.ascontiguousarray(sigma.to_numpy(dtype=np.float64)), int(horizon))
+
+
+def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:
+    """The barrier width of every bar of ``frame`` that ``policy`` trades: 1.0 for fixed
+    barriers, :func:`barrier_widths` with the policy's horizon and span for scaled ones."""
+    if not policy.vol_scaled:
+        return np.ones(len(frame))
+    return barrier_widths(frame, policy.barrier_horizon, policy.vol_span, policy.timeframe)
+
+
 def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m"
                         ) -> tuple[np.ndarray, np.ndarray]:
     """``labels.scale: vol``: per bar ``(1 + vol_profit * w_t, 1 - vol_stop * w_t)`` with
-    ``w_t = sigma_t * sqrt(horizon)`` and ``sigma_t`` the causal EWMA volatility of 1-bar log
-    returns (the ``ewma_vol_fast`` feature's definition with span ``vol_span``; NaN in its
-    warm-up, where the bar gets no label)."""
-    fc = FeatureConfig(ewma_vol_fast_span=int(cfg.vol_span))
-    sigma = compute_features(frame, fc, timeframe)["ewma_vol_fast"].to_numpy(dtype=np.float64)
-    width = sigma * np.sqrt(float(cfg.horizon))
+    ``w_t`` of :func:`barrier_widths` (NaN in its warm-up, where the bar gets no label)."""
+    width = barrier_widths(frame, cfg.horizon, cfg.vol_span, timeframe)
     return 1.0 + cfg.vol_profit * width, 1.0 - cfg.vol_stop * width
 
 

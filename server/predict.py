@@ -18,7 +18,9 @@ One pipeline, nothing re-implemented here:
   warm-up plus ``hook_lookback - 1`` bars: :attr:`ServeSetup.min_bars`), the weight capped
   by the :class:`core.risk.RiskManager`; order type and barrier prices by the
   :class:`core.policy.Policy` rules -- what :class:`strategies.base.ModelStrategy` reads on a
-  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0)``).
+  flat bar (``risk.cap_weight(w)``, ``use_limit(|s|)``, ``barrier_prices(close, w >= 0, width)``,
+  the width of volatility-scaled barriers from :func:`models.labels.policy_widths` over the
+  request's bars, the centre per bar when it is their break-even).
 
 Bars come as rows (``bars``: one object per candle) or as columns (``columns``: one array per
 field, several times cheaper to parse for a 1,400-bar warm-up); both are refused by the same
@@ -41,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core.errors import ConfigError, DataError
 from core.ohlcv import DataReport, validate_ohlcv
 from models.features import FEATURE_NAMES
+from models.labels import policy_widths
 from models.streaming import BarScorer
 from server.hook_trail import HookTrail, trail_of
 from server.setup import ServeSetup
@@ -289,27 +292,32 @@ def scored_bar(row: np.ndarray | None, time: pd.Timestamp, close: float, out: tu
 
 
 def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFrame,
-                trail: HookTrail | None = None) -> Prediction:
+                trail: HookTrail | None = None, widths: np.ndarray | None = None) -> Prediction:
     """The decision of a flat account on ``bar`` (the scored bar, one row): the served
     strategy's hooks (:func:`evaluate_hooks`) on it -- after the bars of ``trail`` when its
-    hooks look back -- the risk cap, order type and barriers."""
+    hooks look back -- the risk cap, order type and barriers. ``widths``: the barrier widths
+    of the bars up to the scored one (:func:`models.labels.policy_widths`; None: fixed barriers)."""
     vol = policy.forecast_vol(scored.ewma_vol)
     if trail is None:
-        h = evaluate_hooks(setup.hooks(policy), bar, np.array([scored.p]), np.array([vol]))
+        h = evaluate_hooks(setup.hooks(policy), bar, np.array([scored.p]), np.array([vol]),
+                           None if widths is None else widths[-1:])
     else:
         bars, prob, fvol = trail.hook_inputs(int(bar.index.asi8[-1]), bar.to_numpy()[-1], scored.p, vol)
-        h = evaluate_hooks(setup.hooks(policy), bars, prob, fvol)
+        h = evaluate_hooks(setup.hooks(policy), bars, prob, fvol, None if widths is None else widths[-len(bars):])
     s, allowed = float(h.signal[-1]), bool(h.allowed[-1])
     w = float(setup.risk.cap_weight(float(h.weight[-1])))
-    tp, sl = policy.barrier_prices(scored.close, w >= 0.0)
-    enter = allowed and w != 0.0
+    width = 1.0 if widths is None else float(widths[-1])
+    tp, sl = policy.barrier_prices(scored.close, w >= 0.0, width)
+    enter = allowed and w != 0.0 and policy.usable_width(width)
+    centers = policy.centers(np.array([width])) if widths is not None else None
+    center = float(policy.center) if centers is None or not math.isfinite(centers[0]) else float(centers[0])
     t = scored.time
     return Prediction(
         model_id=setup.model_id, bar_time=t.strftime("%Y-%m-%dT%H:%M:%SZ"), bar_time_ms=int(t.value // 1_000_000),
         close=scored.close, probability=_finite(scored.p), logit=_finite(scored.logit), signal=s,
         forecast_vol=_finite(vol), target_weight=w, side=("buy" if w > 0 else "sell") if enter else None,
         order_type=("limit" if policy.use_limit(abs(s)) else "market") if enter else None,
-        barriers=Barriers(take_profit=_finite(tp), stop=_finite(sl)), center=float(policy.center),
+        barriers=Barriers(take_profit=_finite(tp), stop=_finite(sl)), center=center,
         bars_used=scored.bars_used, entry_allowed=allowed)
 
 
@@ -333,13 +341,15 @@ def predict_frame(setup: ServeSetup, frame: pd.DataFrame, overrides: PolicyOverr
         row = scorer.rows[-1] if len(scorer.rows) else None
     last = tail.iloc[-1:]
     scored = scored_bar(row, tail.index[-1], float(last["close"].iloc[0]), out, need)
+    # volatility-scaled barriers: the batch widths over the bars the request carries
+    widths = policy_widths(frame.iloc[-need:], policy) if policy.vol_scaled else None
     if need == len(tail):  # per-bar hooks (the defaults) see the scored bar alone: no frame of history
-        return decide_flat(setup, policy, scored, last)
+        return decide_flat(setup, policy, scored, last, widths=widths)
     window = frame.iloc[-need:]
     trail = cache.take_trail(window) if cache is not None else None
     if trail is None:
         trail = trail_of(setup.bundle, window, setup.lookback)
-    pred = decide_flat(setup, policy, scored, last, trail)
+    pred = decide_flat(setup, policy, scored, last, trail, widths)
     if cache is not None:  # a window one bar later finds this trail with this bar in it
         trail.push(int(last.index.asi8[0]), last.to_numpy()[0], scored.p, policy.forecast_vol(scored.ewma_vol))
         cache.keep_trail(window, trail)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import DataError, NtsError
+from core.errors import ConfigError, DataError, NtsError
 from models.streaming import BarScorer
 from server.hook_trail import HookTrail, trail_of
 from server.predict import Bar, Prediction, Scored, checked_frame, decide_flat, scored_bar
@@ -98,6 +98,9 @@ class StreamRegistry:
             if len(self._streams) >= self.max_streams:
                 raise StreamsFull(f"{len(self._streams)} streams are open, the limit is {self.max_streams}: "
                                   "close one (DELETE /streams/{id}) or wait for idle ones to expire")
+        if policy.vol_scaled:
+            raise ConfigError("bar streams do not carry the volatility-scaled barrier widths of labels.scale: vol "
+                              "yet: ask POST /predict with the warm-up bars instead")
         tail = frame.iloc[-self.setup.warmup_bars:]
         scorer = BarScorer(self.setup.bundle)
         out = scorer.prime(tail)

@@ -239,11 +239,13 @@ def run_record(spec: RunSpec, strat: Any, bars: int, elapsed: float) -> dict[str
         "training_span": [str(x) for x in bundle.training_span] if bundle is not None else None,
         "costs": {"taker_fee": costs.taker_fee, "maker_fee": costs.maker_fee, "slippage_bps": costs.slippage_bps},
         "cheat_on_close": spec.coc, "cash": spec.cfg.execution.cash,
-        "barriers": {"source": spec.barrier_source, "profit": labels.profit, "stop": labels.stop,
-                     "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(spec.policy.max_hold)},
+        "barriers": barriers_record(spec),
         "stopped_by_kill_switch": bool(strat.stopped_by_kill_switch),
         # "breakeven": the signal's centre was derived from the barriers and the taker fee
-        "center_rule": "breakeven" if spec.policy.breakeven_center else "fixed",
+        # "breakeven per bar": of each bar's volatility-scaled widths (signal.center then names
+        # only the fee-free ratio stop / (profit + stop))
+        "center_rule": ("breakeven per bar" if spec.policy.per_bar_center else "breakeven")
+        if spec.policy.breakeven_center else "fixed",
         "signal": {**strat.signal_stats, "center": float(strat.center),
                    "p_max": strat.signal_stats["p_max"] if strat.signal_stats["scored"] else None},
         "probabilities": _prob_source(strat),
@@ -349,7 +351,23 @@ def plot_equity(equity: pd.DataFrame, cash: float, path: Path, title: str) -> No
     plt.close(fig)
 
 
+def barriers_record(spec: RunSpec) -> dict[str, Any]:
+    """``metrics["run"]["barriers"]``: the traded barriers and their rule. ``rule`` "fixed":
+    ``profit``/``stop`` are fractions of the entry price; "vol": multiples of the decision bar's
+    ``sigma_t * sqrt(horizon)`` (EWMA vol span ``vol_span``); ``text`` says it in words."""
+    labels, policy = spec.labels, spec.policy
+    out = {"source": spec.barrier_source, "rule": policy.barrier_scale, "profit": labels.profit, "stop": labels.stop,
+           "horizon": labels.horizon, "tie": labels.tie, "max_hold": int(policy.max_hold)}
+    if policy.vol_scaled:
+        out.update(profit=policy.profit, stop=policy.stop, vol_span=policy.vol_span)
+    out["text"] = policy.describe_barriers()
+    return out
+
+
 def _barriers_text(b: dict[str, Any]) -> str:
+    if b.get("rule") == "vol":
+        return (f"volatility-scaled: take profit +{b['profit']:g} x, stop -{b['stop']:g} x sigma_t*sqrt({b['horizon']}) "
+                f"(EWMA vol span {b['vol_span']}) of the decision bar, max hold {b['max_hold']} bars, tie -> {b['tie']}")
     return (f"take profit {b['profit']:.3%}, stop {b['stop']:.3%}, label horizon {b['horizon']} bars, "
             f"max hold {b['max_hold']} bars, tie -> {b['tie']}")
 

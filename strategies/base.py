@@ -84,7 +84,7 @@ from core.timeframes import (
     timeframe_seconds,
     timestamp_to_bt_num,
 )
-from indicators.bt_features import RealisedVol, VolForecast, feed_frame, history_vols
+from indicators.bt_features import BarrierWidth, RealisedVol, VolForecast, feed_frame, history_vols, history_widths
 from strategies.hooks import (
     HookArrays,
     VectorHooks,
@@ -124,6 +124,7 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self.policy: Policy = self.p.policy if self.p.policy is not None else Policy.default()
         self.prob = self.make_probability()
         self.vol_forecast = self.make_vol_forecast()
+        self.barrier_width = self.make_barrier_width()
         self.realised_vol = RealisedVol(self.data, window=self._risk_cfg().vol_window_bars,
                                         timeframe=self.policy.timeframe, history=self.p.history)
         self.risk: RiskManager = self.p.risk if self.p.risk is not None else RiskManager(RiskConfig())
@@ -149,7 +150,8 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         self._rules = rules_of(self.policy.to_array())
         self._hooks: HookArrays | None = None     # the hooks' values over the fed bars
         self._hooks_n = -1                        # ... evaluated over this many bars
-        self._hook_history: tuple[pd.DataFrame, np.ndarray, np.ndarray] | None = None  # bars, P, forecast
+        # bars, P, forecast, barrier widths (None: fixed barriers) of the primed history
+        self._hook_history: tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._hook_offset = 0                     # row of the first fed bar in the hook arrays
         self._lookback: int | None = 0            # declared_lookback(self), resolved on first use (0: not yet)
         self._restore: dict[str, Any] | None = None
@@ -179,6 +181,20 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         x sqrt(bars per year), see :class:`indicators.bt_features.VolForecast`)."""
         return VolForecast(self.data, cfg=self.p.feature_cfg, timeframe=self.policy.timeframe,
                            history=self.p.history)
+
+    def make_barrier_width(self):
+        """The line of the barrier width per bar for volatility-scaled barriers
+        (:class:`indicators.bt_features.BarrierWidth`, the labeller's ``sigma_t * sqrt(horizon)``);
+        None for fixed barriers (width 1 on every bar)."""
+        pol = self.policy
+        if not pol.vol_scaled:
+            return None
+        return BarrierWidth(self.data, horizon=pol.barrier_horizon, vol_span=pol.vol_span, timeframe=pol.timeframe,
+                            history=self.p.history)
+
+    def width(self) -> float:
+        """Barrier width of the current bar (1.0 for fixed barriers)."""
+        return 1.0 if self.barrier_width is None else float(self.barrier_width[0])
 
     def history_probability(self) -> np.ndarray:
         """P over the primed ``history`` bars (a primable subclass provides it; NaN here)."""
@@ -228,11 +244,14 @@ class ModelStrategy(VectorHooks, bt.Strategy):
             fed, hist = self._hook_span(n)
             bars = feed_frame(self.data, last=fed)
             prob, fvol = _line_tail(self.prob, n, fed), _line_tail(self.vol_forecast, n, fed)
+            width = None if self.barrier_width is None else _line_tail(self.barrier_width, n, fed)
             if hist:
-                h_bars, h_prob, h_fvol = self._history_for_hooks()
+                h_bars, h_prob, h_fvol, h_width = self._history_for_hooks()
                 bars = pd.concat([h_bars.iloc[-hist:], bars])
                 prob, fvol = np.concatenate([h_prob[-hist:], prob]), np.concatenate([h_fvol[-hist:], fvol])
-            self._hooks = evaluate_hooks(self, bars, prob, fvol)
+                if width is not None:
+                    width = np.concatenate([h_width[-hist:], width])
+            self._hooks = evaluate_hooks(self, bars, prob, fvol, width)
             self._hooks_n = n
             self._hook_offset = hist - (n - fed)  # row of fed bar 0 (negative: before the window)
         return self._hooks
@@ -253,13 +272,15 @@ class ModelStrategy(VectorHooks, bt.Strategy):
             return fed, min(history, lookback - fed)
         return n, min(history, lookback - 1)
 
-    def _history_for_hooks(self) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        """The primed history's (bars, P, forecast) for the hooks, computed once (the batch
-        path: the backtest's numbers for those bars)."""
+    def _history_for_hooks(self) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The primed history's (bars, P, forecast, barrier widths) for the hooks, computed once
+        (the batch path: the backtest's numbers for those bars)."""
         if self._hook_history is None:
-            history = self.p.history
-            fvol = history_vols(history, self.p.feature_cfg, self.policy.timeframe)
-            self._hook_history = (history, np.asarray(self.history_probability(), dtype="float64"), fvol)
+            history, pol = self.p.history, self.policy
+            fvol = history_vols(history, self.p.feature_cfg, pol.timeframe)
+            width = (history_widths(history, pol.barrier_horizon, pol.vol_span, pol.timeframe) if pol.vol_scaled
+                     else None)
+            self._hook_history = (history, np.asarray(self.history_probability(), dtype="float64"), fvol, width)
         return self._hook_history
 
     def _hook_row(self) -> int:
@@ -320,7 +341,8 @@ class ModelStrategy(VectorHooks, bt.Strategy):
         h = self.hook_values()
         i = self._hook_row()
         in_window = self._end_num is None or now_num <= self._end_num
-        sig = BarSignal(float(h.prob[i]), float(h.signal[i]), float(h.weight[i]), bool(h.allowed[i]), in_window)
+        sig = BarSignal(float(h.prob[i]), float(h.signal[i]), float(h.weight[i]), bool(h.allowed[i]), in_window,
+                        self.width())
         actions = decide(gate, self.symbol_state(), sig, self._rules)
         if actions.mask & A_DECIDED:
             count_decision(self._stats, sig.p, sig.s, actions.weight)

@@ -15,6 +15,10 @@ hook                                       default
 ``target_weight(s, fvol, bars) -> w``      :meth:`core.policy.Policy.target_weights`
 =========================================  ==================================================
 
+With volatility-scaled barriers (``labels.scale: vol``) the bars carry one more column,
+``barrier_width`` (the bar's ``sigma_t * sqrt(horizon)``, :func:`hook_bars`): the default
+``signal`` reads it for the per-bar break-even centre, and a hook may read it too.
+
 A hook may read ``self.policy`` (the frozen :class:`core.policy.Policy`) and ``self.p`` (the
 strategy's backtrader params), nothing that exists only while backtrader runs: the sweep
 evaluates hooks on an instance that was never added to a cerebro (:func:`hook_instance`).
@@ -45,6 +49,20 @@ from core.policy import Policy
 from core.redact import redact
 
 
+#: Column of the hooks' bars holding the barrier width of volatility-scaled barriers.
+WIDTH_COLUMN = "barrier_width"
+
+
+def hook_bars(bars: pd.DataFrame, width: np.ndarray | None, policy: Policy) -> pd.DataFrame:
+    """The bars the hooks see: ``bars`` itself for fixed barriers, a copy with the column
+    :data:`WIDTH_COLUMN` (one width per bar) for a volatility-scaled ``policy``."""
+    if not policy.vol_scaled:
+        return bars
+    if width is None:
+        raise ValueError("hooks of a volatility-scaled policy need the bars' barrier widths")
+    return bars.assign(**{WIDTH_COLUMN: _input_array("width", width, len(bars))})
+
+
 @dataclass(frozen=True)
 class HookArrays:
     """The hooks' outputs over a span, one value per bar (float64 / bool arrays)."""
@@ -73,8 +91,10 @@ class VectorHooks:
     hook_lookback: int | None = 1
 
     def signal(self, p: np.ndarray, bars: pd.DataFrame) -> np.ndarray:
-        """s in [-1, 1] per bar from the calibrated probability ``p`` (0 = no edge)."""
-        return self.policy.signals(p)
+        """s in [-1, 1] per bar from the calibrated probability ``p`` (0 = no edge; the centre
+        per bar from ``bars['barrier_width']`` for a break-even, volatility-scaled policy)."""
+        width = bars[WIDTH_COLUMN].to_numpy() if WIDTH_COLUMN in bars.columns else None
+        return self.policy.signals(p, width)
 
     def entry_allowed(self, bars: pd.DataFrame) -> np.ndarray:
         """True on the bars where a new position may be opened."""
@@ -348,13 +368,16 @@ def weight_array(strategy: Any, s: np.ndarray, fvol: np.ndarray, bars: pd.DataFr
                          "float", known=known)
 
 
-def evaluate_hooks(strategy: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.ndarray) -> HookArrays:
+def evaluate_hooks(strategy: Any, bars: pd.DataFrame, prob: np.ndarray, fvol: np.ndarray,
+                   width: np.ndarray | None = None) -> HookArrays:
     """Run ``strategy``'s hooks over ``bars`` (an instance with ``policy`` and ``p``: a running
-    backtrader strategy or :func:`hook_instance`); ``prob`` and ``fvol`` are per-bar arrays
-    aligned with ``bars``. Returns the arrays every engine's decision step reads. Every hook
-    goes through :func:`call_hook` and its output is checked (:func:`checked_array`): a failing
-    hook or an unusable value is one :class:`UserCodeError` line."""
+    backtrader strategy or :func:`hook_instance`); ``prob``, ``fvol`` and ``width`` (the barrier
+    widths, needed for a volatility-scaled policy only) are per-bar arrays aligned with
+    ``bars``. Returns the arrays every engine's decision step reads. Every hook goes through
+    :func:`call_hook` and its output is checked (:func:`checked_array`): a failing hook or an
+    unusable value is one :class:`UserCodeError` line."""
     n = len(bars)
+    bars = hook_bars(bars, width, strategy.policy)
     p = _input_array("prob", prob, n)
     fv = _input_array("fvol", fvol, n)
     s = signal_array(strategy, p, bars)

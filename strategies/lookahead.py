@@ -30,8 +30,9 @@ from core.config import Config
 from core.errors import DataError, NtsError
 from core.policy import Policy
 from models.features import compute_features
+from models.labels import policy_widths
 from models.prob_cache import cached_scores
-from strategies.hooks import allowed_array, declared_lookback, hook_instance, signal_array, weight_array
+from strategies.hooks import allowed_array, declared_lookback, hook_bars, hook_instance, signal_array, weight_array
 from strategies.registry import resolve_strategy
 
 # Values closer than this (relative, and absolute near 0) count as equal: a rolling sum
@@ -258,6 +259,7 @@ def check_strategy(strategy: Any, frame: pd.DataFrame, cfg: Config, bundle: Any 
     features = bundle.feature_cfg if bundle is not None else cfg.features
     fvol = policy.forecast_vols(compute_features(data, features, timeframe=policy.timeframe)["ewma_vol_fast"].to_numpy())
     hooks = hook_instance(cls, policy)
+    data = hook_bars(data, policy_widths(data, policy), policy)  # barrier_width column when vol-scaled
     report = check_lookahead(hooks, data, prob, fvol, prefixes=prefixes)
     lookback = check_lookback(hooks, data, prob, fvol, declared_lookback(hooks), samples=prefixes)
     return dataclasses.replace(report, probabilities=source, lookback=lookback)

@@ -69,7 +69,7 @@ from core.risk import realised_daily_vol, risk_vector
 from core.simulator import KINDS, SimResult, as_signals, simulate
 from core.timeframes import bars_per_year
 from models.features import compute_features
-from models.labels import label_arrays
+from models.labels import label_arrays, policy_widths
 from models.prob_cache import cached_scores, frame_sha256
 from strategies.hooks import evaluate_hooks, hook_instance
 from strategies.runspec import RunSpec, Span
@@ -196,7 +196,8 @@ def prepare_span(spec: RunSpec | Any, frame: pd.DataFrame | None = None, cfg: Co
         fvol=np.ascontiguousarray(fvol, dtype=np.float64), rvol=np.ascontiguousarray(rvol, dtype=np.float64),
         first=span.first, start=decide_from, last=len(data) - 1, cash=float(spec.cfg.execution.cash),
         coc=spec.coc, risk=risk_vector(spec.cfg.risk), return_edges=np.ascontiguousarray(edges, dtype=np.int64),
-        fold_edges=np.ascontiguousarray(fold_edges, dtype=np.int64))
+        fold_edges=np.ascontiguousarray(fold_edges, dtype=np.int64),
+        width=np.ascontiguousarray(policy_widths(data, policy), dtype=np.float64) if policy.vol_scaled else None)
     return SweepData(frame=data, inputs=inputs, policy=policy, risk_cfg=spec.cfg.risk,
                      center_setting=spec.cfg.strategy.center, span=(span.start, span.end), timeframe=policy.timeframe,
                      trained_labels=getattr(bundle, "label_cfg", None), bundle_info=_bundle_info(spec),
@@ -302,6 +303,8 @@ def hook_groups(data: SweepData, base: Policy, combos: pd.DataFrame, params: np.
     group's first row policy) over the fed bars. Returns the inputs carrying
     ``signal/weight/allowed[groups, bars]`` and the group index of every row."""
     fields = tuple(getattr(strategy_cls, "hook_policy_fields", HOOK_POLICY_FIELDS))
+    if base.per_bar_center:  # the default signal's centre follows each row's multiples and fee per bar
+        fields = (*fields, "profit", "stop", "taker_fee")
     cols = [POLICY_VECTOR.index(f) for f in fields if f in POLICY_VECTOR]
     extra = [f for f in fields if f not in POLICY_VECTOR]  # not swept: the same in every row
     keys = params[:, cols] if cols else np.zeros((len(params), 1))
@@ -312,7 +315,8 @@ def hook_groups(data: SweepData, base: Policy, combos: pd.DataFrame, params: np.
         policy = row_policy(base, combos.iloc[int(row)].to_dict())
         if extra and any(getattr(policy, f) != getattr(base, f) for f in extra):
             raise AssertionError(f"hook field(s) {extra} differ between rows")
-        out.append(evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol))
+        out.append(evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol,
+                                  k.width))
     inputs = k.with_hooks(np.stack([h.signal for h in out]), np.stack([h.weight for h in out]),
                           np.stack([h.allowed for h in out]))
     return inputs, group.reshape(-1).astype(np.float64)
@@ -339,20 +343,44 @@ def label_base_rates(data: SweepData, combos: pd.DataFrame) -> np.ndarray:
     out = np.empty(len(combos))
     keys = combos[["profit", "stop", "max_hold"]].apply(tuple, axis=1)
     for (profit, stop, hold), idx in keys.groupby(keys).groups.items():
-        code, _, _ = label_arrays(span, LabelConfig(profit=float(profit), stop=float(stop), horizon=int(hold),
-                                                   tie=data.policy.tie), data.timeframe)
+        labels = row_labels(data.policy, float(profit), float(stop), int(hold))
+        if data.policy.vol_scaled:  # the widths of the fed bars (warm-up included), as traded
+            code = label_arrays(data.frame, labels, data.timeframe)[0][data.inputs.first:data.inputs.last + 1]
+        else:
+            code, _, _ = label_arrays(span, labels, data.timeframe)
         labelled = int((code > 0).sum())
         out[combos.index.get_indexer(idx)] = float((code == 1).sum()) / labelled if labelled else math.nan
     return out
 
 
-def breakeven_ps(combos: pd.DataFrame) -> np.ndarray:
+def row_labels(policy: Policy, profit: float, stop: float, hold: int) -> LabelConfig:
+    """The label event of a row's barriers (``max_hold`` as the horizon, the traded tie rule):
+    fixed percentages, or -- for a volatility-scaled policy -- the multiples ``profit``/``stop``
+    of the same ``sigma_t * sqrt(horizon)`` the labeller uses (span ``vol_span``)."""
+    if policy.vol_scaled:
+        return LabelConfig(scale="vol", vol_profit=profit, vol_stop=stop, vol_span=policy.vol_span, horizon=hold,
+                           tie=policy.tie)
+    return LabelConfig(profit=profit, stop=stop, horizon=hold, tie=policy.tie)
+
+
+def median_width(data: SweepData) -> float:
+    """Median barrier width over the span's bars (1.0 for fixed barriers; NaN when none is known)."""
+    k = data.inputs
+    if k.width is None:
+        return 1.0
+    w = k.width[k.first:k.last + 1]
+    return float(np.median(w[np.isfinite(w)])) if np.isfinite(w).any() else math.nan
+
+
+def breakeven_ps(combos: pd.DataFrame, width: float = 1.0) -> np.ndarray:
     """Break-even win probability of each row's barriers after a round trip of its taker fee
-    (:func:`core.policy.breakeven_probability`); NaN where the profit does not cover the fees."""
+    (:func:`core.policy.breakeven_probability`); NaN where the profit does not cover the fees.
+    For volatility-scaled rows (multiples) it is taken at ``width``, the span's median width
+    (the traded centre is per bar)."""
     out = np.empty(len(combos))
     for k, (p, s, f) in enumerate(zip(combos["profit"], combos["stop"], combos["taker_fee"])):
         try:
-            out[k] = breakeven_probability(float(p), float(s), float(f))
+            out[k] = breakeven_probability(float(p) * width, float(s) * width, float(f))
         except ConfigError:
             out[k] = math.nan
     return out
@@ -450,9 +478,9 @@ def simulate_row(data: SweepData, policy: Policy, strategy_cls: type = TCNStrate
     """One full simulation on the sweep's inputs (same bars, P, vol and span as every row) with
     ``strategy_cls``'s hooks."""
     k = data.inputs
-    h = evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol)
+    h = evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol, k.width)
     return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash, start=k.start, end=k.last,
-                    coc=k.coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed))
+                    coc=k.coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed), width=k.width)
 
 
 def metrics_table(raw: np.ndarray, data: SweepData, moments: np.ndarray | None = None) -> pd.DataFrame:
@@ -580,10 +608,12 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
     table = combos.copy()
     table = pd.concat([table, metrics_table(raw, data, moments)], axis=1)
     table["base_rate"] = label_base_rates(data, combos)
-    table["breakeven_p"] = breakeven_ps(combos)
+    table["breakeven_p"] = breakeven_ps(combos, median_width(data))
     trained = data.trained_labels
     if trained is not None:
-        table["trained_barriers"] = ((table["profit"] == trained.profit) & (table["stop"] == trained.stop)
+        t_profit, t_stop = (trained.vol_profit, trained.vol_stop) if trained.scale == "vol" else (trained.profit,
+                                                                                                 trained.stop)
+        table["trained_barriers"] = ((table["profit"] == t_profit) & (table["stop"] == t_stop)
                                      & (table["max_hold"] == trained.horizon))
     else:
         table["trained_barriers"] = False

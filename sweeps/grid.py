@@ -3,8 +3,10 @@
 A grid is one list of values per axis; the sweep runs every combination. Axes and their
 ranges (a scalar in the file means a one-value axis; values keep the order written)::
 
-    profit            take-profit barrier, fraction of the entry price, (0, 1)
-    stop              stop barrier, fraction of the entry price, (0, 1)
+    profit            take-profit barrier, fraction of the entry price, (0, 1); for a
+                      volatility-scaled policy (labels.scale: vol) a multiple of the decision
+                      bar's sigma_t * sqrt(horizon), (0, 100] (load_grid's barrier_scale)
+    stop              stop barrier, the same unit as profit
     max_hold          time exit in bars after entry, integer in [1, 1000]
     deadband          |r| below this -> no position, [0, 1)
     center            signal centre: a probability in (0, 1) or the string ``breakeven``
@@ -106,6 +108,26 @@ class GridAxes(_Strict):
         return v if isinstance(v, list) else [v]
 
 
+MIN_MULTIPLE = 0.05  # below: a fraction of the price written for fixed barriers, not a multiple
+
+
+def _multiple(v: float) -> float:
+    if v < MIN_MULTIPLE:
+        raise ValueError(f"must be a multiple of the bar's sigma_t*sqrt(horizon) (>= {MIN_MULTIPLE:g}, e.g. 1.4): "
+                         "a volatility-scaled model's profit/stop axes are not fractions of the price")
+    return v
+
+
+Multiple = Annotated[float, Field(gt=0, le=100), AfterValidator(_multiple)]  # as labels.vol_profit / vol_stop
+
+
+class VolGridAxes(GridAxes):
+    """The axes of a volatility-scaled policy: profit and stop are multiples of the bar's width."""
+
+    profit: list[Multiple] | None = None
+    stop: list[Multiple] | None = None
+
+
 class SweepConfig(_Strict):
     """The whole sweep file."""
 
@@ -186,14 +208,20 @@ CONFIG_KEYS: dict[str, str] = {
 }
 
 
-def replay_sets(row: Mapping[str, Any]) -> list[str]:
+# Volatility-scaled barriers (labels.scale: vol): the profit and stop axes are multiples.
+VOL_CONFIG_KEYS: dict[str, str] = {**CONFIG_KEYS, "profit": "labels.vol_profit", "stop": "labels.vol_stop"}
+
+
+def replay_sets(row: Mapping[str, Any], vol_scaled: bool = False) -> list[str]:
     """The ``--set KEY=VALUE`` overrides under which ``nts backtest`` trades a sweep row (with
-    ``--barriers config`` so profit and stop come from the config, not the bundle)."""
+    ``--barriers config`` so profit and stop come from the config, not the bundle); for a
+    volatility-scaled policy the profit/stop axes are ``labels.vol_profit/vol_stop``."""
+    keys = VOL_CONFIG_KEYS if vol_scaled else CONFIG_KEYS
     out = []
     for axis in AXES:
         v = row[axis]
         text = v if isinstance(v, str) else (str(int(v)) if axis == "max_hold" else repr(float(v)))
-        out.append(f"{CONFIG_KEYS[axis]}={text}")
+        out.append(f"{keys[axis]}={text}")
     return out
 
 
@@ -322,7 +350,14 @@ def _read_sweep_tree(src: Path, overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
-def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: str) -> list[tuple[str, tuple]]:
+class VolSweepConfig(SweepConfig):
+    """The sweep file of a volatility-scaled policy (:class:`VolGridAxes`)."""
+
+    grid: VolGridAxes = Field(default_factory=VolGridAxes)
+
+
+def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: str,
+               model: type[SweepConfig] = SweepConfig) -> list[tuple[str, tuple]]:
     """Every axis's values: as given, else the main config's default (checked against the
     sweep's range); refuses unknown default axes and repeated values."""
     unknown = sorted(set(defaults) - set(AXES))
@@ -334,7 +369,7 @@ def _grid_axes(given: Mapping[str, Any], defaults: Mapping[str, Any], source: st
             vals = given[name]
         elif name in defaults:
             try:  # the main config's value must also fit the sweep's range
-                vals = getattr(SweepConfig.model_validate({"grid": {name: defaults[name]}}).grid, name)
+                vals = getattr(model.model_validate({"grid": {name: defaults[name]}}).grid, name)
             except ValidationError as err:
                 raise ConfigError(_format_error(err, "sweep default from the main config")) from None
         else:
@@ -348,8 +383,12 @@ def load_grid(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    barrier_scale: str = "fixed",
 ) -> Grid:
     """Load and validate a sweep file (default: configs/sweep.yaml) plus overrides.
+
+    ``barrier_scale``: the swept policy's barrier rule; with ``"vol"`` the profit and stop
+    axes are multiples of the bar's width (:class:`VolGridAxes`), else fractions.
 
     ``overrides`` replace whole axes or settings (``"deadband=0,0.1,0.3"``, ``"blocks=8"``).
     ``defaults`` gives one value for every axis the file and overrides leave out (see
@@ -360,11 +399,12 @@ def load_grid(
     tree = _read_sweep_tree(src, overrides)
     source = str(src) + (" + overrides" if overrides else "")
     try:
-        cfg = SweepConfig.model_validate(tree)
+        model = VolSweepConfig if barrier_scale == "vol" else SweepConfig
+        cfg = model.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
     given = {name: getattr(cfg.grid, name) for name in AXES if getattr(cfg.grid, name) is not None}
-    axes = _grid_axes(given, dict(defaults or {}), source)
+    axes = _grid_axes(given, dict(defaults or {}), source, model)
     grid = Grid(
         axes=tuple(axes),
         swept=tuple(n for n in AXES if n in given),

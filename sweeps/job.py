@@ -75,7 +75,8 @@ def load_sweep_grid(cfg: Config, policy: Policy, grid_path: str | Path | None = 
     would trade (the bundle's barriers, the config's strategy and costs; the centre as
     written in the config); ``folds`` overrides the file's."""
     extra = [f"folds={int(folds)}"] if folds is not None else []
-    return load_grid(grid_path, [*overrides, *extra], axis_defaults(policy, center=cfg.strategy.center))
+    return load_grid(grid_path, [*overrides, *extra], axis_defaults(policy, center=cfg.strategy.center),
+                     barrier_scale=policy.barrier_scale)
 
 
 def sweep_run_spec(req: SweepRequest, cfg: Config) -> RunSpec:

@@ -102,6 +102,7 @@ class KernelInputs:
     signal: np.ndarray | None = None   # [groups, bars] float64
     weight: np.ndarray | None = None   # [groups, bars] float64
     allowed: np.ndarray | None = None  # [groups, bars] bool
+    width: np.ndarray | None = None    # barrier width per bar (core.policy; None: 1.0, fixed barriers)
 
     def with_hooks(self, signal: np.ndarray, weight: np.ndarray, allowed: np.ndarray) -> "KernelInputs":
         """A copy carrying the hook groups' values (``[groups, bars]`` each)."""
@@ -114,13 +115,13 @@ class KernelInputs:
 
     def records(self) -> tuple:
         """The driver's leading arguments: (bars, prob, (signal, weight, allowed), span, first,
-        (risk row, fresh risk state), (return edges, fold edges))."""
+        (risk row, fresh risk state), (return edges, fold edges), barrier widths or None)."""
         if self.signal is None:
             raise ValueError("KernelInputs without hook values: call with_hooks() first")
         bars = Bars(self.t_ns, self.open, self.high, self.low, self.close, self.rvol)
         span = Span(self.start, self.last, -1, self.cash, self.coc)
         return (bars, self.prob, (self.signal, self.weight, self.allowed), span, self.first,
-                (self.risk, new_risk_state()), (self.return_edges, self.fold_edges))
+                (self.risk, new_risk_state()), (self.return_edges, self.fold_edges), self.width)
 
 
 # ----------------------------------------------------------------------------- the row driver
@@ -278,7 +279,7 @@ def _row_stats(run, first, last, edges, out):
 @kernel
 def _run_slice(ctx, rows, out, lo, hi):
     """Rows ``lo .. hi - 1`` on one thread with buffers allocated once for the slice."""
-    bars, prob, hooks, span, first, risk, edges = ctx
+    bars, prob, hooks, span, first, risk, edges, width = ctx
     raw, moments, folds = out
     signal, weight, allowed = hooks
     rsk, risk_state0 = risk
@@ -290,7 +291,7 @@ def _run_slice(ctx, rows, out, lo, hi):
         buf.risk_state[:] = risk_state0
         g = int(rows[r, ROW_GROUP])
         sig = Signals(prob, signal[g], weight[g], allowed[g])
-        nf, nb, nt = simulate_kernel(bars, sig, span, rows[r], rsk, buf)
+        nf, nb, nt = simulate_kernel(bars, sig, span, rows[r], rsk, buf, width)
         _row_stats((buf.equity, buf.fills, nf), first, span.end, edges, (raw[r], moments[r], folds[r]))
         raw[r, R_OVF] = buf.stats[S_FILL_OVF]
         raw[r, R_TRIPS] = nt

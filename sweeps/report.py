@@ -65,13 +65,29 @@ def trained_text(result: SweepResult) -> str:
     lab = result.data.trained_labels
     if lab is None:
         p = result.data.policy
+        if p.vol_scaled:
+            return (f"take profit {p.profit:g} x, stop {p.stop:g} x sigma_t*sqrt({p.barrier_horizon}), horizon "
+                    f"{p.max_hold} bars, tie {p.tie} (config)")
         return f"take profit {p.profit:.3%}, stop {p.stop:.3%}, horizon {p.max_hold} bars, tie {p.tie} (config)"
+    if lab.scale == "vol":
+        return (f"take profit {lab.vol_profit:g} x, stop {lab.vol_stop:g} x sigma_t*sqrt({lab.horizon}) (EWMA vol "
+                f"span {lab.vol_span}), horizon {lab.horizon} bars, tie {lab.tie}")
     return f"take profit {lab.profit:.3%}, stop {lab.stop:.3%}, horizon {lab.horizon} bars, tie {lab.tie}"
 
 
+def barrier_rule_text(result: SweepResult) -> str:
+    """What the grid's profit and stop axes mean (every sweep report states it)."""
+    p = result.data.policy
+    if p.vol_scaled:
+        return (f"Barrier rule: volatility-scaled. The profit and stop axes are multiples of the decision bar's "
+                f"sigma_t*sqrt({p.barrier_horizon}) (EWMA vol of 1-bar log returns, span {p.vol_span}), not "
+                "percentages; breakeven_p is taken at the span's median width (the traded centre is per bar).")
+    return "Barrier rule: fixed. The profit and stop axes are fractions of the entry price."
+
+
 def exit_rule_note(result: SweepResult) -> str:
-    """The note every report carries (see :data:`sweeps.engine.EXIT_RULE_NOTE`)."""
-    return EXIT_RULE_NOTE.format(trained=trained_text(result))
+    """The note every report carries (see :data:`sweeps.engine.EXIT_RULE_NOTE`), with the barrier rule."""
+    return EXIT_RULE_NOTE.format(trained=trained_text(result)) + " " + barrier_rule_text(result)
 
 
 def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_path: str | Path | None = None,
@@ -97,6 +113,7 @@ def manifest(result: SweepResult, *, data_path: str | Path | None = None, model_
                   "slippage_bps": sorted(set(result.table["slippage_bps"].tolist())),
                   "rule": "maker fee on limit fills, taker fee otherwise; slippage on market/stop fills (core.costs)"},
         "policy": p.to_dict(),
+        "barriers": {"rule": p.barrier_scale, "text": p.describe_barriers(), "axes": barrier_rule_text(result)},
         "risk": d.risk_cfg.model_dump(),
         "cash": d.inputs.cash,
         "engine": result.engine,

@@ -145,8 +145,9 @@ def test_barriers_come_from_the_bundle_and_a_mismatch_is_refused(tiny_bundle, ba
     ok = _invoke("--model", tiny_bundle, "--data", bars_file, "--output", tmp_path / "ok", *TRADE)
     assert ok.exit_code == 0, ok.output
     b = json.loads((tmp_path / "ok" / "metrics.json").read_text())["run"]["barriers"]
-    assert b == {"source": "bundle", "profit": lab.profit, "stop": lab.stop, "horizon": lab.horizon,
-                 "tie": lab.tie, "max_hold": lab.horizon}  # strategy.max_hold null -> the bundle's horizon
+    assert b == {"source": "bundle", "rule": "fixed", "profit": lab.profit, "stop": lab.stop, "horizon": lab.horizon,
+                 "tie": lab.tie, "max_hold": lab.horizon,  # strategy.max_hold null -> the bundle's horizon
+                 "text": "fixed: take profit +0.800%, stop -0.400% of the entry price"}  # the barrier rule named
     assert "barriers traded (bundle)" in (tmp_path / "ok" / "report.md").read_text()
 
     # config labels differ from the bundle's: refused with one line naming both ...

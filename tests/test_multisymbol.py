@@ -211,13 +211,15 @@ def test_vol_scaling_brings_base_rates_of_calm_and_wild_markets_together():
     assert max(vol) - min(vol) < 0.01
 
 
-def test_vol_scaled_models_are_labelled_and_not_traded(inputs, tmp_path):
-    from core.errors import ConfigError
-    from core.policy import traded_labels
+def test_vol_scaled_models_are_labelled_and_traded_as_multiples(inputs, tmp_path):
+    from core.policy import Policy, traded_labels
 
     cfg = small_cfg("labels.scale=vol")
     result = train_pooled_bundle(inputs[:2], cfg, tmp_path / "v", progress=False)
     assert result.meta["label_scale"].startswith("volatility-scaled barriers: profit +1.4 x")
     assert "volatility-scaled" in (tmp_path / "v" / "report.html").read_text()
-    with pytest.raises(ConfigError, match="labels.scale: vol"):
-        traded_labels(cfg, load_bundle(tmp_path / "v"))
+    bundle = load_bundle(tmp_path / "v")
+    labels, source = traded_labels(cfg, bundle)  # traded now (tests/test_vol_barriers.py: every engine)
+    assert labels.scale == "vol" and source == "bundle"
+    policy = Policy.from_config(cfg, bundle)
+    assert policy.vol_scaled and (policy.profit, policy.stop) == (labels.vol_profit, labels.vol_stop)
