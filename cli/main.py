@@ -32,6 +32,8 @@ COMMANDS: dict[str, CommandEntry] = {
     "labels": CommandEntry("cli.labels_cmd", "labels", "Label candles with the triple barrier and print statistics."),
     "train": CommandEntry("cli.train_cmd", "train", "Train, calibrate and compare the TCN; write a model bundle."),
     "explain": CommandEntry("cli.train_cmd", "explain", "Permutation importance of a bundle's features and lags."),
+    "evaluate": CommandEntry("cli.evaluate_cmd", "evaluate",
+                             "Out-of-sample report of a schedule or bundle: calibration per fold and month, P vs net return."),
     "backtest": CommandEntry("cli.backtest_cmd", "backtest",
                              "Backtest a strategy with a model bundle on candles; write the report."),
     "sweep": CommandEntry("cli.sweep_cmd", "sweep",

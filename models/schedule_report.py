@@ -13,14 +13,16 @@ base rate, n for each calibrator; plus ECE per calendar month for each.
 A bundle or ensemble folder (no ``schedule.json``) is reported as one fold, named by its
 folder, over its own test span (``spans.test`` of bundle.json).
 
-``python -m models.schedule_report --model artifacts/wf_v1 --data btc.csv.gz [--data ...]
---output reports/wf_v1`` writes ``report.md`` and ``report.json``.
+Beside the calibration figures, the report says what the probabilities are worth after fees
+(:mod:`models.expectancy`): per symbol and P bin, the label's own barrier trade's mean gross and
+net return, for the static and the rolling P.
+
+``nts evaluate --model artifacts/wf_v1 --data btc.csv.gz [--data ...] --output reports/wf_v1``
+writes ``report.md`` and ``report.json`` (:func:`evaluate`, :func:`to_markdown`).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,12 +30,14 @@ import numpy as np
 import pandas as pd
 
 from core.config import CalibrationConfig
-from core.errors import BundleError, DataError, NtsError
-from core.files import write_text_atomic
+from core.errors import BundleError, DataError
 from models.bundle import load_bundle
 from models.calibration import Calibrator
 from models.dataset import Normaliser, feature_matrix
 from models.ensemble import EnsembleModel, is_ensemble
+from models.expectancy import outcome_by_probability
+from models.expectancy import to_markdown as outcome_markdown
+from models.labels import triple_barrier_events
 from models.metrics import all_metrics, ece
 from models.online_calibration import OnlineConfig, online_scores, training_end
 from models.recalibration import RollingCalibrated, known_labels
@@ -77,6 +81,7 @@ def _schedule_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig) 
     rolling = ModelSchedule(path, calibration=ccfg.model_copy(update={"mode": "rolling"}))
     ops, tops, hops = online_scores(static, frame)
     cols = {"fold": static.model_ids(frame.index), "label": known_labels(frame, static.label_cfg, static.timeframe),
+            "gross_return": _gross_returns(frame, static),
             "static": static.score_frame(frame)[1], "rolling": rolling.score_frame(frame)[1], "ops": ops,
             "tops": tops, "hops": hops, "baseline": _fold_baseline(static, frame)}
     # the last fold is reported over its own validity span only (what the schedule tested)
@@ -99,9 +104,15 @@ def _model_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig
     inside = (frame.index >= test_from) & (frame.index <= test_to)
     ops, tops, hops = online_scores(model, frame)
     cols = {"fold": np.where(inside, path.name, ""), "label": known_labels(frame, model.label_cfg, model.timeframe),
+            "gross_return": _gross_returns(frame, model),
             "static": model.calibrate(model.predict_logit(frame).to_numpy()), "rolling": rolling.score_frame(frame)[1],
             "ops": ops, "tops": tops, "hops": hops, "baseline": baseline_probabilities(model, frame)}
     return cols, inside, frame.index
+
+
+def _gross_returns(frame: pd.DataFrame, model) -> np.ndarray:
+    """Per bar, the gross return of the label's barrier trade (the model's own barriers)."""
+    return triple_barrier_events(frame, model.label_cfg, model.timeframe)["gross_return"].to_numpy(dtype=float)
 
 
 def symbol_scores(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig) -> pd.DataFrame:
@@ -138,13 +149,21 @@ def _month(symbol: str, month: str, part: pd.DataFrame) -> dict:
     return row
 
 
-def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None = None) -> dict:
-    """Figures per symbol x fold, per symbol overall, pooled overall, and monthly ECE."""
+def _outcomes(t: pd.DataFrame, round_trip_cost: float) -> dict:
+    """The barrier trade per P bin for the static and the rolling P (models.expectancy)."""
+    return {name: outcome_by_probability(t[name].to_numpy(), t["label"].to_numpy(), t["gross_return"].to_numpy(),
+                                         round_trip_cost) for name in ("static", "rolling")}
+
+
+def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None = None,
+             round_trip_cost: float = 0.002) -> dict:
+    """Figures per symbol x fold, per symbol overall, pooled overall, monthly ECE, and the
+    barrier trade's return per P bin net of ``round_trip_cost`` (a fraction of the entry price)."""
     path = Path(path)
     meta = _meta(path)
     ccfg = ccfg or CalibrationConfig.model_validate((meta.get("config") or {}).get("calibration", {}))
     inputs = load_inputs([(None, p) for p in data], meta["timeframe"])
-    rows, overall, monthly, tables = [], {}, [], []
+    rows, overall, monthly, tables, outcomes = [], {}, [], [], {}
     for inp in inputs:
         t = symbol_scores(path, inp.frame, ccfg)
         if t.empty:
@@ -154,10 +173,12 @@ def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None =
         for fold, part in t.groupby("fold", sort=True):
             rows.append({"symbol": inp.symbol, "fold": fold, **_figures(part)})
         overall[inp.symbol] = _figures(t)
+        outcomes[inp.symbol] = _outcomes(t, round_trip_cost)
         monthly += [_month(inp.symbol, m, part) for m, part in t.groupby(t.index.strftime("%Y-%m"))]
     pooled = _figures(pd.concat(tables)) if len(tables) > 1 else None
     return {"schedule": str(path), "label_scale": meta.get("label_scale"), "calibration": ccfg.model_dump(),
-            "online": asdict(OnlineConfig()), "folds": rows, "overall": overall, "pooled": pooled, "monthly": monthly}
+            "online": asdict(OnlineConfig()), "folds": rows, "overall": overall, "pooled": pooled, "monthly": monthly,
+            "round_trip_cost": round_trip_cost, "outcome_by_p": outcomes}
 
 
 def _meta(path: Path) -> dict:
@@ -211,28 +232,7 @@ def to_markdown(rep: dict) -> str:
     for m in rep["monthly"]:
         lines.append(f"| {m['symbol']} | {m['month']} | {m['n']:,} | {m['base_rate']:.4f} | " + " | ".join(
             f"{m['mean_p_' + c]:.4f} | {m['ece_' + c]:.4f}" for c in CALIBRATORS) + " |")
+    for sym, by_cal in (rep.get("outcome_by_p") or {}).items():
+        for name, rows in by_cal.items():
+            lines += ["", f"{sym}, {name} P. " + outcome_markdown(rows, rep["round_trip_cost"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry (see module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--data", action="append", required=True)
-    ap.add_argument("--output", required=True)
-    args = ap.parse_args(argv)
-    try:
-        rep = evaluate(args.model, args.data)
-    except NtsError as exc:  # a user's bad path or file: one line, exit 2, nothing written
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "report.json", json.dumps(rep, indent=2, allow_nan=True, default=float))
-    text = to_markdown(rep)
-    write_text_atomic(out / "report.md", text)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

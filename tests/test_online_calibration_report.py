@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from core.config import load_config
 from core.synthetic import synthetic_ohlcv
 from models.metrics import all_metrics, ece
 from models.online_calibration import model_online_scores
 from models.recalibration import known_labels
 from models.schedule import ModelSchedule
-from models.schedule_report import CALIBRATORS, evaluate, main, to_markdown
+from models.schedule_report import CALIBRATORS, evaluate, to_markdown
 from models.universe import SymbolInput
 from models.walkforward import build_schedule
 
@@ -74,18 +76,32 @@ def test_report_of_one_bundle_covers_its_test_span(sched, tmp_path):
     assert rep["folds"][0]["n"] > 500
 
 
-def test_report_cli_refuses_a_folder_that_is_no_model_in_one_line(sched, tmp_path, capsys):
+def test_report_cli_refuses_a_folder_that_is_no_model_in_one_line(sched, tmp_path):
     _, data, _ = sched
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit) as exc:
-        main(["--model", str(tmp_path / "empty"), "--data", str(data), "--output", str(tmp_path / "out")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(tmp_path / "empty"), "--data", str(data),
+                                   "--output", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    err = res.output.strip()
     assert err.count("\n") == 0 and "neither a schedule" in err and str(tmp_path / "empty") in err
     assert not (tmp_path / "out").exists()
-    main(["--model", str(sched[0]), "--data", str(data), "--output", str(tmp_path / "ok")])
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(sched[0]), "--data", str(data),
+                                   "--output", str(tmp_path / "ok"), "--set", "execution.taker_fee=0.0005"])
+    assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert rep["online"]["gamma"] == 0.1 and (tmp_path / "ok" / "report.md").read_text().startswith("Schedule")
+    assert rep["round_trip_cost"] == pytest.approx(0.001)
+    # every scored bar is in exactly one P bin; net = gross - round trip
+    bins = rep["outcome_by_p"]["SYN/USDT"]["static"]
+    assert sum(b["n"] for b in bins) == rep["overall"]["SYN/USDT"]["n"]
+    full = [b for b in bins if b["n"]]
+    assert all(b["mean_net"] == pytest.approx(b["mean_gross"] - 0.001) for b in full)
+    # a folder of someone else's files is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(sched[0]), "--data", str(data),
+                                   "--output", str(tmp_path / "mine"), "--overwrite"])
+    assert res.exit_code == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 def test_report_of_a_seed_ensemble_schedule_and_of_one_ensemble_fold(tmp_path):
