@@ -37,15 +37,16 @@ from core.config import FeatureConfig, LabelConfig
 from core.errors import DataError
 from core.files import atomic_path, check_output_file
 from core.ohlcv import checked_bars
-from core.policy import Policy, barrier_widths_of
+from core.policy import Policy, barrier_width, barrier_widths_of
 from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
-from models.features import compute_features
+from models.features import FEATURE_NAMES, StreamingFeatures, compute_features
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
 
 _KIND_NAMES = ["", "profit", "stop", "time"]  # index = kind code; code 0 = unlabelled
+_SIGMA_COL = FEATURE_NAMES.index("ewma_vol_fast")
 
 
 def _cfg(cfg: LabelConfig | None) -> LabelConfig:
@@ -174,6 +175,32 @@ def barrier_widths(frame: pd.DataFrame, horizon: int, vol_span: int, timeframe: 
     warm-up and again after every gap). The labeller and every trading engine use it."""
     sigma = compute_features(frame, width_feature_config(vol_span), timeframe)["ewma_vol_fast"]
     return barrier_widths_of(np.ascontiguousarray(sigma.to_numpy(dtype=np.float64)), int(horizon))
+
+
+class StreamingWidth:
+    """:func:`barrier_widths` one closed bar at a time (paper/live ``next()``, server bar
+    streams): a :class:`models.features.StreamingFeatures` on :func:`width_feature_config`,
+    whose ``ewma_vol_fast`` is ``sigma_t``, then :func:`core.policy.barrier_width`. Equal to
+    the batch widths of the same bars (to 1e-12; tested)."""
+
+    def __init__(self, horizon: int, vol_span: int, timeframe: str = "15m") -> None:
+        self.horizon = int(horizon)
+        self._stream = StreamingFeatures(width_feature_config(vol_span), timeframe)
+
+    @classmethod
+    def of_policy(cls, policy: Policy) -> "StreamingWidth":
+        """The width stream of a volatility-scaled ``policy`` (its horizon, span, timeframe)."""
+        return cls(policy.barrier_horizon, policy.vol_span, policy.timeframe)
+
+    def prime(self, history: pd.DataFrame) -> None:
+        """Start from the state after the bars of ``history`` (:meth:`StreamingFeatures.prime`)."""
+        self._stream.prime(history)
+
+    def update(self, ts: pd.Timestamp, open: float, high: float, low: float, close: float,
+               volume: float) -> float:
+        """Feed one closed bar (``ts`` = its open time); its width (NaN in the warm-up)."""
+        row = self._stream.update(ts, open, high, low, close, volume)
+        return float(barrier_width(float(row[_SIGMA_COL]), self.horizon))
 
 
 def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:
