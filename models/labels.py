@@ -146,16 +146,19 @@ def _barrier_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np
     return code, offset, price
 
 
-def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
-                 timeframe: str = "15m") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None, timeframe: str = "15m",
+                 width: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The labelling itself as arrays: kind code (int8: 0 none, 1 profit, 2 stop, 3 time),
     exit offset (int32) and exit price per bar (offset and price meaningful only where the
-    code is > 0). :func:`triple_barrier_events` wraps it in a table."""
+    code is > 0). :func:`triple_barrier_events` wraps it in a table. ``width`` (``scale: vol``
+    only): the per-bar widths to put the barriers at instead of ``sigma_t * sqrt(cfg.horizon)``
+    -- a traded width whose horizon differs from the time exit ``cfg.horizon`` (a sweep row
+    whose max hold is not the trained horizon)."""
     c = _cfg(cfg)
     high, low, close, ts = _arrays(frame, "triple_barrier_events")
     span_ns = c.horizon * timeframe_seconds(timeframe) * 1_000_000_000
     if c.scale == "vol":
-        up, dn = vol_barrier_factors(frame, c, timeframe)
+        up, dn = vol_barrier_factors(frame, c, timeframe, width)
         return _barrier_kernel(high, low, close, ts, span_ns, up, dn, int(c.horizon), c.tie == "stop")
     return _label_kernel(high, low, close, ts, span_ns, float(c.profit), float(c.stop), int(c.horizon),
                          c.tie == "stop")
@@ -211,11 +214,15 @@ def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:
     return barrier_widths(frame, policy.barrier_horizon, policy.vol_span, policy.timeframe)
 
 
-def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m"
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m",
+                        width: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``labels.scale: vol``: per bar ``(1 + vol_profit * w_t, 1 - vol_stop * w_t)`` with
-    ``w_t`` of :func:`barrier_widths` (NaN in its warm-up, where the bar gets no label)."""
-    width = barrier_widths(frame, cfg.horizon, cfg.vol_span, timeframe)
+    ``w_t`` of :func:`barrier_widths` (NaN in its warm-up, where the bar gets no label), or the
+    given ``width`` (one per bar of ``frame``)."""
+    if width is None:
+        width = barrier_widths(frame, cfg.horizon, cfg.vol_span, timeframe)
+    elif len(width) != len(frame):
+        raise ValueError(f"vol_barrier_factors: {len(width)} widths for {len(frame)} bars")
     return 1.0 + cfg.vol_profit * width, 1.0 - cfg.vol_stop * width
 
 

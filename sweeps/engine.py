@@ -338,14 +338,17 @@ def label_base_rates(data: SweepData, combos: pd.DataFrame) -> np.ndarray:
     """Label base rate of each row's own barriers on the span: the share of labelled span bars
     whose triple barrier (the row's profit, stop, max hold as horizon, the traded tie rule; the
     labeller of :mod:`models.labels`) hits the take profit first. Computed once per distinct
-    barrier set."""
+    barrier set. Volatility-scaled rows label the trade the kernel simulates: their multiples
+    of the traded width (``sigma_t * sqrt(trained horizon)``, :attr:`KernelInputs.width`) with
+    ``max_hold`` bars as the time exit only (not ``sqrt(max_hold)`` in the width)."""
     span = data.frame.iloc[data.inputs.first:data.inputs.last + 1]
     out = np.empty(len(combos))
     keys = combos[["profit", "stop", "max_hold"]].apply(tuple, axis=1)
     for (profit, stop, hold), idx in keys.groupby(keys).groups.items():
         labels = row_labels(data.policy, float(profit), float(stop), int(hold))
-        if data.policy.vol_scaled:  # the widths of the fed bars (warm-up included), as traded
-            code = label_arrays(data.frame, labels, data.timeframe)[0][data.inputs.first:data.inputs.last + 1]
+        if data.policy.vol_scaled:  # the traded widths of the fed bars (warm-up included)
+            code = label_arrays(data.frame, labels, data.timeframe,
+                                width=data.inputs.width)[0][data.inputs.first:data.inputs.last + 1]
         else:
             code, _, _ = label_arrays(span, labels, data.timeframe)
         labelled = int((code > 0).sum())
@@ -356,7 +359,8 @@ def label_base_rates(data: SweepData, combos: pd.DataFrame) -> np.ndarray:
 def row_labels(policy: Policy, profit: float, stop: float, hold: int) -> LabelConfig:
     """The label event of a row's barriers (``max_hold`` as the horizon, the traded tie rule):
     fixed percentages, or -- for a volatility-scaled policy -- the multiples ``profit``/``stop``
-    of the same ``sigma_t * sqrt(horizon)`` the labeller uses (span ``vol_span``)."""
+    (span ``vol_span``); label those with the traded widths (``label_arrays(..., width=)``):
+    this config's own width would use ``sqrt(max_hold)``, the trade keeps the trained horizon's."""
     if policy.vol_scaled:
         return LabelConfig(scale="vol", vol_profit=profit, vol_stop=stop, vol_span=policy.vol_span, horizon=hold,
                            tie=policy.tie)

@@ -237,6 +237,48 @@ def test_sweep_rows_of_a_vol_policy_match_backtrader(tiny_bundle, tmp_path):
         assert _compare(result, row, bt) > 5
 
 
+def _walk_rate(frame, width, first, last, profit, stop, hold):
+    """Share of bars first..last whose long trade at the close with take profit close*(1 + profit*w)
+    and stop close*(1 - stop*w) reaches the take profit first within ``hold`` bars (ties to the
+    stop; bars without a full hold or a width are not counted): a plain walk, bar by bar."""
+    high, low, close = (frame[c].to_numpy() for c in ("high", "low", "close"))
+    wins = labelled = 0
+    for t in range(first, min(last, len(frame) - 1 - hold) + 1):
+        if not np.isfinite(width[t]):
+            continue
+        up, dn = close[t] * (1.0 + profit * width[t]), close[t] * (1.0 - stop * width[t])
+        labelled += 1
+        for h in range(1, hold + 1):
+            if low[t + h] <= dn:
+                break
+            if high[t + h] >= up:
+                wins += 1
+                break
+    return wins / labelled
+
+
+def test_sweep_base_rate_of_vol_rows_describes_the_traded_width():
+    """A row with max_hold 12 on a model trained with horizon 6 trades barriers at multiples of
+    sigma_t*sqrt(6) held up to 12 bars: its base rate labels exactly that trade (not the width
+    sqrt(12) that labels.horizon=12 would give)."""
+    from types import SimpleNamespace
+
+    from sweeps.engine import label_base_rates
+
+    frame = synthetic_ohlcv(1500, seed=3)
+    pol = Policy.from_config(load_config(None, VOL_SETS))
+    width = policy_widths(frame, pol)  # the traded width: sigma_t * sqrt(6)
+    data = SimpleNamespace(frame=frame, policy=pol, timeframe="15m",
+                           inputs=SimpleNamespace(first=100, last=1450, width=width))
+    combos = pd.DataFrame({"profit": [1.2, 1.2, 2.0], "stop": [0.8, 0.8, 0.5], "max_hold": [6, 12, 12]})
+    rates = label_base_rates(data, combos)
+    for k, (p, s, hold) in enumerate(combos.itertuples(index=False, name=None)):
+        assert rates[k] == _walk_rate(frame, width, 100, 1450, p, s, hold), k
+    # the width a horizon of 12 would give is another event (today's old base rate): told apart
+    wider = barrier_widths(frame, 12, 14)
+    assert abs(_walk_rate(frame, wider, 100, 1450, 1.2, 0.8, 12) - rates[1]) > 0.02
+
+
 @pytest.mark.timeout(240)
 def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle):
     from models.bundle import load_bundle
