@@ -83,7 +83,8 @@ def barrier_rule_text(result: SweepResult) -> str:
                 f"sigma_t*sqrt({p.barrier_horizon}) (EWMA vol of 1-bar log returns, span {p.vol_span}), not "
                 f"percentages, whatever the row's max_hold (the time exit only); base_rate labels each row's "
                 f"multiples of that same width with max_hold as the horizon (the trade simulated); breakeven_p is "
-                "taken at the span's median width (the traded centre is per bar).")
+                "taken at the span's median width; with center 'breakeven' the traded centre is per bar and "
+                "center_used is its median over the span.")
     return "Barrier rule: fixed. The profit and stop axes are fractions of the entry price."
 
 

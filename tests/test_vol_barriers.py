@@ -279,6 +279,76 @@ def test_sweep_base_rate_of_vol_rows_describes_the_traded_width():
     assert abs(_walk_rate(frame, wider, 100, 1450, 1.2, 0.8, 12) - rates[1]) > 0.02
 
 
+def _per_bar_grid(base_center: str):
+    """A vol policy, its widths on 1,500 bars, and three rows: break-even centres of 1.2/0.8 and
+    2.4/1.6 (one fee-free ratio, other centres per bar) and a fixed centre 0.45."""
+    from sweeps.engine import axis_defaults, policy_rows
+
+    frame = synthetic_ohlcv(1500, seed=3)
+    pol = Policy.from_config(load_config(None, [*VOL_SETS, f"strategy.center={base_center}", "strategy.deadband=0"]))
+    width = policy_widths(frame, pol)
+    axes = axis_defaults(pol, center=base_center)
+    combos = pd.DataFrame([{**axes, "center": "breakeven", "profit": 1.2, "stop": 0.8},
+                           {**axes, "center": "breakeven", "profit": 2.4, "stop": 1.6},
+                           {**axes, "center": 0.45, "profit": 1.2, "stop": 0.8}])
+    return frame, pol, width, combos, policy_rows(pol, combos)
+
+
+def test_sweep_flat_warning_and_center_used_with_a_per_bar_centre():
+    """The flat-rows caution names the lowest per-bar break-even centre on the span (and P's
+    best margin over its own bar's), not the policy's one fee-free number; center_used of a
+    per-bar row is the median of its centres."""
+    from types import SimpleNamespace
+
+    from sweeps.engine import SweepResult, per_bar_centers
+
+    frame, pol, width, combos, params = _per_bar_grid("breakeven")
+    prob = np.full(len(frame), 0.42)
+    data = SimpleNamespace(frame=frame, policy=pol, timeframe="15m",
+                           inputs=SimpleNamespace(first=100, start=120, last=1450, width=width, prob=prob))
+    w = width[120:1451]
+    with np.errstate(invalid="ignore"):
+        c1 = np.where(1.2 * w > 0.002, (0.8 * w + 0.002) / (2.0 * w), np.nan)
+        c2 = np.where(2.4 * w > 0.002, (1.6 * w + 0.002) / (4.0 * w), np.nan)
+    low = np.fmin(c1, c2)
+    centers = per_bar_centers(data, combos, params)
+    np.testing.assert_allclose(centers.lowest, low, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(centers.median[:2], [np.nanmedian(c1), np.nanmedian(c2)], rtol=1e-12)
+    assert math.isnan(centers.median[2])  # a fixed centre is one number
+    table = combos.assign(trades=0, open_trades=0, center_used=[*centers.median[:2], 0.45])
+    result = SweepResult(grid=None, data=data, table=table, params=params, raw=None, moments=None, folds=None,
+                         overfit=SimpleNamespace(cautions=[]), walk_forward=None, names=[], buy_and_hold={})
+    (text,) = result.warnings()
+    assert text.startswith("3 of 3 rows never traded: the highest P on the span is 0.420 and the lowest centre "
+                           "swept is 0.450;"), text
+    assert f"the lowest centre on any bar is {np.nanmin(low):.3f}" in text
+    assert f"P minus the lowest centre of its own bar is at most {np.nanmax(0.42 - low):+.3f}" in text
+    assert np.nanmin(low) > 0.41  # above the fee-free 0.400 the policy's one number holds
+
+
+def test_sweep_hook_groups_follow_per_bar_centres_of_a_numeric_base():
+    """A base centre of 0.5 and rows with center 'breakeven': rows whose multiples share the fee-free
+    ratio still get their own per-bar centres (their own hook group and signal)."""
+    from types import SimpleNamespace
+
+    from strategies.hooks import hook_instance
+    from strategies.tcn import TCNStrategy
+    from sweeps.engine import hook_groups, row_policy
+
+    frame, pol, width, combos, params = _per_bar_grid("0.5")
+    assert not pol.per_bar_center
+    prob = np.random.default_rng(1).uniform(0.3, 0.7, len(frame))
+    fvol = np.full(len(frame), 0.5)
+    inputs = SimpleNamespace(prob=prob, fvol=fvol, width=width,
+                             with_hooks=lambda s, w, a: SimpleNamespace(signal=s, weight=w, allowed=a))
+    got, group = hook_groups(SimpleNamespace(frame=frame, inputs=inputs), pol, combos, params)
+    assert len(set(group.tolist())) == 3
+    for r in range(3):
+        want = evaluate_hooks(hook_instance(TCNStrategy, row_policy(pol, combos.iloc[r].to_dict())), frame, prob,
+                              fvol, width).signal
+        np.testing.assert_array_equal(got.signal[int(group[r])], want)
+
+
 @pytest.mark.timeout(240)
 def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle):
     from models.bundle import load_bundle
