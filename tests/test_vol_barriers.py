@@ -372,7 +372,8 @@ def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle
 
 
 def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
-    from server.predict import predict_frame
+    from server.predict import PolicyOverrides, predict_frame
+    from server.views import model_info
     from server.setup import build_setup
 
     cfg = load_config(None, [*VOL_SETS, "strategy.center=breakeven"])
@@ -387,3 +388,13 @@ def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
         assert pred.barriers.stop == pytest.approx(close * (1.0 - 0.8 * w), rel=1e-12)
         # the break-even centre of this bar's widths, not a fixed number
         assert pred.center == pytest.approx((0.8 * w + 0.002) / (2.0 * w), rel=1e-9)
+        assert pred.barrier_width == pytest.approx(w, rel=1e-12)  # the answer names the width
+    # profit/stop overrides are multiples of the width, as the policy's; a fraction is refused in one line
+    window = frame.iloc[-setup.min_bars:]
+    wider = predict_frame(setup, window, PolicyOverrides(profit=2.5, stop=1.5))
+    assert wider.barriers.take_profit == pytest.approx(close * (1.0 + 2.5 * w), rel=1e-12)
+    assert wider.barriers.stop == pytest.approx(close * (1.0 - 1.5 * w), rel=1e-12)
+    with pytest.raises(ConfigError, match=r"^policy\.profit: 0\.008 is read as a multiple of the bar's "
+                                          r"sigma_t\*sqrt\(6\) .* not a fraction of the price$"):
+        predict_frame(setup, window, PolicyOverrides(profit=0.008))
+    assert model_info(setup)["policy"]["barrier_rule"].startswith("volatility-scaled: take profit +1.2 x, stop -0.8 x")
