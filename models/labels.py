@@ -27,6 +27,7 @@ Definition (parameters from ``cfg.labels``; defaults in brackets):
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numba
@@ -40,7 +41,7 @@ from core.ohlcv import checked_bars
 from core.policy import Policy, barrier_width, barrier_widths_of
 from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
-from models.features import FEATURE_NAMES, StreamingFeatures, compute_features
+from models.features import FEATURE_NAMES, MEMORY_TOLERANCE, StreamingFeatures, compute_features
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
@@ -204,6 +205,16 @@ class StreamingWidth:
         """Feed one closed bar (``ts`` = its open time); its width (NaN in the warm-up)."""
         row = self._stream.update(ts, open, high, low, close, volume)
         return float(barrier_width(float(row[_SIGMA_COL]), self.horizon))
+
+
+def width_memory_bars(vol_span: int, tol: float = MEMORY_TOLERANCE) -> int:
+    """Bars after which the barrier width has forgotten where its history started (to ``tol``):
+    the EWMA of span ``vol_span`` keeps a weight ``(1 - alpha)^k`` of the state ``k`` bars back
+    (as :func:`models.features.memory_bars` for the features). With fewer bars before it a
+    bar's width depends on where the bars begin: a request, a stream or a restart then differs
+    from the backtest's width at that bar."""
+    alpha = 2.0 / (int(vol_span) + 1.0)
+    return max(int(vol_span) + 1, int(math.ceil(math.log(tol) / math.log1p(-alpha))))
 
 
 def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:

@@ -59,6 +59,27 @@ def test_barrier_width_is_causal_and_the_streaming_path_agrees():
     np.testing.assert_array_equal(dn, 1.0 - 0.8 * full)
 
 
+def test_the_one_warm_up_covers_the_barrier_widths_memory(fast_bundle):
+    """A long vol_span: the warm-up every engine feeds (a request, a stream's opening, a paper
+    restart) grows to the width's memory, so the width at a bar no longer depends on where the
+    bars begin; the model's warm-up alone would not do."""
+    from models.bundle import load_bundle
+    from models.labels import width_memory_bars
+    from strategies.backtest import warmup_bars_for
+
+    bundle = load_bundle(fast_bundle)
+    base = warmup_bars_for(bundle, load_config(None))
+    assert warmup_bars_for(bundle, load_config(None, VOL_SETS)) == base  # span 14: the model's warm-up is longer
+    warm = warmup_bars_for(bundle, load_config(None, [*VOL_SETS, "labels.vol_span=300"]))
+    assert warm == width_memory_bars(300) > base
+    frame = synthetic_ohlcv(warm + 600, seed=2)
+    full = barrier_widths(frame, 6, 300)
+    for end in (warm, warm + 600):
+        assert barrier_widths(frame.iloc[end - warm:end], 6, 300)[-1] == pytest.approx(full[end - 1], rel=1e-9)
+    short = barrier_widths(frame.iloc[len(frame) - base:], 6, 300)[-1]
+    assert abs(short / full[-1] - 1.0) > 1e-4  # one model warm-up of bars: the width still remembers its start
+
+
 def test_policy_of_a_vol_model_and_fixed_policies_unchanged():
     fixed = Policy.from_config(load_config(None, []))
     assert fixed == Policy.default() and not fixed.vol_scaled and fixed.barrier_scale == "fixed"
