@@ -55,6 +55,7 @@ def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_over
     from models.prob_cache import default_cache_dir
     from strategies.registry import strategy_source
     from sweeps.job import SweepRequest, format_top, run_sweep_job
+    from sweeps.report import barrier_rule_text
 
     if workers is not None and scheduler is not None:
         raise ConfigError("give --workers N or --scheduler tcp://HOST:PORT, not both")
@@ -72,6 +73,7 @@ def sweep(cfg, model_path: str, data_path: str, grid_path: str | None, grid_over
     log.info("sweep %s on %s: %d rows -> %s", model_path, data_path, res.grid.size, output)
     click.echo(f"strategy {job.strategy}  span {d.span[0]} .. {d.span[1]} ({d.inputs.last - d.inputs.first + 1:,} bars)  "
                f"{res.grid.size:,} rows in {job.seconds['sweep']:.1f} s ({res.engine})  probabilities: {d.prob_source}")
+    click.echo(barrier_rule_text(res))  # what the rows' profit=/stop= values are: fractions or multiples
     click.echo(format_top(res))
     if res.flat_rows and len(res.top_trading):
         click.echo(f"\nbest rows among those that traded ({res.flat_rows:,} of {res.grid.size:,} never did):")

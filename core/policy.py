@@ -66,6 +66,9 @@ from core.timeframes import bars_per_year, timeframe_seconds
 BARRIER_SOURCES = ("bundle", "config")
 TIES = ("stop", "profit")
 BARRIER_SCALES = ("fixed", "vol")
+# Smallest profit/stop multiple a volatility-scaled barrier takes from a user (sweep grid, /predict
+# overrides): below it the number is a fraction of the price written for fixed barriers.
+MIN_MULTIPLE = 0.05
 
 
 # ----------------------------------------------------------------------------- break-even

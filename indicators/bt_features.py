@@ -11,9 +11,10 @@ strategy sees the same numbers the model was trained on.
   (:func:`core.policy.annualised_vol` / :func:`core.policy.annualised_vols`). Unit: fraction
   per year (0.5 = 50% annualised).
 * :class:`BarrierWidth` -- the volatility-scaled barrier width ``sigma_t * sqrt(horizon)`` of
-  ``labels.scale: vol`` (:func:`models.labels.barrier_widths` in ``once()``, a
-  :class:`models.features.StreamingFeatures` with span ``vol_span`` in ``next()``: the labeller's
-  sigma_t, computed on its own span even where it differs from ``features.ewma_vol_fast_span``).
+  ``labels.scale: vol`` (:func:`models.labels.barrier_widths` in ``once()``,
+  :class:`models.labels.StreamingWidth` -- streaming features with span ``vol_span`` -- in
+  ``next()``: the labeller's sigma_t, computed on its own span even where it differs from
+  ``features.ewma_vol_fast_span``).
 * :class:`RealisedVol` -- realised daily volatility for the risk manager
   (:func:`core.risk.realised_daily_vol`).
 
@@ -31,7 +32,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from core.policy import annualisation_factor, annualised_vol, annualised_vols, barrier_width
+from core.policy import annualisation_factor, annualised_vol, annualised_vols
 from core.risk import realised_daily_vol
 from core.timeframes import (
     bt_num_to_ns,
@@ -39,7 +40,7 @@ from core.timeframes import (
     timeframe_seconds,
 )
 from models.features import FEATURE_NAMES, StreamingFeatures, compute_features, segment_ids
-from models.labels import barrier_widths, width_feature_config
+from models.labels import StreamingWidth, barrier_widths
 
 
 def _np(line) -> np.ndarray:
@@ -172,8 +173,7 @@ class BarrierWidth(_BatchOnce):
     params = (("horizon", 8), ("vol_span", 20), ("timeframe", "15m"), ("history", None))
 
     def __init__(self) -> None:
-        self._stream = StreamingFeatures(width_feature_config(self.p.vol_span), self.p.timeframe)
-        self._col = FEATURE_NAMES.index("ewma_vol_fast")
+        self._stream = StreamingWidth(self.p.horizon, self.p.vol_span, self.p.timeframe)
         if self.p.history is not None:
             self._stream.prime(self.p.history)
 
@@ -182,9 +182,8 @@ class BarrierWidth(_BatchOnce):
 
     def next(self) -> None:
         d = self.data
-        row = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0], d.low[0],
-                                  d.close[0], d.volume[0])
-        self.lines.width[0] = barrier_width(float(row[self._col]), int(self.p.horizon))
+        self.lines.width[0] = self._stream.update(bt_num_to_timestamp(d.datetime[0]), d.open[0], d.high[0],
+                                                  d.low[0], d.close[0], d.volume[0])
 
     prenext = next
 

@@ -27,6 +27,7 @@ Definition (parameters from ``cfg.labels``; defaults in brackets):
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numba
@@ -37,15 +38,16 @@ from core.config import FeatureConfig, LabelConfig
 from core.errors import DataError
 from core.files import atomic_path, check_output_file
 from core.ohlcv import checked_bars
-from core.policy import Policy, barrier_widths_of
+from core.policy import Policy, barrier_width, barrier_widths_of
 from core.policy import breakeven_probability  # noqa: F401  (re-exported: the formula lives in core)
 from core.timeframes import timeframe_seconds
-from models.features import compute_features
+from models.features import FEATURE_NAMES, MEMORY_TOLERANCE, StreamingFeatures, compute_features
 
 EVENT_COLUMNS: tuple[str, ...] = ("label", "exit_offset", "exit_kind", "exit_price", "gross_return")
 EXIT_KINDS: tuple[str, ...] = ("profit", "stop", "time")
 
 _KIND_NAMES = ["", "profit", "stop", "time"]  # index = kind code; code 0 = unlabelled
+_SIGMA_COL = FEATURE_NAMES.index("ewma_vol_fast")
 
 
 def _cfg(cfg: LabelConfig | None) -> LabelConfig:
@@ -145,16 +147,19 @@ def _barrier_kernel(high: np.ndarray, low: np.ndarray, close: np.ndarray, ts: np
     return code, offset, price
 
 
-def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None,
-                 timeframe: str = "15m") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_arrays(frame: pd.DataFrame, cfg: LabelConfig | None = None, timeframe: str = "15m",
+                 width: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The labelling itself as arrays: kind code (int8: 0 none, 1 profit, 2 stop, 3 time),
     exit offset (int32) and exit price per bar (offset and price meaningful only where the
-    code is > 0). :func:`triple_barrier_events` wraps it in a table."""
+    code is > 0). :func:`triple_barrier_events` wraps it in a table. ``width`` (``scale: vol``
+    only): the per-bar widths to put the barriers at instead of ``sigma_t * sqrt(cfg.horizon)``
+    -- a traded width whose horizon differs from the time exit ``cfg.horizon`` (a sweep row
+    whose max hold is not the trained horizon)."""
     c = _cfg(cfg)
     high, low, close, ts = _arrays(frame, "triple_barrier_events")
     span_ns = c.horizon * timeframe_seconds(timeframe) * 1_000_000_000
     if c.scale == "vol":
-        up, dn = vol_barrier_factors(frame, c, timeframe)
+        up, dn = vol_barrier_factors(frame, c, timeframe, width)
         return _barrier_kernel(high, low, close, ts, span_ns, up, dn, int(c.horizon), c.tie == "stop")
     return _label_kernel(high, low, close, ts, span_ns, float(c.profit), float(c.stop), int(c.horizon),
                          c.tie == "stop")
@@ -176,6 +181,42 @@ def barrier_widths(frame: pd.DataFrame, horizon: int, vol_span: int, timeframe: 
     return barrier_widths_of(np.ascontiguousarray(sigma.to_numpy(dtype=np.float64)), int(horizon))
 
 
+class StreamingWidth:
+    """:func:`barrier_widths` one closed bar at a time (paper/live ``next()``, server bar
+    streams): a :class:`models.features.StreamingFeatures` on :func:`width_feature_config`,
+    whose ``ewma_vol_fast`` is ``sigma_t``, then :func:`core.policy.barrier_width`. Equal to
+    the batch widths of the same bars (to 1e-12; tested)."""
+
+    def __init__(self, horizon: int, vol_span: int, timeframe: str = "15m") -> None:
+        self.horizon = int(horizon)
+        self._stream = StreamingFeatures(width_feature_config(vol_span), timeframe)
+
+    @classmethod
+    def of_policy(cls, policy: Policy) -> "StreamingWidth":
+        """The width stream of a volatility-scaled ``policy`` (its horizon, span, timeframe)."""
+        return cls(policy.barrier_horizon, policy.vol_span, policy.timeframe)
+
+    def prime(self, history: pd.DataFrame) -> None:
+        """Start from the state after the bars of ``history`` (:meth:`StreamingFeatures.prime`)."""
+        self._stream.prime(history)
+
+    def update(self, ts: pd.Timestamp, open: float, high: float, low: float, close: float,
+               volume: float) -> float:
+        """Feed one closed bar (``ts`` = its open time); its width (NaN in the warm-up)."""
+        row = self._stream.update(ts, open, high, low, close, volume)
+        return float(barrier_width(float(row[_SIGMA_COL]), self.horizon))
+
+
+def width_memory_bars(vol_span: int, tol: float = MEMORY_TOLERANCE) -> int:
+    """Bars after which the barrier width has forgotten where its history started (to ``tol``):
+    the EWMA of span ``vol_span`` keeps a weight ``(1 - alpha)^k`` of the state ``k`` bars back
+    (as :func:`models.features.memory_bars` for the features). With fewer bars before it a
+    bar's width depends on where the bars begin: a request, a stream or a restart then differs
+    from the backtest's width at that bar."""
+    alpha = 2.0 / (int(vol_span) + 1.0)
+    return max(int(vol_span) + 1, int(math.ceil(math.log(tol) / math.log1p(-alpha))))
+
+
 def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:
     """The barrier width of every bar of ``frame`` that ``policy`` trades: 1.0 for fixed
     barriers, :func:`barrier_widths` with the policy's horizon and span for scaled ones."""
@@ -184,11 +225,15 @@ def policy_widths(frame: pd.DataFrame, policy: Policy) -> np.ndarray:
     return barrier_widths(frame, policy.barrier_horizon, policy.vol_span, policy.timeframe)
 
 
-def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m"
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def vol_barrier_factors(frame: pd.DataFrame, cfg: LabelConfig, timeframe: str = "15m",
+                        width: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``labels.scale: vol``: per bar ``(1 + vol_profit * w_t, 1 - vol_stop * w_t)`` with
-    ``w_t`` of :func:`barrier_widths` (NaN in its warm-up, where the bar gets no label)."""
-    width = barrier_widths(frame, cfg.horizon, cfg.vol_span, timeframe)
+    ``w_t`` of :func:`barrier_widths` (NaN in its warm-up, where the bar gets no label), or the
+    given ``width`` (one per bar of ``frame``)."""
+    if width is None:
+        width = barrier_widths(frame, cfg.horizon, cfg.vol_span, timeframe)
+    elif len(width) != len(frame):
+        raise ValueError(f"vol_barrier_factors: {len(width)} widths for {len(frame)} bars")
     return 1.0 + cfg.vol_profit * width, 1.0 - cfg.vol_stop * width
 
 

@@ -41,6 +41,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import ConfigError, DataError
+from core.policy import MIN_MULTIPLE
 from core.ohlcv import DataReport, validate_ohlcv
 from models.features import FEATURE_NAMES
 from models.labels import policy_widths
@@ -81,8 +82,11 @@ class PolicyOverrides(BaseModel):
     max_position: float | None = Field(None, gt=0, le=1, description="cap on |weight| (the risk cap still applies)")
     allow_short: bool | None = None
     limit_confidence: float | None = Field(None, ge=0, le=1)
-    profit: float | None = Field(None, gt=0, lt=1, description="take-profit distance, a fraction of the price")
-    stop: float | None = Field(None, gt=0, lt=1, description="stop distance, a fraction of the price")
+    profit: float | None = Field(None, gt=0, le=100, description=(
+        "take-profit distance: a fraction of the price (below 1) with fixed barriers; with volatility-scaled "
+        "barriers (labels.scale: vol) a multiple (>= 0.05) of the bar's width sigma_t*sqrt(horizon); "
+        "GET /model policy.barrier_rule says which"))
+    stop: float | None = Field(None, gt=0, le=100, description="stop distance, in the same unit as profit")
 
 
 class Columns(BaseModel):
@@ -136,10 +140,11 @@ class BatchRequest(BaseModel):
 
 
 class Barriers(BaseModel):
-    """Exit prices of a position opened at the scored close."""
+    """Exit prices of a position opened at the scored close (prices: the barrier rule and the
+    bar's width that set them are ``Prediction.barrier_width`` and ``GET /model``)."""
 
-    take_profit: float | None
-    stop: float | None
+    take_profit: float | None = Field(description="take-profit price")
+    stop: float | None = Field(description="stop price")
 
 
 class Prediction(BaseModel):
@@ -157,7 +162,12 @@ class Prediction(BaseModel):
     side: Literal["buy", "sell"] | None = Field(description="entry side; null: no position")
     order_type: Literal["limit", "market"] | None
     barriers: Barriers
-    center: float
+    barrier_width: float | None = Field(None, description=(
+        "volatility-scaled barriers: the scored bar's width sigma_t*sqrt(horizon), of which the policy's profit "
+        "and stop are multiples (take profit = close*(1 +/- profit*width)); null: fixed barriers (profit and stop "
+        "are fractions of the price) or no width yet (no entry)"))
+    center: float = Field(description="P with zero edge on this bar (per bar with a break-even centre of "
+                                      "volatility-scaled barriers)")
     bars_used: int
     entry_allowed: bool = Field(True, description="the strategy's entry_allowed hook on this bar (False: no entry)")
 
@@ -267,7 +277,21 @@ def effective_policy(setup: ServeSetup, overrides: PolicyOverrides | None):
         return setup.policy
     if isinstance(changes.get("center"), float) and not 0.0 < changes["center"] < 1.0:
         raise ConfigError(f"policy.center must lie strictly between 0 and 1 (got {changes['center']})")
+    for name in ("profit", "stop"):
+        if name in changes:
+            _check_barrier(setup.policy, name, float(changes[name]))
     return setup.policy.replace(**changes)
+
+
+def _check_barrier(policy: Any, name: str, value: float) -> None:
+    """Refuse a profit/stop override in the wrong unit for the served barrier rule (one line)."""
+    if policy.vol_scaled and value < MIN_MULTIPLE:
+        raise ConfigError(f"policy.{name}: {value:g} is read as a multiple of the bar's sigma_t*sqrt("
+                          f"{policy.barrier_horizon}) (this model's barriers are volatility-scaled): give at least "
+                          f"{MIN_MULTIPLE:g}, e.g. 1.4, not a fraction of the price")
+    if not policy.vol_scaled and value >= 1.0:
+        raise ConfigError(f"policy.{name}: {value:g} is a fraction of the price (this model's barriers are fixed): "
+                          "it must be below 1")
 
 
 @dataclass(frozen=True)
@@ -317,7 +341,8 @@ def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFram
         close=scored.close, probability=_finite(scored.p), logit=_finite(scored.logit), signal=s,
         forecast_vol=_finite(vol), target_weight=w, side=("buy" if w > 0 else "sell") if enter else None,
         order_type=("limit" if policy.use_limit(abs(s)) else "market") if enter else None,
-        barriers=Barriers(take_profit=_finite(tp), stop=_finite(sl)), center=center,
+        barriers=Barriers(take_profit=_finite(tp), stop=_finite(sl)),
+        barrier_width=None if widths is None else _finite(width), center=center,
         bars_used=scored.bars_used, entry_allowed=allowed)
 
 

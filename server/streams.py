@@ -19,6 +19,12 @@ naming the strategy, L and the count); the stream then keeps its last L - 1 bars
 P and forecast (:class:`server.hook_trail.HookTrail`, a fixed size: a stream costs the same
 after a month as after an hour) and evaluates the hooks over them and the new bar, as a
 paper session over its trailing ``hook_lookback`` bars.
+
+Volatility-scaled barriers (``labels.scale: vol``): the opening's barrier widths are
+:func:`models.labels.policy_widths` over the bars it carries (``/predict``'s call), and each
+later bar's width comes from a :class:`models.labels.StreamingWidth` primed on those bars --
+the same causal ``sigma_t * sqrt(horizon)`` of the stream's own bars the backtest reads at
+that bar. The stream keeps the widths of its last ``hook_lookback`` bars (:class:`WidthTrail`).
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import ConfigError, DataError, NtsError
+from core.errors import DataError, NtsError
+from models.labels import StreamingWidth, policy_widths
 from models.streaming import BarScorer
 from server.hook_trail import HookTrail, trail_of
 from server.predict import Bar, Prediction, Scored, checked_frame, decide_flat, scored_bar
@@ -51,6 +58,22 @@ class StreamsFull(NtsError):
     """The bound on open streams is reached."""
 
 
+class WidthTrail:
+    """The barrier widths of a stream's last ``n`` bars (the scored one last) and the width
+    stream that gives the next bar's (module docstring)."""
+
+    def __init__(self, policy: Any, bars: pd.DataFrame, n: int) -> None:
+        self.widths = np.array(policy_widths(bars, policy)[-n:], dtype=np.float64)
+        self.stream = StreamingWidth.of_policy(policy)
+        self.stream.prime(bars)
+
+    def push(self, t: pd.Timestamp, o: float, h: float, lo: float, c: float, v: float) -> np.ndarray:
+        """Feed the next bar; the widths of the last ``n`` bars, this one last."""
+        w = self.stream.update(t, o, h, lo, c, v)
+        self.widths[:-1], self.widths[-1] = self.widths[1:], w
+        return self.widths
+
+
 @dataclass
 class BarStream:
     """One open stream: its scorer, policy, last bar and lock."""
@@ -63,6 +86,7 @@ class BarStream:
     bars: int
     used: float
     trail: HookTrail | None = None  # the bars before the last one the hooks look back on (None: per-bar hooks)
+    widths: WidthTrail | None = None  # barrier widths of volatility-scaled barriers (None: fixed)
     lock: threading.Lock = field(default_factory=threading.Lock)
     broken: bool = False
 
@@ -98,9 +122,6 @@ class StreamRegistry:
             if len(self._streams) >= self.max_streams:
                 raise StreamsFull(f"{len(self._streams)} streams are open, the limit is {self.max_streams}: "
                                   "close one (DELETE /streams/{id}) or wait for idle ones to expire")
-        if policy.vol_scaled:
-            raise ConfigError("bar streams do not carry the volatility-scaled barrier widths of labels.scale: vol "
-                              "yet: ask POST /predict with the warm-up bars instead")
         tail = frame.iloc[-self.setup.warmup_bars:]
         scorer = BarScorer(self.setup.bundle)
         out = scorer.prime(tail)
@@ -108,13 +129,16 @@ class StreamRegistry:
         need = self.setup.min_bars
         trail = trail_of(self.setup.bundle, frame.iloc[-need:], self.setup.lookback) if need > len(tail) else None
         used = need
+        # the bars /predict computes the widths over (the opening answers as /predict does)
+        widths = WidthTrail(policy, frame.iloc[-need:], self.setup.lookback or 1) if policy.vol_scaled else None
         scored = scored_bar(scorer.rows[-1] if len(scorer.rows) else None, tail.index[-1],
                             float(last["close"].iloc[0]), out, used)
-        pred = decide_flat(self.setup, policy, scored, last, trail)
+        pred = decide_flat(self.setup, policy, scored, last, trail, None if widths is None else widths.widths)
         if trail is not None:
             trail.push(int(tail.index.asi8[-1]), last.to_numpy()[0], scored.p, policy.forecast_vol(scored.ewma_vol))
         stream = BarStream(id=secrets.token_hex(12), symbol=symbol, policy=policy, scorer=scorer,
-                           last_ns=int(tail.index.asi8[-1]), bars=used, used=self.clock(), trail=trail)
+                           last_ns=int(tail.index.asi8[-1]), bars=used, used=self.clock(), trail=trail,
+                           widths=widths)
         with self._lock:
             if len(self._streams) >= self.max_streams:  # filled while this one was priming
                 raise StreamsFull(f"{len(self._streams)} streams are open, the limit is {self.max_streams}")
@@ -155,6 +179,7 @@ class StreamRegistry:
             t = frame.index[0]
             try:
                 out = stream.scorer.update(t, o, h, lo, c, v)
+                widths = None if stream.widths is None else stream.widths.push(t, o, h, lo, c, v)
             except Exception:
                 stream.broken = True  # its state may be half-updated: never score with it again
                 self.close_quietly(sid)
@@ -162,7 +187,7 @@ class StreamRegistry:
             stream.last_ns, stream.bars, stream.used = t_ns, stream.bars + 1, self.clock()
             scored: Scored = scored_bar(stream.scorer.rows[-1], t, c, out, stream.bars)
             try:
-                return stream, decide_flat(self.setup, stream.policy, scored, frame, stream.trail)
+                return stream, decide_flat(self.setup, stream.policy, scored, frame, stream.trail, widths)
             finally:  # the scorer has taken the bar: the trail takes it too, even when a hook refused it
                 if stream.trail is not None:
                     stream.trail.push(t_ns, frame.to_numpy()[0], scored.p, stream.policy.forecast_vol(scored.ewma_vol))

@@ -48,7 +48,9 @@ def model_info(setup: ServeSetup) -> dict[str, Any]:
         "strategy": {"name": setup.strategy, "hook_lookback": setup.lookback,
                      "overridden_hooks": setup.overridden_hooks(), "refusal": setup.refusal},
         "labels": b.label_cfg.model_dump(mode="json"),
-        "policy": {**setup.policy.to_dict(), "barriers_from": setup.barriers, "risk_weight_cap": setup.risk.weight_cap},
+        "policy": {**setup.policy.to_dict(), "barriers_from": setup.barriers, "risk_weight_cap": setup.risk.weight_cap,
+                   # profit/stop are fractions of the price or multiples of the bar's width: say which
+                   "barrier_rule": setup.policy.describe_barriers()},
         "calibrator": (meta.get("calibrator") or {}).get("kind"),
         "network": {"spec": meta.get("model"), "parameters": meta.get("parameters"),
                     "receptive_field": meta.get("receptive_field")},

@@ -35,6 +35,7 @@ from core.errors import DataError, NtsError
 from core.policy import Policy, traded_labels
 from core.risk import RiskManager
 from models.features import memory_bars
+from models.labels import width_memory_bars
 from models.loading import as_bundle, with_run_calibration
 from strategies.base import POLICY_FIELDS, apply_overrides
 from strategies.hooks import hook_instance
@@ -84,11 +85,13 @@ def resolve_span(frame: pd.DataFrame, bundle: Any, start: Any = None, end: Any =
 def warmup_bars_for(bundle: Any, cfg: Config) -> int:
     """Bars of history every engine feeds before the first traded bar (the one warm-up):
     the bundle's :attr:`~models.bundle.ModelBundle.history_bars` (after which P no longer
-    depends on where the history starts), at least the risk manager's volatility window and
-    the volatility forecast's memory (without a bundle: the config's features)."""
+    depends on where the history starts), at least the risk manager's volatility window, the
+    volatility forecast's memory (without a bundle: the config's features) and, for
+    volatility-scaled barriers (the bundle's or the config's), the barrier width's memory."""
     features = bundle.feature_cfg if bundle is not None else cfg.features
+    labels = [lab for lab in (getattr(bundle, "label_cfg", None), cfg.labels) if lab is not None and lab.scale == "vol"]
     return max(bundle.history_bars if bundle is not None else 0, cfg.risk.vol_window_bars + 1,
-               memory_bars(features))
+               memory_bars(features), *(width_memory_bars(lab.vol_span) for lab in labels))
 
 
 @dataclass(frozen=True)

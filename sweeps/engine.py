@@ -64,7 +64,7 @@ import pandas as pd
 
 from core.config import Config, LabelConfig, RiskConfig
 from core.errors import ConfigError, DataError
-from core.policy import POLICY_VECTOR, Policy, breakeven_probability
+from core.policy import POLICY_VECTOR, Policy, breakeven_centers, breakeven_probability
 from core.risk import realised_daily_vol, risk_vector
 from core.simulator import KINDS, SimResult, as_signals, simulate
 from core.timeframes import bars_per_year
@@ -303,7 +303,7 @@ def hook_groups(data: SweepData, base: Policy, combos: pd.DataFrame, params: np.
     group's first row policy) over the fed bars. Returns the inputs carrying
     ``signal/weight/allowed[groups, bars]`` and the group index of every row."""
     fields = tuple(getattr(strategy_cls, "hook_policy_fields", HOOK_POLICY_FIELDS))
-    if base.per_bar_center:  # the default signal's centre follows each row's multiples and fee per bar
+    if per_bar_rows(base, combos).any():  # the default signal's centre follows each row's multiples and fee per bar
         fields = (*fields, "profit", "stop", "taker_fee")
     cols = [POLICY_VECTOR.index(f) for f in fields if f in POLICY_VECTOR]
     extra = [f for f in fields if f not in POLICY_VECTOR]  # not swept: the same in every row
@@ -334,18 +334,60 @@ def run_rows(inputs: KernelInputs, params: np.ndarray, chunk: int = DEFAULT_CHUN
 
 
 # ----------------------------------------------------------------------------- per-row context
+def per_bar_rows(base: Policy, combos: pd.DataFrame) -> np.ndarray:
+    """Rows whose centre is per bar: volatility-scaled barriers and ``center: breakeven``
+    (:attr:`core.policy.Policy.per_bar_center` of each row's policy), whatever the base centre."""
+    if not base.vol_scaled:
+        return np.zeros(len(combos), dtype=bool)
+    return (combos["center"].astype(object) == "breakeven").to_numpy(dtype=bool)
+
+
+@dataclass(frozen=True)
+class PerBarCenters:
+    """The break-even centres of the per-bar rows over the span's decision bars."""
+
+    median: np.ndarray   # per row: its median centre over the decision bars (NaN: not a per-bar row, or none)
+    lowest: np.ndarray   # per decision bar: the lowest centre of any per-bar row (NaN: none covers the fee)
+
+
+def per_bar_centers(data: SweepData, combos: pd.DataFrame, params: np.ndarray) -> PerBarCenters | None:
+    """:class:`PerBarCenters` of the grid (None when no row's centre is per bar): each distinct
+    (profit, stop, taker fee) of the per-bar rows through :func:`core.policy.breakeven_centers`
+    on the traded widths of the decision bars -- the centres the rows' signals use."""
+    rows = per_bar_rows(data.policy, combos)
+    if not rows.any():
+        return None
+    k = data.inputs
+    width = np.ascontiguousarray(k.width[k.start:k.last + 1], dtype=np.float64)
+    cols = [POLICY_VECTOR.index(f) for f in ("profit", "stop", "taker_fee")]
+    keys, group = np.unique(params[rows][:, cols], axis=0, return_inverse=True)
+    medians = np.full(len(keys), math.nan)
+    lowest = np.full(len(width), math.nan)
+    for j, (profit, stop, fee) in enumerate(keys):
+        c = breakeven_centers(width, float(profit), float(stop), float(fee))
+        if np.isfinite(c).any():
+            medians[j] = float(np.nanmedian(c))
+            lowest = np.fmin(lowest, c)
+    median = np.full(len(combos), math.nan)
+    median[np.flatnonzero(rows)] = medians[group.reshape(-1)]
+    return PerBarCenters(median=median, lowest=lowest)
+
+
 def label_base_rates(data: SweepData, combos: pd.DataFrame) -> np.ndarray:
     """Label base rate of each row's own barriers on the span: the share of labelled span bars
     whose triple barrier (the row's profit, stop, max hold as horizon, the traded tie rule; the
     labeller of :mod:`models.labels`) hits the take profit first. Computed once per distinct
-    barrier set."""
+    barrier set. Volatility-scaled rows label the trade the kernel simulates: their multiples
+    of the traded width (``sigma_t * sqrt(trained horizon)``, :attr:`KernelInputs.width`) with
+    ``max_hold`` bars as the time exit only (not ``sqrt(max_hold)`` in the width)."""
     span = data.frame.iloc[data.inputs.first:data.inputs.last + 1]
     out = np.empty(len(combos))
     keys = combos[["profit", "stop", "max_hold"]].apply(tuple, axis=1)
     for (profit, stop, hold), idx in keys.groupby(keys).groups.items():
         labels = row_labels(data.policy, float(profit), float(stop), int(hold))
-        if data.policy.vol_scaled:  # the widths of the fed bars (warm-up included), as traded
-            code = label_arrays(data.frame, labels, data.timeframe)[0][data.inputs.first:data.inputs.last + 1]
+        if data.policy.vol_scaled:  # the traded widths of the fed bars (warm-up included)
+            code = label_arrays(data.frame, labels, data.timeframe,
+                                width=data.inputs.width)[0][data.inputs.first:data.inputs.last + 1]
         else:
             code, _, _ = label_arrays(span, labels, data.timeframe)
         labelled = int((code > 0).sum())
@@ -356,7 +398,8 @@ def label_base_rates(data: SweepData, combos: pd.DataFrame) -> np.ndarray:
 def row_labels(policy: Policy, profit: float, stop: float, hold: int) -> LabelConfig:
     """The label event of a row's barriers (``max_hold`` as the horizon, the traded tie rule):
     fixed percentages, or -- for a volatility-scaled policy -- the multiples ``profit``/``stop``
-    of the same ``sigma_t * sqrt(horizon)`` the labeller uses (span ``vol_span``)."""
+    (span ``vol_span``); label those with the traded widths (``label_arrays(..., width=)``):
+    this config's own width would use ``sqrt(max_hold)``, the trade keeps the trained horizon's."""
     if policy.vol_scaled:
         return LabelConfig(scale="vol", vol_profit=profit, vol_stop=stop, vol_span=policy.vol_span, horizon=hold,
                            tie=policy.tie)
@@ -449,15 +492,34 @@ class SweepResult:
         out = []
         n, flat = len(self.table), self.flat_rows
         if flat:
-            k = self.data.inputs
-            p = k.prob[k.start:k.last + 1]
-            p_max = float(np.nanmax(p)) if np.isfinite(p).any() else math.nan
-            lowest = float(np.nanmin(self.table["center_used"]))
-            out.append(f"{flat:,} of {n:,} rows never traded: the highest P on the span is {p_max:.3f} and the lowest "
-                       f"centre swept is {lowest:.3f} (a row enters only where P is above its centre by enough to pass "
-                       f"its deadband after volatility scaling).")
+            out.append(self._flat_warning(flat))
         out += list(self.overfit.cautions)  # e.g. ties that raised the PBO (sweeps.overfit decides)
         return out
+
+    def _flat_warning(self, flat: int) -> str:
+        """Why rows may stay flat: the highest P against the lowest centre swept -- for rows
+        whose centre is per bar, the lowest per-bar centre and P's best margin over its own bar's."""
+        k = self.data.inputs
+        p = k.prob[k.start:k.last + 1]
+        p_max = float(np.nanmax(p)) if np.isfinite(p).any() else math.nan
+        text = f"{flat:,} of {len(self.table):,} rows never traded: the highest P on the span is {p_max:.3f}"
+        per_bar = per_bar_rows(self.data.policy, self.table)
+        if not per_bar.all():
+            lowest = float(np.nanmin(self.table["center_used"].to_numpy()[~per_bar]))
+            text += f" and the lowest centre swept is {lowest:.3f}"
+        centers = per_bar_centers(self.data, self.table, self.params)
+        if centers is not None and np.isfinite(centers.lowest).any():
+            margin = p - centers.lowest
+            best = float(np.nanmax(margin)) if np.isfinite(margin).any() else math.nan
+            text += (f"{'; for' if not per_bar.all() else ';'} the rows with a per-bar break-even centre "
+                     f"((stop_t + 2 fee) / (profit_t + stop_t) of each bar's volatility-scaled barriers) the lowest "
+                     f"centre on any bar is {float(np.nanmin(centers.lowest)):.3f}, and P minus the lowest centre "
+                     f"of its own bar is at most {best:+.3f}")
+        elif centers is not None:
+            text += ("; for the rows with a per-bar break-even centre no bar of the span has a profit width above "
+                     "the round-trip taker fee (no centre, no entry)")
+        return text + (" (a row enters only where P is above its centre by enough to pass its deadband after "
+                       "volatility scaling).")
 
     def row_policy(self, row: int) -> Policy:
         """The policy of sweep row ``row`` (checked against the row the kernel ran)."""
@@ -618,6 +680,9 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
     else:
         table["trained_barriers"] = False
     table["center_used"] = params[:, POLICY_VECTOR.index("center")]
+    centers = per_bar_centers(data, combos, params)
+    if centers is not None:  # a per-bar centre: its median over the decision bars (not the policy's one number)
+        table["center_used"] = np.where(per_bar_rows(data.policy, combos), centers.median, table["center_used"])
     names = row_names(combos, grid.swept)
     table.insert(0, "name", names)
     table.index.name = "row"

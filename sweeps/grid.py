@@ -56,6 +56,7 @@ from pydantic import (
 
 from core.config import REPO_ROOT, load_yaml_strict, parse_yaml_strict
 from core.errors import ConfigError
+from core.policy import MIN_MULTIPLE  # below: a fraction of the price written for fixed barriers
 
 DEFAULT_SWEEP = REPO_ROOT / "configs" / "sweep.yaml"
 MAX_ROWS = 1_000_000
@@ -106,9 +107,6 @@ class GridAxes(_Strict):
         if v is None or (isinstance(v, list) and not v):
             raise ValueError("empty axis")
         return v if isinstance(v, list) else [v]
-
-
-MIN_MULTIPLE = 0.05  # below: a fraction of the price written for fixed barriers, not a multiple
 
 
 def _multiple(v: float) -> float:

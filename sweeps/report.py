@@ -81,7 +81,10 @@ def barrier_rule_text(result: SweepResult) -> str:
     if p.vol_scaled:
         return (f"Barrier rule: volatility-scaled. The profit and stop axes are multiples of the decision bar's "
                 f"sigma_t*sqrt({p.barrier_horizon}) (EWMA vol of 1-bar log returns, span {p.vol_span}), not "
-                "percentages; breakeven_p is taken at the span's median width (the traded centre is per bar).")
+                f"percentages, whatever the row's max_hold (the time exit only); base_rate labels each row's "
+                f"multiples of that same width with max_hold as the horizon (the trade simulated); breakeven_p is "
+                "taken at the span's median width; with center 'breakeven' the traded centre is per bar and "
+                "center_used is its median over the span.")
     return "Barrier rule: fixed. The profit and stop axes are fractions of the entry price."
 
 

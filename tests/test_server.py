@@ -83,6 +83,7 @@ def test_health_ready_model(client, setup):
     assert info["warmup"]["request_bars"] == setup.warmup_bars
     assert info["features"]["names"][3] == "ewma_vol_fast" and info["hashes"]["weights_sha256"]
     assert info["labels"]["profit"] == 0.008 and info["policy"]["profit"] == 0.008
+    assert info["policy"]["barrier_rule"] == "fixed: take profit +0.800%, stop -0.400% of the entry price"
     text = json.dumps(info)
     assert "config" not in info and "/tmp" not in text and str(setup.bundle.path) not in text
     assert client.get("/docs").status_code == 200 and "/predict" in client.get("/openapi.json").json()["paths"]
@@ -102,6 +103,7 @@ def test_predict_answers_with_the_policy_numbers(client, setup, window):
     assert out["bars_used"] == setup.warmup_bars
     tp, sl = pol.barrier_prices(out["close"], out["target_weight"] >= 0)
     assert out["barriers"] == {"take_profit": pytest.approx(tp), "stop": pytest.approx(sl)}
+    assert out["barrier_width"] is None  # fixed barriers: no width, profit/stop are fractions
     # ISO timestamps give the same answer; overrides change the policy only
     iso = client.post("/predict", json={"bars": rows_of(window, iso=True)}).json()
     assert iso == out
@@ -249,6 +251,9 @@ def test_refusals_name_the_field_and_row(client, window, case):
     elif case == "policy":
         _refused(client, rows, "center", policy={"center": 1.5})
         _refused(client, rows, "profit", policy={"profit": -0.1})
+        # a multiple sent to a fixed-barrier model: one line saying the unit
+        _refused(client, rows, "policy.profit: 1.5 is a fraction of the price (this model's barriers are fixed)",
+                 policy={"profit": 1.5})
         _refused(client, rows, "policy", policy={"nope": 1})
 
 

@@ -1,6 +1,7 @@
 """nts serve with a strategy whose hooks look back (``hook_lookback`` > 1): /predict and the
 bar streams evaluate the hooks over the declared trailing bars (P and forecast included), so
-the answers equal the backtest's per-bar values bar for bar; too few bars and an undeclared
+the answers equal the backtest's per-bar values bar for bar -- with volatility-scaled barriers
+too (the barrier prices and the per-bar break-even centre); too few bars and an undeclared
 lookback are refused with one line naming the strategy."""
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.config import load_config
+from core.decision import A_ENTER
 from core.errors import ConfigError
 from core.synthetic import synthetic_ohlcv
 from models.bundle import load_bundle
+from models.labels import barrier_widths
 from server.app import create_app
 from server.auth import Auth
 from server.run import ServeOptions, build_app
@@ -59,6 +62,25 @@ class RecordingLookback(LookbackTCN):
             self.p.log.append({"time": self.data.datetime.datetime(0), "p": p, "s": s, "w": w, "allowed": allowed,
                                "vol": self.forecast_vol()})
         super().next()
+
+
+class RecordingVolLookback(RecordingLookback):
+    """RecordingLookback that also writes down each bar's barrier width and centre, and the take
+    profit and stop of every entry the decision step places."""
+
+    params = (("entries", None),)
+
+    def next(self):
+        if self._start_num is not None and self.data.datetime[0] >= self._start_num:
+            w = self.width()
+            centers = self.policy.centers(np.array([w]))
+            self.p.log.append({"width": w, "center": float(self.policy.center if centers is None else centers[0])})
+        super().next()
+
+    def apply_actions(self, a):
+        if a.mask & A_ENTER:
+            self.p.entries[pd.Timestamp(self.data.datetime.datetime(0), tz="UTC")] = (a.take_profit, a.stop)
+        super().apply_actions(a)
 
 
 class Undeclared(TCNStrategy):
@@ -128,6 +150,71 @@ def test_lookback_hooks_equal_the_backtest_bar_by_bar(fast_bundle):
         item = {"columns": columns_of(frame.iloc[first + 1 - need:first + 1])}
         batch = c.post("/predict/batch", json={"items": [item]})
         _same(batch.json()["results"][0], log[0])
+
+
+VOL_SETS = ["labels.scale=vol", "labels.vol_profit=2.0", "labels.vol_stop=0.5", "labels.vol_span=14",
+            "labels.horizon=6", "strategy.center=breakeven", "strategy.deadband=0"]
+
+
+@pytest.mark.timeout(300)
+def test_vol_barriers_stream_equals_the_backtest_bar_by_bar(fast_bundle):
+    """Volatility-scaled barriers and a per-bar break-even centre: every stream answer has the
+    backtest's P, signal, weight, and the barrier prices and centre of that bar's width; every
+    entry the backtest places has the stream's take profit and stop."""
+    bundle = load_bundle(fast_bundle)
+    warm = warmup_bars_for(bundle, load_config(None))
+    need = warm + LOOKBACK - 1
+    frame = synthetic_ohlcv(need + 70, seed=5, start="2024-06-01")
+    first = need + 5
+    s, e = frame.index[first], frame.index[first + 59]
+    # a taker fee that puts the break-even centre at the median width on the median P (some bars trade)
+    p_med = float(np.nanmedian(bundle.predict_proba(frame).loc[s:e]))
+    w_med = float(np.median(barrier_widths(frame, 6, 14)[first:first + 60]))
+    fee = round((p_med * 2.5 - 0.5) * w_med / 2.0, 8)
+    assert 0.0 < fee < w_med  # the profit width (2 x) covers the round trip
+    cfg = load_config(None, [*VOL_SETS, f"execution.taker_fee={fee!r}"])
+    log: list[dict] = []
+    entries: dict = {}
+    run_backtest(bundle, frame, cfg, strategy=RecordingVolLookback, start=s, end=e + pd.Timedelta("15min"),
+                 progress=False, barriers="config", strategy_kwargs={"log": log, "entries": entries})
+    recs = [{**log[k], **log[k + 1]} for k in range(0, len(log), 2)]  # width/centre, then the hooks' values
+    assert len(recs) == 60 and len(entries) >= 2
+    widths = np.array([r["width"] for r in recs])
+    assert widths.max() > 1.25 * widths.min()  # the barriers move with the volatility on these bars
+    setup = build_setup(cfg, fast_bundle, barriers="config", strategy=LookbackTCN)
+    assert setup.policy.per_bar_center
+    with TestClient(create_app(setup, Auth(None))) as c:
+        wait_ready(c)
+        rows = rows_of(frame)
+        opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first + 1 - need:first + 1])})
+        assert opened.status_code == 201, opened.text
+        sid, answers = opened.json()["stream_id"], [opened.json()]
+        for row in rows[first + 1:first + 60]:
+            r = c.post(f"/streams/{sid}/bars", json=row)
+            assert r.status_code == 200, r.text
+            answers.append(r.json())
+        for k, (rec, out) in enumerate(zip(recs, answers, strict=True)):
+            _same(out, rec)
+            close, w = float(frame["close"].iloc[first + k]), rec["width"]
+            # the centre of this bar's width (its P is compared against it), not one number
+            assert out["center"] == pytest.approx(rec["center"], rel=1e-9)
+            assert out["center"] == pytest.approx((0.5 * w + 2.0 * fee) / (2.5 * w), rel=1e-9)
+            long = out["target_weight"] >= 0.0
+            tp, sl = (close * (1 + 2.0 * w), close * (1 - 0.5 * w)) if long else (close * (1 - 2.0 * w),
+                                                                                close * (1 + 0.5 * w))
+            assert out["barriers"]["take_profit"] == pytest.approx(tp, rel=1e-12)
+            assert out["barriers"]["stop"] == pytest.approx(sl, rel=1e-12)
+            placed = entries.get(pd.Timestamp(out["bar_time"]))
+            if placed is not None:  # the backtest entered here: the stream says so, at the same prices
+                assert out["side"] is not None, out
+                assert out["barriers"]["take_profit"] == pytest.approx(placed[0], rel=1e-12)
+                assert out["barriers"]["stop"] == pytest.approx(placed[1], rel=1e-12)
+        assert sum(pd.Timestamp(a["bar_time"]) in entries for a in answers) == len(entries)
+        # /predict with the same bars answers as the stream
+        out = c.post("/predict", json={"bars": rows[first + 30 - need:first + 30]}).json()
+        for key in ("take_profit", "stop"):
+            assert out["barriers"][key] == pytest.approx(answers[29]["barriers"][key], rel=1e-12)
+        assert out["center"] == pytest.approx(answers[29]["center"], rel=1e-12)
 
 
 def test_too_few_bars_and_undeclared_lookbacks_refused(fast_bundle):

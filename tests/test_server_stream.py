@@ -203,3 +203,34 @@ def test_streams_off_with_several_workers(tiny_bundle, setup, candles, monkeypat
         wait_ready(c)
         r = c.post("/streams", json={"columns": columns_of(candles.iloc[:setup.warmup_bars])})
         assert r.status_code == 429 and "--workers 1" in r.json()["detail"]
+
+
+def test_vol_scaled_stream_answers_as_predict(tiny_bundle):
+    """labels.scale: vol with the default per-bar hooks: each bar's barrier prices and
+    break-even centre come from the width of the stream's own bars (the batch width over the
+    whole history, as the backtest reads it) and equal /predict's on the same bars."""
+    from models.labels import barrier_widths
+    from server.predict import predict_frame
+
+    cfg = load_config(None, ["labels.scale=vol", "labels.vol_profit=1.2", "labels.vol_stop=0.8", "labels.vol_span=14",
+                             "labels.horizon=6", "strategy.center=breakeven"])
+    vol = build_setup(cfg, tiny_bundle, barriers="config")
+    warm = vol.warmup_bars
+    frame = synthetic_ohlcv(warm + 30, seed=8, start="2024-05-01")
+    widths = barrier_widths(frame, 6, 14)  # from the frame's first bar: more history than the stream has
+    reg = StreamRegistry(vol)
+    stream, first = reg.open(frame.iloc[:warm], vol.policy, None)
+    answers = [first] + [reg.push(stream.id, _bar(frame, k))[1] for k in range(warm, len(frame))]
+    centers = []
+    for k, out in zip(range(warm - 1, len(frame)), answers, strict=True):
+        w, close = widths[k], float(frame["close"].iloc[k])
+        assert out.barriers.take_profit == pytest.approx(close * (1.0 + 1.2 * w), rel=1e-12)
+        assert out.barriers.stop == pytest.approx(close * (1.0 - 0.8 * w), rel=1e-12)
+        assert out.center == pytest.approx((0.8 * w + 2.0 * vol.policy.taker_fee) / (2.0 * w), rel=1e-9)
+        centers.append(out.center)
+        if k % 10 == 0:  # /predict on the last warm-up bars ending here: the same decision
+            same = predict_frame(vol, frame.iloc[k + 1 - warm:k + 1])
+            assert same.barriers.take_profit == pytest.approx(out.barriers.take_profit, rel=1e-12)
+            assert same.center == pytest.approx(out.center, rel=1e-12)
+            assert same.signal == pytest.approx(out.signal, abs=1e-8)
+    assert np.std(centers) > 0.01  # the centre really is per bar

@@ -354,6 +354,8 @@ def test_cli_writes_the_report_with_the_verdict(cli_report):
     out = cli_report
     printed = (out.parent / "stdout.txt").read_text()
     assert "verdict: " in printed and "#" in printed
+    # the rows' profit=/stop= values are named as what they are (fractions here, multiples for a vol model)
+    assert "\nBarrier rule: fixed. The profit and stop axes are fractions of the entry price.\n" in printed
     names = {p.name for p in out.iterdir()}
     assert {"results.csv", "report.html", "manifest.json", "walk_forward.csv", "vectorbt_stats.csv"} <= names
     table = pd.read_csv(out / "results.csv")

@@ -59,6 +59,27 @@ def test_barrier_width_is_causal_and_the_streaming_path_agrees():
     np.testing.assert_array_equal(dn, 1.0 - 0.8 * full)
 
 
+def test_the_one_warm_up_covers_the_barrier_widths_memory(fast_bundle):
+    """A long vol_span: the warm-up every engine feeds (a request, a stream's opening, a paper
+    restart) grows to the width's memory, so the width at a bar no longer depends on where the
+    bars begin; the model's warm-up alone would not do."""
+    from models.bundle import load_bundle
+    from models.labels import width_memory_bars
+    from strategies.backtest import warmup_bars_for
+
+    bundle = load_bundle(fast_bundle)
+    base = warmup_bars_for(bundle, load_config(None))
+    assert warmup_bars_for(bundle, load_config(None, VOL_SETS)) == base  # span 14: the model's warm-up is longer
+    warm = warmup_bars_for(bundle, load_config(None, [*VOL_SETS, "labels.vol_span=300"]))
+    assert warm == width_memory_bars(300) > base
+    frame = synthetic_ohlcv(warm + 600, seed=2)
+    full = barrier_widths(frame, 6, 300)
+    for end in (warm, warm + 600):
+        assert barrier_widths(frame.iloc[end - warm:end], 6, 300)[-1] == pytest.approx(full[end - 1], rel=1e-9)
+    short = barrier_widths(frame.iloc[len(frame) - base:], 6, 300)[-1]
+    assert abs(short / full[-1] - 1.0) > 1e-4  # one model warm-up of bars: the width still remembers its start
+
+
 def test_policy_of_a_vol_model_and_fixed_policies_unchanged():
     fixed = Policy.from_config(load_config(None, []))
     assert fixed == Policy.default() and not fixed.vol_scaled and fixed.barrier_scale == "fixed"
@@ -237,6 +258,118 @@ def test_sweep_rows_of_a_vol_policy_match_backtrader(tiny_bundle, tmp_path):
         assert _compare(result, row, bt) > 5
 
 
+def _walk_rate(frame, width, first, last, profit, stop, hold):
+    """Share of bars first..last whose long trade at the close with take profit close*(1 + profit*w)
+    and stop close*(1 - stop*w) reaches the take profit first within ``hold`` bars (ties to the
+    stop; bars without a full hold or a width are not counted): a plain walk, bar by bar."""
+    high, low, close = (frame[c].to_numpy() for c in ("high", "low", "close"))
+    wins = labelled = 0
+    for t in range(first, min(last, len(frame) - 1 - hold) + 1):
+        if not np.isfinite(width[t]):
+            continue
+        up, dn = close[t] * (1.0 + profit * width[t]), close[t] * (1.0 - stop * width[t])
+        labelled += 1
+        for h in range(1, hold + 1):
+            if low[t + h] <= dn:
+                break
+            if high[t + h] >= up:
+                wins += 1
+                break
+    return wins / labelled
+
+
+def test_sweep_base_rate_of_vol_rows_describes_the_traded_width():
+    """A row with max_hold 12 on a model trained with horizon 6 trades barriers at multiples of
+    sigma_t*sqrt(6) held up to 12 bars: its base rate labels exactly that trade (not the width
+    sqrt(12) that labels.horizon=12 would give)."""
+    from types import SimpleNamespace
+
+    from sweeps.engine import label_base_rates
+
+    frame = synthetic_ohlcv(1500, seed=3)
+    pol = Policy.from_config(load_config(None, VOL_SETS))
+    width = policy_widths(frame, pol)  # the traded width: sigma_t * sqrt(6)
+    data = SimpleNamespace(frame=frame, policy=pol, timeframe="15m",
+                           inputs=SimpleNamespace(first=100, last=1450, width=width))
+    combos = pd.DataFrame({"profit": [1.2, 1.2, 2.0], "stop": [0.8, 0.8, 0.5], "max_hold": [6, 12, 12]})
+    rates = label_base_rates(data, combos)
+    for k, (p, s, hold) in enumerate(combos.itertuples(index=False, name=None)):
+        assert rates[k] == _walk_rate(frame, width, 100, 1450, p, s, hold), k
+    # the width a horizon of 12 would give is another event (today's old base rate): told apart
+    wider = barrier_widths(frame, 12, 14)
+    assert abs(_walk_rate(frame, wider, 100, 1450, 1.2, 0.8, 12) - rates[1]) > 0.02
+
+
+def _per_bar_grid(base_center: str):
+    """A vol policy, its widths on 1,500 bars, and three rows: break-even centres of 1.2/0.8 and
+    2.4/1.6 (one fee-free ratio, other centres per bar) and a fixed centre 0.45."""
+    from sweeps.engine import axis_defaults, policy_rows
+
+    frame = synthetic_ohlcv(1500, seed=3)
+    pol = Policy.from_config(load_config(None, [*VOL_SETS, f"strategy.center={base_center}", "strategy.deadband=0"]))
+    width = policy_widths(frame, pol)
+    axes = axis_defaults(pol, center=base_center)
+    combos = pd.DataFrame([{**axes, "center": "breakeven", "profit": 1.2, "stop": 0.8},
+                           {**axes, "center": "breakeven", "profit": 2.4, "stop": 1.6},
+                           {**axes, "center": 0.45, "profit": 1.2, "stop": 0.8}])
+    return frame, pol, width, combos, policy_rows(pol, combos)
+
+
+def test_sweep_flat_warning_and_center_used_with_a_per_bar_centre():
+    """The flat-rows caution names the lowest per-bar break-even centre on the span (and P's
+    best margin over its own bar's), not the policy's one fee-free number; center_used of a
+    per-bar row is the median of its centres."""
+    from types import SimpleNamespace
+
+    from sweeps.engine import SweepResult, per_bar_centers
+
+    frame, pol, width, combos, params = _per_bar_grid("breakeven")
+    prob = np.full(len(frame), 0.42)
+    data = SimpleNamespace(frame=frame, policy=pol, timeframe="15m",
+                           inputs=SimpleNamespace(first=100, start=120, last=1450, width=width, prob=prob))
+    w = width[120:1451]
+    with np.errstate(invalid="ignore"):
+        c1 = np.where(1.2 * w > 0.002, (0.8 * w + 0.002) / (2.0 * w), np.nan)
+        c2 = np.where(2.4 * w > 0.002, (1.6 * w + 0.002) / (4.0 * w), np.nan)
+    low = np.fmin(c1, c2)
+    centers = per_bar_centers(data, combos, params)
+    np.testing.assert_allclose(centers.lowest, low, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(centers.median[:2], [np.nanmedian(c1), np.nanmedian(c2)], rtol=1e-12)
+    assert math.isnan(centers.median[2])  # a fixed centre is one number
+    table = combos.assign(trades=0, open_trades=0, center_used=[*centers.median[:2], 0.45])
+    result = SweepResult(grid=None, data=data, table=table, params=params, raw=None, moments=None, folds=None,
+                         overfit=SimpleNamespace(cautions=[]), walk_forward=None, names=[], buy_and_hold={})
+    (text,) = result.warnings()
+    assert text.startswith("3 of 3 rows never traded: the highest P on the span is 0.420 and the lowest centre "
+                           "swept is 0.450;"), text
+    assert f"the lowest centre on any bar is {np.nanmin(low):.3f}" in text
+    assert f"P minus the lowest centre of its own bar is at most {np.nanmax(0.42 - low):+.3f}" in text
+    assert np.nanmin(low) > 0.41  # above the fee-free 0.400 the policy's one number holds
+
+
+def test_sweep_hook_groups_follow_per_bar_centres_of_a_numeric_base():
+    """A base centre of 0.5 and rows with center 'breakeven': rows whose multiples share the fee-free
+    ratio still get their own per-bar centres (their own hook group and signal)."""
+    from types import SimpleNamespace
+
+    from strategies.hooks import hook_instance
+    from strategies.tcn import TCNStrategy
+    from sweeps.engine import hook_groups, row_policy
+
+    frame, pol, width, combos, params = _per_bar_grid("0.5")
+    assert not pol.per_bar_center
+    prob = np.random.default_rng(1).uniform(0.3, 0.7, len(frame))
+    fvol = np.full(len(frame), 0.5)
+    inputs = SimpleNamespace(prob=prob, fvol=fvol, width=width,
+                             with_hooks=lambda s, w, a: SimpleNamespace(signal=s, weight=w, allowed=a))
+    got, group = hook_groups(SimpleNamespace(frame=frame, inputs=inputs), pol, combos, params)
+    assert len(set(group.tolist())) == 3
+    for r in range(3):
+        want = evaluate_hooks(hook_instance(TCNStrategy, row_policy(pol, combos.iloc[r].to_dict())), frame, prob,
+                              fvol, width).signal
+        np.testing.assert_array_equal(got.signal[int(group[r])], want)
+
+
 @pytest.mark.timeout(240)
 def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle):
     from models.bundle import load_bundle
@@ -260,7 +393,8 @@ def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle
 
 
 def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
-    from server.predict import predict_frame
+    from server.predict import PolicyOverrides, predict_frame
+    from server.views import model_info
     from server.setup import build_setup
 
     cfg = load_config(None, [*VOL_SETS, "strategy.center=breakeven"])
@@ -275,3 +409,13 @@ def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
         assert pred.barriers.stop == pytest.approx(close * (1.0 - 0.8 * w), rel=1e-12)
         # the break-even centre of this bar's widths, not a fixed number
         assert pred.center == pytest.approx((0.8 * w + 0.002) / (2.0 * w), rel=1e-9)
+        assert pred.barrier_width == pytest.approx(w, rel=1e-12)  # the answer names the width
+    # profit/stop overrides are multiples of the width, as the policy's; a fraction is refused in one line
+    window = frame.iloc[-setup.min_bars:]
+    wider = predict_frame(setup, window, PolicyOverrides(profit=2.5, stop=1.5))
+    assert wider.barriers.take_profit == pytest.approx(close * (1.0 + 2.5 * w), rel=1e-12)
+    assert wider.barriers.stop == pytest.approx(close * (1.0 - 1.5 * w), rel=1e-12)
+    with pytest.raises(ConfigError, match=r"^policy\.profit: 0\.008 is read as a multiple of the bar's "
+                                          r"sigma_t\*sqrt\(6\) .* not a fraction of the price$"):
+        predict_frame(setup, window, PolicyOverrides(profit=0.008))
+    assert model_info(setup)["policy"]["barrier_rule"].startswith("volatility-scaled: take profit +1.2 x, stop -0.8 x")
