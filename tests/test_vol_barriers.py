@@ -370,6 +370,36 @@ def test_sweep_hook_groups_follow_per_bar_centres_of_a_numeric_base():
         np.testing.assert_array_equal(got.signal[int(group[r])], want)
 
 
+def test_sweep_per_bar_row_and_a_numeric_centre_equal_to_its_ratio_keep_their_own_signals():
+    """center 'breakeven' at 1.2/0.8 stores the fee-free ratio 0.4 in its policy row; a row with
+    the number 0.4 and the same multiples must still get its own signal (a shared hook group gave
+    the break-even row the 0.4 row's trades)."""
+    from types import SimpleNamespace
+
+    from strategies.hooks import hook_instance
+    from strategies.tcn import TCNStrategy
+    from sweeps.engine import axis_defaults, hook_groups, policy_rows, row_policy
+
+    frame = synthetic_ohlcv(1500, seed=3)
+    pol = Policy.from_config(load_config(None, [*VOL_SETS, "strategy.center=0.5", "strategy.deadband=0"]))
+    width = policy_widths(frame, pol)
+    axes = axis_defaults(pol, center="0.5")
+    combos = pd.DataFrame([{**axes, "center": 0.4, "profit": 1.2, "stop": 0.8},
+                           {**axes, "center": "breakeven", "profit": 1.2, "stop": 0.8}])
+    params = policy_rows(pol, combos)
+    np.testing.assert_array_equal(params[0], params[1])  # the collision the key must resolve
+    prob = np.random.default_rng(2).uniform(0.3, 0.7, len(frame))
+    inputs = SimpleNamespace(prob=prob, fvol=np.full(len(frame), 0.5), width=width,
+                             with_hooks=lambda s, w, a: SimpleNamespace(signal=s, weight=w, allowed=a))
+    got, group = hook_groups(SimpleNamespace(frame=frame, inputs=inputs), pol, combos, params)
+    assert group[0] != group[1]
+    for r in range(2):
+        want = evaluate_hooks(hook_instance(TCNStrategy, row_policy(pol, combos.iloc[r].to_dict())), frame, prob,
+                              inputs.fvol, width).signal
+        np.testing.assert_array_equal(got.signal[int(group[r])], want)
+    assert not np.array_equal(got.signal[int(group[0])], got.signal[int(group[1])])
+
+
 @pytest.mark.timeout(240)
 def test_paper_session_trades_vol_barriers_as_the_backtest(tmp_path, fast_bundle):
     from models.bundle import load_bundle
