@@ -46,6 +46,9 @@ from models.calibration import Calibrator, sigmoid
 from models.labels import label_arrays
 
 MIN_PER_CLASS = 10
+# Part of the probability cache's identity of rolling P: bump it whenever fit_platt's numbers change
+# (1: damped Newton; the undamped fit diverged on narrow, inverted logit ranges)
+ROLLING_FIT = "platt-damped-newton-1"
 _RIDGE = 1e-6
 
 
@@ -167,7 +170,8 @@ class RollingCalibrated:
         train = (bundle.meta.get("spans") or {}).get("train")
         self._fitted_until = int(pd.Timestamp(train[1]).as_unit("ns").value) if train else None
         # a different calibrator entry: the probability cache never mixes static and rolling P
-        self.meta = {**bundle.meta, "calibrator": {"kind": "rolling-platt", "params": ccfg.model_dump(mode="json"),
+        self.meta = {**bundle.meta, "calibrator": {"kind": "rolling-platt", "fit": ROLLING_FIT,
+                                                   "params": ccfg.model_dump(mode="json"),
                                                    "fallback": bundle.meta.get("calibrator")}}
 
     def __getattr__(self, name: str):

@@ -32,7 +32,7 @@ from core.errors import BundleError
 from core.files import OutputKind
 from models.bundle import load_bundle
 from models.ensemble import EnsembleModel, is_ensemble
-from models.recalibration import calibration_config_of, with_calibration
+from models.recalibration import ROLLING_FIT, calibration_config_of, with_calibration
 
 SCHEDULE_FILE = "schedule.json"
 OUTPUT_KIND = OutputKind("schedule", files=(SCHEDULE_FILE,), signature='"schedule_format"')
@@ -96,7 +96,8 @@ class ModelSchedule:
                      "window": self.window, "timeframe": self.timeframe, "folds": self.folds,
                      # the probability cache's identity: every fold's weights, calibrator and span
                      "weights_sha256": hashlib.sha256(blob).hexdigest(), "normaliser": None,
-                     "calibrator": {"kind": "schedule", **self.ccfg.model_dump(mode="json")}}
+                     "calibrator": {"kind": "schedule", **self.ccfg.model_dump(mode="json"),
+                                    **({"fit": ROLLING_FIT} if self.ccfg.mode == "rolling" else {})}}
 
     # ----------------------------------------------------------------- bundles
     def bundle(self, k: int):

@@ -211,3 +211,19 @@ def test_run_config_rolling_is_refused_for_a_sequence_bundle():
     with pytest.raises(ConfigError, match="calibration.mode=rolling: not available for a model.context=sequence"):
         with_run_calibration(seq, CCFG)
     assert with_run_calibration(seq, CalibrationConfig()) is seq  # static: the model as trained
+
+
+def test_the_probability_cache_key_of_rolling_p_names_the_fit(fast_bundle, monkeypatch):
+    """Rolling P cached before a change of fit_platt must miss: the fit's version is part of the
+    cache identity (static P keeps its key)."""
+    import models.recalibration as rc
+    from models.bundle import load_bundle
+    from models.prob_cache import bundle_identity
+
+    fast_bundle = load_bundle(fast_bundle)
+    ccfg = CalibrationConfig(mode="rolling", window_bars=600, refit_bars=24, min_samples=100)
+    static_key = bundle_identity(fast_bundle)
+    key = bundle_identity(RollingCalibrated(fast_bundle, ccfg))
+    monkeypatch.setattr(rc, "ROLLING_FIT", "another-fit")
+    assert bundle_identity(RollingCalibrated(fast_bundle, ccfg)) != key
+    assert bundle_identity(fast_bundle) == static_key != key
