@@ -166,8 +166,9 @@ class Prediction(BaseModel):
         "volatility-scaled barriers: the scored bar's width sigma_t*sqrt(horizon), of which the policy's profit "
         "and stop are multiples (take profit = close*(1 +/- profit*width)); null: fixed barriers (profit and stop "
         "are fractions of the price) or no width yet (no entry)"))
-    center: float = Field(description="P with zero edge on this bar (per bar with a break-even centre of "
-                                      "volatility-scaled barriers)")
+    center: float | None = Field(description="P with zero edge on this bar (per bar with a break-even centre of "
+                                             "volatility-scaled barriers; null where this bar's profit width does not "
+                                             "cover the round-trip fee: no signal, no entry)")
     bars_used: int
     entry_allowed: bool = Field(True, description="the strategy's entry_allowed hook on this bar (False: no entry)")
 
@@ -334,7 +335,9 @@ def decide_flat(setup: ServeSetup, policy: Any, scored: Scored, bar: pd.DataFram
     tp, sl = policy.barrier_prices(scored.close, w >= 0.0, width)
     enter = allowed and w != 0.0 and policy.usable_width(width)
     centers = policy.centers(np.array([width])) if widths is not None else None
-    center = float(policy.center) if centers is None or not math.isfinite(centers[0]) else float(centers[0])
+    # a bar whose widths have no break-even (profit width within the round-trip fee) has no centre:
+    # null, never the policy's fee-free ratio, which this bar's decision did not use
+    center = float(policy.center) if centers is None else (float(centers[0]) if math.isfinite(centers[0]) else None)
     t = scored.time
     return Prediction(
         model_id=setup.model_id, bar_time=t.strftime("%Y-%m-%dT%H:%M:%SZ"), bar_time_ms=int(t.value // 1_000_000),

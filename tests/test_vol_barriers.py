@@ -449,3 +449,9 @@ def test_predict_places_the_vol_barriers_of_the_scored_bar(tiny_bundle):
                                           r"sigma_t\*sqrt\(6\) .* not a fraction of the price$"):
         predict_frame(setup, window, PolicyOverrides(profit=0.008))
     assert model_info(setup)["policy"]["barrier_rule"].startswith("volatility-scaled: take profit +1.2 x, stop -0.8 x")
+    # a fee the bar's profit width cannot cover: no centre (null), no signal, no side
+    costly = build_setup(load_config(None, [*VOL_SETS, "strategy.center=breakeven", "execution.taker_fee=0.05"]),
+                         tiny_bundle, barriers="config")
+    pred = predict_frame(costly, window)
+    assert 1.2 * pred.barrier_width < 0.1
+    assert pred.center is None and pred.signal == 0.0 and pred.side is None
