@@ -6,7 +6,7 @@ import json
 import click
 
 from cli.common import bundle_inputs, config_options, overwrite_option, setup_logging
-from core.config import CalibrationConfig, Config
+from core.config import Config
 
 REPORT_FILES = ("report.json", "report.md")
 
@@ -24,20 +24,21 @@ def evaluate(cfg: Config, model_path: str, data_paths: tuple[str, ...], output: 
     """Score every fold's own out-of-sample bars and report AUC, log loss, Brier and ECE per
     symbol, fold and month for five calibrators (static, rolling Platt, online Platt OPS,
     calibeaten TOPS and HOPS) beside the logistic baseline, and the barrier trade's mean return
-    per P bin net of a round trip of execution.taker_fee. Rolling Platt uses the model's own
-    calibration.* settings unless the run config changes them (--set calibration.window_bars=...)."""
+    per P bin net of a round trip of execution.taker_fee. Rolling Platt uses the run config's
+    calibration.* window, refit and minimum (a note says when the model was trained with others)."""
     from core.files import OutputKind, check_output_dir, output_dir
-    from models.schedule_report import evaluate as evaluate_model, to_markdown
+    from models.schedule_report import evaluate as evaluate_model, model_calibration, to_markdown
 
     log = setup_logging("evaluate")
     kind = OutputKind("evaluation", files=REPORT_FILES, signature='"outcome_by_p"')
     inputs = [*bundle_inputs(model_path), *data_paths]
     check_output_dir(output, kind, inputs=inputs, overwrite=overwrite)  # refuse before the work
-    # the config cannot tell a default from a chosen value: settings equal to the defaults mean "the model's own"
-    # (calibration.mode does not matter here: the report computes every calibrator)
-    chosen = cfg.calibration.model_dump(exclude={"mode"}) != CalibrationConfig().model_dump(exclude={"mode"})
-    ccfg = cfg.calibration if chosen else None
-    rep = evaluate_model(model_path, list(data_paths), ccfg, round_trip_cost=2.0 * cfg.execution.taker_fee)
+    own = model_calibration(model_path).model_dump(exclude={"mode"})
+    run = cfg.calibration.model_dump(exclude={"mode"})
+    if own != run:
+        click.echo(f"note: {model_path} was trained with calibration {own}; the rolling column uses the run "
+                   f"config's {run} (--set calibration.window_bars=... to change it)")
+    rep = evaluate_model(model_path, list(data_paths), cfg.calibration, round_trip_cost=2.0 * cfg.execution.taker_fee)
     text = to_markdown(rep)
     with output_dir(output, kind, inputs=inputs, overwrite=overwrite) as tmp:
         (tmp / "report.json").write_text(json.dumps(rep, indent=2, allow_nan=True, default=float), encoding="utf-8")

@@ -181,6 +181,11 @@ def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None =
             "round_trip_cost": round_trip_cost, "outcome_by_p": outcomes}
 
 
+def model_calibration(path: str | Path) -> CalibrationConfig:
+    """The ``calibration`` settings the schedule, bundle or ensemble at ``path`` was trained with."""
+    return CalibrationConfig.model_validate((_meta(Path(path)).get("config") or {}).get("calibration", {}))
+
+
 def _meta(path: Path) -> dict:
     """schedule.json, bundle.json or ensemble.json of ``path`` (timeframe, config, label scale)."""
     if is_schedule(path):

@@ -88,7 +88,10 @@ def test_report_cli_refuses_a_folder_that_is_no_model_in_one_line(sched, tmp_pat
     res = CliRunner().invoke(cli, ["evaluate", "--model", str(sched[0]), "--data", str(data),
                                    "--output", str(tmp_path / "ok"), "--set", "execution.taker_fee=0.0005"])
     assert res.exit_code == 0, res.output
+    # the schedule was trained with a 300-bar window; the run config's 2,880 is used and said so
+    assert res.output.startswith("note: ") and "'window_bars': 300" in res.output.splitlines()[0]
     rep = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert rep["calibration"]["window_bars"] == 2880
     assert rep["online"]["gamma"] == 0.1 and (tmp_path / "ok" / "report.md").read_text().startswith("Schedule")
     assert rep["round_trip_cost"] == pytest.approx(0.001)
     # every scored bar is in exactly one P bin; net = gross - round trip
