@@ -170,7 +170,12 @@ class Span(NamedTuple):
 
 
 class Outputs(NamedTuple):
-    """Caller-allocated output buffers (:func:`allocate_buffers`)."""
+    """Caller-allocated output buffers (:func:`allocate_buffers`), written in place by
+    :func:`simulate_kernel`: ``fills`` (rows of :data:`FILL_FIELDS`; more fills than rows are
+    counted, flagged in ``stats`` and not stored), ``equity`` (per bar: equity, cash, position
+    after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats`` (:data:`STAT_FIELDS`),
+    ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh one from
+    :func:`core.risk.new_risk_state`)."""
 
     fills: np.ndarray       # [rows, FILL_FIELDS]
     equity: np.ndarray      # [bars, EQUITY_FIELDS]
@@ -852,6 +857,33 @@ def _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width):
     return False
 
 
+@kernel(inline=True)
+def _reset_stats(stats):
+    """Zero the run's counters; the P maximum starts unknown (NaN) until a bar has a P."""
+    for k in range(stats.shape[0]):
+        stats[k] = 0.0
+    stats[S_PMAX] = np.nan
+
+
+@kernel(inline=True)
+def _record_equity(equity, i, bk):
+    """Equity row ``i``: the book's value, cash and position after the bar."""
+    equity[i, 0] = bk[B_VALUE]
+    equity[i, 1] = bk[B_CASH]
+    equity[i, 2] = bk[B_POS]
+
+
+@kernel(inline=True)
+def _run_counts(stats, fills, trips, nf, n_bars, nt):
+    """The run's ``(fills stored, bars processed, trips stored)``; fills or trips beyond their
+    buffer are flagged in ``stats`` (they were counted, not stored)."""
+    if nf > fills.shape[0]:
+        stats[S_FILL_OVF] = 1.0
+    if nt > trips.shape[0]:
+        stats[S_TRIP_OVF] = 1.0
+    return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
+
+
 # ----------------------------------------------------------------------------- the kernel
 @kernel
 def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
@@ -862,12 +894,8 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
     the bars' length), None for fixed barriers (1.0 on every bar).
 
     ``bars`` (:class:`Bars`), ``sig`` (:class:`Signals`: the hooks' P, s, w, allowed per bar),
-    ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`).
-    Outputs written in place (:class:`Outputs`): ``fills`` (rows of :data:`FILL_FIELDS`; more
-    fills than rows are counted, flagged in ``stats`` and not stored), ``equity`` (per bar:
-    equity, cash, position after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats``
-    (:data:`STAT_FIELDS`), ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh
-    one from :func:`core.risk.new_risk_state`).
+    ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`);
+    ``out``: the buffers written in place (:class:`Outputs`).
     """
     # Every array the per-bar loop reads is taken out of its record once, here: reading it
     # through a record on every bar costs reference counting per access.
@@ -877,9 +905,7 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
     n = close.shape[0]
     b = new_book(span.cash)
     oi, of, qd, qn, bk, si = b.oi, b.of, b.qd, b.qn, b.bk, b.si
-    for k in range(stats.shape[0]):
-        stats[k] = 0.0
-    stats[S_PMAX] = np.nan
+    _reset_stats(stats)
     start, end, kill_bar = span.start, span.end, span.kill_bar
     cap = weight_cap(rsk[R_MAX_POSITION], rsk[R_MAX_LEVERAGE])
     max_dd, daily, max_vol, max_lev = rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS], rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE]
@@ -920,17 +946,11 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
                 count_decision(stats, p, signal[i], 0.0)  # an entry decision for no position: counted only
             else:
                 stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width)
-        equity[i, 0] = bk[B_VALUE]
-        equity[i, 1] = bk[B_CASH]
-        equity[i, 2] = bk[B_POS]
+        _record_equity(equity, i, bk)
         if stop_run:
             n_bars = i + 1
             break
-    if nf > fills.shape[0]:
-        stats[S_FILL_OVF] = 1.0
-    if nt > trips.shape[0]:
-        stats[S_TRIP_OVF] = 1.0
-    return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
+    return _run_counts(stats, fills, trips, nf, n_bars, nt)
 
 
 # ----------------------------------------------------------------------------- Python side
