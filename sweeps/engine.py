@@ -66,7 +66,7 @@ from core.config import Config, LabelConfig, RiskConfig
 from core.errors import ConfigError, DataError
 from core.policy import POLICY_VECTOR, Policy, breakeven_centers, breakeven_probability
 from core.risk import realised_daily_vol, risk_vector
-from core.simulator import KINDS, SimResult, as_signals, simulate
+from core.simulator import KINDS, RunOptions, SimResult, as_signals, simulate
 from core.timeframes import bars_per_year
 from models.features import compute_features
 from models.labels import label_arrays, policy_widths
@@ -545,8 +545,8 @@ def simulate_row(data: SweepData, policy: Policy, strategy_cls: type = TCNStrate
     ``strategy_cls``'s hooks."""
     k = data.inputs
     h = evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol, k.width)
-    return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash, start=k.start, end=k.last,
-                    coc=k.coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed), width=k.width)
+    return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash,
+                    RunOptions(start=k.start, end=k.last, coc=k.coc), signals=as_signals(h.prob, h.signal, h.weight, h.allowed), width=k.width)
 
 
 def metrics_table(raw: np.ndarray, data: SweepData, moments: np.ndarray | None = None) -> pd.DataFrame:
