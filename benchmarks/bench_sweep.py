@@ -58,7 +58,7 @@ t0 = time.perf_counter()
 import numpy as np
 from core.config import RiskConfig
 from core.policy import Policy
-from core.simulator import simulate
+from core.simulator import RunOptions, simulate
 from core.synthetic import synthetic_ohlcv
 from sweeps.kernel import KernelInputs, run_chunk
 from core.risk import risk_vector
@@ -67,7 +67,7 @@ f = synthetic_ohlcv(400, seed=1, vol=0.003)
 n = len(f)
 p = np.random.default_rng(0).uniform(0.3, 1.0, n)
 pol = Policy.default()
-simulate(pol, RiskConfig(), f, p, np.full(n, 0.5), np.full(n, 0.01), 10000.0, start=10)
+simulate(pol, RiskConfig(), f, p, np.full(n, 0.5), np.full(n, 0.01), 10000.0, RunOptions(start=10))
 arr = {c: np.ascontiguousarray(f[c].to_numpy()) for c in ("open", "high", "low", "close")}
 k = KernelInputs(f.index.asi8.copy(), arr["open"], arr["high"], arr["low"], arr["close"], p, np.full(n, 0.5),
                  np.full(n, 0.01), 10, 10, n - 1, 10000.0, False, risk_vector(RiskConfig()),

@@ -379,6 +379,22 @@ class BarSource:
         bars, dups, bad = parse_rows(rows, self.tf_ms)
         self.stats.repeats_dropped += dups
         self.stats.bad_candles += bad
+        fresh = self._after_last(bars)
+        closed = closed_prefix(fresh, now, self.tf_ms)
+        if len(closed) < len(fresh):
+            self.stats.open_skipped += 1
+        self._queue_closed(closed)
+        if closed:
+            if self._stale:
+                self._stale = False
+                self._event("feed_recovered", f"bars flowing again from {iso(closed[0].ms)}")
+            if len(rows) >= self.policy.page:
+                return 0.0  # a full page: more are waiting (backfill after a pause), ask at once
+        return self._next_wait(now, bool(closed))
+
+    def _after_last(self, bars: list) -> list:
+        """The parsed candles after the last delivered bar. The delivered bar itself is dropped
+        (a revision of it is reported once, never applied); older ones count as repeats."""
         fresh = []
         for k, b in enumerate(bars):
             if b.ms == self.last_ms:
@@ -396,9 +412,10 @@ class BarSource:
                 self.stats.repeats_dropped += 1
                 continue
             fresh.append(b)
-        closed = closed_prefix(fresh, now, self.tf_ms)
-        if len(closed) < len(fresh):
-            self.stats.open_skipped += 1
+        return fresh
+
+    def _queue_closed(self, closed: list) -> None:
+        """Queue the closed bars in order, counting (and logging) the gap before each."""
         for b in closed:
             missing = (b.ms - self.last_ms) // self.tf_ms - 1
             if missing > 0:
@@ -410,16 +427,14 @@ class BarSource:
             self.last_ms = b.ms
             self._last_values = (b.open, b.high, b.low, b.close, b.volume)
             self._revised = False
-        if closed:
-            if self._stale:
-                self._stale = False
-                self._event("feed_recovered", f"bars flowing again from {iso(closed[0].ms)}")
-            if len(rows) >= self.policy.page:
-                return 0.0  # a full page: more are waiting (backfill after a pause), ask at once
-        # sleep until the next bar can be proven closed (its successor opens), plus settle time
+
+    def _next_wait(self, now: int, got_bars: bool) -> float:
+        """Wall seconds until the next bar can be proven closed (its successor opens) plus the
+        settle time, within the policy's bounds; reports the feed stale once when no bar came
+        for ``stale_after_bars`` bars although the exchange clock moved on."""
         next_close = self.last_ms + 2 * self.tf_ms
         late_ms = now - next_close
-        if not closed and late_ms > self.policy.stale_after_bars * self.tf_ms and not self._stale:
+        if not got_bars and late_ms > self.policy.stale_after_bars * self.tf_ms and not self._stale:
             self._stale = True
             self.stats.stale_reports += 1
             self._event("feed_stale", f"no closed bar after {iso(self.last_ms)} although the exchange clock "

@@ -193,33 +193,19 @@ def _closed_bars(frame: pd.DataFrame, tf_ms: int, now_ms: int, result: DownloadR
     return frame
 
 
-def download_ohlcv(
-    exchange: ccxt.Exchange,
-    symbol: str,
-    timeframe: str,
-    start: Any,
-    end: Any,
-    output: str | Path,
-    progress: bool = True,
-    *,
-    limit: int = 1000,
-    retries: int = 5,
-    backoff_s: float = 1.0,
-    overwrite: bool = False,
-) -> DownloadResult:
-    """Download closed ``symbol`` ``timeframe`` bars with open time in ``[start, end)`` into
-    ``output`` (CSV, epoch-ms ``timestamp``), resuming an existing file (see module doc).
+@dataclass(frozen=True)
+class FetchOptions:
+    """How :func:`download_ohlcv` talks to the exchange: bars per ``fetch_ohlcv`` page, and
+    the retries and first backoff of :func:`brokers.exchange.with_retries` per request."""
 
-    Pages of ``limit`` bars are requested with ``fetch_ohlcv(since, limit, until=end-1)``;
-    each request goes through :func:`brokers.exchange.with_retries`. Raises DataError for bad
-    data or a disagreeing resume, ConfigError for an unknown symbol/timeframe or an empty
-    span, ExchangeRequestError when the exchange refuses a request, RetriesExhausted when it
-    keeps failing, OutputError for an existing ``output`` that nts did not write (unless
-    ``overwrite``: then it is replaced by a fresh download). On any error the output file is
-    left as it was (absent or unchanged).
-    """
-    output = check_csv_output(output)
-    tf_ms = timeframe_seconds(timeframe) * 1000
+    limit: int = 1000
+    retries: int = 5
+    backoff_s: float = 1.0
+
+
+def _grid_span(start: Any, end: Any, tf_ms: int) -> tuple[int, int]:
+    """``[start, end)`` in epoch ms, the start moved up to the timeframe's grid; ConfigError
+    for a missing bound or an empty span."""
     t_start, t_end = parse_span(start, end)
     if t_start is None or t_end is None:
         raise ConfigError("download needs both a start and an end")
@@ -227,21 +213,65 @@ def download_ohlcv(
     start_ms = -(-start_ms // tf_ms) * tf_ms  # first grid point at or after start
     if start_ms >= end_ms:
         raise ConfigError(f"empty span: start {_ts(start_ms)} is not before end {_ts(end_ms)}")
-    check_output_file(output, overwrite=overwrite, is_own=is_nts_candle_csv, what="candle CSV")
-    own = output.exists() and is_nts_candle_csv(output)
-    source = f"{exchange.id} {symbol} {timeframe}"
-    result = DownloadResult(output=output, exchange=exchange.id, symbol=symbol, timeframe=timeframe,
-                            requested_start=_ts(start_ms), requested_end=_ts(end_ms))
+    return start_ms, end_ms
+
+
+def _retrier(exchange: ccxt.Exchange, source: str, fetch: FetchOptions, result: DownloadResult) -> Callable:
+    """``retry(fn, what)``: ``fn()`` through :func:`brokers.exchange.with_retries`, counting
+    retries in ``result``; a refusal that repeating cannot help is one ExchangeRequestError."""
 
     def count_retry(attempt: int, exc: BaseException, delay: float) -> None:
         result.retries += 1
 
     def retry(fn: Callable, what: str):
         try:
-            return with_retries(fn, retries=retries, backoff_s=backoff_s, exchange=exchange,
+            return with_retries(fn, retries=fetch.retries, backoff_s=fetch.backoff_s, exchange=exchange,
                                 what=f"{source}: {what}", on_retry=count_retry)
         except ccxt.BaseError as exc:  # not transient: repeating cannot help
             raise ExchangeRequestError(f"{source}: {what} refused: {_first_line(exc)}") from exc
+
+    return retry
+
+
+def _pager(exchange: ccxt.Exchange, symbol: str, timeframe: str, limit: int, retry: Callable,
+           result: DownloadResult) -> Callable[[int, int], list[list]]:
+    """``page(since, until)``: one ``fetch_ohlcv`` page of at most ``limit`` bars opening before
+    ``until``, counted in ``result``."""
+
+    def page(since: int, until: int) -> list[list]:
+        batch = retry(lambda: exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=limit,
+                                                   params={"until": until - 1}),
+                      f"fetch_ohlcv since {_ts(since)}")
+        result.requests += 1
+        result.rows_fetched += len(batch or [])
+        return batch
+
+    return page
+
+
+def download_ohlcv(exchange: ccxt.Exchange, symbol: str, timeframe: str, start: Any, end: Any, output: str | Path,
+                   progress: bool = True, *, fetch: FetchOptions = FetchOptions(),
+                   overwrite: bool = False) -> DownloadResult:
+    """Download closed ``symbol`` ``timeframe`` bars with open time in ``[start, end)`` into
+    ``output`` (CSV, epoch-ms ``timestamp``), resuming an existing file (see module doc).
+
+    Pages of ``fetch.limit`` bars are requested with ``fetch_ohlcv(since, limit, until=end-1)``;
+    each request goes through :func:`brokers.exchange.with_retries` (``fetch.retries``,
+    ``fetch.backoff_s``). Raises DataError for bad data or a disagreeing resume, ConfigError
+    for an unknown symbol/timeframe or an empty span, ExchangeRequestError when the exchange
+    refuses a request, RetriesExhausted when it keeps failing, OutputError for an existing
+    ``output`` that nts did not write (unless ``overwrite``: then it is replaced by a fresh
+    download). On any error the output file is left as it was (absent or unchanged).
+    """
+    output = check_csv_output(output)
+    tf_ms = timeframe_seconds(timeframe) * 1000
+    start_ms, end_ms = _grid_span(start, end, tf_ms)
+    check_output_file(output, overwrite=overwrite, is_own=is_nts_candle_csv, what="candle CSV")
+    own = output.exists() and is_nts_candle_csv(output)
+    source = f"{exchange.id} {symbol} {timeframe}"
+    result = DownloadResult(output=output, exchange=exchange.id, symbol=symbol, timeframe=timeframe,
+                            requested_start=_ts(start_ms), requested_end=_ts(end_ms))
+    retry = _retrier(exchange, source, fetch, result)
 
     # Load the file before touching the network: a bad file is refused up front.
     existing = load_ohlcv(output, timeframe=timeframe) if own else None
@@ -255,17 +285,10 @@ def download_ohlcv(
         result.rows_existing = len(existing)
 
     expected = sum(max(0, math.ceil((min(b, now_ms) - a) / tf_ms)) for a, b, _ in spans)
+    page = _pager(exchange, symbol, timeframe, fetch.limit, retry, result)
     frames = []
     with tqdm(total=expected, desc=f"{symbol} {timeframe}", unit="bar", file=sys.stderr,
               disable=not progress, leave=False) as bar:
-        def page(since: int, until: int) -> list[list]:
-            batch = retry(lambda: exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=limit,
-                                                       params={"until": until - 1}),
-                          f"fetch_ohlcv since {_ts(since)}")
-            result.requests += 1
-            result.rows_fetched += len(batch or [])
-            return batch
-
         for since, until, _ in spans:
             rows = _fetch_span(page, since, until, tf_ms, now_ms, bar.update)
             frames.append(_closed_bars(_rows_to_frame(rows, source, timeframe), tf_ms, now_ms, result))

@@ -31,7 +31,7 @@ def download(exchange_id: str | None, symbol: str | None, timeframe: str | None,
     broker.backoff_s, broker.timeout_ms). The data are validated before they are written,
     and the file is written atomically.
     """
-    from brokers.download import download_ohlcv
+    from brokers.download import FetchOptions, download_ohlcv
     from brokers.exchange import make_exchange
 
     setup_logging("download")
@@ -48,7 +48,8 @@ def download(exchange_id: str | None, symbol: str | None, timeframe: str | None,
     )
     result = download_ohlcv(
         exchange, given(symbol, cfg.data.symbol), given(timeframe, cfg.data.timeframe), start, end, output,
-        progress=not no_progress, limit=limit, retries=cfg.broker.retries, backoff_s=cfg.broker.backoff_s,
+        progress=not no_progress,
+        fetch=FetchOptions(limit=limit, retries=cfg.broker.retries, backoff_s=cfg.broker.backoff_s),
         overwrite=overwrite,
     )
     click.echo(result.summary())

@@ -170,7 +170,12 @@ class Span(NamedTuple):
 
 
 class Outputs(NamedTuple):
-    """Caller-allocated output buffers (:func:`allocate_buffers`)."""
+    """Caller-allocated output buffers (:func:`allocate_buffers`), written in place by
+    :func:`simulate_kernel`: ``fills`` (rows of :data:`FILL_FIELDS`; more fills than rows are
+    counted, flagged in ``stats`` and not stored), ``equity`` (per bar: equity, cash, position
+    after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats`` (:data:`STAT_FIELDS`),
+    ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh one from
+    :func:`core.risk.new_risk_state`)."""
 
     fills: np.ndarray       # [rows, FILL_FIELDS]
     equity: np.ndarray      # [bars, EQUITY_FIELDS]
@@ -852,6 +857,33 @@ def _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width):
     return False
 
 
+@kernel(inline=True)
+def _reset_stats(stats):
+    """Zero the run's counters; the P maximum starts unknown (NaN) until a bar has a P."""
+    for k in range(stats.shape[0]):
+        stats[k] = 0.0
+    stats[S_PMAX] = np.nan
+
+
+@kernel(inline=True)
+def _record_equity(equity, i, bk):
+    """Equity row ``i``: the book's value, cash and position after the bar."""
+    equity[i, 0] = bk[B_VALUE]
+    equity[i, 1] = bk[B_CASH]
+    equity[i, 2] = bk[B_POS]
+
+
+@kernel(inline=True)
+def _run_counts(stats, fills, trips, nf, n_bars, nt):
+    """The run's ``(fills stored, bars processed, trips stored)``; fills or trips beyond their
+    buffer are flagged in ``stats`` (they were counted, not stored)."""
+    if nf > fills.shape[0]:
+        stats[S_FILL_OVF] = 1.0
+    if nt > trips.shape[0]:
+        stats[S_TRIP_OVF] = 1.0
+    return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
+
+
 # ----------------------------------------------------------------------------- the kernel
 @kernel
 def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
@@ -862,12 +894,8 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
     the bars' length), None for fixed barriers (1.0 on every bar).
 
     ``bars`` (:class:`Bars`), ``sig`` (:class:`Signals`: the hooks' P, s, w, allowed per bar),
-    ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`).
-    Outputs written in place (:class:`Outputs`): ``fills`` (rows of :data:`FILL_FIELDS`; more
-    fills than rows are counted, flagged in ``stats`` and not stored), ``equity`` (per bar:
-    equity, cash, position after the bar), ``trips`` (rows of :data:`TRIP_FIELDS`), ``stats``
-    (:data:`STAT_FIELDS`), ``risk_state`` (:data:`core.risk.RISK_STATE`, updated; pass a fresh
-    one from :func:`core.risk.new_risk_state`).
+    ``span`` (:class:`Span`), ``prm`` (:meth:`Policy.to_array`), ``rsk`` (:func:`risk_vector`);
+    ``out``: the buffers written in place (:class:`Outputs`).
     """
     # Every array the per-bar loop reads is taken out of its record once, here: reading it
     # through a record on every bar costs reference counting per access.
@@ -877,9 +905,7 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
     n = close.shape[0]
     b = new_book(span.cash)
     oi, of, qd, qn, bk, si = b.oi, b.of, b.qd, b.qn, b.bk, b.si
-    for k in range(stats.shape[0]):
-        stats[k] = 0.0
-    stats[S_PMAX] = np.nan
+    _reset_stats(stats)
     start, end, kill_bar = span.start, span.end, span.kill_bar
     cap = weight_cap(rsk[R_MAX_POSITION], rsk[R_MAX_LEVERAGE])
     max_dd, daily, max_vol, max_lev = rsk[R_MAX_DRAWDOWN], rsk[R_DAILY_LOSS], rsk[R_MAX_VOLATILITY], rsk[R_MAX_LEVERAGE]
@@ -920,17 +946,11 @@ def simulate_kernel(bars, sig, span, prm, rsk, out, width=None):
                 count_decision(stats, p, signal[i], 0.0)  # an entry decision for no position: counted only
             else:
                 stop_run = _decide_and_apply(b, g, i, bars, sig, span, prm, stats, width)
-        equity[i, 0] = bk[B_VALUE]
-        equity[i, 1] = bk[B_CASH]
-        equity[i, 2] = bk[B_POS]
+        _record_equity(equity, i, bk)
         if stop_run:
             n_bars = i + 1
             break
-    if nf > fills.shape[0]:
-        stats[S_FILL_OVF] = 1.0
-    if nt > trips.shape[0]:
-        stats[S_TRIP_OVF] = 1.0
-    return min(nf, fills.shape[0]), n_bars, min(nt, trips.shape[0])
+    return _run_counts(stats, fills, trips, nf, n_bars, nt)
 
 
 # ----------------------------------------------------------------------------- Python side
@@ -991,22 +1011,36 @@ def _bar_index(index: pd.DatetimeIndex, when: Any, side: str, default: int) -> i
     return k if side == "left" else k - 1
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how :func:`simulate` runs (the keywords of ``run_backtest`` it mirrors).
+
+    ``start``/``end``: bar indices or timestamps -- decisions from the first bar at or after
+    ``start`` (give the first bar on which the strategy's ``next()`` runs: after its
+    indicators' warm-up), entries up to the last bar at or before ``end`` (None: the first /
+    last bar). ``coc``: cheat-on-close fills. ``kill_bar``: first bar index with the kill
+    switch on; ``kill_switch_file`` only names it in the trip's reason."""
+
+    start: Any = None
+    end: Any = None
+    coc: bool = False
+    kill_bar: int | None = None
+    kill_switch_file: str | None = None
+
+
 def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: Any, fvol: Any, rvol: Any,
-             cash: float, *, start: Any = None, end: Any = None, coc: bool = False, kill_bar: int | None = None,
-             kill_switch_file: str | None = None, signals: Signals | None = None, width: Any = None) -> SimResult:
+             cash: float, run: RunOptions = RunOptions(), *, signals: Signals | None = None,
+             width: Any = None) -> SimResult:
     """Run :func:`simulate_kernel` on ``frame`` (canonical OHLCV, UTC index) and return the
     tables ``run_backtest`` reports.
 
     ``prob``/``fvol``/``rvol``: per-bar P, annualised vol forecast and realised daily vol
-    (arrays aligned with ``frame``; feed exactly what the strategy sees). ``signals``: the
-    strategy hooks' values per bar (:func:`as_signals` of :func:`strategies.hooks.evaluate_hooks`);
-    default: the default hooks on ``prob`` and ``fvol``. ``start``/``end``: bar indices or
-    timestamps -- decisions from the first bar at or after ``start`` (give the first bar on
-    which the strategy's ``next()`` runs: after its indicators' warm-up), entries up to the
-    last bar at or before ``end``. ``kill_bar``: first bar index with the kill switch on;
-    ``kill_switch_file`` only names it in the trip's reason. ``width``: the barrier width
-    per bar (:func:`models.labels.policy_widths`; required for a volatility-scaled policy,
-    1.0 everywhere when omitted for fixed barriers).
+    (arrays aligned with ``frame``; feed exactly what the strategy sees). ``run``: the span,
+    fill timing and kill switch (:class:`RunOptions`). ``signals``: the strategy hooks' values
+    per bar (:func:`as_signals` of :func:`strategies.hooks.evaluate_hooks`); default: the
+    default hooks on ``prob`` and ``fvol``. ``width``: the barrier width per bar
+    (:func:`models.labels.policy_widths`; required for a volatility-scaled policy, 1.0
+    everywhere when omitted for fixed barriers).
     """
     if width is None and policy.vol_scaled:
         raise ValueError("simulate: a volatility-scaled policy needs the bars' barrier widths (width=...)")
@@ -1019,36 +1053,47 @@ def simulate(policy: Policy, risk_cfg: RiskConfig, frame: pd.DataFrame, prob: An
     for name, x in per_bar:
         if x.shape != (n,):
             raise ValueError(f"simulate: {name} has shape {x.shape}, the frame {n} bars")
-    i0 = max(0, _bar_index(idx, start, "left", 0))
-    i1 = _bar_index(idx, end, "right", n - 1)
+    i0 = max(0, _bar_index(idx, run.start, "left", 0))
+    i1 = _bar_index(idx, run.end, "right", n - 1)
     buf = allocate_buffers(n)
-    span = Span(i0, i1, -1 if kill_bar is None else int(kill_bar), float(cash), bool(coc))
+    span = Span(i0, i1, -1 if run.kill_bar is None else int(run.kill_bar), float(cash), bool(run.coc))
     nf, n_bars, nt = simulate_kernel(bars, sig, span, policy.to_array(), risk_vector(risk_cfg), buf, width)
     stats = buf.stats
     if stats[S_FILL_OVF] or stats[S_TRIP_OVF]:
         raise RuntimeError("simulate: output buffers overflowed")  # allocate_buffers sizes them for n bars
-    f = buf.fills[:nf]
-    times = idx[f[:, F_TIME_BAR].astype(int)] if nf else pd.DatetimeIndex([], tz="UTC")
-    fills = pd.DataFrame({
+    fills = _fills_table(buf.fills[:nf], idx)
+    eq = buf.equity[:n_bars]
+    equity = pd.DataFrame({"equity": eq[:, 0], "cash": eq[:, 1], "position": eq[:, 2],
+                           "close": bars.close[:n_bars]}, index=idx[:n_bars].rename("timestamp"))
+    trades = round_trips(fills[list(FILL_COLUMNS)], idx[:n_bars], last_close=float(bars.close[n_bars - 1]))
+    signal_stats = {"decisions": int(stats[S_DECISIONS]), "scored": int(stats[S_SCORED]), "p_max": float(stats[S_PMAX]),
+                    "positive_signal": int(stats[S_POSITIVE]), "past_deadband": int(stats[S_PAST_DB])}
+    return SimResult(fills=fills, trades=trades, equity=equity,
+                     risk_trips=_trip_dicts(buf.trips[:nt], idx, risk_cfg, run.kill_switch_file),
+                     signal_stats=signal_stats, stopped_by_kill_switch=bool(stats[S_STOPPED]), bars=int(n_bars),
+                     risk_state=dict(zip(RISK_STATE, buf.risk_state.tolist())))
+
+
+def _fills_table(f: np.ndarray, idx: pd.DatetimeIndex) -> pd.DataFrame:
+    """The kernel's fill rows ``f`` as the FillLog table (+ bar, exec_bar, maker) on the bars ``idx``."""
+    times = idx[f[:, F_TIME_BAR].astype(int)] if len(f) else pd.DatetimeIndex([], tz="UTC")
+    return pd.DataFrame({
         "time": times, "side": np.where(f[:, F_SIDE] > 0, "buy", "sell"), "size": f[:, F_SIZE],
         "price": f[:, F_PRICE], "value": f[:, F_SIZE] * f[:, F_PRICE], "commission": f[:, F_FEE],
         "order_type": [ORDER_TYPES[int(k)] for k in f[:, F_TYPE]], "kind": [KINDS[int(k)] for k in f[:, F_KIND]],
         "ref": f[:, F_REF].astype(int), "bar": f[:, F_TIME_BAR].astype(int), "exec_bar": f[:, F_EXEC_BAR].astype(int),
         "maker": f[:, F_MAKER] != 0,
     }, columns=[*FILL_COLUMNS, "bar", "exec_bar", "maker"])
-    eq = buf.equity[:n_bars]
-    equity = pd.DataFrame({"equity": eq[:, 0], "cash": eq[:, 1], "position": eq[:, 2],
-                           "close": bars.close[:n_bars]}, index=idx[:n_bars].rename("timestamp"))
-    trades = round_trips(fills[list(FILL_COLUMNS)], idx[:n_bars], last_close=float(bars.close[n_bars - 1]))
+
+
+def _trip_dicts(rows: np.ndarray, idx: pd.DatetimeIndex, risk_cfg: RiskConfig,
+                kill_switch_file: str | None) -> list[dict]:
+    """The kernel's trip rows (:data:`TRIP_FIELDS`) as ``Trip.to_dict()`` rows, as the risk manager logs them."""
     trip_rows: list[Trip] = []
-    for row in buf.trips[:nt]:
+    for row in rows:
         state = new_risk_state()
         state[0], state[2] = row[7], row[8]
         when = idx[int(row[0])].tz_convert(None).to_pydatetime().isoformat()
         trip_rows += trip_records(when, int(row[1]), risk_cfg, state, row[2], row[3], row[4], row[5], row[6],
                                   kill_switch_file)
-    signal_stats = {"decisions": int(stats[S_DECISIONS]), "scored": int(stats[S_SCORED]), "p_max": float(stats[S_PMAX]),
-                    "positive_signal": int(stats[S_POSITIVE]), "past_deadband": int(stats[S_PAST_DB])}
-    return SimResult(fills=fills, trades=trades, equity=equity, risk_trips=[t.to_dict() for t in trip_rows],
-                     signal_stats=signal_stats, stopped_by_kill_switch=bool(stats[S_STOPPED]), bars=int(n_bars),
-                     risk_state=dict(zip(RISK_STATE, buf.risk_state.tolist())))
+    return [t.to_dict() for t in trip_rows]

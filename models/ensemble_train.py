@@ -32,7 +32,7 @@ from models.features import warmup_bars
 from models.metrics import all_metrics
 from models.splits import Split, cap_train, purged_kfold_splits, walk_forward_split
 from models.train import check_eval_spans, train_bundle
-from models.universe import SymbolInput, per_symbol_metrics, pooled_split, train_pooled_bundle
+from models.universe import SymbolInput, TimeSpans, per_symbol_metrics, train_pooled_bundle
 
 
 def _split(data, cfg: Config, max_samples):
@@ -115,17 +115,16 @@ def train_ensemble(frame: pd.DataFrame, cfg: Config, output: str | Path, data_pa
 
 
 def train_pooled_ensemble(inputs: Sequence[SymbolInput], cfg: Config, output: str | Path, *,
-                          cuts: tuple[int, int], test_end: int | None = None, train_start: int | None = None,
-                          name: str = "by_time", epochs: int | None = None, max_samples: int | None = None,
+                          spans: TimeSpans, epochs: int | None = None, max_samples: int | None = None,
                           progress: bool = True) -> dict:
-    """A seed ensemble of pooled bundles with spans by time (a walk-forward fold): the inputs are
+    """A seed ensemble of pooled bundles with spans by time (``spans``; a walk-forward fold): the inputs are
     prepared and split once (:func:`models.universe.pooled_split`), every member is
     ``train_pooled_bundle`` on that split. ``ensemble.json`` also holds the ensemble's test
     metrics per symbol (``per_symbol``)."""
     t0 = time.perf_counter()
     paths = [i.path for i in inputs]
     check_output_dir(output, OUTPUT_KIND, inputs=paths)
-    pooled, split = pooled_split(list(inputs), cfg, cuts, test_end, train_start, name, max_samples)
+    pooled, split = spans.split(list(inputs), cfg, max_samples)
 
     def train_one(c: Config, path: Path):
         return train_pooled_bundle(list(inputs), c, path, epochs=epochs, max_samples=max_samples,

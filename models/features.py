@@ -302,6 +302,25 @@ class StreamingFeatures:
     def update(self, ts: pd.Timestamp, open: float, high: float, low: float, close: float,
                volume: float) -> np.ndarray:
         """Feed one closed bar (``ts`` = its open time); return its 12 features (NaN in warm-up)."""
+        t = self._accept(ts, open, high, low, close, volume)
+        out = np.full(_N, np.nan)
+        i = self._i
+        if i >= 1:
+            out[0] = self._step_returns(close)
+        # else: first bar of a stretch; gains/losses are seeded with 0 (ta's definition)
+        self._closes.append(close)
+        self._volumes.append(volume)
+        self._window_features(out, i, close, volume)
+        out[8] = (high - low) / close
+        out[10] = math.sin(_TWO_PI * (t.hour * 60 + t.minute) / 1440.0)
+        out[11] = math.sin(_TWO_PI * t.weekday() / 7.0)
+        self._i = i + 1
+        return out
+
+    def _accept(self, ts: pd.Timestamp, open: float, high: float, low: float, close: float,
+                volume: float) -> pd.Timestamp:
+        """Check the bar (finite, prices > 0, volume >= 0, after the previous bar) and note its
+        time (UTC, returned); a gap starts a fresh stretch."""
         t = pd.Timestamp(ts)
         t = t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
         t_ns = t.as_unit("ns").value
@@ -316,31 +335,32 @@ class StreamingFeatures:
             if t_ns - self._last_ns != self._step_ns:
                 self._reset_stretch()  # gap: start fresh, exactly like a new stretch in batch
         self._last_ns = t_ns
+        return t
 
+    def _step_returns(self, close: float) -> float:
+        """Advance the return-based running state (return window, EWMA variances, RSI
+        averages) by ``close`` against the previous close; return the log return."""
+        prev = self._closes[-1]
+        r = math.log(close / prev)
+        self._returns.append(r)
+        r2 = r * r
+        if self._n_r2 == 0:
+            self._ew_fast = self._ew_slow = r2
+        else:
+            self._ew_fast = (1.0 - self._alpha_fast) * self._ew_fast + self._alpha_fast * r2
+            self._ew_slow = (1.0 - self._alpha_slow) * self._ew_slow + self._alpha_slow * r2
+        self._n_r2 += 1
+        diff = close - prev
+        gain, loss = (diff if diff > 0 else 0.0), (-diff if diff < 0 else 0.0)
+        self._gain = (1.0 - self._alpha_rsi) * self._gain + self._alpha_rsi * gain
+        self._loss = (1.0 - self._alpha_rsi) * self._loss + self._alpha_rsi * loss
+        return r
+
+    def _window_features(self, out: np.ndarray, i: int, close: float, volume: float) -> None:
+        """The features that need a full window (bar ``i`` of the stretch, its close and volume
+        already appended) into ``out``; left NaN while their window is short."""
         c = self.cfg
-        out = np.full(_N, np.nan)
-        i = self._i
         closes = self._closes
-        if i >= 1:
-            prev = closes[-1]
-            r = math.log(close / prev)
-            out[0] = r
-            self._returns.append(r)
-            r2 = r * r
-            if self._n_r2 == 0:
-                self._ew_fast = self._ew_slow = r2
-            else:
-                self._ew_fast = (1.0 - self._alpha_fast) * self._ew_fast + self._alpha_fast * r2
-                self._ew_slow = (1.0 - self._alpha_slow) * self._ew_slow + self._alpha_slow * r2
-            self._n_r2 += 1
-            diff = close - prev
-            gain, loss = (diff if diff > 0 else 0.0), (-diff if diff < 0 else 0.0)
-            self._gain = (1.0 - self._alpha_rsi) * self._gain + self._alpha_rsi * gain
-            self._loss = (1.0 - self._alpha_rsi) * self._loss + self._alpha_rsi * loss
-        # else: first bar of a stretch; gains/losses are seeded with 0 (ta's definition)
-        closes.append(close)
-        self._volumes.append(volume)
-
         if i >= c.return_lag_long:
             out[1] = math.log(close / closes[-1 - c.return_lag_long])
         if i >= c.realized_vol_window:
@@ -361,13 +381,8 @@ class StreamingFeatures:
             else:
                 mean = sum(vols) / len(vols)
                 out[7] = (volume - mean) / self._sample_std(vols)
-        out[8] = (high - low) / close
         if i >= c.sma_slow - 1:
             buf = list(closes)
             fast = sum(buf[-c.sma_fast:]) / c.sma_fast
             slow = sum(buf[-c.sma_slow:]) / c.sma_slow
             out[9] = fast / slow - 1.0
-        out[10] = math.sin(_TWO_PI * (t.hour * 60 + t.minute) / 1440.0)
-        out[11] = math.sin(_TWO_PI * t.weekday() / 7.0)
-        self._i = i + 1
-        return out

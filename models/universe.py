@@ -234,17 +234,32 @@ def pooled_split(inputs: list[SymbolInput], cfg: Config, cuts: tuple[int, int] |
     return pooled, cap_train_by_time(split, pooled, max_samples)
 
 
+@dataclass(frozen=True)
+class TimeSpans:
+    """How a pooled training splits the stack by time (:func:`pooled_split`): ``cuts`` =
+    (validation start, test start) in ns (None: the configured fractions of all pooled
+    samples), ``test_end`` / ``train_start`` in ns (None: open), the split's ``name``."""
+
+    cuts: tuple[int, int] | None = None
+    test_end: int | None = None
+    train_start: int | None = None
+    name: str = "by_time"
+
+    def split(self, inputs: list[SymbolInput], cfg: Config, max_samples: int | None) -> tuple[PooledData, Split]:
+        """:func:`pooled_split` of ``inputs`` with these spans."""
+        return pooled_split(inputs, cfg, self.cuts, self.test_end, self.train_start, self.name, max_samples)
+
+
 def train_pooled_bundle(inputs: list[SymbolInput], cfg: Config, output: str | Path, *,
-                        cuts: tuple[int, int] | None = None, test_end: int | None = None,
-                        train_start: int | None = None, name: str = "by_time", epochs: int | None = None,
-                        max_samples: int | None = None, progress: bool = True, overwrite: bool = False,
+                        spans: TimeSpans = TimeSpans(), epochs: int | None = None, max_samples: int | None = None,
+                        progress: bool = True, overwrite: bool = False,
                         prepared: tuple[PooledData, Split] | None = None):
-    """Train one bundle on the stacked symbols with spans by time (:func:`pooled_split`);
+    """Train one bundle on the stacked symbols with spans by time (``spans``, :func:`pooled_split`);
     ``prepared``: a ``(pooled, split)`` already made by it (the members of a seed ensemble
     share one)."""
     paths = [i.path for i in inputs]
     check_output_dir(output, OUTPUT_KIND, inputs=paths, overwrite=overwrite)
-    pooled, split = prepared or pooled_split(inputs, cfg, cuts, test_end, train_start, name, max_samples)
+    pooled, split = prepared or spans.split(inputs, cfg, max_samples)
     max_samples = max_samples if max_samples is not None else cfg.training.max_samples
     return train_bundle(None, cfg, output, data_path=None, epochs=epochs, max_samples=max_samples,
                         progress=progress, overwrite=overwrite, prepared=pooled.data, split=split,

@@ -55,7 +55,7 @@ from models.ensemble_train import train_pooled_ensemble
 from models.features import memory_bars, warmup_bars
 from models.prob_cache import frame_sha256
 from models.schedule import OUTPUT_KIND, SCHEDULE_FILE, read_schedule_json
-from models.universe import SymbolInput, label_scale_text, train_pooled_bundle
+from models.universe import SymbolInput, TimeSpans, label_scale_text, train_pooled_bundle
 
 log = logging.getLogger("nts.walkforward")
 
@@ -154,8 +154,8 @@ def run_fold(job: FoldJob) -> dict:
     t0 = time.perf_counter()
     p = job.plan
     try:
-        kw = dict(cuts=_cuts(job), test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name,
-                  epochs=job.epochs, max_samples=job.max_samples, progress=False)
+        spans = TimeSpans(cuts=_cuts(job), test_end=_ns(p.valid_until), train_start=_ns(p.train_from), name=p.name)
+        kw = dict(spans=spans, epochs=job.epochs, max_samples=job.max_samples, progress=False)
         if job.cfg.model.ensemble > 1:
             meta, extra = _ensemble_meta(train_pooled_ensemble(job.inputs, job.cfg, job.output, **kw), job.output)
         else:

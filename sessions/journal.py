@@ -49,7 +49,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -90,6 +90,23 @@ _SECRET_KEY_PARTS = ("apikey", "secret", "password", "passwd", "passphrase", "si
                      "privatekey", "accesstoken", "authorization")
 _FLOAT_TAG = "$float"  # JSON tag for non-finite floats: {"$float": "nan" | "inf" | "-inf"}
 _BAR_FLOATS = ("close", "prob", "signal", "weight", "position", "avg_price", "cash", "equity")
+
+
+class BarFigures(NamedTuple):
+    """The numbers journaled for one closed bar (:meth:`Journal.record_bar`; the ``bars``
+    table's float columns, in :data:`_BAR_FLOATS` order). None is journaled as NaN."""
+
+    close: float
+    prob: float
+    signal: float
+    weight: float
+    position: float
+    avg_price: float
+    cash: float
+    equity: float
+
+
+assert BarFigures._fields == _BAR_FLOATS  # one column list: the record and the table must agree
 _TABLES = ("meta", "session", "intents", "order_events", "fills", "bars", "gaps", "events", "halts")
 # Tables other modules may add to a journal file; accepted, never required: the notification
 # outbox and its read cursors (sessions/outbox.py), and the model id per journaled bar
@@ -918,17 +935,17 @@ class Journal:
         return [Fill(**{k: r[k] for k in r.keys()}) for r in rows]
 
     # ------------------------------------------------------------------ bars
-    def record_bar(self, bar_time: Any, close: float, prob: float, signal: float, weight: float,
-                   position: float, avg_price: float, cash: float, equity: float, breaker_state: str,
-                   risk_state: dict[str, Any], strategy_state: dict[str, Any], model_id: str | None = None) -> None:
-        """Checkpoint one closed bar in one transaction. ``bar_time`` must be later than the last
-        journaled bar (the caller never delivers a bar twice). NaN/inf round-trip exactly, in
+    def record_bar(self, bar_time: Any, figures: BarFigures, breaker_state: str, risk_state: dict[str, Any],
+                   strategy_state: dict[str, Any], model_id: str | None = None) -> None:
+        """Checkpoint one closed bar in one transaction: its ``figures`` (:class:`BarFigures`),
+        breaker state and the risk manager's and strategy's state. ``bar_time`` must be later
+        than the last journaled bar (the caller never delivers a bar twice). NaN/inf round-trip exactly, in
         the columns and in the state dicts (e.g. RiskManager.state_dict()'s ``peak=-inf``).
         ``model_id``: the model that scored the bar's decision (a walk-forward schedule's fold
         name), kept in the optional ``bar_models`` table; None (or "") records none."""
         ms = to_ms(bar_time, "bar_time")
         values = []
-        for name, v in zip(_BAR_FLOATS, (close, prob, signal, weight, position, avg_price, cash, equity)):
+        for name, v in zip(_BAR_FLOATS, figures):
             try:
                 values.append(math.nan if v is None else float(v))
             except (TypeError, ValueError):

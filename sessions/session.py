@@ -105,6 +105,7 @@ from sessions.control import SessionControl, is_flatten_halt
 from sessions.reconcile import Ledger, LiveStart, reconcile
 from sessions.journal import (
     EVENT_BREAKER_TRIP,
+    BarFigures,
     Checkpoint,
     Journal,
     SessionIdentity,
@@ -295,9 +296,9 @@ class SessionRecorder(bt.Analyzer):
             pos = broker.getposition(strat.data)
             state = {"strategy": strat.state_dict(),
                      "session": {"halted": False, "warmup": True, "broker": broker.state_dict()}}
-            self.journal.record_bar(bar.ms, float(strat.data.close[0]), math.nan, math.nan, math.nan,
-                                    float(pos.size), math.nan, float(broker.getcash()), float(broker.getvalue()),
-                                    "ok", strat.risk.state_dict(), state)
+            figures = BarFigures(float(strat.data.close[0]), math.nan, math.nan, math.nan, float(pos.size), math.nan,
+                                 float(broker.getcash()), float(broker.getvalue()))
+            self.journal.record_bar(bar.ms, figures, "ok", strat.risk.state_dict(), state)
 
     def _restore(self, cp: Checkpoint) -> None:
         """At the end of the last warm-up bar (the checkpoint's bar): check the strategy
@@ -448,9 +449,10 @@ class SessionRecorder(bt.Analyzer):
                 strategy_state["session"]["halted"] = True
             if live:
                 strategy_state["session"]["broker"] = broker.state_dict()
-            self.journal.record_bar(bar.ms, float(strat.data.close[0]), p, s, w, float(pos.size),
-                                    float(pos.price) if pos.size else math.nan, float(broker.getcash()),
-                                    float(broker.getvalue()), breaker, risk.state_dict(), strategy_state,
+            figures = BarFigures(float(strat.data.close[0]), p, s, w, float(pos.size),
+                                 float(pos.price) if pos.size else math.nan, float(broker.getcash()),
+                                 float(broker.getvalue()))
+            self.journal.record_bar(bar.ms, figures, breaker, risk.state_dict(), strategy_state,
                                     model_id=strat.model_id() if hasattr(strat, "model_id") else None)
         if live and self._halt_trip:
             # after the bar's transaction (no network inside it): besides the strategy's own

@@ -66,7 +66,7 @@ from core.config import Config, LabelConfig, RiskConfig
 from core.errors import ConfigError, DataError
 from core.policy import POLICY_VECTOR, Policy, breakeven_centers, breakeven_probability
 from core.risk import realised_daily_vol, risk_vector
-from core.simulator import KINDS, SimResult, as_signals, simulate
+from core.simulator import KINDS, RunOptions, SimResult, as_signals, simulate
 from core.timeframes import bars_per_year
 from models.features import compute_features
 from models.labels import label_arrays, policy_widths
@@ -545,8 +545,8 @@ def simulate_row(data: SweepData, policy: Policy, strategy_cls: type = TCNStrate
     ``strategy_cls``'s hooks."""
     k = data.inputs
     h = evaluate_hooks(hook_instance(strategy_cls, policy, strategy_params), data.frame, k.prob, k.fvol, k.width)
-    return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash, start=k.start, end=k.last,
-                    coc=k.coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed), width=k.width)
+    return simulate(policy, data.risk_cfg, data.frame, k.prob, k.fvol, k.rvol, k.cash,
+                    RunOptions(start=k.start, end=k.last, coc=k.coc), signals=as_signals(h.prob, h.signal, h.weight, h.allowed), width=k.width)
 
 
 def metrics_table(raw: np.ndarray, data: SweepData, moments: np.ndarray | None = None) -> pd.DataFrame:
@@ -639,6 +639,43 @@ def walk_forward(moments: np.ndarray, folds: np.ndarray, data: SweepData, names:
     return WalkForward(table=table, summary=summary)
 
 
+def _check_grid_fits(data: SweepData, grid: Grid) -> None:
+    """ConfigError when the span was prepared for other block or fold counts than the grid's."""
+    if data.inputs.return_edges.shape[0] - 1 != grid.blocks:
+        raise ConfigError(f"the span was prepared for {data.inputs.return_edges.shape[0] - 1} blocks, the grid "
+                          f"has {grid.blocks}")
+    if data.inputs.fold_edges.shape[0] - 1 != grid.folds:
+        raise ConfigError(f"the span was prepared for {data.inputs.fold_edges.shape[0] - 1} folds, the grid "
+                          f"has {grid.folds}")
+
+
+def _trained_barriers(table: pd.DataFrame, trained: LabelConfig | None) -> pd.Series | bool:
+    """Per row: True where its barriers and horizon are the ones the bundle was trained on."""
+    if trained is None:
+        return False
+    t_profit, t_stop = (trained.vol_profit, trained.vol_stop) if trained.scale == "vol" else (trained.profit,
+                                                                                             trained.stop)
+    return (table["profit"] == t_profit) & (table["stop"] == t_stop) & (table["max_hold"] == trained.horizon)
+
+
+def _row_table(data: SweepData, combos: pd.DataFrame, params: np.ndarray, raw: np.ndarray, moments: np.ndarray,
+               names: list[str]) -> pd.DataFrame:
+    """The per-row table: the grid's axes, the metrics, base rate, break-even P, whether the
+    row trades the trained barriers and the centre it used, named ``names``."""
+    table = combos.copy()
+    table = pd.concat([table, metrics_table(raw, data, moments)], axis=1)
+    table["base_rate"] = label_base_rates(data, combos)
+    table["breakeven_p"] = breakeven_ps(combos, median_width(data))
+    table["trained_barriers"] = _trained_barriers(table, data.trained_labels)
+    table["center_used"] = params[:, POLICY_VECTOR.index("center")]
+    centers = per_bar_centers(data, combos, params)
+    if centers is not None:  # a per-bar centre: its median over the decision bars (not the policy's one number)
+        table["center_used"] = np.where(per_bar_rows(data.policy, combos), centers.median, table["center_used"])
+    table.insert(0, "name", names)
+    table.index.name = "row"
+    return table
+
+
 def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: Mapper | None = None,
               progress: Callable[[int], None] | None = None, engine: str | None = None,
               strategy_cls: type = TCNStrategy, strategy_params: dict[str, Any] | None = None) -> SweepResult:
@@ -651,12 +688,7 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
     (:func:`hook_groups`).
     """
     t0 = time.perf_counter()
-    if data.inputs.return_edges.shape[0] - 1 != grid.blocks:
-        raise ConfigError(f"the span was prepared for {data.inputs.return_edges.shape[0] - 1} blocks, the grid "
-                          f"has {grid.blocks}")
-    if data.inputs.fold_edges.shape[0] - 1 != grid.folds:
-        raise ConfigError(f"the span was prepared for {data.inputs.fold_edges.shape[0] - 1} folds, the grid "
-                          f"has {grid.folds}")
+    _check_grid_fits(data, grid)
     combos = grid.combinations()
     params = policy_rows(data.policy, combos)
     inputs, group = hook_groups(data, data.policy, combos, params, strategy_cls, strategy_params)
@@ -671,25 +703,8 @@ def run_sweep(data: SweepData, grid: Grid, chunk: int = DEFAULT_CHUNK, mapper: M
         raise RuntimeError("sweep: a row's fill buffer overflowed")  # sized 2 x bars + 16, as core.simulator's
     if raw[:, R_STOPPED].any():
         raise RuntimeError("sweep: a row stopped early")  # only the kill switch stops a run; sweeps never pass one
-    table = combos.copy()
-    table = pd.concat([table, metrics_table(raw, data, moments)], axis=1)
-    table["base_rate"] = label_base_rates(data, combos)
-    table["breakeven_p"] = breakeven_ps(combos, median_width(data))
-    trained = data.trained_labels
-    if trained is not None:
-        t_profit, t_stop = (trained.vol_profit, trained.vol_stop) if trained.scale == "vol" else (trained.profit,
-                                                                                                 trained.stop)
-        table["trained_barriers"] = ((table["profit"] == t_profit) & (table["stop"] == t_stop)
-                                     & (table["max_hold"] == trained.horizon))
-    else:
-        table["trained_barriers"] = False
-    table["center_used"] = params[:, POLICY_VECTOR.index("center")]
-    centers = per_bar_centers(data, combos, params)
-    if centers is not None:  # a per-bar centre: its median over the decision bars (not the policy's one number)
-        table["center_used"] = np.where(per_bar_rows(data.policy, combos), centers.median, table["center_used"])
     names = row_names(combos, grid.swept)
-    table.insert(0, "name", names)
-    table.index.name = "row"
+    table = _row_table(data, combos, params, raw, moments, names)
     ppy = bars_per_year(data.timeframe)
     report = overfitting_report(moments, ppy, names=names, blocks=grid.blocks, folds=grid.folds)
     wf = walk_forward(moments, folds, data, names, grid.folds)

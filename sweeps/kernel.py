@@ -125,30 +125,12 @@ class KernelInputs:
 
 
 # ----------------------------------------------------------------------------- the row driver
-@kernel
-def _row_stats(run, first, last, edges, out):
-    """Reduce one row's run (``run`` = (equity buffer, fills, fill count)) over the span's bars
-    ``first .. last`` to its metrics, block moments and fold figures (``edges`` = (return
-    edges, fold edges); ``out`` = (raw, moments, fold figures), written in place).
-
-    Equity returns: ``v[t] / v[t-1] - 1`` over the span's bars ``first .. last`` (as
-    strategies.metrics). Trades: fills grouped as core.trades.round_trips groups them (a trade
-    closes when the position returns to 0, a sign flip closes one and opens the next).
-    """
-    equity, fills, nf = run
-    return_edges, fold_edges = edges
-    raw, moments, fold_out = out
-    for k in range(raw.shape[0]):
-        raw[k] = 0.0
-    moments[:, :] = 0.0
-    fold_out[:, :] = 0.0
-    t_bars = last - first + 1
+@kernel(inline=True)
+def _return_stats(equity, first, n_ret, return_edges, raw, moments):
+    """Per-bar equity returns ``v[t] / v[t-1] - 1`` over the span (``n_ret`` of them from bar
+    ``first``): mean, std, downside deviation, max drawdown, mean equity and exposure into
+    ``raw``; count, sum and power sums of every CSCV block into ``moments``."""
     v0 = equity[first, 0]
-    raw[R_START] = v0
-    raw[R_FINAL] = equity[last, 0]
-    raw[R_BARS] = t_bars
-    n_ret = t_bars - 1
-    # pass 1: mean return, mean equity, exposure, drawdown; block moments
     s1 = 0.0
     down2 = 0.0
     peak = v0
@@ -180,6 +162,7 @@ def _row_stats(run, first, last, edges, out):
         moments[b, 3] += x2 * r
         moments[b, 4] += x2 * x2
     mean = s1 / n_ret if n_ret > 0 else np.nan
+    # second pass for the variance: the two-pass form is the one strategies.metrics computes
     ss = 0.0
     for j in range(n_ret):
         r = equity[first + j + 1, 0] / equity[first + j, 0] - 1.0
@@ -188,11 +171,14 @@ def _row_stats(run, first, last, edges, out):
     raw[R_STD] = math.sqrt(ss / (n_ret - 1)) if n_ret > 1 else np.nan
     raw[R_DOWN] = math.sqrt(down2 / n_ret) if n_ret > 0 else np.nan
     raw[R_MAXDD] = maxdd
-    raw[R_MEANEQ] = eq_sum / t_bars
+    raw[R_MEANEQ] = eq_sum / (n_ret + 1)
     raw[R_EXPO] = expo
-    # folds: equity at their edges, drawdown inside each
-    n_folds = fold_edges.shape[0] - 1
-    for f in range(n_folds):
+
+
+@kernel(inline=True)
+def _fold_equity(equity, first, fold_edges, fold_out):
+    """Equity at every fold's edges and the drawdown inside it, into ``fold_out``."""
+    for f in range(fold_edges.shape[0] - 1):
         a = fold_edges[f]
         z = fold_edges[f + 1]
         fold_out[f, FD_START] = equity[first + a, 0]
@@ -207,7 +193,29 @@ def _row_stats(run, first, last, edges, out):
             if dd > mdd:
                 mdd = dd
         fold_out[f, FD_MAXDD] = mdd
-    # fills -> round trips (core.trades.round_trips, eps 1e-12)
+
+
+@kernel(inline=True)
+def _count_trade(raw, fold_out, fold_edges, rel, pnl, hold, kind):
+    """Count one closed trade (closing ``rel`` bars after the span's first bar, by a fill of
+    ``kind``) in the row's totals and in the fold it closed in."""
+    raw[R_TRADES] += 1.0
+    raw[R_HOLD] += hold
+    win = 1.0 if pnl > 0 else 0.0
+    raw[R_WINS] += win
+    raw[RAW_KIND0 + kind] += 1.0
+    for f in range(fold_edges.shape[0] - 1):
+        if rel > fold_edges[f] and rel <= fold_edges[f + 1]:
+            fold_out[f, FD_TRADES] += 1.0
+            fold_out[f, FD_WINS] += win
+            break
+
+
+@kernel(inline=True)
+def _trade_stats(fills, nf, first, fold_edges, raw, fold_out):
+    """Group the row's ``nf`` fills into round trips as core.trades.round_trips does (eps
+    1e-12: a trade closes when the position returns to 0, a sign flip closes one and opens
+    the next) and count them; traded notional, fees, fills and a still open trade into ``raw``."""
     eps = 1e-12
     pos = 0.0
     open_trade = False
@@ -245,35 +253,45 @@ def _row_stats(run, first, last, edges, out):
                 qty = 0.0
             else:
                 take = min(abs(qty), abs(pos))
-                share = take / abs(fsize)
                 exit_proceeds += take * price
-                fees += comm * share
+                fees += comm * (take / abs(fsize))
                 step = math.copysign(take, qty)
                 pos += step
                 qty -= step
                 if abs(pos) <= eps:
                     pos = 0.0
                     open_trade = False
-                    entry_px = entry_cost / size
-                    exit_px = exit_proceeds / size
-                    pnl = side * (exit_px - entry_px) * size - fees
-                    raw[R_TRADES] += 1.0
-                    hold = bar - entry_bar
-                    raw[R_HOLD] += hold
-                    win = 1.0 if pnl > 0 else 0.0
-                    raw[R_WINS] += win
-                    kind = int(fills[k, F_KIND])
-                    raw[RAW_KIND0 + kind] += 1.0
-                    rel = bar - first
-                    for f in range(n_folds):
-                        if rel > fold_edges[f] and rel <= fold_edges[f + 1]:
-                            fold_out[f, FD_TRADES] += 1.0
-                            fold_out[f, FD_WINS] += win
-                            break
+                    pnl = side * (exit_proceeds / size - entry_cost / size) * size - fees
+                    _count_trade(raw, fold_out, fold_edges, bar - first, pnl, bar - entry_bar, int(fills[k, F_KIND]))
     raw[R_OPEN] = 1.0 if open_trade and abs(pos) > eps else 0.0
     raw[R_NOTIONAL] = notional
     raw[R_FEES] = fee_total
     raw[R_FILLS] = nf
+
+
+@kernel
+def _row_stats(run, first, last, edges, out):
+    """Reduce one row's run (``run`` = (equity buffer, fills, fill count)) over the span's bars
+    ``first .. last`` to its metrics, block moments and fold figures (``edges`` = (return
+    edges, fold edges); ``out`` = (raw, moments, fold figures), written in place).
+
+    Equity returns: ``v[t] / v[t-1] - 1`` over the span's bars ``first .. last`` (as
+    strategies.metrics). Trades: fills grouped as core.trades.round_trips groups them (a trade
+    closes when the position returns to 0, a sign flip closes one and opens the next).
+    """
+    equity, fills, nf = run
+    return_edges, fold_edges = edges
+    raw, moments, fold_out = out
+    for k in range(raw.shape[0]):
+        raw[k] = 0.0
+    moments[:, :] = 0.0
+    fold_out[:, :] = 0.0
+    raw[R_START] = equity[first, 0]
+    raw[R_FINAL] = equity[last, 0]
+    raw[R_BARS] = last - first + 1
+    _return_stats(equity, first, last - first, return_edges, raw, moments)
+    _fold_equity(equity, first, fold_edges, fold_out)
+    _trade_stats(fills, nf, first, fold_edges, raw, fold_out)
 
 
 @kernel

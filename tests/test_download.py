@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from brokers.download import ExchangeRequestError, download_ohlcv
+from brokers.download import ExchangeRequestError, FetchOptions, download_ohlcv
 from brokers.exchange import RetriesExhausted, make_exchange
 from venues.loopback import LoopbackExchange
 from core.errors import ConfigError, DataError
@@ -38,11 +38,11 @@ def exchange(loopback):
     return make_exchange("binance", url=loopback.url, timeout_ms=400)
 
 
-def run(exchange, frame, out, start=None, end=None, **kw):
-    kw.setdefault("backoff_s", 0.01)
+def run(exchange, frame, out, start=None, end=None, limit=1000, retries=5, backoff_s=0.01, **kw):
     kw.setdefault("progress", False)
     return download_ohlcv(exchange, "BTC/USDT", "15m", frame.index[0] if start is None else start,
-                          frame.index[-1] + TF if end is None else end, out, **kw)
+                          frame.index[-1] + TF if end is None else end, out,
+                          fetch=FetchOptions(limit=limit, retries=retries, backoff_s=backoff_s), **kw)
 
 
 def test_round_trip_equals_served_candles(loopback, exchange, frame, tmp_path):

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from sessions.journal import (
     APPLICATION_ID,
+    BarFigures,
     SCHEMA_VERSION,
     Journal,
     JournalError,
@@ -48,7 +49,8 @@ def _bar(j: Journal, k: int, **over) -> None:
               cash=1000.0 - k, equity=1000.0 - k + 0.01 * k * (100.0 + k), breaker_state="ok",
               risk_state=RiskManager().state_dict(), strategy_state={"k": k})
     kw.update(over)
-    j.record_bar(T0 + k * STEP, **kw)
+    figures = BarFigures(*(kw.pop(name) for name in BarFigures._fields))
+    j.record_bar(T0 + k * STEP, figures, **kw)
 
 
 @pytest.fixture
@@ -313,7 +315,7 @@ def test_bars_strictly_increasing(journal):
     s = journal.summary()
     assert (s["bars_processed"], s["gaps"], s["bars_missing"]) == (2, 1, 1)
     with pytest.raises(JournalError, match="epoch milliseconds"):
-        journal.record_bar(time.time(), *([1.0] * 8), "ok", {}, {})
+        journal.record_bar(time.time(), BarFigures(*([1.0] * 8)), "ok", {}, {})
 
 
 def test_json_and_columns_round_trip_exactly(journal):
@@ -419,7 +421,7 @@ def test_secret_guard(journal, where):
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from sessions.journal import Journal, SessionIdentity, deterministic_client_id
+    from sessions.journal import BarFigures, Journal, SessionIdentity, deterministic_client_id
     path, ready, limit, pause = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     T0, STEP = {T0}, {STEP}
     ident = SessionIdentity(*{ident!r})
@@ -437,7 +439,7 @@ WRITER = textwrap.dedent("""
             j.record_fill("T%d" % k, cid, "buy", px, amt, amt * px * 1e-3, "USDT", t)
             j.record_order_status(cid, "closed", t, filled=amt)
             pos = sum(0.001 * (i + 1) for i in range(k + 1))
-            j.record_bar(t, px, 0.5, 0.1, 0.2, pos, px, 1000.0 - k, 1000.0 - k + pos * px, "ok",
+            j.record_bar(t, BarFigures(px, 0.5, 0.1, 0.2, pos, px, 1000.0 - k, 1000.0 - k + pos * px), "ok",
                          {{"peak": float("-inf")}}, {{"k": k, "pad": "x" * 3000}})
         k += 1
         if pause:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from sessions.journal import Journal, SessionIdentity
+from sessions.journal import BarFigures, Journal, SessionIdentity
 from sessions.notify import NotifyConfig, Notifier, load_notify_config, mask_url
 from server_helpers import Receiver
 
@@ -34,7 +34,7 @@ def trade(j: Journal, n: int, t: int) -> None:
 
 
 def bar(j: Journal, t: int, equity: float = 10_000.0) -> None:
-    j.record_bar(t, 100.0, 0.5, 0.0, 0.0, 0.0, float("nan"), equity, equity, "ok", {}, {})
+    j.record_bar(t, BarFigures(100.0, 0.5, 0.0, 0.0, 0.0, float("nan"), equity, equity), "ok", {}, {})
 
 
 def cfg_for(url: str, **kw) -> NotifyConfig:

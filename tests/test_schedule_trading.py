@@ -18,7 +18,7 @@ from models.schedule import ModelSchedule, model_id_at
 from models.streaming import BarScorer
 from models.universe import SymbolInput
 from models.walkforward import build_schedule
-from sessions.journal import Journal
+from sessions.journal import BarFigures, Journal
 from strategies.backtest import frame_feed, run_backtest
 from strategies.runspec import RunSpec
 
@@ -103,7 +103,7 @@ def test_journal_keeps_the_model_id_per_bar_and_reads_older_journals(tmp_path):
     t0, step = 1_704_067_200_000, 900_000
 
     def bar(j, k, **kw):
-        j.record_bar(t0 + k * step, 100.0, 0.5, 0.0, 0.0, 0.0, float("nan"), 1000.0, 1000.0, "ok",
+        j.record_bar(t0 + k * step, BarFigures(100.0, 0.5, 0.0, 0.0, 0.0, float("nan"), 1000.0, 1000.0), "ok",
                      RiskManager().state_dict(), {"k": k}, **kw)
 
     path = tmp_path / "old.db"

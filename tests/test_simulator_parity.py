@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from core.config import LabelConfig, RiskConfig, load_config
-from core.simulator import SimResult, as_signals, simulate
+from core.simulator import RunOptions, SimResult, as_signals, simulate
 from core.synthetic import synthetic_ohlcv
 from indicators.bt_features import feed_frame
 from models.labels import triple_barrier_events
@@ -60,8 +60,8 @@ def _pair(frame: pd.DataFrame, cfg, risk: RiskConfig, strategy: type = LineStrat
     h = evaluate_hooks(strat, fed, prob, fvol)
     hooks = as_signals(h.prob, h.signal, h.weight, h.allowed)
     sim = simulate(strat.policy, risk, fed, prob, fvol, _line(strat.realised_vol, n), cfg.execution.cash,
-                   start=start, end=end, coc=coc, kill_bar=kill_bar, kill_switch_file=strat.risk.kill_switch_file,
-                   signals=hooks)
+                   RunOptions(start=start, end=end, coc=coc, kill_bar=kill_bar,
+                              kill_switch_file=strat.risk.kill_switch_file), signals=hooks)
     return res, sim, fed, strat
 
 
@@ -211,7 +211,7 @@ def test_kill_switch_is_a_bar_index_in_the_kernel(tmp_path, real_span):
     n = len(fed)
     start = max(int(fed.index.searchsorted(res.start)), strat._minperiod - 1)
     unkilled = simulate(strat.policy, risk, fed, _line(strat.prob, n), _line(strat.vol_forecast, n),
-                        _line(strat.realised_vol, n), cfg.execution.cash, start=start)
+                        _line(strat.realised_vol, n), cfg.execution.cash, RunOptions(start=start))
     assert not unkilled.stopped_by_kill_switch and unkilled.bars == n and unkilled.risk_trips == []
 
 
@@ -236,7 +236,7 @@ def test_vectorised_hook_subclass_trades_the_same_in_both_engines(tmp_path):
     start = max(int(fed.index.searchsorted(res.start)), strat._minperiod - 1)
     around_the_clock = simulate(strat.policy, _loose(tmp_path), fed, _line(strat.prob, n),
                                 _line(strat.vol_forecast, n), _line(strat.realised_vol, n), cfg.execution.cash,
-                                start=start, end=res.end, coc=True)
+                                RunOptions(start=start, end=res.end, coc=True))
     assert len(around_the_clock.trades) > len(res.trades)
 
 

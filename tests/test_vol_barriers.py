@@ -19,7 +19,7 @@ from core.config import LabelConfig, load_config
 from core.errors import ConfigError
 from core.policy import Policy, barrier_width, breakeven_probability
 from core.risk import ALLOW, RiskManager
-from core.simulator import as_signals, simulate
+from core.simulator import RunOptions, as_signals, simulate
 from core.synthetic import synthetic_ohlcv
 from indicators.bt_features import feed_frame
 from models.features import FEATURE_NAMES, StreamingFeatures
@@ -147,7 +147,7 @@ def _pair_vol(frame, cfg, risk, coc=False, **kw):
     np.testing.assert_array_equal(_line(strat.barrier_width, n), width)
     h = evaluate_hooks(strat, fed, prob, fvol, width)
     sim = simulate(strat.policy, risk, fed, prob, fvol, _line(strat.realised_vol, n), cfg.execution.cash,
-                   start=start, end=end, coc=coc, signals=as_signals(h.prob, h.signal, h.weight, h.allowed),
+                   RunOptions(start=start, end=end, coc=coc), signals=as_signals(h.prob, h.signal, h.weight, h.allowed),
                    width=width)
     return res, sim, fed, strat
 
