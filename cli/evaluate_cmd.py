@@ -27,19 +27,16 @@ def evaluate(cfg: Config, model_path: str, data_paths: tuple[str, ...], output: 
     per P bin net of a round trip of execution.taker_fee. Rolling Platt uses the run config's
     calibration.* window, refit and minimum (a note says when the model was trained with others)."""
     from core.files import OutputKind, check_output_dir, output_dir
-    from models.schedule_report import evaluate as evaluate_model, model_calibration, to_markdown
+    from models.schedule_report import evaluate as evaluate_model, to_markdown
 
     log = setup_logging("evaluate")
     kind = OutputKind("evaluation", files=REPORT_FILES, signature='"outcome_by_p"')
     inputs = [*bundle_inputs(model_path), *data_paths]
     check_output_dir(output, kind, inputs=inputs, overwrite=overwrite)  # refuse before the work
-    own = model_calibration(model_path).model_dump(exclude={"mode"})
-    run = cfg.calibration.model_dump(exclude={"mode"})
-    if own != run:
-        click.echo(f"note: {model_path} was trained with calibration {own}; the rolling column uses the run "
-                   f"config's {run} (--set calibration.window_bars=... to change it)")
     rep = evaluate_model(model_path, list(data_paths), cfg.calibration, round_trip_cost=2.0 * cfg.execution.taker_fee)
     text = to_markdown(rep)
+    if rep["note"]:
+        click.echo(rep["note"])
     with output_dir(output, kind, inputs=inputs, overwrite=overwrite) as tmp:
         (tmp / "report.json").write_text(json.dumps(rep, indent=2, allow_nan=True, default=float), encoding="utf-8")
         (tmp / "report.md").write_text(text, encoding="utf-8")

@@ -302,7 +302,7 @@ def _scalar_center(profit: float, stop: float, fee_rate: float, scaled: bool) ->
 # over many rows) reads. Append only; core.simulator indexes it by these names.
 POLICY_VECTOR = ("center", "target_vol", "deadband", "max_position", "allow_short", "limit_confidence",
                  "limit_tif_bars", "profit", "stop", "tie_profit", "max_hold", "taker_fee", "maker_fee",
-                 "slippage", "bar_ns", "vol_scaled")
+                 "slippage", "bar_ns", "vol_scaled", "per_bar_center")
 
 
 @dataclass(frozen=True)
@@ -458,7 +458,10 @@ class Policy:
     def to_array(self) -> np.ndarray:
         """The parameter row of the reference kernel, columns :data:`POLICY_VECTOR`."""
         values = {"tie_profit": float(self.tie_profit), "slippage": self.slippage, "bar_ns": float(self.bar_ns),
-                  "allow_short": float(self.allow_short), "vol_scaled": float(self.vol_scaled)}
+                  "allow_short": float(self.allow_short), "vol_scaled": float(self.vol_scaled),
+                  # a per-bar break-even row holds its fee-free ratio as "center": this column keeps it
+                  # apart from a row whose numeric centre equals that ratio
+                  "per_bar_center": float(self.per_bar_center)}
         return np.array([values[k] if k in values else float(getattr(self, k)) for k in POLICY_VECTOR])
 
     def to_dict(self) -> dict[str, Any]:

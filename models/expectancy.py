@@ -54,6 +54,9 @@ def to_markdown(rows: list[dict], round_trip_cost: float) -> str:
              "", "| P bin | n | mean P | hit rate | mean gross | mean net | s.e. net | share net > 0 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if not r["n"]:
+            lines.append(f"| {r['p_from']:.2f}-{r['p_to']:.2f} | 0 | | | | | | |")
+            continue
         lines.append(f"| {r['p_from']:.2f}-{r['p_to']:.2f} | {r['n']:,} | {r['mean_p']:.3f} | {r['hit_rate']:.3f} | "
                      f"{r['mean_gross']:+.3%} | {r['mean_net']:+.3%} | {r['se_net']:.3%} | {r['share_net_positive']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -40,7 +40,7 @@ from models.expectancy import to_markdown as outcome_markdown
 from models.labels import triple_barrier_events
 from models.metrics import all_metrics, ece
 from models.online_calibration import OnlineConfig, online_scores, training_end
-from models.recalibration import RollingCalibrated, known_labels
+from models.recalibration import RollingCalibrated
 from models.schedule import ModelSchedule, is_schedule
 from models.universe import load_inputs
 
@@ -80,8 +80,7 @@ def _schedule_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig) 
     static = ModelSchedule(path, calibration=CalibrationConfig(mode="static"))
     rolling = ModelSchedule(path, calibration=ccfg.model_copy(update={"mode": "rolling"}))
     ops, tops, hops = online_scores(static, frame)
-    cols = {"fold": static.model_ids(frame.index), "label": known_labels(frame, static.label_cfg, static.timeframe),
-            "gross_return": _gross_returns(frame, static),
+    cols = {"fold": static.model_ids(frame.index), **_label_columns(frame, static),
             "static": static.score_frame(frame)[1], "rolling": rolling.score_frame(frame)[1], "ops": ops,
             "tops": tops, "hops": hops, "baseline": _fold_baseline(static, frame)}
     # the last fold is reported over its own validity span only (what the schedule tested)
@@ -103,16 +102,17 @@ def _model_columns(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig
     test_from, test_to = model.test_span
     inside = (frame.index >= test_from) & (frame.index <= test_to)
     ops, tops, hops = online_scores(model, frame)
-    cols = {"fold": np.where(inside, path.name, ""), "label": known_labels(frame, model.label_cfg, model.timeframe),
-            "gross_return": _gross_returns(frame, model),
+    cols = {"fold": np.where(inside, path.name, ""), **_label_columns(frame, model),
             "static": model.calibrate(model.predict_logit(frame).to_numpy()), "rolling": rolling.score_frame(frame)[1],
             "ops": ops, "tops": tops, "hops": hops, "baseline": baseline_probabilities(model, frame)}
     return cols, inside, frame.index
 
 
-def _gross_returns(frame: pd.DataFrame, model) -> np.ndarray:
-    """Per bar, the gross return of the label's barrier trade (the model's own barriers)."""
-    return triple_barrier_events(frame, model.label_cfg, model.timeframe)["gross_return"].to_numpy(dtype=float)
+def _label_columns(frame: pd.DataFrame, model) -> dict[str, np.ndarray]:
+    """Per bar, with the model's own barriers: the label (1/0, NaN where the horizon is
+    incomplete or gapped) and the gross return of the label's barrier trade."""
+    events = triple_barrier_events(frame, model.label_cfg, model.timeframe)
+    return {"label": events["label"].to_numpy(dtype=float), "gross_return": events["gross_return"].to_numpy(dtype=float)}
 
 
 def symbol_scores(path: Path, frame: pd.DataFrame, ccfg: CalibrationConfig) -> pd.DataFrame:
@@ -161,7 +161,8 @@ def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None =
     barrier trade's return per P bin net of ``round_trip_cost`` (a fraction of the entry price)."""
     path = Path(path)
     meta = _meta(path)
-    ccfg = ccfg or CalibrationConfig.model_validate((meta.get("config") or {}).get("calibration", {}))
+    own = CalibrationConfig.model_validate((meta.get("config") or {}).get("calibration", {}))
+    ccfg = ccfg or own
     inputs = load_inputs([(None, p) for p in data], meta["timeframe"])
     rows, overall, monthly, tables, outcomes = [], {}, [], [], {}
     for inp in inputs:
@@ -178,12 +179,16 @@ def evaluate(path: str | Path, data: list[str], ccfg: CalibrationConfig | None =
     pooled = _figures(pd.concat(tables)) if len(tables) > 1 else None
     return {"schedule": str(path), "label_scale": meta.get("label_scale"), "calibration": ccfg.model_dump(),
             "online": asdict(OnlineConfig()), "folds": rows, "overall": overall, "pooled": pooled, "monthly": monthly,
-            "round_trip_cost": round_trip_cost, "outcome_by_p": outcomes}
+            "round_trip_cost": round_trip_cost, "outcome_by_p": outcomes, "note": _calibration_note(path, own, ccfg)}
 
 
-def model_calibration(path: str | Path) -> CalibrationConfig:
-    """The ``calibration`` settings the schedule, bundle or ensemble at ``path`` was trained with."""
-    return CalibrationConfig.model_validate((_meta(Path(path)).get("config") or {}).get("calibration", {}))
+def _calibration_note(path: Path, own: CalibrationConfig, used: CalibrationConfig) -> str | None:
+    """A line when the rolling column's window, refit or minimum differ from the model's own."""
+    own_d, used_d = own.model_dump(exclude={"mode"}), used.model_dump(exclude={"mode"})
+    if own_d == used_d:
+        return None
+    return (f"note: {path} was trained with calibration {own_d}; the rolling column uses {used_d} "
+            "(--set calibration.window_bars=... to change it)")
 
 
 def _meta(path: Path) -> dict:

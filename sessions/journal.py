@@ -89,12 +89,11 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _SECRET_KEY_PARTS = ("apikey", "secret", "password", "passwd", "passphrase", "signature",
                      "privatekey", "accesstoken", "authorization")
 _FLOAT_TAG = "$float"  # JSON tag for non-finite floats: {"$float": "nan" | "inf" | "-inf"}
-_BAR_FLOATS = ("close", "prob", "signal", "weight", "position", "avg_price", "cash", "equity")
 
 
 class BarFigures(NamedTuple):
     """The numbers journaled for one closed bar (:meth:`Journal.record_bar`; the ``bars``
-    table's float columns, in :data:`_BAR_FLOATS` order). None is journaled as NaN."""
+    table's float columns, in the table's order). None is journaled as NaN."""
 
     close: float
     prob: float
@@ -106,7 +105,7 @@ class BarFigures(NamedTuple):
     equity: float
 
 
-assert BarFigures._fields == _BAR_FLOATS  # one column list: the record and the table must agree
+_BAR_FLOATS = BarFigures._fields  # the bars table's float columns: one list for the record and the table
 _TABLES = ("meta", "session", "intents", "order_events", "fills", "bars", "gaps", "events", "halts")
 # Tables other modules may add to a journal file; accepted, never required: the notification
 # outbox and its read cursors (sessions/outbox.py), and the model id per journaled bar

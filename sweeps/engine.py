@@ -303,15 +303,11 @@ def hook_groups(data: SweepData, base: Policy, combos: pd.DataFrame, params: np.
     group's first row policy) over the fed bars. Returns the inputs carrying
     ``signal/weight/allowed[groups, bars]`` and the group index of every row."""
     fields = tuple(getattr(strategy_cls, "hook_policy_fields", HOOK_POLICY_FIELDS))
-    per_bar = per_bar_rows(base, combos)
-    if per_bar.any():  # the default signal's centre follows each row's multiples and fee per bar
-        fields = (*fields, "profit", "stop", "taker_fee")
+    if per_bar_rows(base, combos).any():  # the default signal's centre follows each row's multiples and fee per bar
+        fields = (*fields, "profit", "stop", "taker_fee", "per_bar_center")
     cols = [POLICY_VECTOR.index(f) for f in fields if f in POLICY_VECTOR]
     extra = [f for f in fields if f not in POLICY_VECTOR]  # not swept: the same in every row
     keys = params[:, cols] if cols else np.zeros((len(params), 1))
-    # a per-bar row's policy row holds its fee-free ratio as "center": a numeric centre equal to it
-    # would share every column, so the per-bar flag is part of the key
-    keys = np.column_stack([keys, per_bar.astype(np.float64)])
     _, first_rows, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     k = data.inputs
     out = []

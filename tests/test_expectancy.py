@@ -24,6 +24,7 @@ def test_bins_count_every_finite_bar_once_and_average_its_returns():
     assert math.isnan(rows[2]["mean_p"])
     text = to_markdown(rows, 0.002)
     assert "| 0.10-0.20 | 2 |" in text and "0.20% round trip" in text
+    assert "| 0.20-0.30 | 0 | | | | | | |" in text and "+nan%" not in text  # empty bins: blank cells
 
 
 def test_lengths_must_agree():

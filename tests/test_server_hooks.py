@@ -100,6 +100,19 @@ def _same(out: dict, rec: dict) -> None:
     assert out["entry_allowed"] == rec["allowed"]
 
 
+def _stream_answers(c, frame, first: int, need: int) -> tuple[str, list[dict]]:
+    """A stream opened with the ``need`` bars ending at bar ``first``, then fed one bar per call
+    up to ``first + 59``: its id and the 60 answers."""
+    opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first + 1 - need:first + 1])})
+    assert opened.status_code == 201, opened.text
+    sid, answers = opened.json()["stream_id"], [opened.json()]
+    for row in rows_of(frame)[first + 1:first + 60]:
+        r = c.post(f"/streams/{sid}/bars", json=row)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return sid, answers
+
+
 @pytest.mark.timeout(300)
 def test_lookback_hooks_equal_the_backtest_bar_by_bar(fast_bundle):
     bundle = load_bundle(fast_bundle)
@@ -125,14 +138,7 @@ def test_lookback_hooks_equal_the_backtest_bar_by_bar(fast_bundle):
                                                       "overridden_hooks": ["signal", "entry_allowed"],
                                                       "refusal": None}
         rows = rows_of(frame)
-        # the stream: opened with the bars up to the first compared one, then one bar per call
-        opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first + 1 - need:first + 1])})
-        assert opened.status_code == 201, opened.text
-        sid, answers = opened.json()["stream_id"], [opened.json()]
-        for row in rows[first + 1:first + 60]:
-            r = c.post(f"/streams/{sid}/bars", json=row)
-            assert r.status_code == 200, r.text
-            answers.append(r.json())
+        sid, answers = _stream_answers(c, frame, first, need)
         for rec, out in zip(log, answers, strict=True):
             _same(out, rec)
         assert {a["side"] for a in answers} >= {"buy", None}
@@ -186,13 +192,7 @@ def test_vol_barriers_stream_equals_the_backtest_bar_by_bar(fast_bundle):
     with TestClient(create_app(setup, Auth(None))) as c:
         wait_ready(c)
         rows = rows_of(frame)
-        opened = c.post("/streams", json={"columns": columns_of(frame.iloc[first + 1 - need:first + 1])})
-        assert opened.status_code == 201, opened.text
-        sid, answers = opened.json()["stream_id"], [opened.json()]
-        for row in rows[first + 1:first + 60]:
-            r = c.post(f"/streams/{sid}/bars", json=row)
-            assert r.status_code == 200, r.text
-            answers.append(r.json())
+        _, answers = _stream_answers(c, frame, first, need)
         for k, (rec, out) in enumerate(zip(recs, answers, strict=True)):
             _same(out, rec)
             close, w = float(frame["close"].iloc[first + k]), rec["width"]

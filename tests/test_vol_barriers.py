@@ -17,7 +17,7 @@ import pytest
 import core.decision as D
 from core.config import LabelConfig, load_config
 from core.errors import ConfigError
-from core.policy import Policy, barrier_width, breakeven_probability
+from core.policy import POLICY_VECTOR, Policy, barrier_width, breakeven_probability
 from core.risk import ALLOW, RiskManager
 from core.simulator import RunOptions, as_signals, simulate
 from core.synthetic import synthetic_ohlcv
@@ -87,7 +87,8 @@ def test_policy_of_a_vol_model_and_fixed_policies_unchanged():
     assert fixed.barrier_prices(100.0, True) == (100.0 * (1.0 + 0.008), 100.0 * (1.0 - 0.004))
     pol = Policy.from_config(load_config(None, VOL_SETS))
     assert pol.vol_scaled and (pol.profit, pol.stop, pol.barrier_horizon, pol.vol_span) == (1.2, 0.8, 6, 14)
-    assert pol.to_array()[-1] == 1.0 and fixed.to_array()[-1] == 0.0
+    scaled = POLICY_VECTOR.index("vol_scaled")
+    assert pol.to_array()[scaled] == 1.0 and fixed.to_array()[scaled] == 0.0
     assert "volatility-scaled" in pol.describe_barriers() and "fixed" in fixed.describe_barriers()
     assert pol.barrier_prices(100.0, True, 0.01) == (100.0 * (1.0 + 1.2 * 0.01), 100.0 * (1.0 - 0.8 * 0.01))
     assert pol.barrier_prices(100.0, False, 0.01) == (100.0 * (1.0 - 1.2 * 0.01), 100.0 * (1.0 + 0.8 * 0.01))
@@ -387,7 +388,9 @@ def test_sweep_per_bar_row_and_a_numeric_centre_equal_to_its_ratio_keep_their_ow
     combos = pd.DataFrame([{**axes, "center": 0.4, "profit": 1.2, "stop": 0.8},
                            {**axes, "center": "breakeven", "profit": 1.2, "stop": 0.8}])
     params = policy_rows(pol, combos)
-    np.testing.assert_array_equal(params[0], params[1])  # the collision the key must resolve
+    centre = POLICY_VECTOR.index("center")
+    assert params[0, centre] == params[1, centre]  # same number in the centre column: only the flag tells them apart
+    assert params[:, POLICY_VECTOR.index("per_bar_center")].tolist() == [0.0, 1.0]
     prob = np.random.default_rng(2).uniform(0.3, 0.7, len(frame))
     inputs = SimpleNamespace(prob=prob, fvol=np.full(len(frame), 0.5), width=width,
                              with_hooks=lambda s, w, a: SimpleNamespace(signal=s, weight=w, allowed=a))
